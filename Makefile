@@ -1,0 +1,73 @@
+# DataMCP mesh. `make run` starts the mesh, `make test` runs every test;
+# both create .venv and install what they need on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+BUF := npx --yes @bufbuild/buf@1.75.0
+PROTOS := $(shell find proto -name '*.proto' | sort)
+PROTO_INCLUDE = $$($(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')
+PYTEST_ARGS ?=
+
+.PHONY: install run test check lint fmt typecheck gen gen-check buf-lint breaking bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/datamcp serve
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Regenerate gen/ from proto/: messages, gRPC stubs and .pyi stubs (mypy-protobuf).
+define protoc
+	mkdir -p $(1)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(PY) -m grpc_tools.protoc -Iproto -I$(PROTO_INCLUDE) \
+	  --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) $(PROTOS)
+	touch $(1)/datamcp/v1/__init__.py
+endef
+
+gen: install
+	rm -rf gen/datamcp
+	$(call protoc,gen)
+
+gen-check: install
+	rm -rf .gen-check && $(call protoc,.gen-check)
+	diff -r -x __pycache__ .gen-check/datamcp gen/datamcp || \
+	  (echo "gen/ is stale: run 'make gen' and commit the result" && rm -rf .gen-check && exit 1)
+	rm -rf .gen-check
+
+lint: install
+	$(BIN)/ruff check src handlers tests
+	$(BIN)/ruff format --check src handlers tests
+
+fmt: install
+	$(BIN)/ruff check --fix src handlers tests
+	$(BIN)/ruff format src handlers tests
+
+typecheck: install
+	$(BIN)/mypy src handlers
+
+buf-lint:
+	$(BUF) lint
+
+# Compare proto/ with the main branch (no-op when main has no protos yet).
+breaking:
+	@if git rev-parse --verify -q main >/dev/null && git ls-tree -r --name-only main | grep -q '^proto/'; then \
+	  $(BUF) breaking --against '.git#branch=main'; \
+	else echo "breaking: nothing on main to compare with"; fi
+
+check: lint typecheck gen-check buf-lint breaking
+
+bench: install
+	$(PY) -m tests.bench
+
+clean:
+	rm -rf $(VENV) .gen-check .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,43 @@
+"""Repositories over one SQLAlchemy async connection."""
+
+from __future__ import annotations
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from datamcp.adapters.sqlalchemy.tables import instances
+from datamcp.core.instances import Instance
+
+
+class SqlInstanceRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add(self, instance: Instance) -> None:
+        await self._conn.execute(
+            insert(instances).values(
+                id=instance.id,
+                host=instance.host,
+                pid=instance.pid,
+                version=instance.version,
+                started_at=instance.started_at,
+                heartbeat_at=instance.heartbeat_at,
+                stopped_at=instance.stopped_at,
+            )
+        )
+
+    async def touch(self, instance_id: str, at: float) -> None:
+        await self._conn.execute(
+            update(instances).where(instances.c.id == instance_id).values(heartbeat_at=at)
+        )
+
+    async def stop(self, instance_id: str, at: float) -> None:
+        await self._conn.execute(
+            update(instances).where(instances.c.id == instance_id).values(stopped_at=at)
+        )
+
+    async def get(self, instance_id: str) -> Instance | None:
+        row = (
+            await self._conn.execute(select(instances).where(instances.c.id == instance_id))
+        ).one_or_none()
+        return None if row is None else Instance(**row._mapping)

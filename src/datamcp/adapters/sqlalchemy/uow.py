@@ -1,0 +1,53 @@
+"""The SQLAlchemy unit of work: one connection, one transaction, rolled back
+unless committed."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
+
+from datamcp.adapters.sqlalchemy.repositories import SqlInstanceRepository
+
+
+class SqlUnitOfWork:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._conn: AsyncConnection | None = None
+        self._tx: AsyncTransaction | None = None
+        self._instances: SqlInstanceRepository | None = None
+
+    @property
+    def instances(self) -> SqlInstanceRepository:
+        assert self._instances is not None, "use the unit of work inside 'async with'"
+        return self._instances
+
+    async def __aenter__(self) -> Self:
+        self._conn = await self._engine.connect()
+        self._tx = await self._conn.begin()
+        self._instances = SqlInstanceRepository(self._conn)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._tx is not None and self._tx.is_active:
+                await self._tx.rollback()
+        finally:
+            if self._conn is not None:
+                await self._conn.close()
+            self._conn = self._tx = None
+            self._instances = None
+
+    async def commit(self) -> None:
+        assert self._tx is not None, "commit outside 'async with'"
+        await self._tx.commit()
+
+    async def rollback(self) -> None:
+        assert self._tx is not None, "rollback outside 'async with'"
+        await self._tx.rollback()

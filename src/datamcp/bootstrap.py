@@ -1,0 +1,104 @@
+"""The one bootstrap: builds the application from settings and picks adapters.
+
+Every entry point (gRPC server, CLI, later the Lambda handlers) calls
+:meth:`App.create`; everything else receives what it needs as arguments.
+Async engines are bound to the running loop, so nothing here runs at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from datamcp import __version__
+from datamcp.adapters.dependencies import DependencyCheck
+from datamcp.adapters.sqlalchemy import migrate
+from datamcp.adapters.sqlalchemy.engine import create_engine
+from datamcp.adapters.sqlalchemy.health import DatabaseCheck
+from datamcp.adapters.sqlalchemy.uow import SqlUnitOfWork
+from datamcp.config.settings import Settings
+from datamcp.core import instances
+from datamcp.core.auth import Authenticator
+from datamcp.core.errors import Unavailable
+from datamcp.core.health import HealthCheck
+from datamcp.core.instances import Instance
+from datamcp.core.metrics import MetricsRegistry
+from datamcp.core.ports import UnitOfWork
+from datamcp.core.ratelimit import KeyedRateLimiter
+
+
+@dataclass
+class App:
+    """Everything a running mesh process shares, built once."""
+
+    settings: Settings
+    engine: AsyncEngine
+    instance: Instance
+    metrics: MetricsRegistry
+    authenticator: Authenticator
+    limiter: KeyedRateLimiter | None
+    checks: list[HealthCheck]
+
+    def uow(self) -> UnitOfWork:
+        return SqlUnitOfWork(self.engine)
+
+    @classmethod
+    async def create(cls, settings: Settings) -> App:
+        """Connect, migrate and register this instance.
+
+        Raises:
+            ConfigError: an auth key file cannot be loaded.
+            Unavailable: the database cannot be reached or migrated.
+        """
+        authenticator = Authenticator(settings.auth)
+        engine = create_engine(settings.database_url)
+        instance = Instance.for_this_process(__version__)
+        try:
+            await migrate.upgrade(engine)
+            await instances.register(lambda: SqlUnitOfWork(engine), instance)
+        except Exception as exc:
+            await engine.dispose()
+            raise Unavailable(
+                f"database {engine.url.render_as_string(hide_password=True)} is not usable: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        rl = settings.rate_limit
+        limiter = None
+        if rl.enabled:
+            limiter = KeyedRateLimiter(
+                (rl.default.rate, rl.default.burst),
+                {m: (q.rate, q.burst) for m, q in rl.methods.items()},
+            )
+        metrics = MetricsRegistry()
+        app = cls(settings, engine, instance, metrics, authenticator, limiter, [])
+        app.checks = [
+            DatabaseCheck(engine, app.uow, instance.id),
+            *(
+                DependencyCheck(d, settings.health.check_timeout)
+                for d in settings.health.dependencies
+            ),
+        ]
+        metrics.add_section_provider("infrastructure", app._infrastructure_metrics)
+        return app
+
+    def _infrastructure_metrics(self) -> dict[str, float]:
+        pool: Any = self.engine.pool
+        values = {
+            "process_max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "instance_started_at": self.instance.started_at,
+        }
+        for name in ("size", "checkedout", "overflow"):
+            method = getattr(pool, name, None)
+            if callable(method):
+                values[f"db_pool_{name}"] = float(method())
+        return values
+
+    async def close(self) -> None:
+        # The database may be the very reason we are stopping.
+        with contextlib.suppress(Exception):
+            await instances.mark_stopped(self.uow, self.instance.id)
+        await self.engine.dispose()

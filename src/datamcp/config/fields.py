@@ -1,0 +1,97 @@
+"""The table of every setting: its dotted key, type, default, env var and flag.
+
+One table drives the config file, the ``DATAMCP_*`` environment variables, the
+command-line flags and the README's configuration reference, so the four can
+never disagree. Precedence, lowest first: default, config file, environment,
+flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One setting.
+
+    ``kind`` is one of ``str``, ``int``, ``float``, ``bool``, ``json`` (lists
+    and tables: TOML in the config file, JSON in the environment).
+    """
+
+    key: str
+    kind: str
+    default: Any
+    help: str
+    flag: str | None = None
+
+    @property
+    def env(self) -> str:
+        return "DATAMCP_" + self.key.upper().replace(".", "_")
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("listen", "str", "127.0.0.1:50051", "HOST:PORT the gRPC server binds", "--listen"),
+    Field("data_dir", "str", ".datamcp", "directory holding the SQLite file", "--data-dir"),
+    Field(
+        "database_url",
+        "str",
+        None,
+        "SQLAlchemy URL; default sqlite+aiosqlite:///DATA_DIR/datamcp.db "
+        "(postgresql://... uses asyncpg)",
+        "--database-url",
+    ),
+    Field("insecure", "bool", False, "allow a non-loopback bind without auth", "--insecure"),
+    Field("server.shutdown_grace", "float", 10.0, "seconds in-flight calls get on SIGTERM"),
+    Field("server.drain_delay", "float", 0.0, "seconds NOT_SERVING shows before calls are refused"),
+    Field("server.max_message_bytes", "int", 4 * 1024 * 1024, "max request/response size"),
+    Field("server.max_concurrent_rpcs", "int", 0, "0 = unlimited; beyond it RESOURCE_EXHAUSTED"),
+    Field("server.compression", "str", "none", "none | gzip | deflate (server default)"),
+    Field("server.keepalive_time", "float", 60.0, "seconds between server keepalive pings"),
+    Field("server.keepalive_timeout", "float", 20.0, "seconds to wait for a keepalive ack"),
+    Field("server.keepalive_min_client_interval", "float", 10.0, "min client ping interval"),
+    Field("tls.cert_file", "str", None, "PEM server certificate (enables TLS)", "--tls-cert"),
+    Field("tls.key_file", "str", None, "PEM private key for --tls-cert", "--tls-key"),
+    Field(
+        "tls.client_ca_file",
+        "str",
+        None,
+        "PEM CA bundle; when set, clients must present a certificate (mTLS)",
+        "--tls-client-ca",
+    ),
+    Field("auth.api_keys", "json", [], "list of {name, sha256, subject, tenant, roles}"),
+    Field("auth.jwt.hs256_secret", "str", None, "shared secret for HS256 bearer tokens"),
+    Field("auth.jwt.rs256_public_key_file", "str", None, "PEM public key for RS256 tokens"),
+    Field("auth.jwt.jwks_file", "str", None, "JWKS JSON file for RS256 tokens (by kid)"),
+    Field("auth.jwt.issuer", "str", None, "required iss claim"),
+    Field("auth.jwt.audience", "str", None, "required aud claim"),
+    Field("auth.jwt.tenant_claim", "str", "tenant", "claim holding the tenant"),
+    Field("auth.jwt.roles_claim", "str", "roles", "claim holding roles (list or spaced string)"),
+    Field("auth.jwt.leeway", "float", 30.0, "clock skew tolerance in seconds"),
+    Field(
+        "auth.method_roles",
+        "json",
+        {"/datamcp.v1.HealthService/GetMetrics": ["admin", "operator"]},
+        "map of full method (or /package.Service/*) to roles, any of which grants access",
+    ),
+    Field("rate_limit.enabled", "bool", True, "token bucket per principal"),
+    Field("rate_limit.rate", "float", 200.0, "tokens per second per principal"),
+    Field("rate_limit.burst", "int", 400, "bucket size per principal"),
+    Field("rate_limit.methods", "json", {}, "map of full method to {rate, burst}"),
+    Field("health.interval", "float", 5.0, "seconds between component checks"),
+    Field("health.check_timeout", "float", 2.0, "seconds a component check may take"),
+    Field(
+        "health.dependencies",
+        "json",
+        [],
+        "external dependencies: list of {name, target: tcp://host:port | http(s)://url, critical}",
+    ),
+    Field("tracing.exporter", "str", "none", "none | console | otlp"),
+    Field("tracing.otlp_endpoint", "str", "http://127.0.0.1:4317", "OTLP gRPC endpoint"),
+    Field("tracing.service_name", "str", "datamcp", "service.name resource attribute"),
+    Field("logging.level", "str", "INFO", "DEBUG | INFO | WARNING | ERROR"),
+    Field("logging.format", "str", "json", "json | text"),
+)
+
+BY_KEY: dict[str, Field] = {f.key: f for f in FIELDS}

@@ -1,0 +1,456 @@
+"""Typed, validated settings built from the field table.
+
+``load_settings`` merges defaults, an optional TOML config file, ``DATAMCP_*``
+environment variables and command-line values, then validates everything at
+once so a bad start reports every problem with what to do about it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datamcp.config.fields import BY_KEY, FIELDS
+from datamcp.core.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    name: str
+    sha256: str
+    subject: str
+    tenant: str
+    roles: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSettings:
+    hs256_secret: str | None = None
+    rs256_public_key_file: Path | None = None
+    jwks_file: Path | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    tenant_claim: str = "tenant"
+    roles_claim: str = "roles"
+    leeway: float = 30.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.hs256_secret or self.rs256_public_key_file or self.jwks_file)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    api_keys: tuple[ApiKey, ...] = ()
+    jwt: JwtSettings = field(default_factory=JwtSettings)
+    method_roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_keys) or self.jwt.enabled
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    rate: float
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSettings:
+    enabled: bool = True
+    default: Quota = Quota(200.0, 400)
+    methods: Mapping[str, Quota] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    insecure: bool = False
+    shutdown_grace: float = 10.0
+    drain_delay: float = 0.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_concurrent_rpcs: int = 0
+    compression: str = "none"
+    keepalive_time: float = 60.0
+    keepalive_timeout: float = 20.0
+    keepalive_min_client_interval: float = 10.0
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Dependency:
+    name: str
+    target: str
+    critical: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    interval: float = 5.0
+    check_timeout: float = 2.0
+    dependencies: tuple[Dependency, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TracingSettings:
+    exporter: str = "none"
+    otlp_endpoint: str = "http://127.0.0.1:4317"
+    service_name: str = "datamcp"
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    level: str = "INFO"
+    format: str = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path = Path(".datamcp")
+    database_url: str = ""
+    server: ServerSettings = field(default_factory=ServerSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+
+def load_settings(
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build validated settings.
+
+    Args:
+        config_file: TOML file; when None, ``DATAMCP_CONFIG`` is consulted.
+        overrides: dotted keys from command-line flags (None values ignored).
+        environ: the environment to read (defaults to ``os.environ``).
+
+    Raises:
+        ConfigError: listing every invalid value and how to fix it.
+    """
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {f.key: f.default for f in FIELDS}
+    problems: list[str] = []
+    path = config_file or env.get("DATAMCP_CONFIG")
+    if path:
+        raw.update(_read_config_file(Path(path), problems))
+    for f in FIELDS:
+        if f.env in env:
+            raw[f.key] = _parse_env(f.key, f.kind, env[f.env], problems)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            raw[key] = value
+    settings = _build(raw, problems)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _read_config_file(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problems.append(f"config file {path}: not found (check --config / DATAMCP_CONFIG)")
+        return {}
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        problems.append(f"config file {path}: cannot be read as TOML: {exc}")
+        return {}
+    flat: dict[str, Any] = {}
+    _flatten(data, "", flat)
+    unknown = sorted(k for k in flat if k not in BY_KEY)
+    for key in unknown:
+        problems.append(f"config file {path}: unknown setting '{key}' (see README, Configuration)")
+    return {k: v for k, v in flat.items() if k in BY_KEY}
+
+
+def _flatten(data: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted not in BY_KEY:
+            _flatten(value, dotted + ".", out)
+        else:
+            out[dotted] = value
+
+
+def _parse_env(key: str, kind: str, text: str, problems: list[str]) -> Any:
+    name = BY_KEY[key].env
+    try:
+        if kind == "bool":
+            lowered = text.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError("expected true or false")
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        if kind == "json":
+            return json.loads(text)
+    except ValueError as exc:
+        problems.append(f"{name}={text!r}: {exc}")
+        return BY_KEY[key].default
+    return text
+
+
+class _Reader:
+    """Typed access to the merged values that records, rather than raises, problems."""
+
+    def __init__(self, raw: Mapping[str, Any], problems: list[str]) -> None:
+        self.raw = raw
+        self.problems = problems
+
+    def fail(self, key: str, message: str) -> None:
+        field_ = BY_KEY[key]
+        where = f"{key} (env {field_.env}" + (f", flag {field_.flag})" if field_.flag else ")")
+        self.problems.append(f"{where}: {message}")
+
+    def str_(self, key: str, choices: tuple[str, ...] | None = None) -> str:
+        value = self.raw[key]
+        if not isinstance(value, str):
+            self.fail(key, f"expected a string, got {value!r}")
+            return str(BY_KEY[key].default)
+        if choices and value.lower() not in choices:
+            self.fail(key, f"{value!r} is not one of {', '.join(choices)}")
+            return str(BY_KEY[key].default)
+        return value.lower() if choices else value
+
+    def opt_str(self, key: str) -> str | None:
+        value = self.raw[key]
+        if value is None or value == "":
+            return None
+        return self.str_(key)
+
+    def path(self, key: str, must_exist: bool = False) -> Path | None:
+        value = self.opt_str(key)
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        if must_exist and not path.is_file():
+            self.fail(key, f"file {path} does not exist")
+        return path
+
+    def number(self, key: str, minimum: float = 0.0, kind: type = float) -> Any:
+        value = self.raw[key]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(key, f"expected a number, got {value!r}")
+            return BY_KEY[key].default
+        if kind is int and not float(value).is_integer():
+            self.fail(key, f"expected a whole number, got {value!r}")
+            return BY_KEY[key].default
+        if value < minimum:
+            self.fail(key, f"must be >= {minimum}, got {value!r}")
+            return BY_KEY[key].default
+        return kind(value)
+
+    def bool_(self, key: str) -> bool:
+        value = self.raw[key]
+        if not isinstance(value, bool):
+            self.fail(key, f"expected true or false, got {value!r}")
+            return bool(BY_KEY[key].default)
+        return value
+
+
+def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
+    r = _Reader(raw, problems)
+    data_dir = Path(r.str_("data_dir")).expanduser()
+    database_url = r.opt_str("database_url") or f"sqlite+aiosqlite:///{data_dir / 'datamcp.db'}"
+    host, port = _parse_listen(r)
+    server = ServerSettings(
+        host=host,
+        port=port,
+        insecure=r.bool_("insecure"),
+        shutdown_grace=r.number("server.shutdown_grace"),
+        drain_delay=r.number("server.drain_delay"),
+        max_message_bytes=r.number("server.max_message_bytes", 1024, int),
+        max_concurrent_rpcs=r.number("server.max_concurrent_rpcs", 0, int),
+        compression=r.str_("server.compression", ("none", "gzip", "deflate")),
+        keepalive_time=r.number("server.keepalive_time", 1.0),
+        keepalive_timeout=r.number("server.keepalive_timeout", 1.0),
+        keepalive_min_client_interval=r.number("server.keepalive_min_client_interval", 1.0),
+    )
+    tls = TlsSettings(
+        cert_file=r.path("tls.cert_file", must_exist=True),
+        key_file=r.path("tls.key_file", must_exist=True),
+        client_ca_file=r.path("tls.client_ca_file", must_exist=True),
+    )
+    if (tls.cert_file is None) != (tls.key_file is None):
+        r.fail("tls.cert_file", "--tls-cert and --tls-key must be given together")
+    if tls.client_ca_file and not tls.cert_file:
+        r.fail("tls.client_ca_file", "mutual TLS needs --tls-cert and --tls-key as well")
+    auth = AuthSettings(
+        api_keys=_api_keys(r),
+        jwt=JwtSettings(
+            hs256_secret=r.opt_str("auth.jwt.hs256_secret"),
+            rs256_public_key_file=r.path("auth.jwt.rs256_public_key_file", must_exist=True),
+            jwks_file=r.path("auth.jwt.jwks_file", must_exist=True),
+            issuer=r.opt_str("auth.jwt.issuer"),
+            audience=r.opt_str("auth.jwt.audience"),
+            tenant_claim=r.str_("auth.jwt.tenant_claim"),
+            roles_claim=r.str_("auth.jwt.roles_claim"),
+            leeway=r.number("auth.jwt.leeway"),
+        ),
+        method_roles=_method_roles(r),
+    )
+    secret = auth.jwt.hs256_secret
+    if secret is not None and len(secret) < 32:
+        r.fail("auth.jwt.hs256_secret", "use at least 32 characters (a random secret)")
+    if not auth.enabled and not server.insecure and not _is_loopback(server.host):
+        r.fail(
+            "listen",
+            f"refusing to bind {server.host} without authentication: configure API keys "
+            "or JWT, bind a loopback address, or pass --insecure",
+        )
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        server=server,
+        tls=tls,
+        auth=auth,
+        rate_limit=RateLimitSettings(
+            enabled=r.bool_("rate_limit.enabled"),
+            default=Quota(r.number("rate_limit.rate", 0.001), r.number("rate_limit.burst", 1, int)),
+            methods=_method_quotas(r),
+        ),
+        health=HealthSettings(
+            interval=r.number("health.interval", 0.05),
+            check_timeout=r.number("health.check_timeout", 0.01),
+            dependencies=_dependencies(r),
+        ),
+        tracing=TracingSettings(
+            exporter=r.str_("tracing.exporter", ("none", "console", "otlp")),
+            otlp_endpoint=r.str_("tracing.otlp_endpoint"),
+            service_name=r.str_("tracing.service_name"),
+        ),
+        logging=LoggingSettings(
+            level=r.str_("logging.level", ("debug", "info", "warning", "error")).upper(),
+            format=r.str_("logging.format", ("json", "text")),
+        ),
+    )
+    if not database_url.startswith(("sqlite", "postgresql", "postgres")):
+        r.fail("database_url", "only sqlite+aiosqlite:/// and postgresql:// URLs are supported")
+    return settings
+
+
+def _parse_listen(r: _Reader) -> tuple[str, int]:
+    text = r.str_("listen")
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        r.fail("listen", f"{text!r} is not HOST:PORT (for example 127.0.0.1:50051; port 0 = any)")
+        return "127.0.0.1", 50051
+    return host, int(port_text)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _api_keys(r: _Reader) -> tuple[ApiKey, ...]:
+    value = r.raw["auth.api_keys"]
+    if not isinstance(value, list):
+        r.fail("auth.api_keys", "expected a list of tables")
+        return ()
+    keys: list[ApiKey] = []
+    for i, item in enumerate(value):
+        digest = str(item.get("sha256", "")).lower() if isinstance(item, dict) else ""
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            r.fail(
+                "auth.api_keys",
+                f"entry {i}: sha256 must be the hex SHA-256 of the key "
+                "(print one with `datamcp auth hash-key`); plain keys are never stored",
+            )
+            continue
+        assert isinstance(item, dict)
+        roles = item.get("roles", [])
+        keys.append(
+            ApiKey(
+                name=str(item.get("name", f"key-{i}")),
+                sha256=digest,
+                subject=str(item.get("subject", item.get("name", f"key-{i}"))),
+                tenant=str(item.get("tenant", "default")),
+                roles=tuple(str(x) for x in roles) if isinstance(roles, list) else (),
+            )
+        )
+    return tuple(keys)
+
+
+def _method_roles(r: _Reader) -> dict[str, tuple[str, ...]]:
+    value = r.raw["auth.method_roles"]
+    if not isinstance(value, dict) or not all(
+        isinstance(v, list) and k.startswith("/") for k, v in value.items()
+    ):
+        r.fail("auth.method_roles", 'expected {"/pkg.Service/Method": ["role", ...]}')
+        return {}
+    return {k: tuple(str(x) for x in v) for k, v in value.items()}
+
+
+def _method_quotas(r: _Reader) -> dict[str, Quota]:
+    value = r.raw["rate_limit.methods"]
+    out: dict[str, Quota] = {}
+    if not isinstance(value, dict):
+        r.fail("rate_limit.methods", 'expected {"/pkg.Service/Method": {rate, burst}}')
+        return out
+    for method, quota in value.items():
+        try:
+            rate, burst = float(quota["rate"]), int(quota["burst"])
+            if rate <= 0 or burst < 1:
+                raise ValueError
+        except (TypeError, KeyError, ValueError):
+            r.fail("rate_limit.methods", f"{method}: needs rate > 0 and burst >= 1")
+            continue
+        out[method] = Quota(rate, burst)
+    return out
+
+
+def _dependencies(r: _Reader) -> tuple[Dependency, ...]:
+    value = r.raw["health.dependencies"]
+    if not isinstance(value, list):
+        r.fail("health.dependencies", "expected a list of {name, target, critical}")
+        return ()
+    deps: list[Dependency] = []
+    for i, item in enumerate(value):
+        target = str(item.get("target", "")) if isinstance(item, dict) else ""
+        if not target.startswith(("tcp://", "http://", "https://")) or not isinstance(item, dict):
+            r.fail(
+                "health.dependencies", f"entry {i}: target must be tcp://host:port or http(s)://"
+            )
+            continue
+        deps.append(
+            Dependency(str(item.get("name", target)), target, bool(item.get("critical", False)))
+        )
+    return tuple(deps)

@@ -1,0 +1,1 @@
+"""Pure async core: no grpc, protobuf, boto or Lambda imports here."""

@@ -1,0 +1,185 @@
+"""Authentication (API keys, JWT bearer tokens) and method-level authorization.
+
+API keys are configured only as SHA-256 digests: keys are long random
+strings, so a fast digest is enough and nothing secret sits in config. JWTs
+are verified with PyJWT (HS256 shared secret, RS256 public key or JWKS file).
+Verified bearer tokens are cached until shortly before they expire, which
+keeps signature checks off the hot path for clients that reuse a token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from datamcp.config.settings import AuthSettings
+from datamcp.core.context import ANONYMOUS, Principal
+from datamcp.core.errors import ConfigError, PermissionDenied, Unauthenticated
+
+_CACHE_SIZE = 4096
+
+
+def hash_api_key(key: str) -> str:
+    """Return the digest to put in ``auth.api_keys[].sha256`` for ``key``."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class Authenticator:
+    """Turns an ``authorization`` header value into a :class:`Principal`."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self._settings = settings
+        self._keys = {k.sha256: k for k in settings.api_keys}
+        self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._jwt_keys = _load_jwt_keys(settings)
+
+    @property
+    def enabled(self) -> bool:
+        return self._settings.enabled
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """Verify the credential.
+
+        Raises:
+            Unauthenticated: missing, malformed, unknown, expired or badly signed.
+        """
+        if not self.enabled:
+            return ANONYMOUS
+        if not authorization:
+            raise Unauthenticated(
+                "missing credentials: send 'authorization: Bearer <token>' "
+                "or 'authorization: ApiKey <key>'",
+                reason="MISSING_CREDENTIALS",
+            )
+        cached = self._cache.get(authorization)
+        if cached is not None and cached[1] > time.time():
+            return cached[0]
+        scheme, _, credential = authorization.strip().partition(" ")
+        credential = credential.strip()
+        scheme = scheme.lower()
+        if not credential or scheme not in {"bearer", "apikey"}:
+            raise Unauthenticated(
+                "malformed authorization header: expected 'Bearer <token>' or 'ApiKey <key>'",
+                reason="MALFORMED_CREDENTIALS",
+            )
+        if scheme == "apikey" or credential.count(".") != 2:
+            principal, expires = self._api_key(credential), time.time() + 60.0
+        else:
+            principal, expires = self._jwt(credential)
+        self._remember(authorization, principal, expires)
+        return principal
+
+    def authorize(self, principal: Principal, method: str) -> None:
+        """Check the principal's roles against ``auth.method_roles``.
+
+        Raises:
+            PermissionDenied: the method needs a role the principal lacks.
+        """
+        required = self.required_roles(method)
+        if not principal.has_any_role(required):
+            raise PermissionDenied(
+                f"{method} requires one of the roles {', '.join(required)}; "
+                f"{principal.subject} has {', '.join(sorted(principal.roles)) or 'none'}",
+                reason="MISSING_ROLE",
+                metadata={"method": method, "required_roles": ",".join(required)},
+            )
+
+    def required_roles(self, method: str) -> tuple[str, ...]:
+        roles = self._settings.method_roles
+        if method in roles:
+            return roles[method]
+        service_wildcard = method.rsplit("/", 1)[0] + "/*"
+        return roles.get(service_wildcard, ())
+
+    def _remember(self, token: str, principal: Principal, expires: float) -> None:
+        self._cache[token] = (principal, expires)
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+    def _api_key(self, key: str) -> Principal:
+        digest = hash_api_key(key)
+        match = self._keys.get(digest)
+        # compare_digest keeps the final check constant-time.
+        if match is None or not hmac.compare_digest(match.sha256, digest):
+            raise Unauthenticated("unknown API key", reason="INVALID_API_KEY")
+        return Principal(match.subject, match.tenant, frozenset(match.roles), "api_key")
+
+    def _jwt(self, token: str) -> tuple[Principal, float]:
+        cfg = self._settings.jwt
+        if not cfg.enabled:
+            raise Unauthenticated("bearer tokens are not accepted here", reason="JWT_DISABLED")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError as exc:
+            raise Unauthenticated(f"malformed token: {exc}", reason="MALFORMED_TOKEN") from exc
+        alg = header.get("alg")
+        key = self._jwt_keys.get((alg, header.get("kid"))) or self._jwt_keys.get((alg, None))
+        if key is None:
+            raise Unauthenticated(
+                f"token algorithm {alg!r} / key id {header.get('kid')!r} is not accepted",
+                reason="UNSUPPORTED_TOKEN_KEY",
+            )
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key=key,
+                algorithms=[str(alg)],
+                audience=cfg.audience,
+                issuer=cfg.issuer,
+                leeway=cfg.leeway,
+                options={"require": ["exp", "sub"], "verify_aud": cfg.audience is not None},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("token expired", reason="TOKEN_EXPIRED") from exc
+        except jwt.InvalidSignatureError as exc:
+            raise Unauthenticated("token signature is invalid", reason="BAD_SIGNATURE") from exc
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(f"invalid token: {exc}", reason="INVALID_TOKEN") from exc
+        principal = Principal(
+            subject=str(claims["sub"]),
+            tenant=str(claims.get(cfg.tenant_claim) or "default"),
+            roles=_roles(claims.get(cfg.roles_claim)),
+            method="jwt",
+        )
+        return principal, float(claims["exp"])
+
+
+def _roles(value: object) -> frozenset[str]:
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, list | tuple):
+        return frozenset(str(v) for v in value)
+    return frozenset()
+
+
+def _load_jwt_keys(settings: AuthSettings) -> Mapping[tuple[str | None, str | None], Any]:
+    """Index verification keys by (algorithm, key id); None kid matches any.
+
+    Raises:
+        ConfigError: a key file that cannot be parsed.
+    """
+    try:
+        return _read_jwt_keys(settings)
+    except (ValueError, TypeError, OSError, jwt.PyJWTError) as exc:
+        raise ConfigError([f"auth.jwt: cannot load verification key: {exc}"]) from exc
+
+
+def _read_jwt_keys(settings: AuthSettings) -> dict[tuple[str | None, str | None], Any]:
+    cfg = settings.jwt
+    keys: dict[tuple[str | None, str | None], Any] = {}
+    if cfg.hs256_secret:
+        keys[("HS256", None)] = cfg.hs256_secret
+    if cfg.rs256_public_key_file:
+        keys[("RS256", None)] = load_pem_public_key(cfg.rs256_public_key_file.read_bytes())
+    if cfg.jwks_file:
+        jwks = jwt.PyJWKSet.from_json(cfg.jwks_file.read_text(encoding="utf-8"))
+        for jwk in jwks.keys:
+            keys[(jwk.algorithm_name if jwk.algorithm_name else "RS256", jwk.key_id)] = jwk.key
+    return keys

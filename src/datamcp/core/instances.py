@@ -1,0 +1,51 @@
+"""Server instances: who is running against this database, and since when.
+
+Each server registers itself at start and heartbeats through the database
+health check, which proves the database is reachable *and* writable. Later
+services use the registry to tell work owned by a dead process from work
+owned by a live one.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+
+from datamcp.core.ports import UnitOfWorkFactory
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    id: str
+    host: str
+    pid: int
+    version: str
+    started_at: float
+    heartbeat_at: float
+    stopped_at: float | None = None
+
+    @classmethod
+    def for_this_process(cls, version: str) -> Instance:
+        now = time.time()
+        return cls(uuid.uuid4().hex, socket.gethostname(), os.getpid(), version, now, now)
+
+
+async def register(uow: UnitOfWorkFactory, instance: Instance) -> None:
+    async with uow() as tx:
+        await tx.instances.add(instance)
+        await tx.commit()
+
+
+async def heartbeat(uow: UnitOfWorkFactory, instance_id: str) -> None:
+    async with uow() as tx:
+        await tx.instances.touch(instance_id, time.time())
+        await tx.commit()
+
+
+async def mark_stopped(uow: UnitOfWorkFactory, instance_id: str) -> None:
+    async with uow() as tx:
+        await tx.instances.stop(instance_id, time.time())
+        await tx.commit()

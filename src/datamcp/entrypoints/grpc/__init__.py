@@ -1,0 +1,1 @@
+"""The gRPC entry point: servicers translate proto <-> domain and delegate to core."""

@@ -1,0 +1,215 @@
+"""The entry interceptor: authentication, authorization, rate limiting, request
+ids, metrics and error mapping for every call, in one wrapper.
+
+One interceptor instead of four keeps the per-call overhead to a single
+wrapped coroutine; wrapped handlers are built once per method and cached.
+The standard health and reflection services stay open and are not wrapped
+(the health ``Watch`` writes through ``context.write``, which wrappers break).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from datamcp.core.auth import Authenticator
+from datamcp.core.context import Principal, current_principal, current_request_id
+from datamcp.core.errors import DataMCPError, FieldViolation, InvalidArgument
+from datamcp.core.metrics import MetricsRegistry
+from datamcp.core.ratelimit import KeyedRateLimiter
+from datamcp.entrypoints.grpc.errors import internal_status, status_code, to_status
+
+log = logging.getLogger(__name__)
+
+#: Services that answer without credentials and are not wrapped.
+OPEN_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+
+class _Malformed:
+    """Stands in for a request whose bytes could not be parsed."""
+
+
+_MALFORMED = _Malformed()
+
+
+def _safe_deserializer(parse: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if parse is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception:
+            return _MALFORMED
+
+    return deserialize
+
+
+def _malformed() -> InvalidArgument:
+    return InvalidArgument(
+        "request body is not a valid protobuf message of the expected type",
+        [FieldViolation("request", "could not be parsed")],
+        reason="MALFORMED_REQUEST",
+    )
+
+
+class EntryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        limiter: KeyedRateLimiter | None,
+        metrics: MetricsRegistry,
+    ) -> None:
+        self._auth = authenticator
+        self._limiter = limiter
+        self._metrics = metrics
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = details.method
+        if handler is None or method.startswith(OPEN_PREFIXES):
+            return handler
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _admit(self, method: str, context: aio.ServicerContext) -> tuple[Principal, str]:
+        authorization = request_id = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                authorization = value
+            elif key == "x-request-id":
+                request_id = value
+        request_id = (request_id or os.urandom(8).hex())[:128]
+        current_request_id.set(request_id)
+        principal = self._auth.authenticate(authorization)
+        current_principal.set(principal)
+        self._auth.authorize(principal, method)
+        if self._limiter is not None:
+            key = f"{principal.tenant}/{principal.subject}"
+            if not self._auth.enabled:
+                key = context.peer().rsplit(":", 1)[0]
+            self._limiter.check(key, method)
+        return principal, request_id
+
+    async def _fail(self, context: aio.ServicerContext, exc: BaseException, method: str) -> None:
+        """Abort the call for ``exc`` (always raises ``AbortError``)."""
+        request_id = current_request_id.get()
+        if isinstance(exc, DataMCPError):
+            code = status_code(exc)
+            if code is grpc.StatusCode.INTERNAL:
+                log.error("core error without a status mapping", exc_info=exc)
+            await context.abort_with_status(to_status(exc, request_id))
+            return
+        error_id = os.urandom(6).hex()
+        log.error(
+            "unexpected error in %s",
+            method,
+            exc_info=exc,
+            extra={"error_id": error_id, "method": method},
+        )
+        await context.abort_with_status(internal_status(error_id))
+
+    def _record(
+        self, method: str, context: aio.ServicerContext, code: str | None, start: float
+    ) -> None:
+        if code is None or code == "OK":
+            # The handler may have aborted or set a code itself.
+            current = context.code()
+            code = current.name if isinstance(current, grpc.StatusCode) else (code or "UNKNOWN")
+        self._metrics.record_call(method, code, (time.perf_counter() - start) * 1000.0)
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        parse = _safe_deserializer(handler.request_deserializer)
+        serialize = handler.response_serializer
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, handler.unary_unary, streaming_request=False), parse, serialize
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(method, handler.stream_unary, streaming_request=True), parse, serialize
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(method, handler.unary_stream, streaming_request=False),
+                parse,
+                serialize,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._stream(method, handler.stream_stream, streaming_request=True), parse, serialize
+        )
+
+    def _unary(
+        self, method: str, inner: Callable[..., Awaitable[Any]], *, streaming_request: bool
+    ) -> Callable[..., Awaitable[Any]]:
+        async def behavior(request: Any, context: aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code: str | None = "OK"
+            try:
+                self._admit(method, context)
+                if streaming_request:
+                    request = _checked(request)
+                elif request is _MALFORMED:
+                    raise _malformed()
+                return await inner(request, context)
+            except aio.AbortError:
+                code = None
+                raise
+            except Exception as exc:
+                code = status_code(exc).name if isinstance(exc, DataMCPError) else "INTERNAL"
+                await self._fail(context, exc, method)
+            finally:
+                self._record(method, context, code, start)
+
+        return behavior
+
+    def _stream(
+        self, method: str, inner: Callable[..., AsyncIterator[Any]], *, streaming_request: bool
+    ) -> Callable[..., AsyncIterator[Any]]:
+        async def behavior(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            start = time.perf_counter()
+            code: str | None = "OK"
+            try:
+                self._admit(method, context)
+                if streaming_request:
+                    request = _checked(request)
+                elif request is _MALFORMED:
+                    raise _malformed()
+                async for response in inner(request, context):
+                    yield response
+            except aio.AbortError:
+                code = None
+                raise
+            except Exception as exc:
+                code = status_code(exc).name if isinstance(exc, DataMCPError) else "INTERNAL"
+                await self._fail(context, exc, method)
+            finally:
+                self._record(method, context, code, start)
+
+        return behavior
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if request is _MALFORMED:
+            raise _malformed()
+        yield request

@@ -1,0 +1,204 @@
+"""The mesh server: one ``grpc.aio`` server hosting every service.
+
+It wires the interceptors (OpenTelemetry outermost, then the entry
+interceptor), the standard ``grpc.health.v1`` servicer fed by the health
+monitor, reflection for every service, TLS, and graceful shutdown:
+NOT_SERVING first, then new calls refused, in-flight calls given the grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+
+from datamcp import __version__
+from datamcp.bootstrap import App
+from datamcp.core.errors import ConfigError
+from datamcp.core.health import HealthMonitor, HealthReport
+from datamcp.entrypoints.grpc.health_service import HealthService
+from datamcp.entrypoints.grpc.interceptor import EntryInterceptor
+from datamcp.observability import tracing
+from datamcp.v1 import health_pb2 as datamcp_health_pb2
+from datamcp.v1 import health_pb2_grpc as datamcp_health_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+_COMPRESSION = {
+    "none": grpc.Compression.NoCompression,
+    "gzip": grpc.Compression.Gzip,
+    "deflate": grpc.Compression.Deflate,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A service to host: its full name, how to add it, and the components it needs."""
+
+    name: str
+    add: Callable[[Any, aio.Server], None]
+    servicer: Any
+    needs: tuple[str, ...] = ()
+
+
+def service_name(descriptor_module: Any, service: str) -> str:
+    return str(descriptor_module.DESCRIPTOR.services_by_name[service].full_name)
+
+
+def core_services(app: App, monitor: HealthMonitor, stopping: asyncio.Event) -> list[Registration]:
+    """The services this build hosts, in registration order."""
+    return [
+        Registration(
+            service_name(datamcp_health_pb2, "HealthService"),
+            datamcp_health_pb2_grpc.add_HealthServiceServicer_to_server,
+            HealthService(monitor, app.metrics, stopping),
+        ),
+    ]
+
+
+class MeshServer:
+    """Owns the grpc.aio server for one :class:`App`.
+
+    Args:
+        app: the bootstrapped application.
+        extra: more registrations (tests use this to host probe services).
+    """
+
+    def __init__(self, app: App, extra: Sequence[Registration] = ()) -> None:
+        self.app = app
+        self.stopping = asyncio.Event()
+        settings = app.settings
+        self.monitor = HealthMonitor(
+            app.checks,
+            interval=settings.health.interval,
+            timeout=settings.health.check_timeout,
+            version=__version__,
+        )
+        self.registrations = [*core_services(app, self.monitor, self.stopping), *extra]
+        for registration in self.registrations:
+            self.monitor.register_service(registration.name, registration.needs)
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self._server: aio.Server | None = None
+        self._stopped = asyncio.Event()
+
+    def _build(self) -> aio.Server:
+        s = self.app.settings.server
+        provider = tracing.build_tracer_provider(self.app.settings.tracing)
+        untraced = filters.negate(
+            filters.any_of(
+                filters.service_name(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
+                filters.service_prefix("grpc.reflection."),
+            )
+        )
+        interceptors = [
+            aio_server_interceptor(tracer_provider=provider, filter_=untraced),  # type: ignore[no-untyped-call]
+            EntryInterceptor(self.app.authenticator, self.app.limiter, self.app.metrics),
+        ]
+        options = [
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.keepalive_time_ms", int(s.keepalive_time * 1000)),
+            ("grpc.keepalive_timeout_ms", int(s.keepalive_timeout * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            (
+                "grpc.http2.min_ping_interval_without_data_ms",
+                int(s.keepalive_min_client_interval * 1000),
+            ),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = aio.server(
+            interceptors=interceptors,
+            options=options,
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
+            compression=_COMPRESSION[s.compression],
+        )
+        for registration in self.registrations:
+            registration.add(registration.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = [r.name for r in self.registrations]
+        names += [
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        reflection.enable_server_reflection(names, server)
+        return server
+
+    def _bind(self, server: aio.Server) -> int:
+        s = self.app.settings.server
+        tls = self.app.settings.tls
+        try:
+            if tls.enabled:
+                assert tls.cert_file is not None and tls.key_file is not None
+                client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+                credentials = grpc.ssl_server_credentials(
+                    [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+                    root_certificates=client_ca,
+                    require_client_auth=client_ca is not None,
+                )
+                port = server.add_secure_port(s.address, credentials)
+            else:
+                port = server.add_insecure_port(s.address)
+        except (RuntimeError, OSError) as exc:
+            raise ConfigError([f"listen: cannot bind {s.address}: {exc}"]) from exc
+        if not port:
+            raise ConfigError([f"listen: cannot bind {s.address} (in use or not local?)"])
+        return int(port)
+
+    async def _on_health(self, report: HealthReport) -> None:
+        for name, serving in report.services.items():
+            await self.health.set(
+                name,
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING,
+            )
+
+    async def start(self) -> int:
+        """Evaluate health, bind and start serving; returns the bound port."""
+        self.monitor.add_listener(self._on_health)
+        await self.monitor.evaluate()
+        self._server = self._build()
+        self.port = self._bind(self._server)
+        await self._server.start()
+        self.monitor.start()
+        log.info(
+            "datamcp serving",
+            extra={
+                "address": f"{self.app.settings.server.host}:{self.port}",
+                "port": self.port,
+                "tls": self.app.settings.tls.enabled,
+                "auth": self.app.authenticator.enabled,
+                "database": self.app.engine.dialect.name,
+                "version": __version__,
+            },
+        )
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown: NOT_SERVING, drain delay, refuse new calls, grace."""
+        if self.stopping.is_set():
+            await self._stopped.wait()
+            return
+        s = self.app.settings.server
+        grace = s.shutdown_grace if grace is None else grace
+        self.stopping.set()
+        log.info("shutting down", extra={"grace_seconds": grace})
+        await self.health.enter_graceful_shutdown()
+        await self.monitor.shutdown()
+        if s.drain_delay:
+            await asyncio.sleep(s.drain_delay)
+        if self._server is not None:
+            await self._server.stop(grace)
+        await self.app.close()
+        self._stopped.set()
+        log.info("stopped")
