@@ -1,0 +1,50 @@
+"""Shared fixtures: a database URL for each backend (SQLite file, and PostgreSQL
+when ``DATAMCP_TEST_PG_DSN`` is set) and settings pointing at it."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+PG_DSN = os.environ.get("DATAMCP_TEST_PG_DSN")
+
+
+def pg_dsn_or_skip() -> str:
+    if not PG_DSN:
+        pytest.skip("DATAMCP_TEST_PG_DSN is not set")
+    return PG_DSN
+
+
+@pytest.fixture
+async def pg_database() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+    dsn = make_url(pg_dsn_or_skip()).set(drivername="postgresql")
+    name = f"datamcp_test_{uuid.uuid4().hex[:12]}"
+    admin_dsn = dsn.render_as_string(hide_password=False)
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield dsn.set(database=name).render_as_string(hide_password=False)
+    finally:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The database URL of each backend the integration tests must pass on."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'data' / 'datamcp.db'}"
+    return str(request.getfixturevalue("pg_database"))

@@ -1,0 +1,79 @@
+"""Settings precedence and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from datamcp.config.settings import load_settings
+from datamcp.core.errors import ConfigError
+
+
+def test_defaults_are_loopback_sqlite_in_data_dir() -> None:
+    s = load_settings(environ={})
+    assert (s.server.host, s.server.port) == ("127.0.0.1", 50051)
+    assert s.database_url == "sqlite+aiosqlite:///.datamcp/datamcp.db"
+    assert not s.auth.enabled and s.rate_limit.enabled
+
+
+def test_precedence_default_file_env_flag(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        'listen = "127.0.0.1:1"\n[server]\nshutdown_grace = 3\n[rate_limit]\nrate = 5\n'
+    )
+    env = {"DATAMCP_LISTEN": "127.0.0.1:2", "DATAMCP_SERVER_SHUTDOWN_GRACE": "4"}
+    s = load_settings(config_file=config, environ=env, overrides={"listen": "127.0.0.1:3"})
+    assert s.server.port == 3  # flag beats env beats file
+    assert s.server.shutdown_grace == 4.0  # env beats file
+    assert s.rate_limit.default.rate == 5.0  # file beats default
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[health]\ninterval = 9\n")
+    s = load_settings(environ={"DATAMCP_CONFIG": str(config)})
+    assert s.health.interval == 9.0
+
+
+def test_json_settings_from_environment() -> None:
+    env = {
+        "DATAMCP_HEALTH_DEPENDENCIES": '[{"name": "x", "target": "tcp://127.0.0.1:1"}]',
+        "DATAMCP_RATE_LIMIT_METHODS": '{"/a.B/C": {"rate": 1, "burst": 2}}',
+    }
+    s = load_settings(environ=env)
+    assert s.health.dependencies[0].name == "x"
+    assert s.rate_limit.methods["/a.B/C"].burst == 2
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(
+            environ={"DATAMCP_SERVER_COMPRESSION": "brotli"},
+            overrides={"listen": "x", "server.max_concurrent_rpcs": -1},
+        )
+    text = "\n".join(err.value.problems)
+    assert len(err.value.problems) == 3
+    assert "brotli" in text and "HOST:PORT" in text and "max_concurrent_rpcs" in text
+
+
+def test_public_bind_needs_auth_or_insecure() -> None:
+    with pytest.raises(ConfigError, match="refusing to bind"):
+        load_settings(environ={}, overrides={"listen": "0.0.0.0:1"})
+    assert load_settings(environ={}, overrides={"listen": "[::1]:1"}).server.host == "::1"
+    authed = load_settings(
+        environ={}, overrides={"listen": "0.0.0.0:1", "auth.jwt.hs256_secret": "k" * 40}
+    )
+    assert authed.auth.enabled
+
+
+def test_tls_key_without_cert_is_rejected(tmp_path: Path) -> None:
+    key = tmp_path / "k.pem"
+    key.write_text("x")
+    with pytest.raises(ConfigError, match="together"):
+        load_settings(environ={}, overrides={"tls.key_file": str(key)})
+
+
+def test_dependency_targets_are_validated() -> None:
+    with pytest.raises(ConfigError, match="tcp://host:port"):
+        load_settings(environ={}, overrides={"health.dependencies": [{"target": "ftp://x"}]})
