@@ -8,6 +8,7 @@ flag.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,12 @@ FIELDS: tuple[Field, ...] = (
         "external dependencies: list of {name, target: tcp://host:port | http(s)://url, critical}",
     ),
     Field("tracing.exporter", "str", "none", "none | console | otlp"),
+    Field(
+        "tracing.sample_ratio",
+        "float",
+        1.0,
+        "share of new traces recorded (parent-based: a sampled caller is always followed)",
+    ),
     Field("tracing.otlp_endpoint", "str", "http://127.0.0.1:4317", "OTLP gRPC endpoint"),
     Field("tracing.service_name", "str", "datamcp", "service.name resource attribute"),
     Field("logging.level", "str", "INFO", "DEBUG | INFO | WARNING | ERROR"),
@@ -95,3 +102,26 @@ FIELDS: tuple[Field, ...] = (
 )
 
 BY_KEY: dict[str, Field] = {f.key: f for f in FIELDS}
+
+
+def markdown_table() -> str:
+    """The README's configuration reference (``python -m datamcp.config.fields``)."""
+    rows = ["| key (TOML) | env var | flag | default | meaning |", "|---|---|---|---|---|"]
+    for f in FIELDS:
+        if f.default is None:
+            default = "(none)"
+        elif f.kind == "json":
+            default = json.dumps(f.default)
+        elif f.kind == "bool":
+            default = str(f.default).lower()
+        else:
+            default = str(f.default)
+        flag = f"`{f.flag}`" if f.flag else ""
+        rows.append(
+            f"| `{f.key}` | `{f.env}` | {flag} | `{default}` | {f.help.replace('|', '/')} |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -117,6 +117,7 @@ class HealthSettings:
 @dataclass(frozen=True, slots=True)
 class TracingSettings:
     exporter: str = "none"
+    sample_ratio: float = 1.0
     otlp_endpoint: str = "http://127.0.0.1:4317"
     service_name: str = "datamcp"
 
@@ -348,6 +349,7 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
         ),
         tracing=TracingSettings(
             exporter=r.str_("tracing.exporter", ("none", "console", "otlp")),
+            sample_ratio=r.number("tracing.sample_ratio", 0.0),
             otlp_endpoint=r.str_("tracing.otlp_endpoint"),
             service_name=r.str_("tracing.service_name"),
         ),
@@ -356,6 +358,8 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             format=r.str_("logging.format", ("json", "text")),
         ),
     )
+    if settings.tracing.sample_ratio > 1.0:
+        r.fail("tracing.sample_ratio", "must be between 0.0 and 1.0")
     if not database_url.startswith(("sqlite", "postgresql", "postgres")):
         r.fail("database_url", "only sqlite+aiosqlite:/// and postgresql:// URLs are supported")
     return settings

@@ -76,13 +76,20 @@ class Authenticator:
         self._remember(authorization, principal, expires)
         return principal
 
-    def authorize(self, principal: Principal, method: str) -> None:
+    def authorize(
+        self, principal: Principal, method: str, required: tuple[str, ...] | None = None
+    ) -> None:
         """Check the principal's roles against ``auth.method_roles``.
+
+        Args:
+            required: the method's roles when the caller has looked them up
+                already (the entry does, once per method).
 
         Raises:
             PermissionDenied: the method needs a role the principal lacks.
         """
-        required = self.required_roles(method)
+        if required is None:
+            required = self.required_roles(method)
         if not principal.has_any_role(required):
             raise PermissionDenied(
                 f"{method} requires one of the roles {', '.join(required)}; "

@@ -20,6 +20,10 @@ class HealthService(health_pb2_grpc.HealthServiceServicer):
         self._monitor = monitor
         self._metrics = metrics
         self._stopping = stopping
+        self._last: tuple[HealthReport | None, health_pb2.HealthReport] = (
+            None,
+            health_pb2.HealthReport(),
+        )
 
     async def _current(self, refresh: bool = False) -> HealthReport:
         report = self._monitor.report
@@ -27,11 +31,19 @@ class HealthService(health_pb2_grpc.HealthServiceServicer):
             report = await self._monitor.evaluate()
         return report
 
+    def _proto(self, report: HealthReport) -> health_pb2.HealthReport:
+        """The report as protobuf, converted once per report, not once per call."""
+        cached, proto = self._last
+        if cached is not report:
+            proto = report_to_proto(report)
+            self._last = (report, proto)
+        return proto
+
     async def GetHealthReport(
         self, request: health_pb2.GetHealthReportRequest, context: aio.ServicerContext
     ) -> health_pb2.GetHealthReportResponse:
         report = await self._current(request.refresh)
-        return health_pb2.GetHealthReportResponse(report=report_to_proto(report))
+        return health_pb2.GetHealthReportResponse(report=self._proto(report))
 
     async def GetMetrics(
         self, request: health_pb2.GetMetricsRequest, context: aio.ServicerContext
@@ -42,7 +54,7 @@ class HealthService(health_pb2_grpc.HealthServiceServicer):
         self, request: health_pb2.WatchHealthRequest, context: aio.ServicerContext
     ) -> AsyncIterator[health_pb2.WatchHealthResponse]:
         report = await self._current()
-        yield health_pb2.WatchHealthResponse(report=report_to_proto(report))
+        yield health_pb2.WatchHealthResponse(report=self._proto(report))
         while not self._stopping.is_set():
             report = await self._monitor.wait_for_change()
-            yield health_pb2.WatchHealthResponse(report=report_to_proto(report))
+            yield health_pb2.WatchHealthResponse(report=self._proto(report))

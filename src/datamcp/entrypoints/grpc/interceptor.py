@@ -91,7 +91,9 @@ class EntryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    def _admit(self, method: str, context: aio.ServicerContext) -> tuple[Principal, str]:
+    def _admit(
+        self, method: str, roles: tuple[str, ...], context: aio.ServicerContext
+    ) -> tuple[Principal, str]:
         authorization = request_id = None
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
@@ -102,7 +104,7 @@ class EntryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         current_request_id.set(request_id)
         principal = self._auth.authenticate(authorization)
         current_principal.set(principal)
-        self._auth.authorize(principal, method)
+        self._auth.authorize(principal, method, roles)
         if self._limiter is not None:
             key = f"{principal.tenant}/{principal.subject}"
             if not self._auth.enabled:
@@ -117,7 +119,7 @@ class EntryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             code = status_code(exc)
             if code is grpc.StatusCode.INTERNAL:
                 log.error("core error without a status mapping", exc_info=exc)
-            await context.abort_with_status(to_status(exc, request_id))
+            await _abort(context, to_status(exc, request_id))
             return
         error_id = os.urandom(6).hex()
         log.error(
@@ -126,7 +128,7 @@ class EntryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             exc_info=exc,
             extra={"error_id": error_id, "method": method},
         )
-        await context.abort_with_status(internal_status(error_id))
+        await _abort(context, internal_status(error_id))
 
     def _record(
         self, method: str, context: aio.ServicerContext, code: str | None, start: float
@@ -161,11 +163,13 @@ class EntryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     def _unary(
         self, method: str, inner: Callable[..., Awaitable[Any]], *, streaming_request: bool
     ) -> Callable[..., Awaitable[Any]]:
+        roles = self._auth.required_roles(method)
+
         async def behavior(request: Any, context: aio.ServicerContext) -> Any:
             start = time.perf_counter()
             code: str | None = "OK"
             try:
-                self._admit(method, context)
+                self._admit(method, roles, context)
                 if streaming_request:
                     request = _checked(request)
                 elif request is _MALFORMED:
@@ -185,11 +189,13 @@ class EntryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     def _stream(
         self, method: str, inner: Callable[..., AsyncIterator[Any]], *, streaming_request: bool
     ) -> Callable[..., AsyncIterator[Any]]:
+        roles = self._auth.required_roles(method)
+
         async def behavior(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
             start = time.perf_counter()
             code: str | None = "OK"
             try:
-                self._admit(method, context)
+                self._admit(method, roles, context)
                 if streaming_request:
                     request = _checked(request)
                 elif request is _MALFORMED:
@@ -206,6 +212,12 @@ class EntryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
                 self._record(method, context, code, start)
 
         return behavior
+
+
+async def _abort(context: aio.ServicerContext, status: grpc.Status) -> None:
+    """``abort_with_status`` spelled out, so a wrapping context (the tracing
+    one) sees the code: it intercepts ``abort`` only."""
+    await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:

@@ -18,14 +18,14 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from datamcp import __version__
 from datamcp.bootstrap import App
 from datamcp.core.errors import ConfigError
 from datamcp.core.health import HealthMonitor, HealthReport
 from datamcp.entrypoints.grpc.health_service import HealthService
-from datamcp.entrypoints.grpc.interceptor import EntryInterceptor
+from datamcp.entrypoints.grpc.interceptor import OPEN_PREFIXES, EntryInterceptor
+from datamcp.entrypoints.grpc.tracing import PerMethodTracingInterceptor
 from datamcp.observability import tracing
 from datamcp.v1 import health_pb2 as datamcp_health_pb2
 from datamcp.v1 import health_pb2_grpc as datamcp_health_pb2_grpc
@@ -86,21 +86,18 @@ class MeshServer:
         for registration in self.registrations:
             self.monitor.register_service(registration.name, registration.needs)
         self.health = health.aio.HealthServicer()
+        self.tracer_provider = tracing.build_tracer_provider(app.settings.tracing)
         self.port = 0
         self._server: aio.Server | None = None
         self._stopped = asyncio.Event()
 
     def _build(self) -> aio.Server:
         s = self.app.settings.server
-        provider = tracing.build_tracer_provider(self.app.settings.tracing)
-        untraced = filters.negate(
-            filters.any_of(
-                filters.service_name(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
-                filters.service_prefix("grpc.reflection."),
-            )
-        )
+        provider = self.tracer_provider
         interceptors = [
-            aio_server_interceptor(tracer_provider=provider, filter_=untraced),  # type: ignore[no-untyped-call]
+            PerMethodTracingInterceptor(
+                provider, OPEN_PREFIXES, self.app.settings.tracing.sample_ratio
+            ),
             EntryInterceptor(self.app.authenticator, self.app.limiter, self.app.metrics),
         ]
         options = [
@@ -200,5 +197,6 @@ class MeshServer:
         if self._server is not None:
             await self._server.stop(grace)
         await self.app.close()
+        self.tracer_provider.shutdown()
         self._stopped.set()
         log.info("stopped")

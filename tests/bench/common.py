@@ -1,0 +1,69 @@
+"""What every benchmark section shares: run settings, the section type, output."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.bench.procs import REPO_ROOT
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    """Settings of one ``python -m tests.bench`` run.
+
+    Attributes:
+        seconds: measured window of each load run (env ``BENCH_SECONDS``).
+        warmup: unmeasured lead-in before each window, so connection set-up,
+            first-call caches and the like stay out of the numbers.
+        out_dir: where sections write their JSON results.
+    """
+
+    seconds: float = 5.0
+    warmup: float = 1.0
+    out_dir: Path = REPO_ROOT / ".bench"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> BenchConfig:
+        """Read ``BENCH_SECONDS``.
+
+        Raises:
+            ValueError: not a positive number.
+        """
+        env = os.environ if environ is None else environ
+        text = env.get("BENCH_SECONDS", "").strip()
+        if not text:
+            return cls()
+        try:
+            seconds = float(text)
+        except ValueError:
+            raise ValueError(f"BENCH_SECONDS must be a number of seconds, got {text!r}") from None
+        if not seconds > 0:
+            raise ValueError(f"BENCH_SECONDS must be > 0, got {text!r}")
+        return cls(seconds=seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """A named benchmark; ``run`` prints its report and returns its JSON result."""
+
+    name: str
+    run: Callable[[BenchConfig], Mapping[str, Any]]
+
+
+def write_result(config: BenchConfig, file_name: str, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as ``<out_dir>/<file_name>`` (creating the directory)."""
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    path = config.out_dir / file_name
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def warn(message: str) -> None:
+    """A warning nobody reading the table can miss."""
+    bar = "!" * 78
+    print(f"{bar}\n!! WARNING: {message}\n{bar}", flush=True)
