@@ -19,7 +19,7 @@ import grpc
 from grpc import aio
 
 from datamcp.core.auth import Authenticator
-from datamcp.core.context import Principal, current_principal, current_request_id
+from datamcp.core.context import current_principal, current_request_id
 from datamcp.core.errors import DataMCPError, FieldViolation, InvalidArgument
 from datamcp.core.metrics import MetricsRegistry
 from datamcp.core.ratelimit import KeyedRateLimiter
@@ -91,9 +91,8 @@ class EntryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    def _admit(
-        self, method: str, roles: tuple[str, ...], context: aio.ServicerContext
-    ) -> tuple[Principal, str]:
+    def _admit(self, method: str, roles: tuple[str, ...], context: aio.ServicerContext) -> None:
+        """Set the call's request id and principal, or raise why it may not proceed."""
         authorization = request_id = None
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
@@ -110,16 +109,11 @@ class EntryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             if not self._auth.enabled:
                 key = context.peer().rsplit(":", 1)[0]
             self._limiter.check(key, method)
-        return principal, request_id
 
     async def _fail(self, context: aio.ServicerContext, exc: BaseException, method: str) -> None:
         """Abort the call for ``exc`` (always raises ``AbortError``)."""
-        request_id = current_request_id.get()
-        if isinstance(exc, DataMCPError):
-            code = status_code(exc)
-            if code is grpc.StatusCode.INTERNAL:
-                log.error("core error without a status mapping", exc_info=exc)
-            await _abort(context, to_status(exc, request_id))
+        if isinstance(exc, DataMCPError) and status_code(exc) is not grpc.StatusCode.INTERNAL:
+            await _abort(context, to_status(exc, current_request_id.get()))
             return
         error_id = os.urandom(6).hex()
         log.error(
@@ -166,23 +160,9 @@ class EntryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         roles = self._auth.required_roles(method)
 
         async def behavior(request: Any, context: aio.ServicerContext) -> Any:
-            start = time.perf_counter()
-            code: str | None = "OK"
-            try:
+            async with _Call(self, method, context):
                 self._admit(method, roles, context)
-                if streaming_request:
-                    request = _checked(request)
-                elif request is _MALFORMED:
-                    raise _malformed()
-                return await inner(request, context)
-            except aio.AbortError:
-                code = None
-                raise
-            except Exception as exc:
-                code = status_code(exc).name if isinstance(exc, DataMCPError) else "INTERNAL"
-                await self._fail(context, exc, method)
-            finally:
-                self._record(method, context, code, start)
+                return await inner(_validated(request, streaming_request), context)
 
         return behavior
 
@@ -192,26 +172,55 @@ class EntryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         roles = self._auth.required_roles(method)
 
         async def behavior(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-            start = time.perf_counter()
-            code: str | None = "OK"
-            try:
+            async with _Call(self, method, context):
                 self._admit(method, roles, context)
-                if streaming_request:
-                    request = _checked(request)
-                elif request is _MALFORMED:
-                    raise _malformed()
-                async for response in inner(request, context):
+                async for response in inner(_validated(request, streaming_request), context):
                     yield response
-            except aio.AbortError:
-                code = None
-                raise
-            except Exception as exc:
-                code = status_code(exc).name if isinstance(exc, DataMCPError) else "INTERNAL"
-                await self._fail(context, exc, method)
-            finally:
-                self._record(method, context, code, start)
 
         return behavior
+
+
+class _Call:
+    """One call's bookkeeping: maps what escapes the handler to a status and
+    records the outcome in the metrics. A class, not a generator-based
+    context manager, because it runs on every call."""
+
+    __slots__ = ("context", "entry", "method", "start")
+
+    def __init__(self, entry: EntryInterceptor, method: str, context: aio.ServicerContext) -> None:
+        self.entry = entry
+        self.method = method
+        self.context = context
+        self.start = time.perf_counter()
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        code: str | None = "OK"
+        try:
+            if exc is None:
+                return
+            if isinstance(exc, aio.AbortError):
+                code = None  # the handler aborted; the context knows the code
+            elif isinstance(exc, Exception):
+                mapped = status_code(exc) if isinstance(exc, DataMCPError) else None
+                code = mapped.name if mapped else "INTERNAL"
+                await self.entry._fail(self.context, exc, self.method)
+            else:
+                code = "CANCELLED"
+        finally:
+            self.entry._record(self.method, self.context, code, self.start)
+
+
+def _validated(request: Any, streaming_request: bool) -> Any:
+    if streaming_request:
+        return _checked(request)
+    if request is _MALFORMED:
+        raise _malformed()
+    return request
 
 
 async def _abort(context: aio.ServicerContext, status: grpc.Status) -> None:
