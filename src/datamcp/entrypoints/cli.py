@@ -61,6 +61,12 @@ async def _run_server(settings: Settings) -> int:
     from datamcp.bootstrap import App
     from datamcp.entrypoints.grpc.server import MeshServer
 
+    # Handlers first: a SIGTERM during start-up (a rollout, a scale-down) must
+    # still end in a graceful stop, never in the default kill.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         app = await App.create(settings)
     except Unavailable as exc:
@@ -72,10 +78,6 @@ async def _run_server(settings: Settings) -> int:
     except ConfigError:
         await app.close()
         raise
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop()
     return 0
