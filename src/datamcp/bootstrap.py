@@ -24,7 +24,10 @@ from datamcp.config.settings import Settings
 from datamcp.core import instances
 from datamcp.core.auth import Authenticator
 from datamcp.core.errors import Unavailable
-from datamcp.core.health import HealthCheck
+from datamcp.core.events.api import EventsApi
+from datamcp.core.events.bus import EventBus
+from datamcp.core.events.subscriptions import SubscriptionService
+from datamcp.core.health import FunctionCheck, HealthCheck
 from datamcp.core.instances import Instance
 from datamcp.core.metrics import MetricsRegistry
 from datamcp.core.ports import UnitOfWork
@@ -42,6 +45,7 @@ class App:
     authenticator: Authenticator
     limiter: KeyedRateLimiter | None
     checks: list[HealthCheck]
+    events: EventsApi
 
     def uow(self) -> UnitOfWork:
         return SqlUnitOfWork(self.engine)
@@ -74,20 +78,42 @@ class App:
                 {m: (q.rate, q.burst) for m, q in rl.methods.items()},
             )
         metrics = MetricsRegistry()
-        app = cls(settings, engine, instance, metrics, authenticator, limiter, [])
-        app.checks = [
-            DatabaseCheck(engine, app.uow, instance.id),
+
+        def uow() -> UnitOfWork:
+            return SqlUnitOfWork(engine)
+
+        ev = settings.events
+        bus = EventBus(uow, retention_age=ev.retention_age, retention_count=ev.retention_count)
+        subscriptions = SubscriptionService(
+            uow,
+            default_max_attempts=ev.max_attempts,
+            default_visibility_timeout=ev.visibility_timeout,
+        )
+        events = EventsApi(
+            bus, subscriptions, max_event_bytes=ev.max_event_bytes, max_batch=ev.max_batch
+        )
+        checks: list[HealthCheck] = [
+            DatabaseCheck(engine, uow, instance.id),
+            FunctionCheck("event_bus", bus.check),
             *(
                 DependencyCheck(d, settings.health.check_timeout)
                 for d in settings.health.dependencies
             ),
         ]
+        app = cls(settings, engine, instance, metrics, authenticator, limiter, checks, events)
         metrics.add_section_provider("infrastructure", app._infrastructure_metrics)
         return app
 
+    async def start(self) -> None:
+        """Start background work (the event writer, retention)."""
+        await self.events.bus.start()
+
     def _infrastructure_metrics(self) -> dict[str, float]:
         pool: Any = self.engine.pool
+        bus = self.events.bus
         values = {
+            "events_published": float(bus.published),
+            "event_commits": float(bus.commits),
             "process_max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             "instance_started_at": self.instance.started_at,
         }
@@ -98,6 +124,7 @@ class App:
         return values
 
     async def close(self) -> None:
+        await self.events.bus.stop()
         # The database may be the very reason we are stopping.
         with contextlib.suppress(Exception):
             await instances.mark_stopped(self.uow, self.instance.id)

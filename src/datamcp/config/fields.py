@@ -80,6 +80,12 @@ FIELDS: tuple[Field, ...] = (
     Field("rate_limit.rate", "float", 200.0, "tokens per second per principal"),
     Field("rate_limit.burst", "int", 400, "bucket size per principal"),
     Field("rate_limit.methods", "json", {}, "map of full method to {rate, burst}"),
+    Field("events.max_event_bytes", "int", 256 * 1024, "largest event data (JSON bytes)"),
+    Field("events.max_batch", "int", 1000, "most events in one PublishBatch"),
+    Field("events.retention_age", "float", 7 * 86400.0, "seconds events are kept; 0 = forever"),
+    Field("events.retention_count", "int", 0, "most events kept; 0 = no limit"),
+    Field("events.max_attempts", "int", 5, "default deliveries before dead-lettering"),
+    Field("events.visibility_timeout", "float", 30.0, "default seconds a delivery is leased"),
     Field("health.interval", "float", 5.0, "seconds between component checks"),
     Field("health.check_timeout", "float", 2.0, "seconds a component check may take"),
     Field(

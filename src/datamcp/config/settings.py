@@ -115,6 +115,16 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class EventSettings:
+    max_event_bytes: int = 256 * 1024
+    max_batch: int = 1000
+    retention_age: float = 7 * 86400.0
+    retention_count: int = 0
+    max_attempts: int = 5
+    visibility_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class TracingSettings:
     exporter: str = "none"
     sample_ratio: float = 1.0
@@ -137,6 +147,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    events: EventSettings = field(default_factory=EventSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
@@ -346,6 +357,14 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             interval=r.number("health.interval", 0.05),
             check_timeout=r.number("health.check_timeout", 0.01),
             dependencies=_dependencies(r),
+        ),
+        events=EventSettings(
+            max_event_bytes=r.number("events.max_event_bytes", 1, int),
+            max_batch=r.number("events.max_batch", 1, int),
+            retention_age=r.number("events.retention_age"),
+            retention_count=r.number("events.retention_count", 0, int),
+            max_attempts=r.number("events.max_attempts", 1, int),
+            visibility_timeout=r.number("events.visibility_timeout", 0.01),
         ),
         tracing=TracingSettings(
             exporter=r.str_("tracing.exporter", ("none", "console", "otlp")),

@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self
 
 if TYPE_CHECKING:
+    from datamcp.core.events.ports import EventRepository
     from datamcp.core.instances import Instance
 
 
@@ -26,6 +27,9 @@ class UnitOfWork(Protocol):
 
     @property
     def instances(self) -> InstanceRepository: ...
+
+    @property
+    def events(self) -> EventRepository: ...
 
     async def __aenter__(self) -> Self: ...
 

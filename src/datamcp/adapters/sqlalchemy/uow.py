@@ -8,6 +8,7 @@ from typing import Self
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
+from datamcp.adapters.sqlalchemy.event_repository import SqlEventRepository
 from datamcp.adapters.sqlalchemy.repositories import SqlInstanceRepository
 
 
@@ -17,16 +18,23 @@ class SqlUnitOfWork:
         self._conn: AsyncConnection | None = None
         self._tx: AsyncTransaction | None = None
         self._instances: SqlInstanceRepository | None = None
+        self._events: SqlEventRepository | None = None
 
     @property
     def instances(self) -> SqlInstanceRepository:
         assert self._instances is not None, "use the unit of work inside 'async with'"
         return self._instances
 
+    @property
+    def events(self) -> SqlEventRepository:
+        assert self._events is not None, "use the unit of work inside 'async with'"
+        return self._events
+
     async def __aenter__(self) -> Self:
         self._conn = await self._engine.connect()
         self._tx = await self._conn.begin()
         self._instances = SqlInstanceRepository(self._conn)
+        self._events = SqlEventRepository(self._conn)
         return self
 
     async def __aexit__(
@@ -43,6 +51,7 @@ class SqlUnitOfWork:
                 await self._conn.close()
             self._conn = self._tx = None
             self._instances = None
+            self._events = None
 
     async def commit(self) -> None:
         assert self._tx is not None, "commit outside 'async with'"

@@ -23,10 +23,12 @@ from datamcp import __version__
 from datamcp.bootstrap import App
 from datamcp.core.errors import ConfigError
 from datamcp.core.health import HealthMonitor, HealthReport
+from datamcp.entrypoints.grpc.event_service import EventService
 from datamcp.entrypoints.grpc.health_service import HealthService
 from datamcp.entrypoints.grpc.interceptor import OPEN_PREFIXES, EntryInterceptor
 from datamcp.entrypoints.grpc.tracing import PerMethodTracingInterceptor
 from datamcp.observability import tracing
+from datamcp.v1 import events_pb2, events_pb2_grpc
 from datamcp.v1 import health_pb2 as datamcp_health_pb2
 from datamcp.v1 import health_pb2_grpc as datamcp_health_pb2_grpc
 
@@ -60,6 +62,12 @@ def core_services(app: App, monitor: HealthMonitor, stopping: asyncio.Event) -> 
             service_name(datamcp_health_pb2, "HealthService"),
             datamcp_health_pb2_grpc.add_HealthServiceServicer_to_server,
             HealthService(monitor, app.metrics, stopping),
+        ),
+        Registration(
+            service_name(events_pb2, "EventService"),
+            events_pb2_grpc.add_EventServiceServicer_to_server,
+            EventService(app.events),
+            needs=("database", "event_bus"),
         ),
     ]
 
@@ -162,6 +170,7 @@ class MeshServer:
 
     async def start(self) -> int:
         """Evaluate health, bind and start serving; returns the bound port."""
+        await self.app.start()
         self.monitor.add_listener(self._on_health)
         await self.monitor.evaluate()
         self._server = self._build()

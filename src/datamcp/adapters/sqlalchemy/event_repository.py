@@ -1,0 +1,379 @@
+"""SQL side of the event store, subscriptions, deliveries and dead letters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from datamcp.adapters.sqlalchemy.tables import dead_letters, deliveries, events, subscriptions
+from datamcp.core.events.model import Event, EventFilter
+from datamcp.core.events.subscriptions import DeadLetter, Subscription, SubscriptionStats
+
+
+def _insert_ignoring_duplicates(conn: AsyncConnection, table: Any) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing()
+
+
+def _event(row: Any) -> Event:
+    return Event(
+        id=row.id,
+        source=row.source,
+        type=row.type,
+        data=json.loads(row.data),
+        subject=row.subject,
+        time=row.time,
+        datacontenttype=row.datacontenttype,
+        tenant=row.tenant,
+        correlation_id=row.correlation_id,
+        traceparent=row.traceparent,
+        seq=row.seq,
+    )
+
+
+def _subscription(row: Any) -> Subscription:
+    return Subscription(
+        id=row.id,
+        tenant=row.tenant,
+        name=row.name,
+        filter=EventFilter.from_json(row.filter),
+        cursor=row.cursor,
+        max_attempts=row.max_attempts,
+        visibility_timeout=row.visibility_timeout,
+        created_at=row.created_at,
+    )
+
+
+class SqlEventRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    # --- events -------------------------------------------------------------------
+
+    async def existing(self, tenant: str, ids: Sequence[str]) -> dict[str, int]:
+        if not ids:
+            return {}
+        rows = await self._conn.execute(
+            select(events.c.id, events.c.seq).where(events.c.tenant == tenant, events.c.id.in_(ids))
+        )
+        return {row.id: row.seq for row in rows}
+
+    async def append(self, batch: Sequence[Event], stored_at: float) -> list[int]:
+        """Insert events (ids known not to exist); returns their seqs in order."""
+        if not batch:
+            return []
+        rows = [
+            {
+                "tenant": e.tenant,
+                "id": e.id,
+                "source": e.source,
+                "type": e.type,
+                "subject": e.subject,
+                "time": e.time,
+                "datacontenttype": e.datacontenttype,
+                "data": e.data_json(),
+                "correlation_id": e.correlation_id,
+                "traceparent": e.traceparent,
+                "stored_at": stored_at,
+            }
+            for e in batch
+        ]
+        result = await self._conn.execute(
+            insert(events).returning(events.c.seq, sort_by_parameter_order=True), rows
+        )
+        return [row.seq for row in result]
+
+    async def read(
+        self, tenant: str, after_seq: int, limit: int, since_time: float | None = None
+    ) -> list[Event]:
+        query = select(events).where(events.c.tenant == tenant, events.c.seq > after_seq)
+        if since_time is not None:
+            query = query.where(events.c.time >= since_time)
+        rows = await self._conn.execute(query.order_by(events.c.seq).limit(limit))
+        return [_event(row) for row in rows]
+
+    async def by_seqs(self, seqs: Sequence[int]) -> dict[int, Event]:
+        if not seqs:
+            return {}
+        rows = await self._conn.execute(select(events).where(events.c.seq.in_(seqs)))
+        return {row.seq: _event(row) for row in rows}
+
+    async def max_seq(self, tenant: str | None = None) -> int:
+        query = select(func.max(events.c.seq))
+        if tenant is not None:
+            query = query.where(events.c.tenant == tenant)
+        return int((await self._conn.execute(query)).scalar() or 0)
+
+    async def delete_expired(self, older_than: float | None, keep_last: int | None) -> int:
+        """Retention: drop old events no delivery or dead letter still points at."""
+        conditions = []
+        if older_than is not None:
+            conditions.append(events.c.stored_at < older_than)
+        if keep_last is not None:
+            newest = await self.max_seq()
+            conditions.append(events.c.seq <= newest - keep_last)
+        if not conditions:
+            return 0
+        referenced = exists().where(deliveries.c.seq == events.c.seq)
+        dead = exists().where(dead_letters.c.seq == events.c.seq)
+        result = await self._conn.execute(
+            delete(events).where(and_(*conditions), ~referenced, ~dead)
+        )
+        return int(result.rowcount or 0)
+
+    # --- subscriptions --------------------------------------------------------------
+
+    async def get_subscription(self, tenant: str, name: str) -> Subscription | None:
+        row = (
+            await self._conn.execute(
+                select(subscriptions).where(
+                    subscriptions.c.tenant == tenant, subscriptions.c.name == name
+                )
+            )
+        ).one_or_none()
+        return None if row is None else _subscription(row)
+
+    async def add_subscription(self, sub: Subscription) -> None:
+        await self._conn.execute(
+            _insert_ignoring_duplicates(self._conn, subscriptions).values(
+                id=sub.id,
+                tenant=sub.tenant,
+                name=sub.name,
+                filter=sub.filter.to_json(),
+                cursor=sub.cursor,
+                max_attempts=sub.max_attempts,
+                visibility_timeout=sub.visibility_timeout,
+                created_at=sub.created_at,
+            )
+        )
+
+    async def list_subscriptions(self, tenant: str, after: str, limit: int) -> list[Subscription]:
+        rows = await self._conn.execute(
+            select(subscriptions)
+            .where(subscriptions.c.tenant == tenant, subscriptions.c.name > after)
+            .order_by(subscriptions.c.name)
+            .limit(limit)
+        )
+        return [_subscription(row) for row in rows]
+
+    async def advance_cursor(self, subscription_id: str, seq: int) -> None:
+        await self._conn.execute(
+            update(subscriptions)
+            .where(subscriptions.c.id == subscription_id, subscriptions.c.cursor < seq)
+            .values(cursor=seq)
+        )
+
+    async def stats(self, sub: Subscription, now: float) -> SubscriptionStats:
+        d = deliveries.c
+        pending, in_flight = (
+            await self._conn.execute(
+                select(
+                    func.count().filter(d.visible_at <= now),
+                    func.count().filter(d.visible_at > now),
+                ).where(d.subscription_id == sub.id)
+            )
+        ).one()
+        unread = (
+            await self._conn.execute(
+                select(func.count()).where(events.c.tenant == sub.tenant, events.c.seq > sub.cursor)
+            )
+        ).scalar()
+        dead = (
+            await self._conn.execute(
+                select(func.count()).where(dead_letters.c.subscription_id == sub.id)
+            )
+        ).scalar()
+        return SubscriptionStats(int(pending), int(in_flight), int(unread or 0), int(dead or 0))
+
+    # --- deliveries -----------------------------------------------------------------
+
+    async def add_deliveries(self, subscription_id: str, items: Sequence[tuple[int, str]]) -> None:
+        if not items:
+            return
+        await self._conn.execute(
+            _insert_ignoring_duplicates(self._conn, deliveries),
+            [
+                {
+                    "subscription_id": subscription_id,
+                    "seq": seq,
+                    "subject": subject,
+                    "attempts": 0,
+                    "visible_at": 0.0,
+                }
+                for seq, subject in items
+            ],
+        )
+
+    async def claim(
+        self, subscription_id: str, now: float, until: float, consumer: str, limit: int
+    ) -> list[tuple[int, int]]:
+        """Lease up to ``limit`` visible deliveries that head their subject.
+
+        A delivery whose subject has an earlier delivery still pending (in
+        flight, or waiting for a retry) is not eligible: that is what keeps
+        per-subject order with competing consumers. Events without a subject
+        are not ordered. Returns (seq, attempt number) of what was leased.
+        """
+        d = deliveries.c
+        earlier = deliveries.alias("earlier")
+        blocked = exists().where(
+            earlier.c.subscription_id == d.subscription_id,
+            earlier.c.subject == d.subject,
+            earlier.c.seq < d.seq,
+        )
+        candidates = [
+            row.seq
+            for row in await self._conn.execute(
+                select(d.seq)
+                .where(
+                    d.subscription_id == subscription_id,
+                    d.visible_at <= now,
+                    (d.subject == "") | ~blocked,
+                )
+                .order_by(d.seq)
+                .limit(limit)
+            )
+        ]
+        if not candidates:
+            return []
+        # The visibility re-check makes the claim atomic between competitors.
+        await self._conn.execute(
+            update(deliveries)
+            .where(
+                d.subscription_id == subscription_id,
+                d.seq.in_(candidates),
+                d.visible_at <= now,
+            )
+            .values(visible_at=until, consumer=consumer, attempts=d.attempts + 1)
+        )
+        rows = await self._conn.execute(
+            select(d.seq, d.attempts).where(
+                d.subscription_id == subscription_id,
+                d.seq.in_(candidates),
+                d.consumer == consumer,
+                d.visible_at == until,
+            )
+        )
+        return sorted((row.seq, row.attempts) for row in rows)
+
+    async def delivery(self, subscription_id: str, seq: int) -> tuple[int, str | None] | None:
+        row = (
+            await self._conn.execute(
+                select(deliveries.c.attempts, deliveries.c.last_error).where(
+                    deliveries.c.subscription_id == subscription_id, deliveries.c.seq == seq
+                )
+            )
+        ).one_or_none()
+        return None if row is None else (row.attempts, row.last_error)
+
+    async def expired_exhausted(
+        self, subscription_id: str, now: float, max_attempts: int
+    ) -> list[int]:
+        """Deliveries whose last lease ran out and that have no attempts left."""
+        d = deliveries.c
+        rows = await self._conn.execute(
+            select(d.seq).where(
+                d.subscription_id == subscription_id,
+                d.visible_at <= now,
+                d.attempts >= max_attempts,
+            )
+        )
+        return [row.seq for row in rows]
+
+    async def delete_deliveries(self, subscription_id: str, seqs: Sequence[int]) -> int:
+        if not seqs:
+            return 0
+        result = await self._conn.execute(
+            delete(deliveries).where(
+                deliveries.c.subscription_id == subscription_id, deliveries.c.seq.in_(seqs)
+            )
+        )
+        return int(result.rowcount or 0)
+
+    async def retry_later(
+        self, subscription_id: str, seq: int, visible_at: float, error: str
+    ) -> None:
+        await self._conn.execute(
+            update(deliveries)
+            .where(deliveries.c.subscription_id == subscription_id, deliveries.c.seq == seq)
+            .values(visible_at=visible_at, last_error=error, consumer=None)
+        )
+
+    async def release(self, subscription_id: str, consumer: str, now: float) -> None:
+        await self._conn.execute(
+            update(deliveries)
+            .where(
+                deliveries.c.subscription_id == subscription_id,
+                deliveries.c.consumer == consumer,
+                deliveries.c.visible_at > now,
+            )
+            .values(visible_at=now, consumer=None)
+        )
+
+    async def bury(self, subscription_id: str, seqs: Sequence[int], error: str, at: float) -> None:
+        """Move deliveries to the dead-letter store, keeping attempts and the last error."""
+        d = deliveries.c
+        rows = (
+            await self._conn.execute(
+                select(d.seq, d.attempts, d.last_error).where(
+                    d.subscription_id == subscription_id, d.seq.in_(seqs)
+                )
+            )
+        ).all()
+        if not rows:
+            return
+        await self._conn.execute(
+            _insert_ignoring_duplicates(self._conn, dead_letters),
+            [
+                {
+                    "subscription_id": subscription_id,
+                    "seq": row.seq,
+                    "attempts": row.attempts,
+                    "last_error": error or row.last_error,
+                    "dead_at": at,
+                }
+                for row in rows
+            ],
+        )
+        await self.delete_deliveries(subscription_id, [row.seq for row in rows])
+
+    # --- dead letters -----------------------------------------------------------------
+
+    async def dead_letters(self, sub: Subscription, after_seq: int, limit: int) -> list[DeadLetter]:
+        rows = await self._conn.execute(
+            select(dead_letters, events)
+            .join(events, events.c.seq == dead_letters.c.seq)
+            .where(dead_letters.c.subscription_id == sub.id, dead_letters.c.seq > after_seq)
+            .order_by(dead_letters.c.seq)
+            .limit(limit)
+        )
+        return [
+            DeadLetter(sub.name, _event(row), row.attempts, row.last_error or "", row.dead_at)
+            for row in rows
+        ]
+
+    async def redrive(self, sub: Subscription, seqs: Sequence[int] | None) -> int:
+        """Move dead letters (all, or the given seqs) back to pending deliveries."""
+        query = (
+            select(dead_letters.c.seq, events.c.subject)
+            .join(events, events.c.seq == dead_letters.c.seq)
+            .where(dead_letters.c.subscription_id == sub.id)
+        )
+        if seqs:
+            query = query.where(dead_letters.c.seq.in_(seqs))
+        rows = (await self._conn.execute(query)).all()
+        if not rows:
+            return 0
+        await self.add_deliveries(sub.id, [(row.seq, row.subject) for row in rows])
+        await self._conn.execute(
+            delete(dead_letters).where(
+                dead_letters.c.subscription_id == sub.id,
+                dead_letters.c.seq.in_([row.seq for row in rows]),
+            )
+        )
+        return len(rows)

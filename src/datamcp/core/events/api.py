@@ -1,0 +1,195 @@
+"""What entry points call: publish with validation and limits, subscription
+consumers, replay, listings with paging, dead letters."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from datamcp.core.errors import FieldViolation, InvalidArgument
+from datamcp.core.events.bus import EventBus, PublishResult
+from datamcp.core.events.consumer import Consumer
+from datamcp.core.events.model import Event, EventFilter, new_event
+from datamcp.core.events.subscriptions import (
+    DeadLetter,
+    Subscription,
+    SubscriptionService,
+    SubscriptionStats,
+)
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+DEFAULT_CREDITS = 100
+MAX_CREDITS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    """An event as a producer describes it, before validation."""
+
+    type: str
+    source: str
+    data: Any = None
+    subject: str = ""
+    id: str = ""
+    time: float | None = None
+    correlation_id: str = ""
+    traceparent: str = ""
+
+
+class EventsApi:
+    def __init__(
+        self,
+        bus: EventBus,
+        subscriptions: SubscriptionService,
+        *,
+        max_event_bytes: int,
+        max_batch: int,
+    ) -> None:
+        self.bus = bus
+        self.subscriptions = subscriptions
+        self._max_bytes = max_event_bytes
+        self._max_batch = max_batch
+
+    async def publish(self, tenant: str, drafts: Sequence[EventDraft]) -> list[PublishResult]:
+        """Validate every draft, then store them all in one transaction.
+
+        Raises:
+            InvalidArgument: any draft is invalid (violations name ``events[i].field``),
+                or the batch is empty or too large. Nothing is stored.
+        """
+        if not drafts or len(drafts) > self._max_batch:
+            raise InvalidArgument(
+                f"a batch holds 1 to {self._max_batch} events, got {len(drafts)}",
+                [FieldViolation("events", f"1 to {self._max_batch} events")],
+                reason="BATCH_SIZE",
+            )
+        events: list[Event] = []
+        violations: list[FieldViolation] = []
+        for i, d in enumerate(drafts):
+            prefix = f"events[{i}]." if len(drafts) > 1 else "event."
+            try:
+                events.append(
+                    new_event(
+                        type=d.type,
+                        source=d.source,
+                        data=d.data,
+                        subject=d.subject,
+                        tenant=tenant,
+                        id=d.id or None,
+                        time_=d.time,
+                        correlation_id=d.correlation_id,
+                        traceparent=d.traceparent,
+                        max_data_bytes=self._max_bytes,
+                        field_prefix=prefix,
+                    )
+                )
+            except InvalidArgument as exc:
+                violations.extend(exc.violations)
+        if violations:
+            raise InvalidArgument(
+                "invalid event(s); nothing was stored", violations, reason="INVALID_EVENT"
+            )
+        return await self.bus.publish(events)
+
+    async def open_consumer(
+        self,
+        tenant: str,
+        name: str,
+        event_filter: EventFilter | None,
+        *,
+        credits: int = 0,
+        from_earliest: bool = False,
+        visibility_timeout: float | None = None,
+        max_attempts: int | None = None,
+    ) -> Consumer:
+        if credits < 0 or credits > MAX_CREDITS:
+            raise InvalidArgument(
+                "invalid max_in_flight",
+                [FieldViolation("open.max_in_flight", f"0 to {MAX_CREDITS} (0 = default)")],
+            )
+        sub = await self.subscriptions.ensure(
+            tenant,
+            name,
+            event_filter,
+            from_earliest=from_earliest,
+            max_attempts=max_attempts or None,
+            visibility_timeout=visibility_timeout or None,
+        )
+        return Consumer(self.subscriptions, self.bus, sub, credits=credits or DEFAULT_CREDITS)
+
+    def replay(
+        self,
+        tenant: str,
+        event_filter: EventFilter,
+        *,
+        from_seq: int,
+        from_time: float | None,
+        limit: int,
+    ) -> AsyncIterator[Event]:
+        if from_seq < 0 or limit < 0:
+            raise InvalidArgument(
+                "invalid replay range",
+                [FieldViolation("from_sequence", ">= 0"), FieldViolation("limit", ">= 0")],
+            )
+        return self.bus.replay(
+            tenant, event_filter, from_seq=from_seq, from_time=from_time, limit=limit or None
+        )
+
+    async def subscription_state(self, sub: Subscription) -> tuple[Subscription, SubscriptionStats]:
+        """One subscription with its current stats."""
+        return await self.subscriptions.with_stats(sub)
+
+    async def list_subscriptions(
+        self, tenant: str, page_size: int, page_token: str
+    ) -> tuple[list[tuple[Subscription, SubscriptionStats]], str]:
+        size = _page_size(page_size)
+        after = _decode(page_token)
+        page = await self.subscriptions.list_with_stats(tenant, after, size)
+        token = _encode(page[-1][0].name) if len(page) == size else ""
+        return page, token
+
+    async def dead_letters(
+        self, tenant: str, name: str, page_size: int, page_token: str
+    ) -> tuple[list[DeadLetter], str]:
+        size = _page_size(page_size)
+        after = _decode(page_token)
+        try:
+            after_seq = int(after or 0)
+        except ValueError:
+            raise _bad_token() from None
+        page = await self.subscriptions.dead_letters(tenant, name, after_seq, size)
+        token = _encode(str(page[-1].event.seq)) if len(page) == size else ""
+        return page, token
+
+    async def redrive(self, tenant: str, name: str, seqs: Sequence[int]) -> int:
+        return await self.subscriptions.redrive(tenant, name, list(seqs) or None)
+
+
+def _page_size(size: int) -> int:
+    if size < 0 or size > MAX_PAGE:
+        raise InvalidArgument(
+            "invalid page_size", [FieldViolation("page_size", f"0 to {MAX_PAGE} (0 = default)")]
+        )
+    return size or DEFAULT_PAGE
+
+
+def _encode(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode()
+
+
+def _decode(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise _bad_token() from None
+
+
+def _bad_token() -> InvalidArgument:
+    return InvalidArgument(
+        "invalid page_token", [FieldViolation("page_token", "use the token from the last page")]
+    )

@@ -1,0 +1,238 @@
+"""The event bus: durable, idempotent publish with group commit, and replay.
+
+Publishers hand events to one writer task per process. While a commit is in
+flight, later publishes queue up and go into the next commit together, so
+throughput does not collapse to one transaction per event, and a batch
+published together is always one transaction (all or nothing). After each
+commit, waiting consumers are woken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+from datamcp.core.errors import Unavailable
+from datamcp.core.events.model import Event, EventFilter
+from datamcp.core.health import CheckResult, Status
+from datamcp.core.ports import UnitOfWorkFactory
+
+log = logging.getLogger(__name__)
+
+REPLAY_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    event: Event
+    duplicate: bool
+
+
+@dataclass(slots=True)
+class _Pending:
+    events: list[Event]
+    future: asyncio.Future[list[PublishResult]]
+
+
+class EventBus:
+    """Publish and replay events; wake consumers when new ones are committed.
+
+    Args:
+        uow: unit-of-work factory over the store.
+        max_batch: most events in one group commit.
+        backlog_warning: queued events above which health says DEGRADED.
+    """
+
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        *,
+        max_batch: int = 5000,
+        backlog_warning: int = 50_000,
+        retention_age: float = 0.0,
+        retention_count: int = 0,
+        retention_interval: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._uow = uow
+        self._max_batch = max_batch
+        self._backlog_warning = backlog_warning
+        self._clock = clock
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queued = 0
+        self._writer: asyncio.Task[None] | None = None
+        self._committed = asyncio.Event()
+        self._retention = (retention_age, retention_count, retention_interval)
+        self._pruner: asyncio.Task[None] | None = None
+        self.commits = 0
+        self.published = 0
+
+    async def start(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(), name="event-bus-writer")
+        age, count, _ = self._retention
+        if self._pruner is None and (age or count):
+            self._pruner = asyncio.create_task(self._prune_loop(), name="event-bus-retention")
+
+    async def stop(self) -> None:
+        """Commit what is queued, then stop the writer."""
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
+            self._pruner = None
+        if self._writer is None:
+            return
+        if not self._writer.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), 10)
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+        self._writer = None
+
+    async def publish(self, events: Sequence[Event]) -> list[PublishResult]:
+        """Store ``events`` durably, in order, in one transaction.
+
+        An event whose (tenant, id) is already stored is not stored again; its
+        result says ``duplicate`` and carries the stored sequence number.
+
+        Raises:
+            Unavailable: the store could not be written; nothing was stored.
+        """
+        if not events:
+            return []
+        if self._writer is None:
+            raise Unavailable("the event bus is not running", reason="EVENT_BUS_STOPPED")
+        future: asyncio.Future[list[PublishResult]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(list(events), future))
+        self._queued += len(events)
+        return await asyncio.shield(future)
+
+    async def wait_for_commit(self, within: float) -> None:
+        """Return after the next commit, or after ``within`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._committed.wait(), within)
+
+    async def replay(
+        self,
+        tenant: str,
+        event_filter: EventFilter,
+        *,
+        from_seq: int = 0,
+        from_time: float | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[Event]:
+        """Stored events after ``from_seq`` (and at or after ``from_time``), in order.
+
+        Reads pages in short transactions, so live subscriptions and writers
+        are never held up by a long replay.
+        """
+        cursor, sent = from_seq, 0
+        while limit is None or sent < limit:
+            async with self._uow() as tx:
+                page = await tx.events.read(tenant, cursor, REPLAY_PAGE, from_time)
+            for event in page:
+                if event_filter.matches(event):
+                    yield event
+                    sent += 1
+                    if limit is not None and sent >= limit:
+                        return
+            if len(page) < REPLAY_PAGE:
+                return
+            cursor = page[-1].seq
+
+    async def prune(self) -> int:
+        """Apply retention now: drop events past the age or count limit that no
+        pending delivery or dead letter still needs. Returns how many."""
+        age, count, _ = self._retention
+        older_than = self._clock() - age if age else None
+        async with self._uow() as tx:
+            removed = await tx.events.delete_expired(older_than, count or None)
+            await tx.commit()
+        return removed
+
+    async def _prune_loop(self) -> None:
+        interval = self._retention[2]
+        while True:
+            try:
+                removed = await self.prune()
+                if removed:
+                    log.info("event retention", extra={"removed": removed})
+            except Exception:
+                log.warning("event retention failed", exc_info=True)
+            await asyncio.sleep(interval)
+
+    async def check(self) -> CheckResult:
+        """Health: the writer is alive and its backlog is bounded."""
+        if self._writer is None or self._writer.done():
+            return CheckResult(Status.UNHEALTHY, "event writer is not running")
+        detail = f"{self._queued} queued, {self.published} published in {self.commits} commits"
+        if self._queued > self._backlog_warning:
+            return CheckResult(Status.DEGRADED, "publish backlog high: " + detail)
+        return CheckResult(Status.HEALTHY, detail, {"queued": str(self._queued)})
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            count = len(batch[0].events)
+            while count < self._max_batch and not self._queue.empty():
+                item = self._queue.get_nowait()
+                batch.append(item)
+                count += len(item.events)
+            try:
+                results = await self._commit([e for p in batch for e in p.events])
+            except Exception as exc:
+                log.warning("event store write failed", exc_info=exc)
+                error = Unavailable(f"event store unavailable: {type(exc).__name__}: {exc}")
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(error)
+            else:
+                start = 0
+                for pending in batch:
+                    end = start + len(pending.events)
+                    if not pending.future.done():
+                        pending.future.set_result(results[start:end])
+                    start = end
+                self.commits += 1
+                self.published += sum(not r.duplicate for r in results)
+                self._committed.set()
+                self._committed = asyncio.Event()
+            finally:
+                self._queued -= count
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _commit(self, events: list[Event]) -> list[PublishResult]:
+        async with self._uow() as tx:
+            known: dict[tuple[str, str], int] = {}
+            for tenant in {e.tenant for e in events}:
+                ids = [e.id for e in events if e.tenant == tenant]
+                for event_id, seq in (await tx.events.existing(tenant, ids)).items():
+                    known[(tenant, event_id)] = seq
+            fresh: list[Event] = []
+            firsts: set[tuple[str, str]] = set()
+            for e in events:
+                key = (e.tenant, e.id)
+                if key not in known and key not in firsts:
+                    firsts.add(key)
+                    fresh.append(e)
+            seqs = await tx.events.append(fresh, self._clock())
+            await tx.commit()
+        assigned = {(e.tenant, e.id): seq for e, seq in zip(fresh, seqs, strict=True)}
+        results: list[PublishResult] = []
+        for e in events:
+            key = (e.tenant, e.id)
+            if key in known:
+                results.append(PublishResult(e.with_seq(known[key]), True))
+            elif key in firsts:
+                firsts.discard(key)
+                results.append(PublishResult(e.with_seq(assigned[key]), False))
+            else:  # the same id twice in one batch: the first one wins
+                results.append(PublishResult(e.with_seq(assigned[key]), True))
+        return results

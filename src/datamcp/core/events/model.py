@@ -1,0 +1,194 @@
+"""Events in the CloudEvents 1.0 shape, and the filters subscriptions use.
+
+An event's identity is (tenant, id): a producer may choose the id, and a
+second publish of an id already stored is a no-op (idempotent publish).
+``seq`` is assigned by the store: a monotonic position in that store.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from datamcp.core.errors import FieldViolation, InvalidArgument
+
+#: Lower-case dotted names of at least two segments: ``pipeline.run.succeeded``.
+TYPE_RE = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)+$")
+#: A pattern is an exact type or a prefix ending in ``.*``, or ``*`` for all.
+PATTERN_RE = re.compile(r"^(\*|[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)*(\.\*)?)$")
+MAX_ID = 128
+MAX_SOURCE = 512
+MAX_SUBJECT = 512
+DEFAULT_MAX_DATA_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One CloudEvent plus the mesh's envelope fields (tenant, correlation, trace)."""
+
+    id: str
+    source: str
+    type: str
+    data: Any = None
+    subject: str = ""
+    time: float = 0.0
+    datacontenttype: str = "application/json"
+    tenant: str = "default"
+    correlation_id: str = ""
+    traceparent: str = ""
+    seq: int = 0
+
+    def data_json(self) -> str:
+        return json.dumps(self.data, separators=(",", ":"), sort_keys=True)
+
+    def with_seq(self, seq: int) -> Event:
+        return replace(self, seq=seq)
+
+    def to_cloudevent(self) -> dict[str, Any]:
+        """The structured-mode CloudEvents JSON form (for brokers and Lambda)."""
+        out: dict[str, Any] = {
+            "specversion": "1.0",
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "time": _rfc3339(self.time),
+            "datacontenttype": self.datacontenttype,
+            "data": self.data,
+            "tenant": self.tenant,
+        }
+        if self.subject:
+            out["subject"] = self.subject
+        if self.correlation_id:
+            out["correlationid"] = self.correlation_id
+        if self.traceparent:
+            out["traceparent"] = self.traceparent
+        if self.seq:
+            out["sequence"] = self.seq
+        return out
+
+
+def _rfc3339(epoch: float) -> str:
+    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
+    return f"{whole}.{int((epoch % 1) * 1_000_000):06d}Z"
+
+
+def new_event(
+    *,
+    type: str,
+    source: str,
+    data: Any = None,
+    subject: str = "",
+    tenant: str = "default",
+    id: str | None = None,
+    time_: float | None = None,
+    correlation_id: str = "",
+    traceparent: str = "",
+    max_data_bytes: int = DEFAULT_MAX_DATA_BYTES,
+    field_prefix: str = "",
+) -> Event:
+    """Validate and build an event.
+
+    Raises:
+        InvalidArgument: with one field violation per problem.
+    """
+    violations: list[FieldViolation] = []
+
+    def bad(name: str, why: str) -> None:
+        violations.append(FieldViolation(f"{field_prefix}{name}", why))
+
+    if not TYPE_RE.match(type or ""):
+        bad("type", "must be lower-case dotted words, at least two (e.g. task.succeeded)")
+    if not source or len(source) > MAX_SOURCE:
+        bad("source", f"required, at most {MAX_SOURCE} characters (a URI reference)")
+    if len(subject) > MAX_SUBJECT:
+        bad("subject", f"at most {MAX_SUBJECT} characters")
+    if id is not None and (not id or len(id) > MAX_ID):
+        bad("id", f"when given, 1 to {MAX_ID} characters")
+    size = 0
+    try:
+        size = len(json.dumps(data, separators=(",", ":")).encode("utf-8"))
+    except (TypeError, ValueError):
+        bad("data", "must be JSON")
+    if size > max_data_bytes:
+        bad("data", f"{size} bytes is over the {max_data_bytes}-byte limit")
+    if violations:
+        raise InvalidArgument("invalid event", violations, reason="INVALID_EVENT")
+    return Event(
+        id=id or uuid.uuid4().hex,
+        source=source,
+        type=type,
+        data=data,
+        subject=subject,
+        time=time.time() if time_ is None else time_,
+        tenant=tenant,
+        correlation_id=correlation_id,
+        traceparent=traceparent,
+    )
+
+
+def validate_pattern(pattern: str, field_name: str = "types") -> None:
+    if not PATTERN_RE.match(pattern):
+        raise InvalidArgument(
+            f"invalid type pattern {pattern!r}",
+            [FieldViolation(field_name, "exact type, prefix ending in '.*', or '*'")],
+            reason="INVALID_PATTERN",
+        )
+
+
+def type_matches(pattern: str, event_type: str) -> bool:
+    """``pipeline.run.*`` matches ``pipeline.run.succeeded`` and deeper; ``*`` all."""
+    if pattern == "*":
+        return True
+    if pattern.endswith(".*"):
+        return event_type.startswith(pattern[:-1])
+    return pattern == event_type
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events a subscription, replay or trigger wants.
+
+    Empty ``types`` means every type; ``source`` and ``subject`` match exactly
+    when set, or as a prefix when they end in ``*``.
+    """
+
+    types: tuple[str, ...] = ()
+    source: str = ""
+    subject: str = ""
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, types: Sequence[str] = (), source: str = "", subject: str = "") -> EventFilter:
+        for pattern in types:
+            validate_pattern(pattern)
+        return cls(tuple(types), source, subject)
+
+    def matches(self, event: Event) -> bool:
+        if self.types and not any(type_matches(p, event.type) for p in self.types):
+            return False
+        return _text_matches(self.source, event.source) and _text_matches(
+            self.subject, event.subject
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"types": list(self.types), "source": self.source, "subject": self.subject}
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> EventFilter:
+        raw = json.loads(text)
+        return cls(tuple(raw.get("types", ())), raw.get("source", ""), raw.get("subject", ""))
+
+
+def _text_matches(want: str, value: str) -> bool:
+    if not want:
+        return True
+    if want.endswith("*"):
+        return value.startswith(want[:-1])
+    return want == value

@@ -1,0 +1,259 @@
+"""Durable named subscriptions: at-least-once delivery with explicit acks.
+
+A subscription keeps a cursor into the event store. Matching events past the
+cursor are *materialised* into delivery rows; consumers *lease* deliveries
+(visibility timeout), then ack (delete) or nack (retry later with backoff).
+A lease that runs out makes the delivery visible again; after
+``max_attempts`` a delivery moves to the dead-letter store with its last
+error. Several consumers of one subscription compete for deliveries; a
+delivery is only leased while it heads its subject, so order holds per
+subject. All state is in the database: a killed process loses nothing, and
+its leases simply expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from datamcp.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from datamcp.core.events.model import Event, EventFilter
+from datamcp.core.ports import UnitOfWorkFactory
+
+NAME_MAX = 128
+MATERIALISE_BATCH = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    id: str
+    tenant: str
+    name: str
+    filter: EventFilter
+    cursor: int
+    max_attempts: int
+    visibility_timeout: float
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionStats:
+    pending: int
+    in_flight: int
+    unread: int
+    dead_letters: int
+
+    @property
+    def lag(self) -> int:
+        """Events not yet acked: waiting, in flight, or not yet looked at."""
+        return self.pending + self.in_flight + self.unread
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    event: Event
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    subscription: str
+    event: Event
+    attempts: int
+    last_error: str
+    dead_at: float
+
+
+def retry_delay(attempt: int, base: float = 0.5, cap: float = 60.0) -> float:
+    """Exponential backoff with full jitter, for the ``attempt``-th failure."""
+    return random.uniform(0, min(cap, base * 2 ** max(0, attempt - 1)))
+
+
+class SubscriptionService:
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        *,
+        default_max_attempts: int = 5,
+        default_visibility_timeout: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._uow = uow
+        self._default_attempts = default_max_attempts
+        self._default_visibility = default_visibility_timeout
+        self._clock = clock
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def ensure(
+        self,
+        tenant: str,
+        name: str,
+        event_filter: EventFilter | None,
+        *,
+        from_earliest: bool = False,
+        max_attempts: int | None = None,
+        visibility_timeout: float | None = None,
+    ) -> Subscription:
+        """Open an existing subscription, or create it when a filter is given.
+
+        Raises:
+            InvalidArgument: bad name or settings.
+            NotFound: no such subscription and no filter to create it with.
+            FailedPrecondition: it exists with a different filter.
+        """
+        _check_name(name)
+        attempts = max_attempts or self._default_attempts
+        visibility = visibility_timeout or self._default_visibility
+        if attempts < 1 or attempts > 100 or visibility <= 0 or visibility > 12 * 3600:
+            raise InvalidArgument(
+                "invalid subscription settings",
+                [FieldViolation("max_attempts", "1..100; visibility_timeout 0..12h")],
+            )
+        async with self._uow() as tx:
+            existing = await tx.events.get_subscription(tenant, name)
+            if existing is not None:
+                if event_filter is not None and event_filter != existing.filter:
+                    raise FailedPrecondition(
+                        f"subscription {name!r} exists with another filter; open it without "
+                        "a filter, or use a new name",
+                        reason="SUBSCRIPTION_FILTER_MISMATCH",
+                    )
+                return existing
+            if event_filter is None:
+                raise NotFound(
+                    f"subscription {name!r} does not exist; give a filter to create it",
+                    reason="SUBSCRIPTION_NOT_FOUND",
+                )
+            cursor = 0 if from_earliest else await tx.events.max_seq(tenant)
+            sub = Subscription(
+                uuid.uuid4().hex,
+                tenant,
+                name,
+                event_filter,
+                cursor,
+                attempts,
+                visibility,
+                self._clock(),
+            )
+            await tx.events.add_subscription(sub)
+            await tx.commit()
+        # Two creators may race; the insert ignores the loser, so read back the winner.
+        return await self.get(tenant, name)
+
+    async def get(self, tenant: str, name: str) -> Subscription:
+        async with self._uow() as tx:
+            sub = await tx.events.get_subscription(tenant, name)
+        if sub is None:
+            raise NotFound(f"subscription {name!r} does not exist", reason="SUBSCRIPTION_NOT_FOUND")
+        return sub
+
+    async def materialise(self, sub: Subscription) -> int:
+        """Turn matching events past the cursor into deliveries; returns how many."""
+        lock = self._locks.setdefault(sub.id, asyncio.Lock())
+        added = 0
+        async with lock:
+            while True:
+                async with self._uow() as tx:
+                    current = await tx.events.get_subscription(sub.tenant, sub.name)
+                    assert current is not None
+                    batch = await tx.events.read(sub.tenant, current.cursor, MATERIALISE_BATCH)
+                    if not batch:
+                        return added
+                    wanted = [(e.seq, e.subject) for e in batch if sub.filter.matches(e)]
+                    await tx.events.add_deliveries(sub.id, wanted)
+                    await tx.events.advance_cursor(sub.id, batch[-1].seq)
+                    await tx.commit()
+                added += len(wanted)
+                if len(batch) < MATERIALISE_BATCH:
+                    return added
+
+    async def lease(self, sub: Subscription, consumer: str, limit: int) -> list[Delivery]:
+        """Lease up to ``limit`` deliveries for ``consumer`` (after materialising)."""
+        if limit <= 0:
+            return []
+        await self.materialise(sub)
+        now = self._clock()
+        async with self._uow() as tx:
+            exhausted = await tx.events.expired_exhausted(sub.id, now, sub.max_attempts)
+            if exhausted:
+                await tx.events.bury(
+                    sub.id, exhausted, "visibility timeout expired on the last attempt", now
+                )
+            claimed = await tx.events.claim(
+                sub.id, now, now + sub.visibility_timeout, consumer, limit
+            )
+            found = await tx.events.by_seqs([seq for seq, _ in claimed])
+            await tx.commit()
+        return [Delivery(found[seq], attempt) for seq, attempt in claimed if seq in found]
+
+    async def ack(self, sub: Subscription, seqs: Sequence[int]) -> int:
+        async with self._uow() as tx:
+            removed = await tx.events.delete_deliveries(sub.id, list(seqs))
+            await tx.commit()
+        return removed
+
+    async def nack(
+        self, sub: Subscription, seq: int, error: str, retry_after: float | None = None
+    ) -> bool:
+        """Fail one delivery: retry later, or dead-letter it. True when buried."""
+        now = self._clock()
+        async with self._uow() as tx:
+            found = await tx.events.delivery(sub.id, seq)
+            if found is None:
+                return False
+            attempts, _ = found
+            if attempts >= sub.max_attempts:
+                await tx.events.bury(sub.id, [seq], error, now)
+                buried = True
+            else:
+                delay = retry_delay(attempts) if retry_after is None else retry_after
+                await tx.events.retry_later(sub.id, seq, now + delay, error)
+                buried = False
+            await tx.commit()
+        return buried
+
+    async def release(self, sub: Subscription, consumer: str) -> None:
+        """Make a departed consumer's leases visible again without waiting them out."""
+        async with self._uow() as tx:
+            await tx.events.release(sub.id, consumer, self._clock())
+            await tx.commit()
+
+    async def with_stats(self, sub: Subscription) -> tuple[Subscription, SubscriptionStats]:
+        async with self._uow() as tx:
+            current = await tx.events.get_subscription(sub.tenant, sub.name) or sub
+            return current, await tx.events.stats(current, self._clock())
+
+    async def list_with_stats(
+        self, tenant: str, after: str, limit: int
+    ) -> list[tuple[Subscription, SubscriptionStats]]:
+        now = self._clock()
+        async with self._uow() as tx:
+            subs = await tx.events.list_subscriptions(tenant, after, limit)
+            return [(s, await tx.events.stats(s, now)) for s in subs]
+
+    async def dead_letters(
+        self, tenant: str, name: str, after_seq: int, limit: int
+    ) -> list[DeadLetter]:
+        sub = await self.get(tenant, name)
+        async with self._uow() as tx:
+            return await tx.events.dead_letters(sub, after_seq, limit)
+
+    async def redrive(self, tenant: str, name: str, seqs: Sequence[int] | None) -> int:
+        sub = await self.get(tenant, name)
+        async with self._uow() as tx:
+            moved = await tx.events.redrive(sub, seqs)
+            await tx.commit()
+        return moved
+
+
+def _check_name(name: str) -> None:
+    if not name or len(name) > NAME_MAX or not all(c.isalnum() or c in "-_.:" for c in name):
+        raise InvalidArgument(
+            "invalid subscription name",
+            [FieldViolation("subscription", f"1-{NAME_MAX} of letters, digits, - _ . :")],
+            reason="INVALID_SUBSCRIPTION_NAME",
+        )

@@ -1,0 +1,96 @@
+"""CloudEvent protobuf <-> core event translation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from datamcp.core.events.api import EventDraft
+from datamcp.core.events.model import Event, EventFilter
+from datamcp.core.events.subscriptions import DeadLetter, Subscription, SubscriptionStats
+from datamcp.entrypoints.grpc.convert import duration, timestamp
+from datamcp.v1 import events_pb2
+
+_MAX_SAFE_INT = 2**53
+
+
+def _json_value(value: struct_pb2.Value) -> Any:
+    return _integral(json_format.MessageToDict(value)) if value.WhichOneof("kind") else None
+
+
+def _integral(value: Any) -> Any:
+    """protobuf Value numbers are doubles; give JSON its integers back."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < _MAX_SAFE_INT:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
+def draft_from_proto(message: events_pb2.CloudEvent) -> EventDraft:
+    return EventDraft(
+        type=message.type,
+        source=message.source,
+        data=_json_value(message.data),
+        subject=message.subject,
+        id=message.id,
+        time=message.time.ToNanoseconds() / 1e9 if message.HasField("time") else None,
+        correlation_id=message.correlation_id,
+        traceparent=message.traceparent,
+    )
+
+
+def event_to_proto(event: Event) -> events_pb2.CloudEvent:
+    message = events_pb2.CloudEvent(
+        id=event.id,
+        source=event.source,
+        type=event.type,
+        subject=event.subject,
+        time=timestamp(event.time),
+        datacontenttype=event.datacontenttype,
+        tenant=event.tenant,
+        correlation_id=event.correlation_id,
+        traceparent=event.traceparent,
+        sequence=event.seq,
+    )
+    if event.data is not None:
+        json_format.ParseDict(event.data, message.data)
+    return message
+
+
+def filter_from_proto(message: events_pb2.EventFilter) -> EventFilter:
+    return EventFilter.build(list(message.types), message.source, message.subject)
+
+
+def filter_to_proto(value: EventFilter) -> events_pb2.EventFilter:
+    return events_pb2.EventFilter(
+        types=list(value.types), source=value.source, subject=value.subject
+    )
+
+
+def subscription_to_proto(sub: Subscription, stats: SubscriptionStats) -> events_pb2.Subscription:
+    return events_pb2.Subscription(
+        name=sub.name,
+        filter=filter_to_proto(sub.filter),
+        cursor=sub.cursor,
+        lag=stats.lag,
+        pending=stats.pending,
+        in_flight=stats.in_flight,
+        dead_letters=stats.dead_letters,
+        max_attempts=sub.max_attempts,
+        visibility_timeout=duration(sub.visibility_timeout),
+        create_time=timestamp(sub.created_at),
+    )
+
+
+def dead_letter_to_proto(dead: DeadLetter) -> events_pb2.DeadLetter:
+    return events_pb2.DeadLetter(
+        subscription=dead.subscription,
+        event=event_to_proto(dead.event),
+        attempts=dead.attempts,
+        last_error=dead.last_error,
+        dead_time=timestamp(dead.dead_at),
+    )
