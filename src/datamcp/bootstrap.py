@@ -23,9 +23,10 @@ from datamcp.adapters.sqlalchemy.uow import SqlUnitOfWork
 from datamcp.config.settings import Settings
 from datamcp.core import instances
 from datamcp.core.auth import Authenticator
-from datamcp.core.errors import Unavailable
+from datamcp.core.errors import ConfigError, Unavailable
 from datamcp.core.events.api import EventsApi
 from datamcp.core.events.bus import EventBus
+from datamcp.core.events.router import Router, Trigger
 from datamcp.core.events.subscriptions import SubscriptionService
 from datamcp.core.health import FunctionCheck, HealthCheck
 from datamcp.core.instances import Instance
@@ -46,6 +47,7 @@ class App:
     limiter: KeyedRateLimiter | None
     checks: list[HealthCheck]
     events: EventsApi
+    router: Router
 
     def uow(self) -> UnitOfWork:
         return SqlUnitOfWork(self.engine)
@@ -59,6 +61,7 @@ class App:
             Unavailable: the database cannot be reached or migrated.
         """
         authenticator = Authenticator(settings.auth)
+        triggers = [Trigger.from_config(t) for t in settings.events.triggers]
         engine = create_engine(settings.database_url)
         instance = Instance.for_this_process(__version__)
         try:
@@ -100,13 +103,22 @@ class App:
                 for d in settings.health.dependencies
             ),
         ]
-        app = cls(settings, engine, instance, metrics, authenticator, limiter, checks, events)
+        router = Router(events, triggers)
+        try:
+            router.validate()
+        except ConfigError:
+            await engine.dispose()
+            raise
+        app = cls(
+            settings, engine, instance, metrics, authenticator, limiter, checks, events, router
+        )
         metrics.add_section_provider("infrastructure", app._infrastructure_metrics)
         return app
 
     async def start(self) -> None:
-        """Start background work (the event writer, retention)."""
+        """Start background work (the event writer, retention, triggers)."""
         await self.events.bus.start()
+        await self.router.start()
 
     def _infrastructure_metrics(self) -> dict[str, float]:
         pool: Any = self.engine.pool
@@ -124,6 +136,7 @@ class App:
         return values
 
     async def close(self) -> None:
+        await self.router.stop()
         await self.events.bus.stop()
         # The database may be the very reason we are stopping.
         with contextlib.suppress(Exception):

@@ -86,6 +86,12 @@ FIELDS: tuple[Field, ...] = (
     Field("events.retention_count", "int", 0, "most events kept; 0 = no limit"),
     Field("events.max_attempts", "int", 5, "default deliveries before dead-lettering"),
     Field("events.visibility_timeout", "float", 30.0, "default seconds a delivery is leased"),
+    Field(
+        "events.triggers",
+        "json",
+        [],
+        "list of {name, types, source, subject, action, params, tenant}: event pattern -> action",
+    ),
     Field("health.interval", "float", 5.0, "seconds between component checks"),
     Field("health.check_timeout", "float", 2.0, "seconds a component check may take"),
     Field(

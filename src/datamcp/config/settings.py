@@ -122,6 +122,7 @@ class EventSettings:
     retention_count: int = 0
     max_attempts: int = 5
     visibility_timeout: float = 30.0
+    triggers: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +366,7 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             retention_count=r.number("events.retention_count", 0, int),
             max_attempts=r.number("events.max_attempts", 1, int),
             visibility_timeout=r.number("events.visibility_timeout", 0.01),
+            triggers=_tables(r, "events.triggers"),
         ),
         tracing=TracingSettings(
             exporter=r.str_("tracing.exporter", ("none", "console", "otlp")),
@@ -458,6 +460,14 @@ def _method_quotas(r: _Reader) -> dict[str, Quota]:
             continue
         out[method] = Quota(rate, burst)
     return out
+
+
+def _tables(r: _Reader, key: str) -> tuple[Mapping[str, Any], ...]:
+    value = r.raw[key]
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        r.fail(key, "expected a list of tables")
+        return ()
+    return tuple(value)
 
 
 def _dependencies(r: _Reader) -> tuple[Dependency, ...]:
