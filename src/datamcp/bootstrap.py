@@ -8,7 +8,9 @@ Async engines are bound to the running loop, so nothing here runs at import.
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +28,9 @@ from datamcp.core.auth import Authenticator
 from datamcp.core.errors import ConfigError, Unavailable
 from datamcp.core.events.api import EventsApi
 from datamcp.core.events.bus import EventBus
+from datamcp.core.events.model import EventFilter
+from datamcp.core.events.ports import Broker
+from datamcp.core.events.relay import BrokerRelay
 from datamcp.core.events.router import Router, Trigger
 from datamcp.core.events.subscriptions import SubscriptionService
 from datamcp.core.health import FunctionCheck, HealthCheck
@@ -48,6 +53,7 @@ class App:
     checks: list[HealthCheck]
     events: EventsApi
     router: Router
+    relays: list[BrokerRelay]
 
     def uow(self) -> UnitOfWork:
         return SqlUnitOfWork(self.engine)
@@ -103,6 +109,11 @@ class App:
                 for d in settings.health.dependencies
             ),
         ]
+        relays = [
+            BrokerRelay(_broker(b), subscriptions, bus, EventFilter.build(b.get("types", [])))
+            for b in ev.brokers
+        ]
+        checks += [FunctionCheck(r.name, r.check, critical=False) for r in relays]
         router = Router(events, triggers)
         try:
             router.validate()
@@ -110,7 +121,16 @@ class App:
             await engine.dispose()
             raise
         app = cls(
-            settings, engine, instance, metrics, authenticator, limiter, checks, events, router
+            settings,
+            engine,
+            instance,
+            metrics,
+            authenticator,
+            limiter,
+            checks,
+            events,
+            router,
+            relays,
         )
         metrics.add_section_provider("infrastructure", app._infrastructure_metrics)
         return app
@@ -119,6 +139,8 @@ class App:
         """Start background work (the event writer, retention, triggers)."""
         await self.events.bus.start()
         await self.router.start()
+        for relay in self.relays:
+            await relay.start()
 
     def _infrastructure_metrics(self) -> dict[str, float]:
         pool: Any = self.engine.pool
@@ -136,9 +158,22 @@ class App:
         return values
 
     async def close(self) -> None:
+        for relay in self.relays:
+            await relay.stop()
         await self.router.stop()
         await self.events.bus.stop()
         # The database may be the very reason we are stopping.
         with contextlib.suppress(Exception):
             await instances.mark_stopped(self.uow, self.instance.id)
         await self.engine.dispose()
+
+
+def _broker(config: Mapping[str, Any]) -> Broker:
+    """Build a broker adapter; AWS code is imported only when one is configured."""
+    from datamcp.adapters.aws import EventBridgeBroker, SqsBroker
+
+    region = str(config.get("region") or os.environ.get("AWS_REGION") or "us-east-1")
+    endpoint = config.get("endpoint_url") or None
+    if config["kind"] == "eventbridge":
+        return EventBridgeBroker(str(config["bus_name"]), region=region, endpoint_url=endpoint)
+    return SqsBroker(str(config["queue_url"]), region=region, endpoint_url=endpoint)

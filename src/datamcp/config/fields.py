@@ -92,6 +92,13 @@ FIELDS: tuple[Field, ...] = (
         [],
         "list of {name, types, source, subject, action, params, tenant}: event pattern -> action",
     ),
+    Field(
+        "events.brokers",
+        "json",
+        [],
+        "forward events to AWS: list of {kind: eventbridge|sqs, bus_name|queue_url, region, "
+        "endpoint_url, types}",
+    ),
     Field("health.interval", "float", 5.0, "seconds between component checks"),
     Field("health.check_timeout", "float", 2.0, "seconds a component check may take"),
     Field(

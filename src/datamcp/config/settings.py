@@ -123,6 +123,7 @@ class EventSettings:
     max_attempts: int = 5
     visibility_timeout: float = 30.0
     triggers: tuple[Mapping[str, Any], ...] = ()
+    brokers: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +368,7 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             max_attempts=r.number("events.max_attempts", 1, int),
             visibility_timeout=r.number("events.visibility_timeout", 0.01),
             triggers=_tables(r, "events.triggers"),
+            brokers=_brokers(r),
         ),
         tracing=TracingSettings(
             exporter=r.str_("tracing.exporter", ("none", "console", "otlp")),
@@ -421,13 +423,17 @@ def _api_keys(r: _Reader) -> tuple[ApiKey, ...]:
             )
             continue
         assert isinstance(item, dict)
+        tenant = str(item.get("tenant", "default"))
+        if not tenant or not all(c.isalnum() or c in "-_." for c in tenant):
+            r.fail("auth.api_keys", f"entry {i}: tenant must be letters, digits, - _ .")
+            continue
         roles = item.get("roles", [])
         keys.append(
             ApiKey(
                 name=str(item.get("name", f"key-{i}")),
                 sha256=digest,
                 subject=str(item.get("subject", item.get("name", f"key-{i}"))),
-                tenant=str(item.get("tenant", "default")),
+                tenant=tenant,
                 roles=tuple(str(x) for x in roles) if isinstance(roles, list) else (),
             )
         )
@@ -468,6 +474,18 @@ def _tables(r: _Reader, key: str) -> tuple[Mapping[str, Any], ...]:
         r.fail(key, "expected a list of tables")
         return ()
     return tuple(value)
+
+
+def _brokers(r: _Reader) -> tuple[Mapping[str, Any], ...]:
+    brokers = _tables(r, "events.brokers")
+    for i, b in enumerate(brokers):
+        kind = b.get("kind")
+        needs = {"eventbridge": "bus_name", "sqs": "queue_url"}.get(str(kind))
+        if needs is None:
+            r.fail("events.brokers", f"entry {i}: kind must be eventbridge or sqs")
+        elif not b.get(needs):
+            r.fail("events.brokers", f"entry {i}: {kind} needs {needs}")
+    return brokers
 
 
 def _dependencies(r: _Reader) -> tuple[Dependency, ...]:

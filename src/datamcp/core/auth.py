@@ -149,13 +149,21 @@ class Authenticator:
             raise Unauthenticated("token signature is invalid", reason="BAD_SIGNATURE") from exc
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"invalid token: {exc}", reason="INVALID_TOKEN") from exc
+        tenant = str(claims.get(cfg.tenant_claim) or "default")
+        if not _valid_tenant(tenant):
+            raise Unauthenticated(f"token tenant {tenant!r} is not valid", reason="INVALID_TENANT")
         principal = Principal(
             subject=str(claims["sub"]),
-            tenant=str(claims.get(cfg.tenant_claim) or "default"),
+            tenant=tenant,
             roles=_roles(claims.get(cfg.roles_claim)),
             method="jwt",
         )
         return principal, float(claims["exp"])
+
+
+def _valid_tenant(tenant: str) -> bool:
+    """Letters, digits and - _ . only: never the all-tenants sentinel or a pattern."""
+    return 0 < len(tenant) <= 128 and all(c.isalnum() or c in "-_." for c in tenant)
 
 
 def _roles(value: object) -> frozenset[str]:

@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from datamcp.adapters.sqlalchemy.tables import dead_letters, deliveries, events, subscriptions
-from datamcp.core.events.model import Event, EventFilter
+from datamcp.core.events.model import ALL_TENANTS, Event, EventFilter
 from datamcp.core.events.subscriptions import DeadLetter, Subscription, SubscriptionStats
 
 
@@ -91,7 +91,9 @@ class SqlEventRepository:
     async def read(
         self, tenant: str, after_seq: int, limit: int, since_time: float | None = None
     ) -> list[Event]:
-        query = select(events).where(events.c.tenant == tenant, events.c.seq > after_seq)
+        query = select(events).where(events.c.seq > after_seq)
+        if tenant != ALL_TENANTS:
+            query = query.where(events.c.tenant == tenant)
         if since_time is not None:
             query = query.where(events.c.time >= since_time)
         rows = await self._conn.execute(query.order_by(events.c.seq).limit(limit))
@@ -178,11 +180,10 @@ class SqlEventRepository:
                 ).where(d.subscription_id == sub.id)
             )
         ).one()
-        unread = (
-            await self._conn.execute(
-                select(func.count()).where(events.c.tenant == sub.tenant, events.c.seq > sub.cursor)
-            )
-        ).scalar()
+        unread_query = select(func.count()).where(events.c.seq > sub.cursor)
+        if sub.tenant != ALL_TENANTS:
+            unread_query = unread_query.where(events.c.tenant == sub.tenant)
+        unread = (await self._conn.execute(unread_query)).scalar()
         dead = (
             await self._conn.execute(
                 select(func.count()).where(dead_letters.c.subscription_id == sub.id)

@@ -21,6 +21,9 @@ from datamcp.core.errors import FieldViolation, InvalidArgument
 TYPE_RE = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)+$")
 #: A pattern is an exact type or a prefix ending in ``.*``, or ``*`` for all.
 PATTERN_RE = re.compile(r"^(\*|[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)*(\.\*)?)$")
+#: The tenant of system subscriptions that see every tenant's events (broker
+#: relays). Authentication refuses it as a caller's tenant.
+ALL_TENANTS = "*"
 MAX_ID = 128
 MAX_SOURCE = 512
 MAX_SUBJECT = 512

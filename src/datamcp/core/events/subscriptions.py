@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from datamcp.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from datamcp.core.events.model import Event, EventFilter
+from datamcp.core.events.model import ALL_TENANTS, Event, EventFilter
 from datamcp.core.ports import UnitOfWorkFactory
 
 NAME_MAX = 128
@@ -128,7 +128,8 @@ class SubscriptionService:
                     f"subscription {name!r} does not exist; give a filter to create it",
                     reason="SUBSCRIPTION_NOT_FOUND",
                 )
-            cursor = 0 if from_earliest else await tx.events.max_seq(tenant)
+            scope = None if tenant == ALL_TENANTS else tenant
+            cursor = 0 if from_earliest else await tx.events.max_seq(scope)
             sub = Subscription(
                 uuid.uuid4().hex,
                 tenant,
