@@ -15,7 +15,7 @@ from tests.support import make_settings, running_server
 
 SERVING = std_health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = std_health_pb2.HealthCheckResponse.NOT_SERVING
-SERVICES = ["", "datamcp.v1.HealthService"]
+SERVICES = ["", "datamcp.v1.HealthService", "datamcp.v1.EventService"]
 
 
 async def test_check_reports_serving_for_server_and_every_service(
@@ -66,7 +66,9 @@ async def test_health_report_lists_components_with_latency(
     assert db.critical
     assert db.check_latency.ToNanoseconds() > 0
     assert db.attributes["dialect"] in {"sqlite", "postgresql"}
-    assert report.serving[""] and report.serving["datamcp.v1.HealthService"]
+    assert all(report.serving[name] for name in SERVICES)
+    bus = {c.name: c for c in report.components}["event_bus"]
+    assert bus.status == health_pb2.COMPONENT_STATUS_HEALTHY and bus.critical
     assert report.version
 
 

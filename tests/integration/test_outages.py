@@ -47,8 +47,13 @@ async def test_postgres_unreachable_flips_to_not_serving_and_back(
             async with srv.channel() as channel:
                 watch = std_grpc.HealthStub(channel).Watch(std.HealthCheckRequest(service=""))
                 await _next_status(watch, SERVING)
+                events_watch = std_grpc.HealthStub(channel).Watch(
+                    std.HealthCheckRequest(service="datamcp.v1.EventService")
+                )
+                await _next_status(events_watch, SERVING)
                 proxy.cut()
                 await _next_status(watch, NOT_SERVING)
+                await _next_status(events_watch, NOT_SERVING)
                 db = await _component(channel, "database")
                 assert db.status == health_pb2.COMPONENT_STATUS_UNHEALTHY
                 assert "database" in db.details

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from tests.support import make_settings, running_server
 
 EXPECTED = {
+    "datamcp.v1.EventService",
     "datamcp.v1.HealthService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1alpha.ServerReflection",
