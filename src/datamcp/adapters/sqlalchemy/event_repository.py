@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, insert, select, update
+from sqlalchemy import delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -112,7 +112,8 @@ class SqlEventRepository:
         return int((await self._conn.execute(query)).scalar() or 0)
 
     async def delete_expired(self, older_than: float | None, keep_last: int | None) -> int:
-        """Retention: drop old events no delivery or dead letter still points at."""
+        """Retention: drop events past either limit that no delivery, dead letter
+        or lagging subscription still needs."""
         conditions = []
         if older_than is not None:
             conditions.append(events.c.stored_at < older_than)
@@ -123,8 +124,13 @@ class SqlEventRepository:
             return 0
         referenced = exists().where(deliveries.c.seq == events.c.seq)
         dead = exists().where(dead_letters.c.seq == events.c.seq)
+        # A subscription that has not looked at an event yet still needs it.
+        unread = exists().where(
+            subscriptions.c.tenant.in_([events.c.tenant, ALL_TENANTS]),
+            subscriptions.c.cursor < events.c.seq,
+        )
         result = await self._conn.execute(
-            delete(events).where(and_(*conditions), ~referenced, ~dead)
+            delete(events).where(or_(*conditions), ~referenced, ~dead, ~unread)
         )
         return int(result.rowcount or 0)
 
