@@ -38,6 +38,7 @@ from datamcp.core.instances import Instance
 from datamcp.core.metrics import MetricsRegistry
 from datamcp.core.ports import UnitOfWork
 from datamcp.core.ratelimit import KeyedRateLimiter
+from datamcp.core.resilience import CircuitBreaker
 
 
 @dataclass
@@ -109,10 +110,7 @@ class App:
                 for d in settings.health.dependencies
             ),
         ]
-        relays = [
-            BrokerRelay(_broker(b), subscriptions, bus, EventFilter.build(b.get("types", [])))
-            for b in ev.brokers
-        ]
+        relays = [_relay(b, subscriptions, bus) for b in ev.brokers]
         checks += [FunctionCheck(r.name, r.check, critical=False) for r in relays]
         router = Router(events, triggers)
         try:
@@ -177,3 +175,16 @@ def _broker(config: Mapping[str, Any]) -> Broker:
     if config["kind"] == "eventbridge":
         return EventBridgeBroker(str(config["bus_name"]), region=region, endpoint_url=endpoint)
     return SqsBroker(str(config["queue_url"]), region=region, endpoint_url=endpoint)
+
+
+def _relay(
+    config: Mapping[str, Any], subscriptions: SubscriptionService, bus: EventBus
+) -> BrokerRelay:
+    broker = _broker(config)
+    breaker = CircuitBreaker(
+        f"broker:{broker.name}",
+        failure_threshold=int(config.get("failure_threshold", 5)),
+        recovery_time=float(config.get("recovery_time", 30.0)),
+    )
+    flt = EventFilter.build(config.get("types", []))
+    return BrokerRelay(broker, subscriptions, bus, flt, breaker=breaker)

@@ -98,7 +98,14 @@ async def test_broker_outage_degrades_health_and_delivers_after_recovery(
 ) -> None:
     name = f"late-{uuid.uuid4().hex[:8]}"
     url = f"{moto_endpoint}/123456789012/{name}"
-    broker = {"kind": "sqs", "queue_url": url, "region": REGION, "endpoint_url": moto_endpoint}
+    broker = {
+        "kind": "sqs",
+        "queue_url": url,
+        "region": REGION,
+        "endpoint_url": moto_endpoint,
+        "failure_threshold": 2,
+        "recovery_time": 0.5,
+    }
     settings = make_settings(tmp_path, **{"events.brokers": [broker]})
     async with running_server(settings) as srv, srv.channel() as ch:
         await _publish(ch, [cloud_event(subject=f"s{i}", data={"i": i}) for i in range(3)])
@@ -112,6 +119,12 @@ async def test_broker_outage_degrades_health_and_delivers_after_recovery(
             await asyncio.sleep(0.1)
         assert component.status == health_pb2.COMPONENT_STATUS_DEGRADED
         assert report.serving[""]  # a broker is not critical
+        (relay,) = srv.server.app.relays
+        for _ in range(50):
+            if relay.breaker.state.value != "closed":
+                break
+            await asyncio.sleep(0.1)
+        assert relay.breaker.state.value in {"open", "half_open"}
         real = (await sqs.create_queue(QueueName=name))["QueueUrl"]
         bodies = await _drain(sqs, real, 3, timeout=30)
     assert sorted(b["data"]["i"] for b in bodies) == [0, 1, 2]

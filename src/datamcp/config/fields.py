@@ -97,7 +97,7 @@ FIELDS: tuple[Field, ...] = (
         "json",
         [],
         "forward events to AWS: list of {kind: eventbridge|sqs, bus_name|queue_url, region, "
-        "endpoint_url, types}",
+        "endpoint_url, types, failure_threshold, recovery_time}",
     ),
     Field("health.interval", "float", 5.0, "seconds between component checks"),
     Field("health.check_timeout", "float", 2.0, "seconds a component check may take"),

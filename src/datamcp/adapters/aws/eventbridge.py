@@ -21,13 +21,13 @@ from datamcp.adapters.aws.session import (
     AwsConfig,
     AwsCredentials,
     EntryFailure,
-    Retry,
     SharedClient,
     batches,
     deliver,
     delivery_error,
 )
 from datamcp.core.events.model import Event
+from datamcp.core.resilience import RetryPolicy
 
 MAX_ENTRIES = 10
 MAX_REQUEST_BYTES = 256 * 1024
@@ -72,7 +72,7 @@ class EventBridgeBroker:
         self._bus = bus_name
         self._source = source_prefix
         self._client = SharedClient("events", AwsConfig(region, endpoint_url, credentials))
-        self._retry = Retry(max_attempts, base_delay, max_delay)
+        self._retry = RetryPolicy(max_attempts, base_delay, max_delay)
 
     async def publish(self, events: Sequence[Event]) -> None:
         entries = [self._entry(event) for event in events]

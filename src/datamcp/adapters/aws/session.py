@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from datamcp.core.errors import Unavailable
 from datamcp.core.events.model import Event
+from datamcp.core.resilience import RetryPolicy
 
 T = TypeVar("T")
 
@@ -118,18 +118,6 @@ class SharedClient:
 
 
 @dataclass(frozen=True, slots=True)
-class Retry:
-    max_attempts: int = 5
-    base_delay: float = 0.05
-    max_delay: float = 2.0
-
-    def delay(self, attempt: int) -> float:
-        """Full jitter after failed attempt ``attempt`` (1-based), so that many
-        publishers throttled together do not come back together."""
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
-
-
-@dataclass(frozen=True, slots=True)
 class EntryFailure(Generic[T]):
     item: T
     code: str
@@ -150,7 +138,7 @@ def classify(exc: BotoCoreError | ClientError) -> tuple[str, bool]:
 
 
 async def send_with_retries(
-    batch: list[T], send: SendBatch[T], retry: Retry
+    batch: list[T], send: SendBatch[T], retry: RetryPolicy
 ) -> tuple[list[tuple[T, str]], bool]:
     """Send ``batch``, resending retryable failures with backoff.
 
@@ -179,7 +167,7 @@ async def send_with_retries(
 
 
 async def deliver(
-    batches: Sequence[list[T]], send: SendBatch[T], retry: Retry, *, stop_on_failure: bool
+    batches: Sequence[list[T]], send: SendBatch[T], retry: RetryPolicy, *, stop_on_failure: bool
 ) -> list[tuple[T, str]]:
     """Send batches in order. After a final request error, or any failure when
     ``stop_on_failure`` (ordered queues), the rest are reported ``NotAttempted``."""

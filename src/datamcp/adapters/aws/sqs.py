@@ -21,13 +21,13 @@ from datamcp.adapters.aws.session import (
     AwsConfig,
     AwsCredentials,
     EntryFailure,
-    Retry,
     SharedClient,
     batches,
     deliver,
     delivery_error,
 )
 from datamcp.core.events.model import Event
+from datamcp.core.resilience import RetryPolicy
 
 MAX_ENTRIES = 10
 #: SQS allowed 256 KB per batch until 2025 and 1 MiB since; the default keeps
@@ -78,7 +78,7 @@ class SqsBroker:
         self._url = queue_url
         self._max_bytes = max_batch_bytes
         self._client = SharedClient("sqs", AwsConfig(region, endpoint_url, credentials))
-        self._retry = Retry(max_attempts, base_delay, max_delay)
+        self._retry = RetryPolicy(max_attempts, base_delay, max_delay)
 
     async def publish(self, events: Sequence[Event]) -> None:
         entries = [self._entry(event) for event in events]

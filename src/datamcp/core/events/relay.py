@@ -19,6 +19,7 @@ from datamcp.core.events.model import ALL_TENANTS, EventFilter
 from datamcp.core.events.ports import Broker
 from datamcp.core.events.subscriptions import SubscriptionService
 from datamcp.core.health import CheckResult, Status
+from datamcp.core.resilience import CircuitBreaker, CircuitState
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class BrokerRelay:
         *,
         batch: int = 10,
         poll_interval: float = 0.5,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.broker = broker
         self.name = f"broker:{broker.name}"
@@ -42,6 +44,9 @@ class BrokerRelay:
         self._batch = batch
         self._poll = poll_interval
         self._consumer = uuid.uuid4().hex[:16]
+        # While the broker keeps failing, stop leasing: an outage must not use
+        # up the deliveries' attempts.
+        self.breaker = breaker or CircuitBreaker(self.name)
         self._task: asyncio.Task[None] | None = None
         self._last_error = ""
         self.forwarded = 0
@@ -65,6 +70,13 @@ class BrokerRelay:
     async def check(self) -> CheckResult:
         if self._task is None or self._task.done():
             return CheckResult(Status.UNHEALTHY, "relay is not running")
+        state = self.breaker.state
+        if state is not CircuitState.CLOSED:
+            return CheckResult(
+                Status.DEGRADED,
+                f"circuit {state.value}: {self._last_error}",
+                {"circuit": state.value, "retry_after": f"{self.breaker.retry_after():.1f}"},
+            )
         if self._last_error:
             return CheckResult(Status.DEGRADED, f"last forward failed: {self._last_error}")
         return CheckResult(Status.HEALTHY, f"{self.forwarded} events forwarded")
@@ -72,21 +84,27 @@ class BrokerRelay:
     async def _run(self, name: str) -> None:
         while True:
             try:
+                if not self.breaker.allow():
+                    await asyncio.sleep(min(self._poll, self.breaker.retry_after()) or self._poll)
+                    continue
                 sub = await self._subscriptions.get(ALL_TENANTS, name)
                 deliveries = await self._subscriptions.lease(sub, self._consumer, self._batch)
                 if not deliveries:
+                    self.breaker.record_success()  # a trial with nothing to send
                     await self._bus.wait_for_commit(self._poll)
                     continue
                 seqs = [d.event.seq for d in deliveries]
                 try:
                     await self.broker.publish([d.event for d in deliveries])
                 except Exception as exc:
+                    self.breaker.record_failure()
                     self._last_error = f"{type(exc).__name__}: {exc}"[:300]
                     log.warning("broker forward failed", extra={"broker": self.name}, exc_info=exc)
                     for seq in seqs:
                         await self._subscriptions.nack(sub, seq, self._last_error)
                     continue
                 await self._subscriptions.ack(sub, seqs)
+                self.breaker.record_success()
                 self._last_error = ""
                 self.forwarded += len(seqs)
             except asyncio.CancelledError:

@@ -14,7 +14,6 @@ its leases simply expire.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from datamcp.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from datamcp.core.events.model import ALL_TENANTS, Event, EventFilter
 from datamcp.core.ports import UnitOfWorkFactory
+from datamcp.core.resilience import RetryPolicy
 
 NAME_MAX = 128
 MATERIALISE_BATCH = 1000
@@ -68,9 +68,8 @@ class DeadLetter:
     dead_at: float
 
 
-def retry_delay(attempt: int, base: float = 0.5, cap: float = 60.0) -> float:
-    """Exponential backoff with full jitter, for the ``attempt``-th failure."""
-    return random.uniform(0, min(cap, base * 2 ** max(0, attempt - 1)))
+#: Redelivery backoff after a nack: 0.5 s doubling up to a minute, jittered.
+NACK_BACKOFF = RetryPolicy(base_delay=0.5, max_delay=60.0)
 
 
 class SubscriptionService:
@@ -211,7 +210,7 @@ class SubscriptionService:
                 await tx.events.bury(sub.id, [seq], error, now)
                 buried = True
             else:
-                delay = retry_delay(attempts) if retry_after is None else retry_after
+                delay = NACK_BACKOFF.delay(attempts) if retry_after is None else retry_after
                 await tx.events.retry_later(sub.id, seq, now + delay, error)
                 buried = False
             await tx.commit()
