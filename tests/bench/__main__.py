@@ -14,11 +14,12 @@ import time
 import traceback
 from types import FrameType
 
-from tests.bench import foundation
+from tests.bench import events, foundation
 from tests.bench.common import BenchConfig, Section
 
 SECTIONS: list[Section] = [
     Section(foundation.NAME, foundation.run),
+    Section(events.NAME, events.run),
 ]
 
 

@@ -43,6 +43,8 @@ def test_breaker_opens_after_threshold_and_recovers_through_half_open() -> None:
     clock.now += 10
     assert breaker.state is CircuitState.HALF_OPEN
     assert breaker.allow() and not breaker.allow()  # one trial at a time
+    breaker.cancel_trial()  # the trial had nothing to send
+    assert breaker.allow()
     breaker.record_failure()  # the trial failed: open again
     assert breaker.state is CircuitState.OPEN and breaker.retry_after() == pytest.approx(10)
     clock.now += 10

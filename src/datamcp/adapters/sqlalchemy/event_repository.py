@@ -83,6 +83,13 @@ class SqlEventRepository:
             }
             for e in batch
         ]
+        if self._conn.dialect.name == "sqlite":
+            # One executemany; SQLite cannot batch ordered RETURNING. The write
+            # lock is held from the insert to the commit, so the new rows'
+            # AUTOINCREMENT seqs are the last len(rows) ones.
+            await self._conn.execute(insert(events), rows)
+            last = await self.max_seq()
+            return list(range(last - len(rows) + 1, last + 1))
         result = await self._conn.execute(
             insert(events).returning(events.c.seq, sort_by_parameter_order=True), rows
         )
@@ -168,6 +175,15 @@ class SqlEventRepository:
             .limit(limit)
         )
         return [_subscription(row) for row in rows]
+
+    async def cursor(self, subscription_id: str) -> int:
+        return int(
+            (
+                await self._conn.execute(
+                    select(subscriptions.c.cursor).where(subscriptions.c.id == subscription_id)
+                )
+            ).scalar_one()
+        )
 
     async def advance_cursor(self, subscription_id: str, seq: int) -> None:
         await self._conn.execute(

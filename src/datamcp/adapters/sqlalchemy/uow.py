@@ -1,8 +1,17 @@
 """The SQLAlchemy unit of work: one connection, one transaction, rolled back
-unless committed."""
+unless committed.
+
+On SQLite, units of work in one process take turns (an asyncio lock per
+engine). SQLite has one writer at a time anyway; without the lock, pooled
+connections collide on its write lock and wait in its busy handler, which
+sleeps in steps of milliseconds: measured, that dominated event delivery
+latency. Units of work never nest, so the lock cannot deadlock.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from types import TracebackType
 from typing import Self
 
@@ -11,10 +20,22 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 from datamcp.adapters.sqlalchemy.event_repository import SqlEventRepository
 from datamcp.adapters.sqlalchemy.repositories import SqlInstanceRepository
 
+_SQLITE_LOCKS: weakref.WeakKeyDictionary[object, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _turn(engine: AsyncEngine) -> asyncio.Lock | None:
+    if engine.dialect.name != "sqlite":
+        return None
+    lock = _SQLITE_LOCKS.get(engine.sync_engine)
+    if lock is None:
+        lock = _SQLITE_LOCKS[engine.sync_engine] = asyncio.Lock()
+    return lock
+
 
 class SqlUnitOfWork:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._lock = _turn(engine)
         self._conn: AsyncConnection | None = None
         self._tx: AsyncTransaction | None = None
         self._instances: SqlInstanceRepository | None = None
@@ -31,8 +52,15 @@ class SqlUnitOfWork:
         return self._events
 
     async def __aenter__(self) -> Self:
-        self._conn = await self._engine.connect()
-        self._tx = await self._conn.begin()
+        if self._lock is not None:
+            await self._lock.acquire()
+        try:
+            self._conn = await self._engine.connect()
+            self._tx = await self._conn.begin()
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
         self._instances = SqlInstanceRepository(self._conn)
         self._events = SqlEventRepository(self._conn)
         return self
@@ -47,9 +75,13 @@ class SqlUnitOfWork:
             if self._tx is not None and self._tx.is_active:
                 await self._tx.rollback()
         finally:
-            if self._conn is not None:
-                await self._conn.close()
-            self._conn = self._tx = None
+            try:
+                if self._conn is not None:
+                    await self._conn.close()
+            finally:
+                self._conn = self._tx = None
+                if self._lock is not None:
+                    self._lock.release()
             self._instances = None
             self._events = None
 

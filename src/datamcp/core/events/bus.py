@@ -113,6 +113,11 @@ class EventBus:
         self._queued += len(events)
         return await asyncio.shield(future)
 
+    def next_commit(self) -> asyncio.Event:
+        """An event set by the next commit. Take it *before* looking at the
+        store, so a commit that lands while you look is not missed."""
+        return self._committed
+
     async def wait_for_commit(self, within: float) -> None:
         """Return after the next commit, or after ``within`` seconds."""
         with contextlib.suppress(TimeoutError):
@@ -211,8 +216,9 @@ class EventBus:
     async def _commit(self, events: list[Event]) -> list[PublishResult]:
         async with self._uow() as tx:
             known: dict[tuple[str, str], int] = {}
-            for tenant in {e.tenant for e in events}:
-                ids = [e.id for e in events if e.tenant == tenant]
+            chosen = [e for e in events if not e.generated_id]
+            for tenant in {e.tenant for e in chosen}:
+                ids = [e.id for e in chosen if e.tenant == tenant]
                 for event_id, seq in (await tx.events.existing(tenant, ids)).items():
                     known[(tenant, event_id)] = seq
             fresh: list[Event] = []

@@ -20,6 +20,9 @@ LEASE_BATCH = 100
 
 
 class Consumer:
+    """Acks are batched: recorded at once, made durable by the next round trip
+    (which the ack itself wakes), together with the next lease."""
+
     def __init__(
         self,
         service: SubscriptionService,
@@ -36,6 +39,7 @@ class Consumer:
         self._credits = max(1, credits)
         self._poll = poll_interval
         self._in_flight: set[int] = set()
+        self._acks: list[int] = []
         self._room = asyncio.Event()
 
     def grant(self, credits: int) -> None:
@@ -45,10 +49,11 @@ class Consumer:
             self._room.set()
 
     async def ack(self, seqs: Sequence[int]) -> None:
-        await self._service.ack(self.subscription, seqs)
+        self._acks.extend(seqs)
         self._settle(seqs)
 
     async def nack(self, seq: int, error: str, retry_after: float | None = None) -> None:
+        await self.flush()
         await self._service.nack(self.subscription, seq, error, retry_after)
         self._settle([seq])
 
@@ -59,21 +64,31 @@ class Consumer:
     async def deliveries(self) -> AsyncIterator[Delivery]:
         """Deliveries as they become available, forever (cancel to stop)."""
         while True:
+            # Taken before the round trip, so an ack or a commit that lands
+            # during it wakes the next round at once.
+            self._room.clear()
+            committed = self._bus.next_commit()
             room = self._credits - len(self._in_flight)
+            acks, self._acks = self._acks, []
             batch: list[Delivery] = []
-            if room > 0:
-                batch = await self._service.lease(
-                    self.subscription, self.id, min(room, LEASE_BATCH)
-                )
+            if room > 0 or acks:
+                try:
+                    batch = await self._service.cycle(
+                        self.subscription, self.id, min(max(room, 0), LEASE_BATCH), acks
+                    )
+                except BaseException:
+                    self._acks[:0] = acks  # not durable yet: keep them for the next try
+                    raise
             for delivery in batch:
                 self._in_flight.add(delivery.event.seq)
                 yield delivery
             if batch and len(batch) == min(room, LEASE_BATCH):
                 continue  # there may be more right away
-            self._room.clear()
+            if self._room.is_set() or (room > 0 and committed.is_set()):
+                continue
             waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._room.wait())]
             if room > 0:
-                waits.append(asyncio.ensure_future(self._bus.wait_for_commit(self._poll)))
+                waits.append(asyncio.ensure_future(committed.wait()))
             try:
                 await asyncio.wait(waits, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -82,6 +97,17 @@ class Consumer:
                     with contextlib.suppress(asyncio.CancelledError):
                         await w
 
+    async def flush(self) -> None:
+        """Make recorded acks durable now."""
+        acks, self._acks = self._acks, []
+        if acks:
+            try:
+                await self._service.cycle(self.subscription, self.id, 0, acks)
+            except BaseException:
+                self._acks[:0] = acks
+                raise
+
     async def close(self) -> None:
-        """Give this consumer's unacknowledged deliveries back at once."""
+        """Flush acks, then give unacknowledged deliveries back at once."""
+        await self.flush()
         await self._service.release(self.subscription, self.id)

@@ -45,9 +45,13 @@ class Event:
     correlation_id: str = ""
     traceparent: str = ""
     seq: int = 0
+    #: The data as JSON text, when already serialised (validation does it once).
+    data_text: str = field(default="", compare=False, repr=False)
+    #: True when the server chose the id: it cannot already be stored.
+    generated_id: bool = field(default=False, compare=False, repr=False)
 
     def data_json(self) -> str:
-        return json.dumps(self.data, separators=(",", ":"), sort_keys=True)
+        return self.data_text or json.dumps(self.data, separators=(",", ":"))
 
     def with_seq(self, seq: int) -> Event:
         return replace(self, seq=seq)
@@ -112,11 +116,12 @@ def new_event(
         bad("subject", f"at most {MAX_SUBJECT} characters")
     if id is not None and (not id or len(id) > MAX_ID):
         bad("id", f"when given, 1 to {MAX_ID} characters")
-    size = 0
+    text = ""
     try:
-        size = len(json.dumps(data, separators=(",", ":")).encode("utf-8"))
+        text = json.dumps(data, separators=(",", ":"))
     except (TypeError, ValueError):
         bad("data", "must be JSON")
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
     if size > max_data_bytes:
         bad("data", f"{size} bytes is over the {max_data_bytes}-byte limit")
     if violations:
@@ -131,6 +136,8 @@ def new_event(
         tenant=tenant,
         correlation_id=correlation_id,
         traceparent=traceparent,
+        data_text=text,
+        generated_id=id is None,
     )
 
 

@@ -90,7 +90,7 @@ class BrokerRelay:
                 sub = await self._subscriptions.get(ALL_TENANTS, name)
                 deliveries = await self._subscriptions.lease(sub, self._consumer, self._batch)
                 if not deliveries:
-                    self.breaker.record_success()  # a trial with nothing to send
+                    self.breaker.cancel_trial()  # nothing was sent: nothing learnt
                     await self._bus.wait_for_commit(self._poll)
                     continue
                 seqs = [d.event.seq for d in deliveries]

@@ -64,6 +64,11 @@ class CircuitBreaker:
             return True
         return False
 
+    def cancel_trial(self) -> None:
+        """Hand back a half-open trial that made no call (nothing to send)."""
+        if self._state is CircuitState.HALF_OPEN and self._trials:
+            self._trials -= 1
+
     def check(self) -> None:
         """Like :meth:`allow`, but raise when the call may not go out.
 

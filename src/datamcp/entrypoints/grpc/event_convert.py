@@ -16,18 +16,49 @@ _MAX_SAFE_INT = 2**53
 
 
 def _json_value(value: struct_pb2.Value) -> Any:
-    return _integral(json_format.MessageToDict(value)) if value.WhichOneof("kind") else None
+    """google.protobuf.Value to plain JSON data.
+
+    Hand-written because json_format.MessageToDict costs ~40 us per small
+    event, the largest per-event cost of publishing. Value numbers are
+    doubles; integral ones become ints again, as JSON has no such difference.
+    """
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        return int(number) if number.is_integer() and abs(number) < _MAX_SAFE_INT else number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return {k: _json_value(v) for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_json_value(v) for v in value.list_value.values]
+    return None
 
 
-def _integral(value: Any) -> Any:
-    """protobuf Value numbers are doubles; give JSON its integers back."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < _MAX_SAFE_INT:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral(v) for v in value]
-    return value
+def _fill_value(target: struct_pb2.Value, data: Any) -> None:
+    """Plain JSON data into a google.protobuf.Value (the inverse, as fast)."""
+    if data is None:
+        target.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(data, bool):
+        target.bool_value = data
+    elif isinstance(data, int | float):
+        target.number_value = data
+    elif isinstance(data, str):
+        target.string_value = data
+    elif isinstance(data, dict):
+        fields = target.struct_value.fields
+        target.struct_value.SetInParent()
+        for key, item in data.items():
+            _fill_value(fields[key], item)
+    elif isinstance(data, list):
+        target.list_value.SetInParent()
+        values = target.list_value.values
+        for item in data:
+            _fill_value(values.add(), item)
+    else:
+        json_format.ParseDict(data, target)
 
 
 def draft_from_proto(message: events_pb2.CloudEvent) -> EventDraft:
@@ -57,7 +88,7 @@ def event_to_proto(event: Event) -> events_pb2.CloudEvent:
         sequence=event.seq,
     )
     if event.data is not None:
-        json_format.ParseDict(event.data, message.data)
+        _fill_value(message.data, event.data)
     return message
 
 
