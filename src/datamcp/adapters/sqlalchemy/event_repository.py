@@ -233,14 +233,22 @@ class SqlEventRepository:
         )
 
     async def claim(
-        self, subscription_id: str, now: float, until: float, consumer: str, limit: int
-    ) -> list[tuple[int, int]]:
+        self,
+        subscription_id: str,
+        *,
+        now: float,
+        until: float,
+        consumer: str,
+        limit: int,
+        max_attempts: int,
+    ) -> tuple[list[tuple[int, int]], list[int]]:
         """Lease up to ``limit`` visible deliveries that head their subject.
 
         A delivery whose subject has an earlier delivery still pending (in
         flight, or waiting for a retry) is not eligible: that is what keeps
         per-subject order with competing consumers. Events without a subject
-        are not ordered. Returns (seq, attempt number) of what was leased.
+        are not ordered. Returns (seq, attempt number) of what was leased, and
+        the seqs found with no attempts left (for the dead letters).
         """
         d = deliveries.c
         earlier = deliveries.alias("earlier")
@@ -249,10 +257,9 @@ class SqlEventRepository:
             earlier.c.subject == d.subject,
             earlier.c.seq < d.seq,
         )
-        candidates = [
-            row.seq
-            for row in await self._conn.execute(
-                select(d.seq)
+        rows = (
+            await self._conn.execute(
+                select(d.seq, d.attempts)
                 .where(
                     d.subscription_id == subscription_id,
                     d.visible_at <= now,
@@ -261,11 +268,13 @@ class SqlEventRepository:
                 .order_by(d.seq)
                 .limit(limit)
             )
-        ]
+        ).all()
+        exhausted = [row.seq for row in rows if row.attempts >= max_attempts]
+        candidates = [row.seq for row in rows if row.attempts < max_attempts]
         if not candidates:
-            return []
+            return [], exhausted
         # The visibility re-check makes the claim atomic between competitors.
-        await self._conn.execute(
+        claimed = await self._conn.execute(
             update(deliveries)
             .where(
                 d.subscription_id == subscription_id,
@@ -273,16 +282,9 @@ class SqlEventRepository:
                 d.visible_at <= now,
             )
             .values(visible_at=until, consumer=consumer, attempts=d.attempts + 1)
+            .returning(d.seq, d.attempts)
         )
-        rows = await self._conn.execute(
-            select(d.seq, d.attempts).where(
-                d.subscription_id == subscription_id,
-                d.seq.in_(candidates),
-                d.consumer == consumer,
-                d.visible_at == until,
-            )
-        )
-        return sorted((row.seq, row.attempts) for row in rows)
+        return sorted((row.seq, row.attempts) for row in claimed), exhausted
 
     async def delivery(self, subscription_id: str, seq: int) -> tuple[int, str | None] | None:
         row = (
@@ -293,20 +295,6 @@ class SqlEventRepository:
             )
         ).one_or_none()
         return None if row is None else (row.attempts, row.last_error)
-
-    async def expired_exhausted(
-        self, subscription_id: str, now: float, max_attempts: int
-    ) -> list[int]:
-        """Deliveries whose last lease ran out and that have no attempts left."""
-        d = deliveries.c
-        rows = await self._conn.execute(
-            select(d.seq).where(
-                d.subscription_id == subscription_id,
-                d.visible_at <= now,
-                d.attempts >= max_attempts,
-            )
-        )
-        return [row.seq for row in rows]
 
     async def delete_deliveries(self, subscription_id: str, seqs: Sequence[int]) -> int:
         if not seqs:

@@ -70,6 +70,8 @@ class EventBus:
         self._pruner: asyncio.Task[None] | None = None
         self.commits = 0
         self.published = 0
+        #: Bumped by every commit of this process: a cheap "anything new?" check.
+        self.generation = 0
 
     async def start(self) -> None:
         if self._writer is None:
@@ -205,6 +207,7 @@ class EventBus:
                         pending.future.set_result(results[start:end])
                     start = end
                 self.commits += 1
+                self.generation += 1
                 self.published += sum(not r.duplicate for r in results)
                 self._committed.set()
                 self._committed = asyncio.Event()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -41,6 +42,8 @@ class Consumer:
         self._in_flight: set[int] = set()
         self._acks: list[int] = []
         self._room = asyncio.Event()
+        self._seen_generation = -1
+        self._full_look = 0.0
 
     def grant(self, credits: int) -> None:
         """Allow ``credits`` more unacknowledged deliveries."""
@@ -72,9 +75,22 @@ class Consumer:
             acks, self._acks = self._acks, []
             batch: list[Delivery] = []
             if room > 0 or acks:
+                # Skip reading the store when this process committed nothing since
+                # the last look; look anyway every poll interval, for commits made
+                # by other processes.
+                generation, now = self._bus.generation, time.monotonic()
+                unchanged = (
+                    generation == self._seen_generation and now - self._full_look < self._poll
+                )
+                if not unchanged:
+                    self._seen_generation, self._full_look = generation, now
                 try:
                     batch = await self._service.cycle(
-                        self.subscription, self.id, min(max(room, 0), LEASE_BATCH), acks
+                        self.subscription,
+                        self.id,
+                        min(max(room, 0), LEASE_BATCH),
+                        acks,
+                        store_unchanged=unchanged,
                     )
                 except BaseException:
                     self._acks[:0] = acks  # not durable yet: keep them for the next try

@@ -49,12 +49,16 @@ class EventRepository(Protocol):
         self, subscription_id: str, items: Sequence[tuple[int, str]]
     ) -> None: ...
     async def claim(
-        self, subscription_id: str, now: float, until: float, consumer: str, limit: int
-    ) -> list[tuple[int, int]]: ...
+        self,
+        subscription_id: str,
+        *,
+        now: float,
+        until: float,
+        consumer: str,
+        limit: int,
+        max_attempts: int,
+    ) -> tuple[list[tuple[int, int]], list[int]]: ...
     async def delivery(self, subscription_id: str, seq: int) -> tuple[int, str | None] | None: ...
-    async def expired_exhausted(
-        self, subscription_id: str, now: float, max_attempts: int
-    ) -> list[int]: ...
     async def delete_deliveries(self, subscription_id: str, seqs: Sequence[int]) -> int: ...
     async def retry_later(
         self, subscription_id: str, seq: int, visible_at: float, error: str
