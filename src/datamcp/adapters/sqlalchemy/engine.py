@@ -37,7 +37,12 @@ def create_engine(url: str, *, connect_timeout: float = 5.0) -> AsyncEngine:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(
-            parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+            parsed,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            # Every unit of work ends its transaction itself (commit or
+            # rollback), so the pool's extra rollback on return is a wasted
+            # round trip to the driver thread on every transaction.
+            pool_reset_on_return=None,
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine

@@ -34,6 +34,11 @@ from datamcp.v1 import health_pb2_grpc as datamcp_health_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+#: Long-lived streams: one span for hours of traffic says nothing, and the
+#: tracing wrapper costs on every message. Their work is traced where it
+#: happens (publishes, and the actions consumers run).
+UNTRACED_STREAMS = ("/datamcp.v1.EventService/Subscribe",)
+
 _COMPRESSION = {
     "none": grpc.Compression.NoCompression,
     "gzip": grpc.Compression.Gzip,
@@ -104,7 +109,7 @@ class MeshServer:
         provider = self.tracer_provider
         interceptors = [
             PerMethodTracingInterceptor(
-                provider, OPEN_PREFIXES, self.app.settings.tracing.sample_ratio
+                provider, OPEN_PREFIXES + UNTRACED_STREAMS, self.app.settings.tracing.sample_ratio
             ),
             EntryInterceptor(self.app.authenticator, self.app.limiter, self.app.metrics),
         ]
