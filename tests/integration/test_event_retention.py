@@ -28,7 +28,7 @@ async def test_retention_keeps_what_deliveries_and_dead_letters_need(
         )
         held = await api.bus.prune()  # "lagging" has not looked at anything yet
         await api.subscriptions.materialise(lagging.subscription)
-        await api.subscriptions.ack(lagging.subscription, [r.event.seq for r in published[3:]])
+        await api.subscriptions.ack(lagging.subscription, [r.seq for r in published[3:]])
         removed = await api.bus.prune()
         left = [e async for e in api.bus.replay("default", EventFilter())]
     finally:
@@ -37,4 +37,4 @@ async def test_retention_keeps_what_deliveries_and_dead_letters_need(
     assert held == 0
     assert removed == 7  # 15 events, keep the newest 5 plus the 3 pending deliveries
     assert kept_types.count("keep.me") == 3
-    assert [e.seq for e in left if e.type == "drop.me"] == [r.event.seq for r in published[-5:]]
+    assert [e.seq for e in left if e.type == "drop.me"] == [r.seq for r in published[-5:]]

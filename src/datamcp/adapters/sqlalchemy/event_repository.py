@@ -14,6 +14,11 @@ from datamcp.adapters.sqlalchemy.tables import dead_letters, deliveries, events,
 from datamcp.core.events.model import ALL_TENANTS, Event, EventFilter
 from datamcp.core.events.subscriptions import DeadLetter, Subscription, SubscriptionStats
 
+_SQLITE_INSERT = (
+    "INSERT INTO events (tenant, id, source, type, subject, time, datacontenttype, data, "
+    "correlation_id, traceparent, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
 
 def _insert_ignoring_duplicates(conn: AsyncConnection, table: Any) -> Any:
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
@@ -67,6 +72,8 @@ class SqlEventRepository:
         """Insert events (ids known not to exist); returns their seqs in order."""
         if not batch:
             return []
+        if self._conn.dialect.name == "sqlite":
+            return await self._append_sqlite(batch, stored_at)
         rows = [
             {
                 "tenant": e.tenant,
@@ -83,17 +90,37 @@ class SqlEventRepository:
             }
             for e in batch
         ]
-        if self._conn.dialect.name == "sqlite":
-            # One executemany; SQLite cannot batch ordered RETURNING. The write
-            # lock is held from the insert to the commit, so the new rows'
-            # AUTOINCREMENT seqs are the last len(rows) ones.
-            await self._conn.execute(insert(events), rows)
-            last = await self.max_seq()
-            return list(range(last - len(rows) + 1, last + 1))
         result = await self._conn.execute(
             insert(events).returning(events.c.seq, sort_by_parameter_order=True), rows
         )
         return [row.seq for row in result]
+
+    async def _append_sqlite(self, batch: Sequence[Event], stored_at: float) -> list[int]:
+        """One driver-level executemany (SQLite cannot batch ordered RETURNING,
+        and per-row parameter processing was a measured hot spot). The write
+        lock is held from the insert to the commit, so the new rows'
+        AUTOINCREMENT seqs are the last ``len(batch)`` ones."""
+        await self._conn.exec_driver_sql(
+            _SQLITE_INSERT,
+            [
+                (
+                    e.tenant,
+                    e.id,
+                    e.source,
+                    e.type,
+                    e.subject,
+                    e.time,
+                    e.datacontenttype,
+                    e.data_json(),
+                    e.correlation_id,
+                    e.traceparent,
+                    stored_at,
+                )
+                for e in batch
+            ],
+        )
+        last = await self.max_seq()
+        return list(range(last - len(batch) + 1, last + 1))
 
     async def read(
         self, tenant: str, after_seq: int, limit: int, since_time: float | None = None

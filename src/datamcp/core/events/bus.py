@@ -28,7 +28,11 @@ REPLAY_PAGE = 500
 
 @dataclass(frozen=True, slots=True)
 class PublishResult:
+    """Where an event was stored. ``event`` is as published (its own ``seq``
+    unset); ``seq`` is its position in the store."""
+
     event: Event
+    seq: int
     duplicate: bool
 
 
@@ -238,10 +242,10 @@ class EventBus:
         for e in events:
             key = (e.tenant, e.id)
             if key in known:
-                results.append(PublishResult(e.with_seq(known[key]), True))
+                results.append(PublishResult(e, known[key], True))
             elif key in firsts:
                 firsts.discard(key)
-                results.append(PublishResult(e.with_seq(assigned[key]), False))
+                results.append(PublishResult(e, assigned[key], False))
             else:  # the same id twice in one batch: the first one wins
-                results.append(PublishResult(e.with_seq(assigned[key]), True))
+                results.append(PublishResult(e, assigned[key], True))
         return results

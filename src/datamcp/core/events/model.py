@@ -12,7 +12,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from datamcp.core.errors import FieldViolation, InvalidArgument
@@ -52,9 +52,6 @@ class Event:
 
     def data_json(self) -> str:
         return self.data_text or json.dumps(self.data, separators=(",", ":"))
-
-    def with_seq(self, seq: int) -> Event:
-        return replace(self, seq=seq)
 
     def to_cloudevent(self) -> dict[str, Any]:
         """The structured-mode CloudEvents JSON form (for brokers and Lambda)."""

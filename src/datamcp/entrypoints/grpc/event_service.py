@@ -26,7 +26,7 @@ Open = events_pb2.SubscribeRequest.Open
 
 
 def _result(r: PublishResult) -> events_pb2.PublishResponse:
-    return events_pb2.PublishResponse(id=r.event.id, sequence=r.event.seq, duplicate=r.duplicate)
+    return events_pb2.PublishResponse(id=r.event.id, sequence=r.seq, duplicate=r.duplicate)
 
 
 class EventService(events_pb2_grpc.EventServiceServicer):
