@@ -284,3 +284,23 @@ async def test_a_stuck_subscriber_never_blocks_publishers(tmp_path: Path) -> Non
     assert one.attempt == 1
     assert listed[0].lag == 2000
     assert elapsed < 20
+
+
+async def test_delete_subscription_drops_its_state(tmp_path: Path) -> None:
+    async with running_server(make_settings(tmp_path)) as srv, srv.channel() as ch:
+        stub = events_pb2_grpc.EventServiceStub(ch)
+        sub = Subscriber(ch)
+        await sub.open("gone", ["task.*"], credits=1)
+        await stub.PublishBatch(
+            events_pb2.PublishBatchRequest(events=[cloud_event(subject=f"x{i}") for i in range(3)])
+        )
+        await sub.next()
+        sub.close()
+        request = events_pb2.DeleteSubscriptionRequest(subscription="gone")
+        deleted = await stub.DeleteSubscription(request)
+        listed = await stub.ListSubscriptions(events_pb2.ListSubscriptionsRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as again:
+            await stub.DeleteSubscription(request)
+    assert deleted.dropped_deliveries >= 1
+    assert list(listed.subscriptions) == []
+    assert again.value.code() == grpc.StatusCode.NOT_FOUND

@@ -795,3 +795,51 @@ class RedriveDeadLettersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RedriveDeadLettersResponse: _TypeAlias = RedriveDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class DeleteSubscriptionRequest(_message.Message):
+    """DeleteSubscriptionRequest names the subscription to delete."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    subscription: _builtins.str
+    """subscription name."""
+    def __init__(
+        self,
+        *,
+        subscription: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSubscriptionRequest: _TypeAlias = DeleteSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class DeleteSubscriptionResponse(_message.Message):
+    """DeleteSubscriptionResponse says what was dropped with it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DROPPED_DELIVERIES_FIELD_NUMBER: _builtins.int
+    DROPPED_DEAD_LETTERS_FIELD_NUMBER: _builtins.int
+    dropped_deliveries: _builtins.int
+    """pending deliveries dropped."""
+    dropped_dead_letters: _builtins.int
+    """dead letters dropped."""
+    def __init__(
+        self,
+        *,
+        dropped_deliveries: _builtins.int = ...,
+        dropped_dead_letters: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped_dead_letters", b"dropped_dead_letters", "dropped_deliveries", b"dropped_deliveries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSubscriptionResponse: _TypeAlias = DeleteSubscriptionResponse  # noqa: Y015

@@ -62,6 +62,11 @@ class EventServiceStub:
                 request_serializer=datamcp_dot_v1_dot_events__pb2.ListSubscriptionsRequest.SerializeToString,
                 response_deserializer=datamcp_dot_v1_dot_events__pb2.ListSubscriptionsResponse.FromString,
                 _registered_method=True)
+        self.DeleteSubscription = channel.unary_unary(
+                '/datamcp.v1.EventService/DeleteSubscription',
+                request_serializer=datamcp_dot_v1_dot_events__pb2.DeleteSubscriptionRequest.SerializeToString,
+                response_deserializer=datamcp_dot_v1_dot_events__pb2.DeleteSubscriptionResponse.FromString,
+                _registered_method=True)
         self.ListDeadLetters = channel.unary_unary(
                 '/datamcp.v1.EventService/ListDeadLetters',
                 request_serializer=datamcp_dot_v1_dot_events__pb2.ListDeadLettersRequest.SerializeToString,
@@ -119,6 +124,15 @@ class EventServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteSubscription(self, request, context):
+        """DeleteSubscription removes a subscription with its pending deliveries and
+        dead letters. Retention never drops events a subscription has not read,
+        so delete the ones nobody consumes any more.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListDeadLetters(self, request, context):
         """ListDeadLetters lists events a subscription gave up on, with the last error.
         """
@@ -160,6 +174,11 @@ def add_EventServiceServicer_to_server(servicer, server):
                     servicer.ListSubscriptions,
                     request_deserializer=datamcp_dot_v1_dot_events__pb2.ListSubscriptionsRequest.FromString,
                     response_serializer=datamcp_dot_v1_dot_events__pb2.ListSubscriptionsResponse.SerializeToString,
+            ),
+            'DeleteSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSubscription,
+                    request_deserializer=datamcp_dot_v1_dot_events__pb2.DeleteSubscriptionRequest.FromString,
+                    response_serializer=datamcp_dot_v1_dot_events__pb2.DeleteSubscriptionResponse.SerializeToString,
             ),
             'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDeadLetters,
@@ -310,6 +329,33 @@ class EventService:
             '/datamcp.v1.EventService/ListSubscriptions',
             datamcp_dot_v1_dot_events__pb2.ListSubscriptionsRequest.SerializeToString,
             datamcp_dot_v1_dot_events__pb2.ListSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/datamcp.v1.EventService/DeleteSubscription',
+            datamcp_dot_v1_dot_events__pb2.DeleteSubscriptionRequest.SerializeToString,
+            datamcp_dot_v1_dot_events__pb2.DeleteSubscriptionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,11 @@ class EventServiceStub:
     """
     ListSubscriptions: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListSubscriptionsRequest, _events_pb2.ListSubscriptionsResponse]
     """ListSubscriptions lists the tenant's subscriptions with their lag."""
+    DeleteSubscription: _grpc.UnaryUnaryMultiCallable[_events_pb2.DeleteSubscriptionRequest, _events_pb2.DeleteSubscriptionResponse]
+    """DeleteSubscription removes a subscription with its pending deliveries and
+    dead letters. Retention never drops events a subscription has not read,
+    so delete the ones nobody consumes any more.
+    """
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListDeadLettersRequest, _events_pb2.ListDeadLettersResponse]
     """ListDeadLetters lists events a subscription gave up on, with the last error."""
     RedriveDeadLetters: _grpc.UnaryUnaryMultiCallable[_events_pb2.RedriveDeadLettersRequest, _events_pb2.RedriveDeadLettersResponse]
@@ -83,6 +88,11 @@ class EventServiceAsyncStub(EventServiceStub):
     """
     ListSubscriptions: _aio.UnaryUnaryMultiCallable[_events_pb2.ListSubscriptionsRequest, _events_pb2.ListSubscriptionsResponse]  # type: ignore[assignment]
     """ListSubscriptions lists the tenant's subscriptions with their lag."""
+    DeleteSubscription: _aio.UnaryUnaryMultiCallable[_events_pb2.DeleteSubscriptionRequest, _events_pb2.DeleteSubscriptionResponse]  # type: ignore[assignment]
+    """DeleteSubscription removes a subscription with its pending deliveries and
+    dead letters. Retention never drops events a subscription has not read,
+    so delete the ones nobody consumes any more.
+    """
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_events_pb2.ListDeadLettersRequest, _events_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
     """ListDeadLetters lists events a subscription gave up on, with the last error."""
     RedriveDeadLetters: _aio.UnaryUnaryMultiCallable[_events_pb2.RedriveDeadLettersRequest, _events_pb2.RedriveDeadLettersResponse]  # type: ignore[assignment]
@@ -140,6 +150,17 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_events_pb2.ListSubscriptionsResponse, _abc.Awaitable[_events_pb2.ListSubscriptionsResponse]]:
         """ListSubscriptions lists the tenant's subscriptions with their lag."""
+
+    @_abc_1.abstractmethod
+    def DeleteSubscription(
+        self,
+        request: _events_pb2.DeleteSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.DeleteSubscriptionResponse, _abc.Awaitable[_events_pb2.DeleteSubscriptionResponse]]:
+        """DeleteSubscription removes a subscription with its pending deliveries and
+        dead letters. Retention never drops events a subscription has not read,
+        so delete the ones nobody consumes any more.
+        """
 
     @_abc_1.abstractmethod
     def ListDeadLetters(

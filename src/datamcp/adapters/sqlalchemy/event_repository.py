@@ -203,6 +203,16 @@ class SqlEventRepository:
         )
         return [_subscription(row) for row in rows]
 
+    async def delete_subscription(self, subscription_id: str) -> tuple[int, int]:
+        dropped = await self._conn.execute(
+            delete(deliveries).where(deliveries.c.subscription_id == subscription_id)
+        )
+        dead = await self._conn.execute(
+            delete(dead_letters).where(dead_letters.c.subscription_id == subscription_id)
+        )
+        await self._conn.execute(delete(subscriptions).where(subscriptions.c.id == subscription_id))
+        return int(dropped.rowcount or 0), int(dead.rowcount or 0)
+
     async def cursor(self, subscription_id: str) -> int:
         return int(
             (

@@ -164,6 +164,9 @@ class EventsApi:
         token = _encode(str(page[-1].event.seq)) if len(page) == size else ""
         return page, token
 
+    async def delete_subscription(self, tenant: str, name: str) -> tuple[int, int]:
+        return await self.subscriptions.delete(tenant, name)
+
     async def redrive(self, tenant: str, name: str, seqs: Sequence[int]) -> int:
         return await self.subscriptions.redrive(tenant, name, list(seqs) or None)
 

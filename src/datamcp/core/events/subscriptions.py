@@ -254,6 +254,18 @@ class SubscriptionService:
             await tx.commit()
         return buried
 
+    async def delete(self, tenant: str, name: str) -> tuple[int, int]:
+        """Drop a subscription, its deliveries and dead letters.
+
+        Returns (deliveries dropped, dead letters dropped). Live consumers of
+        it stop receiving; opening it again needs a filter (it is new then).
+        """
+        sub = await self.get(tenant, name)
+        async with self._uow() as tx:
+            dropped = await tx.events.delete_subscription(sub.id)
+            await tx.commit()
+        return dropped
+
     async def release(self, sub: Subscription, consumer: str) -> None:
         """Make a departed consumer's leases visible again without waiting them out."""
         async with self._uow() as tx:

@@ -135,6 +135,15 @@ class EventService(events_pb2_grpc.EventServiceServicer):
             subscriptions=[subscription_to_proto(s, st) for s, st in page], next_page_token=token
         )
 
+    async def DeleteSubscription(
+        self, request: events_pb2.DeleteSubscriptionRequest, context: aio.ServicerContext
+    ) -> events_pb2.DeleteSubscriptionResponse:
+        tenant = current_principal.get().tenant
+        deliveries, dead = await self._api.delete_subscription(tenant, request.subscription)
+        return events_pb2.DeleteSubscriptionResponse(
+            dropped_deliveries=deliveries, dropped_dead_letters=dead
+        )
+
     async def ListDeadLetters(
         self, request: events_pb2.ListDeadLettersRequest, context: aio.ServicerContext
     ) -> events_pb2.ListDeadLettersResponse:
