@@ -6,14 +6,7 @@ import pytest
 
 from datamcp.core.errors import ResourceExhausted
 from datamcp.core.ratelimit import KeyedRateLimiter, TokenBucket
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.fakes import Clock
 
 
 def test_bucket_allows_burst_then_refills_at_rate() -> None:

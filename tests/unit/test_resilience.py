@@ -6,14 +6,7 @@ import pytest
 
 from datamcp.core.errors import Unavailable
 from datamcp.core.resilience import CircuitBreaker, CircuitState, RetryPolicy
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.fakes import Clock
 
 
 def test_backoff_grows_exponentially_under_a_cap_with_jitter() -> None:

@@ -11,13 +11,14 @@ component being down only degrades the overall report.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from datamcp.core.background import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -200,11 +201,8 @@ class HealthMonitor:
             self._task = asyncio.create_task(self._loop(), name="health-monitor")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         while True:

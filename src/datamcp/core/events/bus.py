@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
+from datamcp.core.background import cancel_and_wait
 from datamcp.core.errors import Unavailable
 from datamcp.core.events.model import Event, EventFilter
 from datamcp.core.health import CheckResult, Status
@@ -86,19 +87,14 @@ class EventBus:
 
     async def stop(self) -> None:
         """Commit what is queued, then stop the writer."""
-        if self._pruner is not None:
-            self._pruner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pruner
-            self._pruner = None
+        await cancel_and_wait(self._pruner)
+        self._pruner = None
         if self._writer is None:
             return
         if not self._writer.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._queue.join(), 10)
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        await cancel_and_wait(self._writer)
         self._writer = None
 
     async def publish(self, events: Sequence[Event]) -> list[PublishResult]:

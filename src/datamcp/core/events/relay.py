@@ -10,10 +10,10 @@ letters for a redrive. Order per subject is kept, as for any subscription.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 
+from datamcp.core.background import cancel_and_wait
 from datamcp.core.events.bus import EventBus
 from datamcp.core.events.model import ALL_TENANTS, EventFilter
 from datamcp.core.events.ports import Broker
@@ -60,11 +60,8 @@ class BrokerRelay:
         self._task = asyncio.create_task(self._run(sub.name), name=self.name)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self.broker.close()
 
     async def check(self) -> CheckResult:

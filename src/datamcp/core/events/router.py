@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from datamcp.core.background import cancel_and_wait
 from datamcp.core.errors import ConfigError
 from datamcp.core.events.api import EventDraft, EventsApi
 from datamcp.core.events.consumer import Consumer
@@ -97,11 +98,7 @@ class Router:
             )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         for consumer in self._consumers:
             with contextlib.suppress(Exception):
                 await consumer.close()
