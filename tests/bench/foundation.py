@@ -11,7 +11,7 @@ makes a run slower, so the best run is the one closest to what the code can do.
 
 Time is bounded at every step (server start 15 s, each load run warm-up +
 window + 10 s, server stop 5 s), so even a hang everywhere ends the default
-run within two minutes; a normal run takes about 30 s.
+run within two minutes; a normal run of this section takes about 60 s.
 """
 
 from __future__ import annotations
