@@ -10,7 +10,7 @@ PROTOS := $(shell find proto -name '*.proto' | sort)
 PROTO_INCLUDE = $$($(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')
 PYTEST_ARGS ?=
 
-.PHONY: install run test check lint fmt typecheck gen gen-check buf-lint breaking bench clean
+.PHONY: install run test check lint fmt typecheck gen gen-check buf-lint breaking infra-check bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,7 +64,12 @@ breaking:
 	  $(BUF) breaking --against '.git#branch=main'; \
 	else echo "breaking: nothing on main to compare with"; fi
 
-check: lint typecheck gen-check buf-lint breaking
+# Kubernetes manifests against the API schemas (strict), Dockerfile lint.
+infra-check: install
+	$(BIN)/kubernetes-validate --strict --quiet infra/k8s/*.yaml
+	$(BIN)/hadolint infra/Dockerfile
+
+check: lint typecheck gen-check buf-lint breaking infra-check
 
 bench: install
 	$(PY) -m tests.bench
