@@ -14,6 +14,9 @@ from datamcp.adapters.sqlalchemy.tables import dead_letters, deliveries, events,
 from datamcp.core.events.model import ALL_TENANTS, Event, EventFilter
 from datamcp.core.events.subscriptions import DeadLetter, Subscription, SubscriptionStats
 
+#: Advisory lock key serialising event appends on PostgreSQL ("dmcpevts").
+_APPEND_LOCK = 0x646D63706576747
+
 _SQLITE_INSERT = (
     "INSERT INTO events (tenant, id, source, type, subject, time, datacontenttype, data, "
     "correlation_id, traceparent, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -74,6 +77,11 @@ class SqlEventRepository:
             return []
         if self._conn.dialect.name == "sqlite":
             return await self._append_sqlite(batch, stored_at)
+        # Subscriptions read "events after my cursor". With concurrent writers
+        # (replicas), a later seq could commit before an earlier one and a
+        # reader in between would skip the earlier one for good. Appends take
+        # turns, so events commit in seq order. (SQLite writers always do.)
+        await self._conn.execute(select(func.pg_advisory_xact_lock(_APPEND_LOCK)))
         rows = [
             {
                 "tenant": e.tenant,
