@@ -51,7 +51,12 @@ FIELDS: tuple[Field, ...] = (
     Field("server.compression", "str", "none", "none | gzip | deflate (server default)"),
     Field("server.keepalive_time", "float", 60.0, "seconds between server keepalive pings"),
     Field("server.keepalive_timeout", "float", 20.0, "seconds to wait for a keepalive ack"),
-    Field("server.keepalive_min_client_interval", "float", 10.0, "min client ping interval"),
+    Field(
+        "server.keepalive_min_client_interval",
+        "float",
+        10.0,
+        "shortest client keepalive ping interval accepted (seconds)",
+    ),
     Field("tls.cert_file", "str", None, "PEM server certificate (enables TLS)", "--tls-cert"),
     Field("tls.key_file", "str", None, "PEM private key for --tls-cert", "--tls-key"),
     Field(

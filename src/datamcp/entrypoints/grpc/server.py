@@ -120,7 +120,7 @@ class MeshServer:
             ("grpc.keepalive_timeout_ms", int(s.keepalive_timeout * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),
             (
-                "grpc.http2.min_ping_interval_without_data_ms",
+                "grpc.http2.min_recv_ping_interval_without_data_ms",
                 int(s.keepalive_min_client_interval * 1000),
             ),
             ("grpc.http2.max_pings_without_data", 0),
