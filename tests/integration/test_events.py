@@ -304,3 +304,19 @@ async def test_delete_subscription_drops_its_state(tmp_path: Path) -> None:
     assert deleted.dropped_deliveries >= 1
     assert list(listed.subscriptions) == []
     assert again.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_live_consumer_of_a_deleted_subscription_ends_with_not_found(
+    tmp_path: Path,
+) -> None:
+    async with running_server(make_settings(tmp_path)) as srv, srv.channel() as ch:
+        stub = events_pb2_grpc.EventServiceStub(ch)
+        sub = Subscriber(ch)
+        await sub.open("short-lived", ["task.*"])
+        await stub.DeleteSubscription(
+            events_pb2.DeleteSubscriptionRequest(subscription="short-lived")
+        )
+        await stub.Publish(events_pb2.PublishRequest(event=cloud_event()))
+        error = await sub.error(timeout=5)
+    assert isinstance(error, grpc.aio.AioRpcError)
+    assert error.code() == grpc.StatusCode.NOT_FOUND

@@ -221,14 +221,13 @@ class SqlEventRepository:
         await self._conn.execute(delete(subscriptions).where(subscriptions.c.id == subscription_id))
         return int(dropped.rowcount or 0), int(dead.rowcount or 0)
 
-    async def cursor(self, subscription_id: str) -> int:
-        return int(
-            (
-                await self._conn.execute(
-                    select(subscriptions.c.cursor).where(subscriptions.c.id == subscription_id)
-                )
-            ).scalar_one()
-        )
+    async def cursor(self, subscription_id: str) -> int | None:
+        value = (
+            await self._conn.execute(
+                select(subscriptions.c.cursor).where(subscriptions.c.id == subscription_id)
+            )
+        ).scalar_one_or_none()
+        return None if value is None else int(value)
 
     async def advance_cursor(self, subscription_id: str, seq: int) -> None:
         await self._conn.execute(

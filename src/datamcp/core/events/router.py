@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from datamcp.core.background import cancel_and_wait
-from datamcp.core.errors import ConfigError
+from datamcp.core.errors import ConfigError, NotFound
 from datamcp.core.events.api import EventDraft, EventsApi
 from datamcp.core.events.consumer import Consumer
 from datamcp.core.events.model import TYPE_RE, Event, EventFilter
@@ -89,13 +89,19 @@ class Router:
     async def start(self) -> None:
         self.validate()
         for trigger in self._triggers:
-            consumer = await self._api.open_consumer(
-                trigger.tenant, f"trigger:{trigger.name}", trigger.filter
-            )
-            self._consumers.append(consumer)
+            # Opened before start() returns: a new subscription starts at the
+            # latest event, so events published after start are never missed.
+            consumer = await self._open(trigger)
             self._tasks.append(
                 asyncio.create_task(self._run(trigger, consumer), name=f"trigger:{trigger.name}")
             )
+
+    async def _open(self, trigger: Trigger) -> Consumer:
+        consumer = await self._api.open_consumer(
+            trigger.tenant, f"trigger:{trigger.name}", trigger.filter
+        )
+        self._consumers.append(consumer)
+        return consumer
 
     async def stop(self) -> None:
         await cancel_and_wait(*self._tasks)
@@ -105,10 +111,13 @@ class Router:
         self._tasks.clear()
         self._consumers.clear()
 
-    async def _run(self, trigger: Trigger, consumer: Consumer) -> None:
+    async def _run(self, trigger: Trigger, opened: Consumer) -> None:
         action = self._actions[trigger.action]
+        consumer: Consumer | None = opened
         while True:
             try:
+                if consumer is None:
+                    consumer = await self._open(trigger)
                 async for delivery in consumer.deliveries():
                     event = delivery.event
                     try:
@@ -124,6 +133,8 @@ class Router:
                         await consumer.ack([event.seq])
             except asyncio.CancelledError:
                 raise
+            except NotFound:  # someone deleted the trigger's subscription: make it again
+                consumer = None
             except Exception:  # the store is down: wait and carry on
                 log.warning("trigger loop failed; retrying", exc_info=True)
                 await asyncio.sleep(1.0)

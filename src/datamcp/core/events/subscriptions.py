@@ -220,6 +220,10 @@ class SubscriptionService:
         only moves forward.
         """
         cursor = await tx.events.cursor(sub.id)
+        if cursor is None:
+            raise NotFound(
+                f"subscription {sub.name!r} was deleted", reason="SUBSCRIPTION_NOT_FOUND"
+            )
         batch = await tx.events.read(sub.tenant, cursor, MATERIALISE_BATCH)
         if not batch:
             return 0, False
