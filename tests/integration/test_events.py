@@ -320,3 +320,16 @@ async def test_a_live_consumer_of_a_deleted_subscription_ends_with_not_found(
         error = await sub.error(timeout=5)
     assert isinstance(error, grpc.aio.AioRpcError)
     assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_half_closed_subscriber_still_receives(tmp_path: Path) -> None:
+    """grpcurl sends 'open', then closes its side: deliveries must still flow."""
+    async with running_server(make_settings(tmp_path)) as srv, srv.channel() as ch:
+        stub = events_pb2_grpc.EventServiceStub(ch)
+        sub = Subscriber(ch)
+        await sub.open("listen-only", ["task.*"])
+        await sub.call.done_writing()
+        await stub.Publish(events_pb2.PublishRequest(event=cloud_event(subject="a")))
+        delivery = await sub.next()
+        sub.close()
+    assert delivery.event.subject == "a"

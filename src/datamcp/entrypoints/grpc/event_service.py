@@ -64,8 +64,10 @@ class EventService(events_pb2_grpc.EventServiceServicer):
         reader = asyncio.create_task(self._read_commands(request_iterator, consumer))
         try:
             async for delivery in consumer.deliveries():
-                if reader.done():
-                    break
+                # A client that half-closed (grpcurl does after 'open') still
+                # receives deliveries; a failed command (bad ack) ends the call.
+                if reader.done() and (error := reader.exception()) is not None:
+                    raise error
                 yield events_pb2.SubscribeResponse(
                     delivery=events_pb2.SubscribeResponse.Delivery(
                         event=event_to_proto(delivery.event), attempt=delivery.attempt
