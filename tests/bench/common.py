@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,3 +69,39 @@ def warn(message: str) -> None:
     """A warning nobody reading the table can miss."""
     bar = "!" * 78
     print(f"{bar}\n!! WARNING: {message}\n{bar}", flush=True)
+
+
+#: Environment variable that carries the API key to a client process (kept out
+#: of the command line, so it does not show in ``ps``).
+API_KEY_ENV = "BENCH_API_KEY"
+
+
+def run_client(module: str, args: list[str], *, timeout: float, api_key: str | None) -> str:
+    """Run ``python -m module *args`` and return the last line it printed.
+
+    Load clients run in their own process, so the server under test never
+    shares an interpreter with the load.
+
+    Raises:
+        RuntimeError: the client timed out, failed, or printed nothing.
+    """
+    env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
+    if api_key:
+        env[API_KEY_ENV] = api_key
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:  # run() has already killed the child
+        raise RuntimeError(f"{module} {args[0]} timed out after {exc.timeout}s") from exc
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{module} {args[0]} failed (exit {done.returncode}):\n{done.stderr}")
+    return lines[-1]

@@ -33,7 +33,6 @@ import contextlib
 import json
 import os
 import secrets
-import subprocess
 import sys
 import time
 from collections import Counter, deque
@@ -45,9 +44,9 @@ from google.protobuf import json_format
 from grpc import aio
 
 from datamcp.v1 import events_pb2, events_pb2_grpc
+from tests.bench.common import API_KEY_ENV, run_client
 from tests.bench.event_data import LATENCY_TYPE, bench_event
-from tests.bench.load import API_KEY_ENV, CONNECT_TIMEOUT, percentile
-from tests.bench.procs import REPO_ROOT
+from tests.bench.load import CONNECT_TIMEOUT, percentile
 
 PUBLISH = "/datamcp.v1.EventService/Publish"
 PUBLISH_BATCH = "/datamcp.v1.EventService/PublishBatch"
@@ -452,29 +451,8 @@ def _summarise(
 
 
 def _run_client(args: list[str], timeout: float, api_key: str | None) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "tests.bench.events_load", *args]
-    env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
-    if api_key:
-        env[API_KEY_ENV] = api_key
-    try:
-        done = subprocess.run(
-            argv,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:  # run() has already killed the child
-        raise RuntimeError(f"events client {args[0]} timed out after {exc.timeout}s") from exc
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"events client {args[0]} failed (exit {done.returncode}):\n{done.stderr}"
-        )
-    result: dict[str, Any] = json.loads(lines[-1])
+    line = run_client("tests.bench.events_load", args, timeout=timeout, api_key=api_key)
+    result: dict[str, Any] = json.loads(line)
     return result
 
 

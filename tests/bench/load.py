@@ -18,7 +18,6 @@ import asyncio
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -29,10 +28,9 @@ from typing import Any
 from grpc import aio
 
 from datamcp.v1 import health_pb2
-from tests.bench.procs import REPO_ROOT
+from tests.bench.common import API_KEY_ENV, run_client
 
 METHOD = "/datamcp.v1.HealthService/GetHealthReport"
-API_KEY_ENV = "BENCH_API_KEY"
 """The key travels in the environment, not argv, so ``ps`` does not show it."""
 CALL_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 5.0
@@ -180,38 +178,17 @@ def run_load(
     Raises:
         RuntimeError: the client failed or printed no result.
     """
-    argv = [
-        sys.executable,
-        "-m",
-        "tests.bench.load",
+    args = [
         f"--target={target}",
         f"--seconds={seconds}",
         f"--warmup={warmup}",
         f"--concurrency={concurrency}",
         f"--channels={channels}",
     ]
-    env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
-    if api_key:
-        env[API_KEY_ENV] = api_key
-    try:
-        done = subprocess.run(
-            argv,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=warmup + seconds + START_SLACK,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:  # run() has already killed the child
-        raise RuntimeError(f"load client against {target} timed out after {exc.timeout}s") from exc
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"load client against {target} failed (exit {done.returncode}):\n{done.stderr}"
-        )
-    return LoadResult.from_json(lines[-1])
+    line = run_client(
+        "tests.bench.load", args, timeout=warmup + seconds + START_SLACK, api_key=api_key
+    )
+    return LoadResult.from_json(line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
