@@ -24,11 +24,15 @@ from datamcp.adapters.sqlalchemy.health import DatabaseCheck
 from datamcp.adapters.sqlalchemy.uow import SqlUnitOfWork
 from datamcp.config.settings import Settings
 from datamcp.core import instances
+from datamcp.core.agents.builtin.echo import EchoAgent
+from datamcp.core.agents.manager import AgentManager, TaskPolicy, TaskSpec
+from datamcp.core.agents.plugins import load_plugins
+from datamcp.core.agents.remote import RemoteHub
 from datamcp.core.auth import Authenticator
 from datamcp.core.errors import ConfigError, Unavailable
 from datamcp.core.events.api import EventsApi
 from datamcp.core.events.bus import EventBus
-from datamcp.core.events.model import EventFilter
+from datamcp.core.events.model import Event, EventFilter
 from datamcp.core.events.ports import Broker
 from datamcp.core.events.relay import BrokerRelay
 from datamcp.core.events.router import Router, Trigger
@@ -55,6 +59,8 @@ class App:
     events: EventsApi
     router: Router
     relays: list[BrokerRelay]
+    agents: AgentManager
+    remote: RemoteHub
 
     def uow(self) -> UnitOfWork:
         return SqlUnitOfWork(self.engine)
@@ -114,6 +120,8 @@ class App:
         checks += [FunctionCheck(r.name, r.check, critical=False) for r in relays]
         router = Router(events, triggers)
         try:
+            agents = _agent_manager(settings, bus, uow, instance)
+            router.register_action("agent.submit_task", _submit_task_action(agents))
             router.validate()
         except ConfigError:
             await engine.dispose()
@@ -129,13 +137,17 @@ class App:
             events,
             router,
             relays,
+            agents,
+            RemoteHub(agents, settings.agents.heartbeat_interval),
         )
         metrics.add_section_provider("infrastructure", app._infrastructure_metrics)
+        metrics.add_section_provider("agents", agents.metrics)
         return app
 
     async def start(self) -> None:
         """Start background work (the event writer, retention, triggers)."""
         await self.events.bus.start()
+        await self.agents.start()
         await self.router.start()
         for relay in self.relays:
             await relay.start()
@@ -159,6 +171,7 @@ class App:
         for relay in self.relays:
             await relay.stop()
         await self.router.stop()
+        await self.agents.stop()
         await self.events.bus.stop()
         # The database may be the very reason we are stopping.
         with contextlib.suppress(Exception):
@@ -188,3 +201,49 @@ def _relay(
     )
     flt = EventFilter.build(config.get("types", []))
     return BrokerRelay(broker, subscriptions, bus, flt, breaker=breaker)
+
+
+def _agent_manager(settings: Settings, bus: EventBus, uow: Any, instance: Instance) -> AgentManager:
+    """The manager with the built-in agents and the plugins from config."""
+    a = settings.agents
+    policy = TaskPolicy(
+        queue_size=a.queue_size,
+        default_timeout=a.default_timeout,
+        min_timeout=a.min_timeout,
+        max_timeout=a.max_timeout,
+        max_attempts=a.max_attempts,
+        retry_base_delay=a.retry_base_delay,
+        retry_max_delay=a.retry_max_delay,
+        max_input_bytes=a.max_input_bytes,
+        max_call_depth=a.max_call_depth,
+        recovery=a.recovery,
+        remote_disconnect=a.remote_disconnect,
+        stale_after=max(60.0, 6 * settings.health.interval),
+    )
+    manager = AgentManager(bus, uow, instance, policy=policy, strategy=a.strategy)
+    manager.add_agent(EchoAgent())
+    for plugin in load_plugins(a.plugins):
+        manager.add_agent(plugin)
+    return manager
+
+
+def _submit_task_action(agents: AgentManager) -> Any:
+    """Router action ``agent.submit_task``: params {capability, priority, timeout,
+    input}; the input defaults to the event's data. The request id is derived
+    from the trigger event, so a redelivered event submits nothing new."""
+
+    async def action(cause: Event, params: Mapping[str, Any]) -> None:
+        timeout = params.get("timeout")
+        await agents.submit(
+            cause.tenant,
+            TaskSpec(
+                capability=str(params.get("capability", "")),
+                input=params.get("input", cause.data),
+                priority=int(params.get("priority", 0)),
+                timeout=float(timeout) if timeout is not None else None,
+                request_id=f"event:{cause.id}",
+                correlation_id=cause.correlation_id or cause.id,
+            ),
+        )
+
+    return action

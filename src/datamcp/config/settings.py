@@ -127,6 +127,28 @@ class EventSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentSettings:
+    strategy: str = "least_loaded"
+    queue_size: int = 10_000
+    default_timeout: float = 300.0
+    min_timeout: float = 0.01
+    max_timeout: float = 86_400.0
+    max_attempts: int = 3
+    retry_base_delay: float = 0.1
+    retry_max_delay: float = 10.0
+    max_input_bytes: int = 1024 * 1024
+    max_call_depth: int = 8
+    recovery: str = "retry"
+    remote_disconnect: str = "requeue"
+    heartbeat_interval: float = 10.0
+    plugins: tuple[str, ...] = ()
+    sql_connections: Mapping[str, str] = field(default_factory=dict)
+    sql_row_limit: int = 1000
+    http_apis: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    profile_roots: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TracingSettings:
     exporter: str = "none"
     sample_ratio: float = 1.0
@@ -150,6 +172,7 @@ class Settings:
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     events: EventSettings = field(default_factory=EventSettings)
+    agents: AgentSettings = field(default_factory=AgentSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
@@ -370,6 +393,7 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             triggers=_tables(r, "events.triggers"),
             brokers=_brokers(r),
         ),
+        agents=_agents(r),
         tracing=TracingSettings(
             exporter=r.str_("tracing.exporter", ("none", "console", "otlp")),
             sample_ratio=r.number("tracing.sample_ratio", 0.0),
@@ -486,6 +510,51 @@ def _brokers(r: _Reader) -> tuple[Mapping[str, Any], ...]:
         elif not b.get(needs):
             r.fail("events.brokers", f"entry {i}: {kind} needs {needs}")
     return brokers
+
+
+def _agents(r: _Reader) -> AgentSettings:
+    plugins = r.raw["agents.plugins"]
+    if not isinstance(plugins, list) or not all(isinstance(p, str) and ":" in p for p in plugins):
+        r.fail("agents.plugins", 'expected a list of "module:Class" strings')
+        plugins = []
+    sql = r.raw["agents.sql_connections"]
+    if not isinstance(sql, dict) or not all(isinstance(v, str) for v in sql.values()):
+        r.fail("agents.sql_connections", "expected a table of name = SQLAlchemy URL")
+        sql = {}
+    apis = r.raw["agents.http_apis"]
+    if not isinstance(apis, dict) or not all(
+        isinstance(v, dict) and str(v.get("base_url", "")).startswith(("http://", "https://"))
+        for v in apis.values()
+    ):
+        r.fail("agents.http_apis", "expected a table of name = {base_url = 'https://...', ...}")
+        apis = {}
+    roots = r.raw["agents.profile_roots"]
+    if not isinstance(roots, list) or not all(isinstance(p, str) for p in roots):
+        r.fail("agents.profile_roots", "expected a list of directories")
+        roots = []
+    settings = AgentSettings(
+        strategy=r.str_("agents.strategy", ("least_loaded", "round_robin", "weighted")),
+        queue_size=r.number("agents.queue_size", 1, int),
+        default_timeout=r.number("agents.default_timeout", 0.001),
+        min_timeout=r.number("agents.min_timeout", 0.0),
+        max_timeout=r.number("agents.max_timeout", 0.001),
+        max_attempts=r.number("agents.max_attempts", 1, int),
+        retry_base_delay=r.number("agents.retry_base_delay", 0.0),
+        retry_max_delay=r.number("agents.retry_max_delay", 0.0),
+        max_input_bytes=r.number("agents.max_input_bytes", 1, int),
+        max_call_depth=r.number("agents.max_call_depth", 1, int),
+        recovery=r.str_("agents.recovery", ("retry", "fail")),
+        remote_disconnect=r.str_("agents.remote_disconnect", ("requeue", "fail")),
+        heartbeat_interval=r.number("agents.heartbeat_interval", 0.01),
+        plugins=tuple(plugins),
+        sql_connections=dict(sql),
+        sql_row_limit=r.number("agents.sql_row_limit", 1, int),
+        http_apis=dict(apis),
+        profile_roots=tuple(Path(p) for p in roots),
+    )
+    if settings.default_timeout > settings.max_timeout:
+        r.fail("agents.default_timeout", "must not exceed agents.max_timeout")
+    return settings
 
 
 def _dependencies(r: _Reader) -> tuple[Dependency, ...]:

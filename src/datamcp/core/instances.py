@@ -49,3 +49,19 @@ async def mark_stopped(uow: UnitOfWorkFactory, instance_id: str) -> None:
     async with uow() as tx:
         await tx.instances.stop(instance_id, time.time())
         await tx.commit()
+
+
+def is_gone(instance: Instance, now: float, stale_after: float) -> bool:
+    """Whether an instance's process is certainly dead: it said it stopped,
+    it has not heartbeated for ``stale_after`` seconds, or it ran on this
+    host and its pid no longer exists (a crash seen at restart)."""
+    if instance.stopped_at is not None or now - instance.heartbeat_at > stale_after:
+        return True
+    if instance.host == socket.gethostname() and instance.pid != os.getpid():
+        try:
+            os.kill(instance.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+    return False

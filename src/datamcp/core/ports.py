@@ -6,11 +6,13 @@ ever sees the protocol, so unit tests can hand it fakes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 if TYPE_CHECKING:
+    from datamcp.core.agents.ports import AuditRepository, TaskRepository
     from datamcp.core.events.ports import EventRepository
     from datamcp.core.instances import Instance
 
@@ -31,6 +33,12 @@ class UnitOfWork(Protocol):
     @property
     def events(self) -> EventRepository: ...
 
+    @property
+    def tasks(self) -> TaskRepository: ...
+
+    @property
+    def audit(self) -> AuditRepository: ...
+
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(
@@ -46,3 +54,24 @@ class UnitOfWork(Protocol):
 
 
 UnitOfWorkFactory = Callable[[], UnitOfWork]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOp:
+    """A kind of row change that can ride along with an event-bus group commit.
+
+    All writes of one op in a commit are applied together, in arrival order,
+    by one ``apply`` call (so an adapter can use one ``executemany``). Ops
+    run in ``rank`` order: an insert (rank 0) always lands before an update
+    (rank 1) of the same row committed with it.
+    """
+
+    name: str
+    rank: int
+    apply: Callable[[UnitOfWork, Sequence[Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    op: WriteOp
+    item: Any

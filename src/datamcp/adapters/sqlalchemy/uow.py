@@ -17,6 +17,7 @@ from typing import Self
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
+from datamcp.adapters.sqlalchemy.agent_repository import SqlAuditRepository, SqlTaskRepository
 from datamcp.adapters.sqlalchemy.event_repository import SqlEventRepository
 from datamcp.adapters.sqlalchemy.repositories import SqlInstanceRepository
 
@@ -40,6 +41,8 @@ class SqlUnitOfWork:
         self._tx: AsyncTransaction | None = None
         self._instances: SqlInstanceRepository | None = None
         self._events: SqlEventRepository | None = None
+        self._tasks: SqlTaskRepository | None = None
+        self._audit: SqlAuditRepository | None = None
 
     @property
     def instances(self) -> SqlInstanceRepository:
@@ -50,6 +53,16 @@ class SqlUnitOfWork:
     def events(self) -> SqlEventRepository:
         assert self._events is not None, "use the unit of work inside 'async with'"
         return self._events
+
+    @property
+    def tasks(self) -> SqlTaskRepository:
+        assert self._tasks is not None, "use the unit of work inside 'async with'"
+        return self._tasks
+
+    @property
+    def audit(self) -> SqlAuditRepository:
+        assert self._audit is not None, "use the unit of work inside 'async with'"
+        return self._audit
 
     async def __aenter__(self) -> Self:
         if self._lock is not None:
@@ -63,6 +76,8 @@ class SqlUnitOfWork:
             raise
         self._instances = SqlInstanceRepository(self._conn)
         self._events = SqlEventRepository(self._conn)
+        self._tasks = SqlTaskRepository(self._conn)
+        self._audit = SqlAuditRepository(self._conn)
         return self
 
     async def __aexit__(
@@ -82,8 +97,9 @@ class SqlUnitOfWork:
                 self._conn = self._tx = None
                 if self._lock is not None:
                     self._lock.release()
-            self._instances = None
-            self._events = None
+            self._instances = self._events = None
+            self._tasks = None
+            self._audit = None
 
     async def commit(self) -> None:
         assert self._tx is not None, "commit outside 'async with'"

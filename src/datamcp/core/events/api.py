@@ -3,11 +3,11 @@ consumers, replay, listings with paging, dead letters."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from datamcp.core import paging
 from datamcp.core.errors import FieldViolation, InvalidArgument
 from datamcp.core.events.bus import EventBus, PublishResult
 from datamcp.core.events.consumer import Consumer
@@ -19,8 +19,6 @@ from datamcp.core.events.subscriptions import (
     SubscriptionStats,
 )
 
-DEFAULT_PAGE = 100
-MAX_PAGE = 1000
 DEFAULT_CREDITS = 100
 MAX_CREDITS = 10_000
 
@@ -145,23 +143,23 @@ class EventsApi:
     async def list_subscriptions(
         self, tenant: str, page_size: int, page_token: str
     ) -> tuple[list[tuple[Subscription, SubscriptionStats]], str]:
-        size = _page_size(page_size)
-        after = _decode(page_token)
+        size = paging.page_size(page_size)
+        after = paging.decode(page_token) or ""
+        if not isinstance(after, str):
+            raise paging.bad_token()
         page = await self.subscriptions.list_with_stats(tenant, after, size)
-        token = _encode(page[-1][0].name) if len(page) == size else ""
+        token = paging.encode(page[-1][0].name) if len(page) == size else ""
         return page, token
 
     async def dead_letters(
         self, tenant: str, name: str, page_size: int, page_token: str
     ) -> tuple[list[DeadLetter], str]:
-        size = _page_size(page_size)
-        after = _decode(page_token)
-        try:
-            after_seq = int(after or 0)
-        except ValueError:
-            raise _bad_token() from None
+        size = paging.page_size(page_size)
+        after_seq = paging.decode(page_token) or 0
+        if not isinstance(after_seq, int):
+            raise paging.bad_token()
         page = await self.subscriptions.dead_letters(tenant, name, after_seq, size)
-        token = _encode(str(page[-1].event.seq)) if len(page) == size else ""
+        token = paging.encode(page[-1].event.seq) if len(page) == size else ""
         return page, token
 
     async def delete_subscription(self, tenant: str, name: str) -> tuple[int, int]:
@@ -169,30 +167,3 @@ class EventsApi:
 
     async def redrive(self, tenant: str, name: str, seqs: Sequence[int]) -> int:
         return await self.subscriptions.redrive(tenant, name, list(seqs) or None)
-
-
-def _page_size(size: int) -> int:
-    if size < 0 or size > MAX_PAGE:
-        raise InvalidArgument(
-            "invalid page_size", [FieldViolation("page_size", f"0 to {MAX_PAGE} (0 = default)")]
-        )
-    return size or DEFAULT_PAGE
-
-
-def _encode(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode()
-
-
-def _decode(token: str) -> str:
-    if not token:
-        return ""
-    try:
-        return base64.urlsafe_b64decode(token.encode()).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise _bad_token() from None
-
-
-def _bad_token() -> InvalidArgument:
-    return InvalidArgument(
-        "invalid page_token", [FieldViolation("page_token", "use the token from the last page")]
-    )

@@ -20,7 +20,7 @@ from datamcp.core.background import cancel_and_wait
 from datamcp.core.errors import Unavailable
 from datamcp.core.events.model import Event, EventFilter
 from datamcp.core.health import CheckResult, Status
-from datamcp.core.ports import UnitOfWorkFactory
+from datamcp.core.ports import UnitOfWork, UnitOfWorkFactory, Write, WriteOp
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,12 @@ class PublishResult:
 @dataclass(slots=True)
 class _Pending:
     events: list[Event]
+    writes: Sequence[Write]
     future: asyncio.Future[list[PublishResult]]
+
+    @property
+    def size(self) -> int:
+        return len(self.events) + len(self.writes)
 
 
 class EventBus:
@@ -97,22 +102,28 @@ class EventBus:
         await cancel_and_wait(self._writer)
         self._writer = None
 
-    async def publish(self, events: Sequence[Event]) -> list[PublishResult]:
+    async def publish(
+        self, events: Sequence[Event], writes: Sequence[Write] = ()
+    ) -> list[PublishResult]:
         """Store ``events`` durably, in order, in one transaction.
 
         An event whose (tenant, id) is already stored is not stored again; its
         result says ``duplicate`` and carries the stored sequence number.
+        ``writes`` commit in the same transaction (a state change and the
+        event announcing it land together or not at all: a transactional
+        outbox), applied before the events.
 
         Raises:
             Unavailable: the store could not be written; nothing was stored.
         """
-        if not events:
+        if not events and not writes:
             return []
         if self._writer is None:
             raise Unavailable("the event bus is not running", reason="EVENT_BUS_STOPPED")
         future: asyncio.Future[list[PublishResult]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(list(events), future))
-        self._queued += len(events)
+        pending = _Pending(list(events), writes, future)
+        self._queue.put_nowait(pending)
+        self._queued += pending.size
         return await asyncio.shield(future)
 
     def next_commit(self) -> asyncio.Event:
@@ -186,13 +197,15 @@ class EventBus:
     async def _write_loop(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            count = len(batch[0].events)
+            count = batch[0].size
             while count < self._max_batch and not self._queue.empty():
                 item = self._queue.get_nowait()
                 batch.append(item)
-                count += len(item.events)
+                count += item.size
             try:
-                results = await self._commit([e for p in batch for e in p.events])
+                results = await self._commit(
+                    [e for p in batch for e in p.events], [w for p in batch for w in p.writes]
+                )
             except Exception as exc:
                 log.warning("event store write failed", exc_info=exc)
                 error = Unavailable(f"event store unavailable: {type(exc).__name__}: {exc}")
@@ -216,8 +229,10 @@ class EventBus:
                 for _ in batch:
                     self._queue.task_done()
 
-    async def _commit(self, events: list[Event]) -> list[PublishResult]:
+    async def _commit(self, events: list[Event], writes: list[Write]) -> list[PublishResult]:
         async with self._uow() as tx:
+            if writes:
+                await _apply(tx, writes)
             known: dict[tuple[str, str], int] = {}
             chosen = [e for e in events if not e.generated_id]
             for tenant in {e.tenant for e in chosen}:
@@ -245,3 +260,12 @@ class EventBus:
             else:  # the same id twice in one batch: the first one wins
                 results.append(PublishResult(e, assigned[key], True))
         return results
+
+
+async def _apply(tx: UnitOfWork, writes: list[Write]) -> None:
+    """Apply writes op by op (in rank order), each op's items in arrival order."""
+    by_op: dict[WriteOp, list[object]] = {}
+    for w in writes:
+        by_op.setdefault(w.op, []).append(w.item)
+    for op in sorted(by_op, key=lambda o: o.rank):
+        await op.apply(tx, by_op[op])

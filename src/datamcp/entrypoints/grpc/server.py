@@ -23,12 +23,13 @@ from datamcp import __version__
 from datamcp.bootstrap import App
 from datamcp.core.errors import ConfigError
 from datamcp.core.health import HealthMonitor, HealthReport
+from datamcp.entrypoints.grpc.agent_service import AgentService
 from datamcp.entrypoints.grpc.event_service import EventService
 from datamcp.entrypoints.grpc.health_service import HealthService
 from datamcp.entrypoints.grpc.interceptor import OPEN_PREFIXES, EntryInterceptor
 from datamcp.entrypoints.grpc.tracing import PerMethodTracingInterceptor
 from datamcp.observability import tracing
-from datamcp.v1 import events_pb2, events_pb2_grpc
+from datamcp.v1 import agents_pb2, agents_pb2_grpc, events_pb2, events_pb2_grpc
 from datamcp.v1 import health_pb2 as datamcp_health_pb2
 from datamcp.v1 import health_pb2_grpc as datamcp_health_pb2_grpc
 
@@ -37,7 +38,11 @@ log = logging.getLogger(__name__)
 #: Long-lived streams: one span for hours of traffic says nothing, and the
 #: tracing wrapper costs on every message. Their work is traced where it
 #: happens (publishes, and the actions consumers run).
-UNTRACED_STREAMS = ("/datamcp.v1.EventService/Subscribe",)
+UNTRACED_STREAMS = (
+    "/datamcp.v1.EventService/Subscribe",
+    "/datamcp.v1.AgentService/Connect",
+    "/datamcp.v1.AgentService/WatchTask",
+)
 
 _COMPRESSION = {
     "none": grpc.Compression.NoCompression,
@@ -72,6 +77,12 @@ def core_services(app: App, monitor: HealthMonitor, stopping: asyncio.Event) -> 
             service_name(events_pb2, "EventService"),
             events_pb2_grpc.add_EventServiceServicer_to_server,
             EventService(app.events),
+            needs=("database", "event_bus"),
+        ),
+        Registration(
+            service_name(agents_pb2, "AgentService"),
+            agents_pb2_grpc.add_AgentServiceServicer_to_server,
+            AgentService(app.agents, app.remote),
             needs=("database", "event_bus"),
         ),
     ]

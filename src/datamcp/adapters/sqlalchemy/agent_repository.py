@@ -1,0 +1,229 @@
+"""SQL side of tasks and agent-to-agent audit records."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from datamcp.adapters.sqlalchemy.tables import audit_records, tasks
+from datamcp.core.agents.model import AuditRecord, Task, TaskError, TaskState
+
+_FINAL = [int(s) for s in TaskState if s.final]
+_COLUMNS = [c.name for c in tasks.c]
+_MUTABLE = (
+    "agent_id",
+    "state",
+    "attempts",
+    "progress",
+    "progress_message",
+    "result",
+    "error_reason",
+    "error_message",
+    "error_retryable",
+    "updated_at",
+    "started_at",
+    "ended_at",
+)
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _row(task: Task) -> dict[str, Any]:
+    error = task.error
+    return {
+        "id": task.id,
+        "tenant": task.tenant,
+        "capability": task.capability,
+        "agent_id": task.agent_id,
+        "input": _dump(task.input),
+        "priority": task.priority,
+        "deadline": task.deadline,
+        "timeout": task.timeout,
+        "request_id": task.request_id,
+        "state": int(task.state),
+        "attempts": task.attempts,
+        "max_attempts": task.max_attempts,
+        "correlation_id": task.correlation_id,
+        "parent_task_id": task.parent_task_id,
+        "depth": task.depth,
+        "progress": task.progress,
+        "progress_message": task.progress_message,
+        "result": None if task.result is None else _dump(task.result),
+        "error_reason": error.reason if error else None,
+        "error_message": error.message if error else None,
+        "error_retryable": int(error.retryable) if error else None,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+        "started_at": task.started_at,
+        "ended_at": task.ended_at,
+    }
+
+
+def _task(row: Any) -> Task:
+    error = None
+    if row.error_reason is not None:
+        error = TaskError(row.error_reason, row.error_message or "", bool(row.error_retryable))
+    return Task(
+        id=row.id,
+        tenant=row.tenant,
+        capability=row.capability,
+        agent_id=row.agent_id,
+        input=json.loads(row.input),
+        priority=row.priority,
+        deadline=row.deadline,
+        timeout=row.timeout,
+        request_id=row.request_id,
+        state=TaskState(row.state),
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        correlation_id=row.correlation_id,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        parent_task_id=row.parent_task_id,
+        depth=row.depth,
+        progress=row.progress,
+        progress_message=row.progress_message,
+        result=None if row.result is None else json.loads(row.result),
+        error=error,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+    )
+
+
+# Driver-level statements for SQLite: inserts and saves are the hot path of
+# every task, and SQLAlchemy's per-row parameter processing was measured as
+# most of a commit's time there.
+_SQLITE_INSERT = (
+    f"INSERT OR IGNORE INTO tasks ({', '.join(_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
+)
+_SQLITE_SAVE = f"UPDATE tasks SET {', '.join(f'{n} = ?' for n in _MUTABLE)} WHERE id = ?"
+
+
+class SqlTaskRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+        self._sqlite = conn.dialect.name == "sqlite"
+
+    async def insert(self, batch: Sequence[Task], owner: str) -> None:
+        if not batch:
+            return
+        rows = [{**_row(t), "owner": owner} for t in batch]
+        if self._sqlite:
+            await self._conn.exec_driver_sql(
+                _SQLITE_INSERT, [tuple(r[c] for c in _COLUMNS) for r in rows]
+            )
+            return
+        stmt = postgresql.insert(tasks).on_conflict_do_nothing(index_elements=["id"])
+        await self._conn.execute(stmt, rows)
+
+    async def save(self, batch: Sequence[Task]) -> None:
+        if not batch:
+            return
+        rows = [_row(t) for t in batch]
+        if self._sqlite:
+            await self._conn.exec_driver_sql(
+                _SQLITE_SAVE, [(*(r[n] for n in _MUTABLE), r["id"]) for r in rows]
+            )
+            return
+        stmt = (
+            update(tasks)
+            .where(tasks.c.id == bindparam("task_id"))
+            .values({name: bindparam(name) for name in _MUTABLE})
+        )
+        await self._conn.execute(
+            stmt, [{"task_id": r["id"], **{n: r[n] for n in _MUTABLE}} for r in rows]
+        )
+
+    async def get(self, tenant: str, task_id: str) -> Task | None:
+        row = (
+            await self._conn.execute(
+                select(tasks).where(tasks.c.id == task_id, tasks.c.tenant == tenant)
+            )
+        ).one_or_none()
+        return None if row is None else _task(row)
+
+    async def page(
+        self,
+        tenant: str,
+        *,
+        states: Sequence[TaskState],
+        capability: str,
+        correlation_id: str,
+        before: tuple[float, str] | None,
+        limit: int,
+    ) -> list[Task]:
+        query = select(tasks).where(tasks.c.tenant == tenant)
+        if states:
+            query = query.where(tasks.c.state.in_([int(s) for s in states]))
+        if capability:
+            query = query.where(tasks.c.capability == capability)
+        if correlation_id:
+            query = query.where(tasks.c.correlation_id == correlation_id)
+        if before is not None:
+            at, last_id = before
+            query = query.where(
+                or_(tasks.c.created_at < at, and_(tasks.c.created_at == at, tasks.c.id < last_id))
+            )
+        query = query.order_by(tasks.c.created_at.desc(), tasks.c.id.desc()).limit(limit)
+        return [_task(row) for row in await self._conn.execute(query)]
+
+    async def owners_of_unfinished(self) -> list[str]:
+        rows = await self._conn.execute(
+            select(tasks.c.owner).where(tasks.c.state.not_in(_FINAL)).distinct()
+        )
+        return [row.owner for row in rows]
+
+    async def adopt(self, owner: str, from_owners: Sequence[str]) -> list[Task]:
+        where = and_(tasks.c.owner.in_(list(from_owners)), tasks.c.state.not_in(_FINAL))
+        rows = (
+            await self._conn.execute(
+                update(tasks).where(where).values(owner=owner).returning(*tasks.c)
+            )
+        ).all()
+        return sorted((_task(r) for r in rows), key=lambda t: (-t.priority, t.created_at))
+
+
+class SqlAuditRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add(self, records: Sequence[AuditRecord]) -> None:
+        if records:
+            await self._conn.execute(audit_records.insert(), [_audit_row(r) for r in records])
+
+    async def page(
+        self,
+        tenant: str,
+        *,
+        correlation_id: str,
+        agent_id: str,
+        before: tuple[float, str] | None,
+        limit: int,
+    ) -> list[AuditRecord]:
+        t = audit_records
+        query = select(t).where(t.c.tenant == tenant)
+        if correlation_id:
+            query = query.where(t.c.correlation_id == correlation_id)
+        if agent_id:
+            query = query.where(
+                or_(t.c.source_agent_id == agent_id, t.c.target_agent_id == agent_id)
+            )
+        if before is not None:
+            at, last_id = before
+            query = query.where(
+                or_(t.c.started_at < at, and_(t.c.started_at == at, t.c.id < last_id))
+            )
+        query = query.order_by(t.c.started_at.desc(), t.c.id.desc()).limit(limit)
+        return [AuditRecord(**row._mapping) for row in await self._conn.execute(query)]
+
+
+def _audit_row(record: AuditRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in AuditRecord.__dataclass_fields__}

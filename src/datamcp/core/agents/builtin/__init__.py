@@ -1,0 +1,1 @@
+"""Built-in agents: useful with no language model."""

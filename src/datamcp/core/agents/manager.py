@@ -1,0 +1,1047 @@
+"""The agent manager: validates and stores tasks, places them on agents,
+runs them with timeouts, retries and cancellation, and records every change.
+
+Every state change is committed together with the ``task.*`` event that
+announces it (the event bus group commit carries the task rows along), so
+the store and the bus never disagree. Submission and the final state are
+awaited (durable before anyone is told); the RUNNING mark and progress ride
+along with whatever commit comes next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from datamcp.core import paging
+from datamcp.core.agents.agent import (
+    Agent,
+    AgentDescriptor,
+    AgentError,
+    Capability,
+)
+from datamcp.core.agents.model import AuditRecord, Task, TaskError, TaskState, task_id_for
+from datamcp.core.agents.registry import AgentRegistry, AgentSlot, Runner, new_slot
+from datamcp.core.agents.schema import SchemaCache
+from datamcp.core.background import cancel_and_wait
+from datamcp.core.errors import (
+    DataMCPError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from datamcp.core.events.bus import EventBus
+from datamcp.core.events.model import Event
+from datamcp.core.instances import Instance, is_gone
+from datamcp.core.ports import UnitOfWork, UnitOfWorkFactory, Write, WriteOp
+from datamcp.core.resilience import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
+#: Progress is published at most this often per task (the last one always is).
+PROGRESS_INTERVAL = 0.2
+#: A task's final state is stored before anyone hears of it; a store outage
+#: gets this many tries.
+FINAL_WRITE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPolicy:
+    queue_size: int = 10_000
+    default_timeout: float = 300.0
+    min_timeout: float = 0.01
+    max_timeout: float = 86_400.0
+    max_attempts: int = 3
+    retry_base_delay: float = 0.1
+    retry_max_delay: float = 10.0
+    max_input_bytes: int = 1024 * 1024
+    max_call_depth: int = 8
+    recovery: str = "retry"
+    remote_disconnect: str = "requeue"
+    orphan_interval: float = 30.0
+    stale_after: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """A task as a client describes it, before validation."""
+
+    capability: str = ""
+    agent_id: str = ""
+    input: Any = None
+    priority: int = 0
+    timeout: float | None = None
+    request_id: str = ""
+    max_attempts: int = 0
+    correlation_id: str = ""
+
+
+@dataclass(eq=False, slots=True)
+class _Live:
+    """A task this process owns and has not finished."""
+
+    task: Task
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    watchers: set[asyncio.Queue[Task]] = field(default_factory=set)
+    runner: asyncio.Task[None] | None = None
+    inner: asyncio.Task[Any] | None = None
+    timer: asyncio.TimerHandle | None = None
+    cancel_requested: bool = False
+    progress_at: float = 0.0
+    progress_count: int = 0
+
+    @property
+    def target(self) -> tuple[bool, str]:
+        t = self.task
+        return (True, t.agent_id) if t.agent_id and not t.capability else (False, t.capability)
+
+
+class _Context:
+    """The :class:`TaskContext` an agent gets for one attempt."""
+
+    def __init__(self, manager: AgentManager, live: _Live, agent_id: str) -> None:
+        self._manager = manager
+        self._live = live
+        self.agent_id = agent_id
+
+    @property
+    def task_id(self) -> str:
+        return self._live.task.id
+
+    @property
+    def tenant(self) -> str:
+        return self._live.task.tenant
+
+    @property
+    def correlation_id(self) -> str:
+        return self._live.task.correlation_id
+
+    @property
+    def attempt(self) -> int:
+        return self._live.task.attempts
+
+    @property
+    def deadline(self) -> float:
+        return self._live.task.deadline
+
+    def remaining(self) -> float:
+        return max(0.0, self._live.task.deadline - time.time())
+
+    async def progress(self, percent: float, message: str = "") -> None:
+        self._manager._progress(self._live, percent, message)
+
+    async def call(self, target: str, payload: Any, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+        task, _ = await self._manager._call(
+            self._live.task, self.agent_id, target, payload, limit=timeout
+        )
+        return task.result
+
+
+class AgentManager:
+    def __init__(
+        self,
+        bus: EventBus,
+        uow: UnitOfWorkFactory,
+        instance: Instance,
+        *,
+        policy: TaskPolicy | None = None,
+        strategy: str = "least_loaded",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._bus = bus
+        self._uow = uow
+        self._instance = instance
+        self.policy = p = policy or TaskPolicy()
+        self.registry = AgentRegistry(strategy)
+        self._clock = clock
+        self._retry = RetryPolicy(p.max_attempts, p.retry_base_delay, p.retry_max_delay)
+        self._schemas = SchemaCache()
+        self._live: dict[str, _Live] = {}
+        self._queues: dict[tuple[bool, str], list[tuple[int, int, str]]] = {}
+        #: Ids of tasks in the queues, waiting for an agent.
+        self._waiting: set[str] = set()
+        #: Tasks sitting out a retry backoff (they count against the queue too).
+        self._delayed = 0
+        self._order = itertools.count()
+        self._agents: list[Agent] = []
+        self._orphans: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._insert = WriteOp("tasks.insert", 0, self._apply_insert)
+        self._save = WriteOp("tasks.save", 1, _apply_save)
+        self._audit = WriteOp("audit.add", 2, _apply_audit)
+        self.completed = 0
+        self.failed = 0
+
+    # --- agents ---------------------------------------------------------------------
+
+    def add_agent(self, agent: Agent, agent_id: str | None = None) -> AgentSlot:
+        """Host an in-process agent (built-in or plugin)."""
+        descriptor = AgentDescriptor(
+            id=agent_id or f"{agent.kind}:{agent.name}",
+            name=agent.name,
+            description=agent.description,
+            kind=agent.kind,
+            capabilities=tuple(agent.capabilities),
+            max_concurrency=max(1, agent.max_concurrency),
+            weight=max(1, agent.weight),
+        )
+        self._agents.append(agent)
+        return self.attach(descriptor, agent)
+
+    def attach(self, descriptor: AgentDescriptor, runner: Runner) -> AgentSlot:
+        """Host an agent by its descriptor (remote agents come in this way)."""
+        for cap in descriptor.capabilities:
+            self._schemas.check_schema(cap)
+        if self.registry.get(descriptor.id) is not None:
+            raise FailedPrecondition(f"agent {descriptor.id} is already registered")
+        slot = new_slot(descriptor, runner)
+        self.registry.add(slot)
+        self._drain(slot)
+        return slot
+
+    def detach(self, agent_id: str) -> None:
+        """Stop hosting an agent; its queued tasks stay queued for others."""
+        slot = self.registry.remove(agent_id)
+        if slot is not None:
+            slot.connected = False
+
+    def agents(self, capability: str = "") -> list[AgentSlot]:
+        slots = self.registry.all()
+        return [s for s in slots if s.offers(capability)] if capability else slots
+
+    def agent(self, agent_id: str) -> AgentSlot:
+        slot = self.registry.get(agent_id)
+        if slot is None:
+            raise NotFound(f"no agent {agent_id!r}", reason="AGENT_NOT_FOUND")
+        return slot
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take over the tasks dead processes left behind, then keep watching."""
+        await self.adopt_orphans()
+        self._orphans = asyncio.create_task(self._orphan_loop(), name="agent-orphans")
+
+    async def stop(self) -> None:
+        """Interrupt running tasks and hand them back to the queue in the store,
+        so the next process (or another replica) runs them."""
+        self._stopping = True
+        await cancel_and_wait(self._orphans)
+        # Only agent runs are interrupted; final-state writes in flight finish.
+        runners = [
+            live.runner
+            for live in self._live.values()
+            if live.runner is not None and live.inner is not None
+        ]
+        await cancel_and_wait(*runners)
+        interrupted = [
+            live.task.evolve(state=TaskState.QUEUED, updated_at=self._clock())
+            for live in self._live.values()
+            if not live.task.state.final
+        ]
+        if interrupted:
+            with contextlib.suppress(Exception):
+                await self._bus.publish([], [Write(self._save, t) for t in interrupted])
+        for live in self._live.values():
+            if live.timer is not None:
+                live.timer.cancel()
+        for agent in self._agents:
+            with contextlib.suppress(Exception):
+                await agent.close()
+
+    async def _orphan_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.policy.orphan_interval)
+            try:
+                await self.adopt_orphans()
+            except Exception:
+                log.warning("orphan task check failed", exc_info=True)
+
+    async def adopt_orphans(self) -> int:
+        """Unfinished tasks of processes that are gone become ours: re-run per
+        ``agents.recovery``, or fail. Returns how many were taken."""
+        now = self._clock()
+        async with self._uow() as tx:
+            owners = await tx.tasks.owners_of_unfinished()
+            gone = []
+            for owner in owners:
+                if owner == self._instance.id:
+                    continue
+                inst = await tx.instances.get(owner)
+                if inst is None or is_gone(inst, now, self.policy.stale_after):
+                    gone.append(owner)
+            adopted = await tx.tasks.adopt(self._instance.id, gone) if gone else []
+            await tx.commit()
+        for task in adopted:
+            self._recover(task)
+        if adopted:
+            log.info("adopted orphaned tasks", extra={"count": len(adopted)})
+        return len(adopted)
+
+    def _recover(self, task: Task) -> None:
+        now = self._clock()
+        live = _Live(task)
+        self._live[task.id] = live
+        if task.deadline <= now:
+            self._finish_soon(live, TaskState.TIMED_OUT, error=_timeout_error(task))
+        elif task.state is TaskState.RUNNING and (
+            self.policy.recovery == "fail" or task.attempts >= task.max_attempts
+        ):
+            error = TaskError("PROCESS_DIED", "the process running the task died", True)
+            self._finish_soon(live, TaskState.FAILED, error=error)
+        else:
+            self._place(live)
+
+    # --- submission -----------------------------------------------------------------
+
+    async def submit(
+        self,
+        tenant: str,
+        spec: TaskSpec,
+        *,
+        wait_limit: float | None = None,
+        parent: Task | None = None,
+        chain: tuple[str, ...] = (),
+        depth: int = 0,
+    ) -> tuple[Task, bool]:
+        """Validate and store a task, then place it. Returns (task, duplicate).
+
+        ``wait_limit`` is how long the caller will wait (a call deadline): the
+        task's timeout defaults to it.
+
+        Raises:
+            InvalidArgument: unknown capability or agent, input against the
+                schema or too large, timeout out of range, bad priority.
+            ResourceExhausted: the queue is full.
+            Unavailable: the store cannot be written.
+        """
+        now = self._clock()
+        timeout = self._validate(spec, wait_limit)
+        task_id = task_id_for(tenant, spec.request_id)
+        known = self._live.get(task_id)
+        if known is not None:
+            return known.task, True
+        if spec.request_id:
+            async with self._uow() as tx:
+                stored = await tx.tasks.get(tenant, task_id)
+            if stored is not None:
+                return stored, True
+        if self.queued >= self.policy.queue_size:
+            raise ResourceExhausted(
+                f"the task queue is full ({self.queued} waiting); retry later",
+                retry_after=1.0,
+                subject=tenant,
+                quota="agents.queue_size",
+                reason="QUEUE_FULL",
+            )
+        task = Task(
+            id=task_id,
+            tenant=tenant,
+            capability=spec.capability,
+            agent_id=spec.agent_id if not spec.capability else "",
+            input=spec.input,
+            priority=spec.priority,
+            # A child never outlives its caller.
+            deadline=min(now + timeout, parent.deadline) if parent else now + timeout,
+            timeout=timeout,
+            request_id=spec.request_id,
+            state=TaskState.PENDING,
+            attempts=0,
+            max_attempts=spec.max_attempts or self.policy.max_attempts,
+            correlation_id=spec.correlation_id
+            or (parent.correlation_id if parent else "")
+            or task_id,
+            created_at=now,
+            updated_at=now,
+            parent_task_id=parent.id if parent else "",
+            depth=depth,
+            chain=chain,
+        )
+        live = _Live(task)
+        self._live[task_id] = live
+        try:
+            (result,) = await self._bus.publish(
+                [self._event(task, "task.submitted")], [Write(self._insert, task)]
+            )
+        except BaseException:
+            self._live.pop(task_id, None)
+            raise
+        if result.duplicate:  # another replica stored it first
+            self._live.pop(task_id, None)
+            async with self._uow() as tx:
+                stored = await tx.tasks.get(tenant, task_id)
+            if stored is None:
+                raise Unavailable("task submission raced with a delete; retry")
+            return stored, True
+        self._place(live)
+        return live.task, False
+
+    def _validate(self, spec: TaskSpec, wait_limit: float | None) -> float:
+        p = self.policy
+        bad: list[FieldViolation] = []
+        by_agent = bool(spec.agent_id) and not spec.capability
+        if not spec.capability and not spec.agent_id:
+            bad.append(FieldViolation("task.capability", "set a capability or an agent_id"))
+        elif by_agent and self.registry.get(spec.agent_id) is None:
+            bad.append(FieldViolation("task.agent_id", f"no agent {spec.agent_id!r}"))
+        elif not by_agent and not self.registry.offering(spec.capability):
+            known = sorted({c.name for s in self.registry.all() for c in s.descriptor.capabilities})
+            bad.append(
+                FieldViolation(
+                    "task.capability",
+                    f"no agent offers {spec.capability!r} (known: {', '.join(known) or 'none'})",
+                )
+            )
+        if not MIN_PRIORITY <= spec.priority <= MAX_PRIORITY:
+            bad.append(FieldViolation("task.priority", f"{MIN_PRIORITY} to {MAX_PRIORITY}"))
+        if len(spec.request_id) > 128:
+            bad.append(FieldViolation("task.request_id", "at most 128 characters"))
+        if spec.max_attempts < 0 or spec.max_attempts > 100:
+            bad.append(FieldViolation("task.max_attempts", "0 (default) to 100"))
+        if spec.timeout is None:
+            timeout = min(p.default_timeout, wait_limit) if wait_limit else p.default_timeout
+            where = "the call deadline"
+        else:
+            timeout = min(spec.timeout, wait_limit) if wait_limit else spec.timeout
+            where = "task.timeout"
+        if not p.min_timeout <= timeout <= p.max_timeout:
+            bad.append(
+                FieldViolation(
+                    "task.timeout",
+                    f"{where} leaves {timeout:.3f}s; must be {p.min_timeout}s to {p.max_timeout}s",
+                )
+            )
+        try:
+            size = len(json.dumps(spec.input, separators=(",", ":")).encode())
+        except (TypeError, ValueError):
+            bad.append(FieldViolation("task.input", "must be JSON"))
+        else:
+            if size > p.max_input_bytes:
+                bad.append(
+                    FieldViolation(
+                        "task.input", f"{size} bytes is over the {p.max_input_bytes}-byte limit"
+                    )
+                )
+        if not bad:
+            cap = self._capability(spec)
+            if cap is not None:
+                bad.extend(self._schemas.violations(cap, spec.input, "task.input"))
+        if bad:
+            raise InvalidArgument("invalid task; nothing was stored", bad, reason="INVALID_TASK")
+        return timeout
+
+    def _capability(self, spec: TaskSpec) -> Capability | None:
+        if spec.capability:
+            if spec.agent_id:
+                slot = self.registry.get(spec.agent_id)
+                return slot.capability(spec.capability) if slot else None
+            return self.registry.capability(spec.capability)
+        return None
+
+    # --- placement ------------------------------------------------------------------
+
+    def _place(self, live: _Live) -> None:
+        """Start the task on an available agent, or queue it."""
+        by_agent, target = live.target
+        slot = self.registry.select(target, by_agent=by_agent, exclude=live.task.chain)
+        if slot is not None:
+            self._start(live, slot)
+            return
+        if live.task.state is not TaskState.QUEUED:
+            live.task = live.task.evolve(state=TaskState.QUEUED, updated_at=self._clock())
+            self._record(live, None)
+        heapq.heappush(
+            self._queues.setdefault(live.target, []),
+            (-live.task.priority, next(self._order), live.task.id),
+        )
+        self._waiting.add(live.task.id)
+        loop = asyncio.get_running_loop()
+        live.timer = loop.call_later(
+            max(0.0, live.task.deadline - self._clock()), self._expire_queued, live
+        )
+
+    def _expire_queued(self, live: _Live) -> None:
+        live.timer = None
+        if live.task.id in self._waiting:
+            self._finish_soon(live, TaskState.TIMED_OUT, error=_timeout_error(live.task))
+
+    def _drain(self, slot: AgentSlot) -> None:
+        """Give a slot that has room the best queued tasks it can run."""
+        keys = [(True, slot.id), *((False, c.name) for c in slot.descriptor.capabilities)]
+        skipped: list[tuple[tuple[bool, str], tuple[int, int, str]]] = []
+        while slot.available:
+            best: tuple[bool, str] | None = None
+            for key in keys:
+                heap = self._queues.get(key)
+                while heap and heap[0][2] not in self._waiting:
+                    heapq.heappop(heap)  # stale: cancelled or timed out
+                if heap and (best is None or heap[0] < self._queues[best][0]):
+                    best = key
+            if best is None:
+                break
+            entry = heapq.heappop(self._queues[best])
+            live = self._live[entry[2]]
+            if slot.id in live.task.chain:  # that task may not call back into this agent
+                skipped.append((best, entry))
+                continue
+            self._unqueue(live)
+            self._start(live, slot)
+        for key, entry in skipped:
+            heapq.heappush(self._queues[key], entry)
+
+    def _unqueue(self, live: _Live) -> None:
+        self._waiting.discard(live.task.id)
+        if live.timer is not None:
+            live.timer.cancel()
+            live.timer = None
+
+    def _start(self, live: _Live, slot: AgentSlot) -> None:
+        now = self._clock()
+        live.task = live.task.evolve(
+            state=TaskState.RUNNING,
+            attempts=live.task.attempts + 1,
+            agent_id=slot.id,
+            started_at=now,
+            updated_at=now,
+        )
+        slot.in_flight += 1
+        slot.requests += 1
+        self._record(live, "task.started")
+        live.runner = asyncio.create_task(self._run(live, slot), name=f"task:{live.task.id}")
+
+    # --- running --------------------------------------------------------------------
+
+    async def _run(self, live: _Live, slot: AgentSlot) -> None:
+        task = live.task
+        ctx = _Context(self, live, slot.id)
+        started = time.perf_counter()
+        inner = live.inner = asyncio.create_task(slot.runner.run(ctx, task.capability, task.input))
+        outcome: tuple[TaskState, Any, TaskError | None]
+        try:
+            done, _ = await asyncio.wait({inner}, timeout=max(0.0, task.deadline - self._clock()))
+            if not done:
+                inner.cancel()
+                with contextlib.suppress(BaseException):
+                    await inner
+                outcome = (TaskState.TIMED_OUT, None, _timeout_error(task))
+            elif inner.cancelled():
+                outcome = (TaskState.CANCELLED, None, TaskError("CANCELLED", "cancelled"))
+            elif (exc := inner.exception()) is not None:
+                outcome = (TaskState.FAILED, None, self._task_error(exc, live))
+            else:
+                outcome = self._result(inner.result())
+        except asyncio.CancelledError:  # shutdown: stop() hands the task back
+            inner.cancel()
+            with contextlib.suppress(BaseException):
+                await inner
+            raise
+        finally:
+            live.inner = None
+            live.runner = None
+            slot.in_flight -= 1
+            elapsed = (time.perf_counter() - started) * 1000
+            slot.latency.record(elapsed)
+        state, result, error = outcome
+        if state is TaskState.SUCCEEDED:
+            slot.breaker.record_success()
+        elif (
+            state in (TaskState.FAILED, TaskState.TIMED_OUT)
+            and error is not None
+            and error.reason != "AGENT_DISCONNECTED"
+            and not error.reason.startswith("CALL_")  # the callee's fault, not this agent's
+        ):
+            slot.errors += 1
+            slot.breaker.record_failure()
+        if not self._stopping:
+            self._drain(slot)
+        if live.cancel_requested:
+            state, result, error = TaskState.CANCELLED, None, TaskError("CANCELLED", "cancelled")
+        if state is TaskState.FAILED and error is not None and self._should_retry(live, error):
+            self._retry_later(live, error)
+            return
+        await self._finish(live, state, result=result, error=error)
+
+    def _result(self, value: Any) -> tuple[TaskState, Any, TaskError | None]:
+        try:
+            json.dumps(value, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            return (TaskState.FAILED, None, TaskError("BAD_RESULT", f"result is not JSON: {exc}"))
+        return (TaskState.SUCCEEDED, value, None)
+
+    def _task_error(self, exc: BaseException, live: _Live) -> TaskError:
+        if isinstance(exc, AgentError):
+            return TaskError(exc.reason, str(exc), exc.retryable)
+        if isinstance(exc, DataMCPError):
+            return TaskError(exc.reason, exc.message, isinstance(exc, Unavailable))
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return TaskError("AGENT_UNAVAILABLE", f"{type(exc).__name__}: {exc}", True)
+        log.warning(
+            "agent raised",
+            extra={"task_id": live.task.id, "agent_id": live.task.agent_id},
+            exc_info=exc,
+        )
+        return TaskError("AGENT_ERROR", f"{type(exc).__name__}: {exc}")
+
+    def _should_retry(self, live: _Live, error: TaskError) -> bool:
+        if self._stopping or not error.retryable:
+            return False
+        if error.reason == "AGENT_DISCONNECTED":
+            return self.policy.remote_disconnect == "requeue"
+        return live.task.attempts < live.task.max_attempts
+
+    def _retry_later(self, live: _Live, error: TaskError) -> None:
+        delay = (
+            0.0 if error.reason == "AGENT_DISCONNECTED" else self._retry.delay(live.task.attempts)
+        )
+        if self._clock() + delay >= live.task.deadline:
+            self._finish_soon(live, TaskState.TIMED_OUT, error=_timeout_error(live.task))
+            return
+        live.task = live.task.evolve(state=TaskState.QUEUED, error=error, updated_at=self._clock())
+        self._record(live, "task.retrying")
+        self._delayed += 1
+        asyncio.get_running_loop().call_later(delay, self._requeue, live)
+
+    def _requeue(self, live: _Live) -> None:
+        self._delayed -= 1
+        if self._live.get(live.task.id) is live and live.task.state is TaskState.QUEUED:
+            self._place(live)
+
+    def _finish_soon(
+        self, live: _Live, state: TaskState, *, result: Any = None, error: TaskError | None = None
+    ) -> None:
+        live.runner = asyncio.create_task(self._finish(live, state, result=result, error=error))
+
+    async def _finish(
+        self, live: _Live, state: TaskState, *, result: Any = None, error: TaskError | None = None
+    ) -> None:
+        if live.task.state.final:
+            return
+        self._unqueue(live)
+        now = self._clock()
+        live.task = live.task.evolve(
+            state=state, result=result, error=error, ended_at=now, updated_at=now
+        )
+        task = live.task
+        for attempt in range(1, FINAL_WRITE_ATTEMPTS + 1):
+            try:
+                await self._bus.publish(
+                    [self._event(task, state.event_type)], [Write(self._save, task)]
+                )
+                break
+            except Unavailable:
+                if attempt == FINAL_WRITE_ATTEMPTS or self._stopping:
+                    log.error("task final state not stored", extra={"task_id": task.id})
+                    break
+                await asyncio.sleep(self._retry.delay(attempt))
+        if state is TaskState.SUCCEEDED:
+            self.completed += 1
+        else:
+            self.failed += 1
+        if self._live.get(task.id) is live:
+            del self._live[task.id]
+        live.runner = None
+        live.done.set()
+        self._notify(live)
+
+    # --- recording ------------------------------------------------------------------
+
+    def _record(self, live: _Live, event_type: str | None, suffix: str = "") -> None:
+        """Store the task's current state (and its event) with the next commit,
+        without waiting; watchers hear of it now."""
+        events = [self._event(live.task, event_type, suffix)] if event_type else []
+        future = asyncio.ensure_future(self._bus.publish(events, [Write(self._save, live.task)]))
+        future.add_done_callback(_log_failure)
+        self._notify(live)
+
+    def _notify(self, live: _Live) -> None:
+        for queue in live.watchers:
+            queue.put_nowait(live.task)
+
+    def _progress(self, live: _Live, percent: float, message: str) -> None:
+        if live.task.state is not TaskState.RUNNING:
+            return
+        now = self._clock()
+        live.task = live.task.evolve(
+            progress=max(0.0, min(100.0, float(percent))),
+            progress_message=message[:1024],
+            updated_at=now,
+        )
+        if now - live.progress_at < PROGRESS_INTERVAL and percent < 100:
+            self._notify(live)
+            return
+        live.progress_at = now
+        live.progress_count += 1
+        self._record(live, "task.progress", f":{live.task.attempts}:{live.progress_count}")
+
+    def _event(self, task: Task, event_type: str, suffix: str = "") -> Event:
+        data: dict[str, Any] = {
+            "task_id": task.id,
+            "capability": task.capability,
+            "agent_id": task.agent_id,
+            "state": task.state.name,
+            "attempt": task.attempts,
+        }
+        if event_type == "task.progress":
+            data["progress"] = {"percent": task.progress, "message": task.progress_message}
+        elif event_type in ("task.started", "task.retrying"):
+            suffix = f":{task.attempts}"
+        if task.error is not None:
+            data["error"] = {
+                "reason": task.error.reason,
+                "message": task.error.message,
+                "retryable": task.error.retryable,
+            }
+        if event_type == "task.succeeded":
+            data["result"] = task.result
+        return Event(
+            id=f"{event_type}:{task.id}{suffix}",
+            source=f"/agents/{task.agent_id}" if task.agent_id else "/datamcp/agents",
+            type=event_type,
+            data=data,
+            subject=task.id,
+            time=self._clock(),
+            tenant=task.tenant,
+            correlation_id=task.correlation_id,
+        )
+
+    async def _apply_insert(self, tx: UnitOfWork, tasks: Sequence[Task]) -> None:
+        await tx.tasks.insert(tasks, self._instance.id)
+
+    # --- queries and control ---------------------------------------------------------
+
+    async def get(self, tenant: str, task_id: str) -> Task:
+        live = self._live.get(task_id)
+        if live is not None and live.task.tenant == tenant:
+            return live.task
+        async with self._uow() as tx:
+            task = await tx.tasks.get(tenant, task_id)
+        if task is None:
+            raise NotFound(f"no task {task_id!r}", reason="TASK_NOT_FOUND")
+        return task
+
+    async def list_tasks(
+        self,
+        tenant: str,
+        *,
+        states: Sequence[TaskState] = (),
+        capability: str = "",
+        correlation_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[Task], str]:
+        """One page of the tenant's tasks, newest first, and the next page's token."""
+        size = paging.page_size(page_size)
+        before = _position(page_token)
+        async with self._uow() as tx:
+            tasks = await tx.tasks.page(
+                tenant,
+                states=states,
+                capability=capability,
+                correlation_id=correlation_id,
+                before=before,
+                limit=size,
+            )
+        token = paging.encode([tasks[-1].created_at, tasks[-1].id]) if len(tasks) == size else ""
+        return [self._fresher(t) for t in tasks], token
+
+    def _fresher(self, task: Task) -> Task:
+        live = self._live.get(task.id)
+        return live.task if live is not None else task
+
+    async def wait(self, tenant: str, task_id: str, within: float | None = None) -> Task:
+        """The task once final (or as it is when ``within`` seconds pass)."""
+        live = self._live.get(task_id)
+        if live is None or live.task.tenant != tenant:
+            return await self.get(tenant, task_id)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(live.done.wait(), within)
+        return live.task
+
+    async def execute(
+        self, tenant: str, spec: TaskSpec, *, wait_limit: float | None = None
+    ) -> Task:
+        task, _ = await self.submit(tenant, spec, wait_limit=wait_limit)
+        return await self.wait(tenant, task.id, wait_limit)
+
+    async def cancel(self, tenant: str, task_id: str) -> Task:
+        """Cancel a task; a running agent has its work cancelled.
+
+        Raises:
+            NotFound: no such task for this tenant.
+            FailedPrecondition: the task already finished.
+        """
+        live = self._live.get(task_id)
+        if live is None or live.task.tenant != tenant:
+            task = await self.get(tenant, task_id)
+            if task.state.final:
+                raise FailedPrecondition(
+                    f"task {task_id} already ended {task.state.name}", reason="TASK_FINISHED"
+                )
+            # Owned by another replica (or about to be adopted): record the
+            # cancellation; the owner sees it when it next writes.
+            cancelled = task.evolve(
+                state=TaskState.CANCELLED,
+                error=TaskError("CANCELLED", "cancelled"),
+                ended_at=self._clock(),
+                updated_at=self._clock(),
+            )
+            await self._bus.publish(
+                [self._event(cancelled, "task.cancelled")], [Write(self._save, cancelled)]
+            )
+            return cancelled
+        if live.task.state.final:
+            raise FailedPrecondition(f"task {task_id} already ended", reason="TASK_FINISHED")
+        live.cancel_requested = True
+        if live.inner is not None:
+            live.inner.cancel()
+        else:
+            if live.timer is not None:
+                live.timer.cancel()
+            error = TaskError("CANCELLED", "cancelled")
+            await self._finish(live, TaskState.CANCELLED, error=error)
+        await live.done.wait()
+        return live.task
+
+    async def watch(self, tenant: str, task_id: str) -> AsyncIterator[Task]:
+        """The task now, then on every change until it is final."""
+        live = self._live.get(task_id)
+        if live is None or live.task.tenant != tenant:
+            task = await self.get(tenant, task_id)
+            yield task
+            # Owned by another replica: follow it through the store.
+            while not task.state.final:
+                await asyncio.sleep(0.5)
+                task = await self.get(tenant, task_id)
+                yield task
+            return
+        queue: asyncio.Queue[Task] = asyncio.Queue()
+        live.watchers.add(queue)
+        try:
+            last = live.task
+            yield last
+            while not last.state.final:
+                last = await queue.get()
+                while not queue.empty() and not last.state.final:
+                    last = queue.get_nowait()  # a slow watcher sees the latest
+                yield last
+        finally:
+            live.watchers.discard(queue)
+
+    # --- agent-to-agent calls -----------------------------------------------------------
+
+    async def _call(
+        self,
+        parent: Task | None,
+        source_agent_id: str,
+        target: str,
+        payload: Any,
+        *,
+        limit: float | None,
+        tenant: str = "",
+        correlation_id: str = "",
+    ) -> tuple[Task, str]:
+        tenant = parent.tenant if parent else tenant
+        depth = (parent.depth if parent else 0) + 1
+        chain = (*(parent.chain if parent else ()), source_agent_id)
+        started = self._clock()
+        audit_id = str(uuid.uuid4())
+        correlation = (parent.correlation_id if parent else "") or correlation_id
+        by_agent = self.registry.get(target) is not None
+        spec = TaskSpec(
+            capability="" if by_agent else target,
+            agent_id=target if by_agent else "",
+            input=payload,
+            correlation_id=correlation,
+            max_attempts=1,
+        )
+        bounds = [b for b in (limit, parent.deadline - started if parent else None) if b]
+        spec = replace(spec, timeout=min(bounds) if bounds else None)
+
+        async def audit(task_id: str, target_agent: str, outcome: str, error: str) -> None:
+            record = AuditRecord(
+                id=audit_id,
+                tenant=tenant,
+                source_agent_id=source_agent_id,
+                target=target,
+                target_agent_id=target_agent,
+                correlation_id=correlation or task_id,
+                task_id=task_id,
+                parent_task_id=parent.id if parent else "",
+                depth=depth,
+                outcome=outcome,
+                error=error,
+                started_at=started,
+                duration=self._clock() - started,
+            )
+            await self._bus.publish([], [Write(self._audit, record)])
+
+        refusal = self._refuse_call(target, by_agent, depth, chain)
+        if refusal is not None:
+            await audit("", "", "rejected", f"{refusal.reason}: {refusal}")
+            raise refusal
+        try:
+            child, _ = await self.submit(tenant, spec, parent=parent, chain=chain, depth=depth)
+        except DataMCPError as exc:
+            await audit("", "", "rejected", f"{exc.reason}: {exc.message}")
+            raise AgentError(exc.message, reason="CALL_REJECTED") from exc
+        try:
+            final = await self.wait(tenant, child.id)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.cancel(tenant, child.id))
+            await asyncio.shield(audit(child.id, child.agent_id, "cancelled", "caller cancelled"))
+            raise
+        outcome = final.state.name.lower()
+        error = f"{final.error.reason}: {final.error.message}" if final.error else ""
+        await audit(final.id, final.agent_id, outcome, error)
+        if final.state is not TaskState.SUCCEEDED:
+            retryable = final.error.retryable if final.error else False
+            raise AgentError(
+                f"call to {target} ended {final.state.name}: {error}",
+                reason=f"CALL_{final.state.name}",
+                retryable=retryable,
+            )
+        return final, audit_id
+
+    def _refuse_call(
+        self, target: str, by_agent: bool, depth: int, chain: tuple[str, ...]
+    ) -> AgentError | None:
+        if depth > self.policy.max_call_depth:
+            return AgentError(
+                f"call chain deeper than {self.policy.max_call_depth}", reason="CALL_DEPTH"
+            )
+        candidates = self.registry.candidates(target, by_agent=by_agent)
+        if not candidates:
+            return AgentError(f"no agent offers {target!r}", reason="NO_AGENT")
+        if all(c.id in chain for c in candidates):
+            return AgentError(
+                f"call to {target} would loop back into {' -> '.join(chain)}", reason="CALL_CYCLE"
+            )
+        return None
+
+    async def send_agent_request(
+        self,
+        tenant: str,
+        source_agent_id: str,
+        target: str,
+        payload: Any,
+        *,
+        limit: float | None = None,
+        correlation_id: str = "",
+    ) -> tuple[Task, str]:
+        """An agent-to-agent call made through the API on behalf of ``source_agent_id``.
+
+        Raises:
+            InvalidArgument: the source agent is unknown.
+            FailedPrecondition: the call was refused or did not succeed (the
+                audit record says why).
+        """
+        if self.registry.get(source_agent_id) is None:
+            raise InvalidArgument(
+                f"no agent {source_agent_id!r}",
+                [FieldViolation("source_agent_id", "must name a registered agent")],
+            )
+        try:
+            return await self._call(
+                None,
+                source_agent_id,
+                target,
+                payload,
+                limit=limit,
+                tenant=tenant,
+                correlation_id=correlation_id,
+            )
+        except AgentError as exc:
+            if isinstance(exc.__cause__, DataMCPError):
+                raise exc.__cause__ from None
+            raise FailedPrecondition(str(exc), reason=exc.reason) from None
+
+    async def audit_records(
+        self,
+        tenant: str,
+        *,
+        correlation_id: str = "",
+        agent_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[AuditRecord], str]:
+        """One page of agent-to-agent call records, newest first."""
+        size = paging.page_size(page_size)
+        before = _position(page_token)
+        async with self._uow() as tx:
+            records = await tx.audit.page(
+                tenant,
+                correlation_id=correlation_id,
+                agent_id=agent_id,
+                before=before,
+                limit=size,
+            )
+        last = records[-1] if len(records) == size else None
+        return records, paging.encode([last.started_at, last.id]) if last else ""
+
+    # --- introspection ------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting) + self._delayed
+
+    @property
+    def running(self) -> int:
+        return sum(s.in_flight for s in self.registry.all())
+
+    def metrics(self) -> dict[str, float]:
+        values = {
+            "tasks_live": float(len(self._live)),
+            "tasks_queued": float(self.queued),
+            "tasks_running": float(self.running),
+            "tasks_completed": float(self.completed),
+            "tasks_failed": float(self.failed),
+        }
+        for slot in self.registry.all():
+            values[f"agent_{slot.id}_requests"] = float(slot.requests)
+            values[f"agent_{slot.id}_errors"] = float(slot.errors)
+            values[f"agent_{slot.id}_load"] = float(slot.in_flight)
+        return values
+
+
+def _position(token: str) -> tuple[float, str] | None:
+    value = paging.decode(token)
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], str)):
+        raise paging.bad_token()
+    return float(value[0]), value[1]
+
+
+def _timeout_error(task: Task) -> TaskError:
+    return TaskError("TIMEOUT", f"task did not finish within {task.timeout:.3f}s", False)
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        log.warning("task state write failed", exc_info=exc)
+
+
+async def _apply_save(tx: UnitOfWork, tasks: Sequence[Task]) -> None:
+    latest: dict[str, Task] = {}
+    for task in tasks:  # one row per task: the last state written wins
+        latest.pop(task.id, None)
+        latest[task.id] = task
+    await tx.tasks.save(list(latest.values()))
+
+
+async def _apply_audit(tx: UnitOfWork, records: Sequence[AuditRecord]) -> None:
+    await tx.audit.add(records)

@@ -1,0 +1,97 @@
+"""Plugin agents the tests load through ``agents.plugins`` (the same path a
+user's own agents take). Each has a behaviour a test needs: flaky, failing,
+slow, calling others."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from datamcp.core.agents.agent import Agent, AgentError, Capability, TaskContext
+
+_flaky_calls: dict[str, int] = {}
+
+
+class MathAgent(Agent):
+    name = "math"
+    description = "adds numbers (has an input schema)"
+    capabilities = (
+        Capability(
+            "math.add",
+            "sum of a and b",
+            input_schema={
+                "type": "object",
+                "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+                "required": ["a", "b"],
+                "additionalProperties": False,
+            },
+        ),
+    )
+
+    async def run(self, ctx: TaskContext, capability: str, payload: Any) -> Any:
+        return {"sum": payload["a"] + payload["b"]}
+
+
+class FlakyAgent(Agent):
+    """Fails retryably until the input's ``fail_times`` attempts have failed."""
+
+    name = "flaky"
+    capabilities = (Capability("test.flaky"),)
+
+    async def run(self, ctx: TaskContext, capability: str, payload: Any) -> Any:
+        if ctx.attempt <= int(payload.get("fail_times", 0)):
+            raise AgentError("dependency down", reason="UPSTREAM_DOWN", retryable=True)
+        if payload.get("fatal"):
+            raise AgentError("bad request to upstream", reason="UPSTREAM_REJECTED")
+        return {"attempt": ctx.attempt}
+
+
+class BoomAgent(Agent):
+    name = "boom"
+    capabilities = (Capability("test.boom"),)
+
+    async def run(self, ctx: TaskContext, capability: str, payload: Any) -> Any:
+        raise ZeroDivisionError("agent bug")
+
+
+class SlowAgent(Agent):
+    """Sleeps ``seconds``, reporting progress; records when it was cancelled."""
+
+    name = "slow"
+    capabilities = (Capability("test.slow"),)
+    max_concurrency = 1
+    cancelled: list[str] = []
+
+    async def run(self, ctx: TaskContext, capability: str, payload: Any) -> Any:
+        seconds = float(payload.get("seconds", 0.0))
+        marker = payload.get("marker")
+        if marker:  # proves to a test (another process) that the run started
+            with open(marker, "a") as f:
+                f.write(f"{ctx.task_id} {ctx.attempt} {os.getpid()}\n")
+        steps = max(1, int(seconds / 0.05))
+        try:
+            for i in range(steps):
+                await asyncio.sleep(seconds / steps)
+                await ctx.progress(100.0 * (i + 1) / steps, f"step {i + 1}/{steps}")
+        except asyncio.CancelledError:
+            SlowAgent.cancelled.append(ctx.task_id)
+            raise
+        return {"slept": seconds, "tag": payload.get("tag")}
+
+
+class CallerAgent(Agent):
+    """Calls ``target`` with ``input`` through the task context."""
+
+    name = "caller"
+    capabilities = (Capability("test.call"),)
+
+    async def run(self, ctx: TaskContext, capability: str, payload: Any) -> Any:
+        result = await ctx.call(payload["target"], payload.get("input"), payload.get("timeout"))
+        return {"called": payload["target"], "result": result, "left": ctx.remaining() > 0}
+
+
+PLUGINS = [
+    f"tests.agent_plugins:{cls.__name__}"
+    for cls in (MathAgent, FlakyAgent, BoomAgent, SlowAgent, CallerAgent)
+]
