@@ -408,3 +408,17 @@ async def test_event_trigger_submits_a_task_once(tmp_path: Path) -> None:
         assert len(tasks) == 1
         assert from_value(tasks[0].result) == {"order": 1}
         assert tasks[0].correlation_id == "order-1"
+
+
+async def test_graceful_stop_hands_running_tasks_to_the_next_process(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, None, **overrides())
+    async with running_server(settings) as server:
+        stub = stub_for(server)
+        task = (
+            await stub.SubmitTask(pb.SubmitTaskRequest(task=spec("test.slow", {"seconds": 1})))
+        ).task
+        await wait_state(stub, task.id, {S.TASK_STATE_RUNNING})
+    async with running_server(settings) as server:
+        stub = stub_for(server)
+        done = await wait_state(stub, task.id, {S.TASK_STATE_SUCCEEDED})
+        assert done.attempts == 2
