@@ -102,6 +102,8 @@ class _Live:
     cancel_requested: bool = False
     progress_at: float = 0.0
     progress_count: int = 0
+    #: The insert, when the task was started before it was stored.
+    stored: asyncio.Future[Any] | None = None
 
     @property
     def target(self) -> tuple[bool, str]:
@@ -316,11 +318,16 @@ class AgentManager:
         parent: Task | None = None,
         chain: tuple[str, ...] = (),
         depth: int = 0,
+        wait_stored: bool = True,
     ) -> tuple[Task, bool]:
         """Validate and store a task, then place it. Returns (task, duplicate).
 
         ``wait_limit`` is how long the caller will wait (a call deadline): the
-        task's timeout defaults to it.
+        task's timeout defaults to it. With ``wait_stored`` False the task
+        starts while its insert is still on the way to the store (it lands in
+        the next group commit, before any later state of the task); a caller
+        that waits for the result this way (:meth:`execute`) saves one commit
+        round trip and learns of a store failure from :meth:`wait`.
 
         Raises:
             InvalidArgument: unknown capability or agent, input against the
@@ -372,10 +379,16 @@ class AgentManager:
         )
         live = _Live(task)
         self._live[task_id] = live
+        stored = self._bus.publish(
+            [self._event(task, "task.submitted")], [Write(self._insert, task)]
+        )
+        if not wait_stored:
+            live.stored = asyncio.ensure_future(stored)
+            live.stored.add_done_callback(_log_failure)
+            self._place(live)
+            return live.task, False
         try:
-            (result,) = await self._bus.publish(
-                [self._event(task, "task.submitted")], [Write(self._insert, task)]
-            )
+            (result,) = await stored
         except BaseException:
             self._live.pop(task_id, None)
             raise
@@ -773,8 +786,17 @@ class AgentManager:
     async def execute(
         self, tenant: str, spec: TaskSpec, *, wait_limit: float | None = None
     ) -> Task:
-        task, _ = await self.submit(tenant, spec, wait_limit=wait_limit)
-        return await self.wait(tenant, task.id, wait_limit)
+        """Submit and wait for the final state (within ``wait_limit``).
+
+        Raises:
+            Unavailable: the task could not be stored.
+        """
+        task, duplicate = await self.submit(tenant, spec, wait_limit=wait_limit, wait_stored=False)
+        live = None if duplicate else self._live.get(task.id)
+        final = await self.wait(tenant, task.id, wait_limit)
+        if live is not None and live.stored is not None:
+            await live.stored  # its failure is the caller's answer
+        return final
 
     async def cancel(self, tenant: str, task_id: str) -> Task:
         """Cancel a task; a running agent has its work cancelled.
