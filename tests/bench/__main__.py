@@ -14,12 +14,13 @@ import time
 import traceback
 from types import FrameType
 
-from tests.bench import events, foundation
+from tests.bench import agents, events, foundation
 from tests.bench.common import BenchConfig, Section
 
 SECTIONS: list[Section] = [
     Section(foundation.NAME, foundation.run),
     Section(events.NAME, events.run),
+    Section(agents.NAME, agents.run),
 ]
 
 

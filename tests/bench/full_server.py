@@ -27,8 +27,13 @@ def new_api_key() -> str:
     return "bench-" + secrets.token_urlsafe(32)
 
 
-def write_config(directory: Path, api_key: str, sample_ratio: float = 1.0) -> Path:
-    """Write the benchmark's TOML config into ``directory`` and return its path."""
+def write_config(
+    directory: Path, api_key: str, sample_ratio: float = 1.0, extra_toml: str = ""
+) -> Path:
+    """Write the benchmark's TOML config into ``directory`` and return its path.
+
+    ``extra_toml`` is appended as is (further tables a section needs, e.g. ``[agents]``).
+    """
     digest = hashlib.sha256(api_key.encode("utf-8")).hexdigest()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "bench.toml"
@@ -56,7 +61,8 @@ format = "json"
 
 [server]
 shutdown_grace = 2.0
-""",
+"""
+        + extra_toml,
         encoding="utf-8",
     )
     return path
@@ -76,12 +82,15 @@ def parse_serving_port(line: str) -> int | None:
     return port if isinstance(port, int) and port > 0 else None
 
 
-def full_server(workdir: Path, api_key: str, sample_ratio: float = 1.0) -> ServerProcess:
+def full_server(
+    workdir: Path, api_key: str, sample_ratio: float = 1.0, extra_toml: str = ""
+) -> ServerProcess:
     """The real server, bound to 127.0.0.1 port 0, with its data under ``workdir``.
 
-    ``sample_ratio`` is the share of new traces recorded (1.0: every call).
+    ``sample_ratio`` is the share of new traces recorded (1.0: every call);
+    ``extra_toml`` is added to its config file.
     """
-    config = write_config(workdir, api_key, sample_ratio)
+    config = write_config(workdir, api_key, sample_ratio, extra_toml)
     argv = [
         sys.executable,
         "-m",
