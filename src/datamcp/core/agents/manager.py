@@ -379,16 +379,16 @@ class AgentManager:
         )
         live = _Live(task)
         self._live[task_id] = live
-        stored = self._bus.publish(
+        insert = self._bus.publish(
             [self._event(task, "task.submitted")], [Write(self._insert, task)]
         )
         if not wait_stored:
-            live.stored = asyncio.ensure_future(stored)
+            live.stored = asyncio.ensure_future(insert)
             live.stored.add_done_callback(_log_failure)
             self._place(live)
             return live.task, False
         try:
-            (result,) = await stored
+            (result,) = await insert
         except BaseException:
             self._live.pop(task_id, None)
             raise
