@@ -67,8 +67,8 @@ class SlowAgent(Agent):
         seconds = float(payload.get("seconds", 0.0))
         marker = payload.get("marker")
         if marker:  # proves to a test (another process) that the run started
-            with open(marker, "a") as f:
-                f.write(f"{ctx.task_id} {ctx.attempt} {os.getpid()}\n")
+            line = f"{ctx.task_id} {ctx.attempt} {os.getpid()}\n"
+            await asyncio.to_thread(_append, marker, line)
         steps = max(1, int(seconds / 0.05))
         try:
             for i in range(steps):
@@ -78,6 +78,11 @@ class SlowAgent(Agent):
             SlowAgent.cancelled.append(ctx.task_id)
             raise
         return {"slept": seconds, "tag": payload.get("tag")}
+
+
+def _append(path: str, line: str) -> None:
+    with open(path, "a") as f:
+        f.write(line)
 
 
 class CallerAgent(Agent):

@@ -25,6 +25,7 @@ from datamcp.adapters.sqlalchemy.uow import SqlUnitOfWork
 from datamcp.config.settings import Settings
 from datamcp.core import instances
 from datamcp.core.agents.builtin.echo import EchoAgent
+from datamcp.core.agents.builtin.profile import ProfileAgent
 from datamcp.core.agents.manager import AgentManager, TaskPolicy, TaskSpec
 from datamcp.core.agents.plugins import load_plugins
 from datamcp.core.agents.remote import RemoteHub
@@ -222,6 +223,17 @@ def _agent_manager(settings: Settings, bus: EventBus, uow: Any, instance: Instan
     )
     manager = AgentManager(bus, uow, instance, policy=policy, strategy=a.strategy)
     manager.add_agent(EchoAgent())
+    manager.add_agent(ProfileAgent({"roots": [str(r) for r in a.profile_roots]}))
+    if a.sql_connections:
+        from datamcp.adapters.sqlalchemy.sql_agent import SqlAgent
+
+        manager.add_agent(
+            SqlAgent({"connections": dict(a.sql_connections), "row_limit": a.sql_row_limit})
+        )
+    if a.http_apis:
+        from datamcp.adapters.http_agent import HttpAgent
+
+        manager.add_agent(HttpAgent({"apis": dict(a.http_apis)}))
     for plugin in load_plugins(a.plugins):
         manager.add_agent(plugin)
     return manager

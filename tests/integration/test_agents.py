@@ -422,3 +422,72 @@ async def test_graceful_stop_hands_running_tasks_to_the_next_process(tmp_path: P
         stub = stub_for(server)
         done = await wait_state(stub, task.id, {S.TASK_STATE_SUCCEEDED})
         assert done.attempts == 2
+
+
+async def test_builtin_sql_http_and_profile_agents_through_the_api(tmp_path: Path) -> None:
+    import sqlite3
+
+    from aiohttp import web
+
+    db = tmp_path / "shop.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE items (id INTEGER, name TEXT, price REAL)")
+        conn.executemany("INSERT INTO items VALUES (?, ?, ?)", [(1, "a", 2.5), (2, "b", 4.0)])
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "people.csv").write_text("name,age\nann,31\nbob,\ncid,40\n")
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.json_response({"hi": request.query.get("who"), "auth": request.headers["X-Key"]})
+
+    web_app = web.Application()
+    web_app.router.add_get("/v1/hello", hello)
+    runner = web.AppRunner(web_app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    settings = make_settings(
+        tmp_path,
+        None,
+        **overrides(
+            **{
+                "agents.sql_connections": {"shop": f"sqlite:///{db}"},
+                "agents.profile_roots": [str(files)],
+                "agents.http_apis": {
+                    "local": {
+                        "base_url": f"http://127.0.0.1:{port}/v1/",
+                        "headers": {"X-Key": "k1"},
+                    }
+                },
+            }
+        ),
+    )
+    try:
+        async with running_server(settings) as server:
+            stub = stub_for(server)
+            query = {
+                "connection": "shop",
+                "query": "SELECT name FROM items WHERE price > :p",
+                "params": {"p": 3},
+            }
+            rows = await execute(stub, spec("sql.query", query))
+            assert rows.state == S.TASK_STATE_SUCCEEDED, rows.error
+            assert from_value(rows.result)["rows"] == [["b"]]
+            write = {"connection": "shop", "query": "DELETE FROM items"}
+            refused = await execute(stub, spec("sql.query", write))
+            assert refused.state == S.TASK_STATE_FAILED
+            assert refused.error.reason == "SQL_NOT_ALLOWED"
+            profile = await execute(stub, spec("profile.file", {"path": str(files / "people.csv")}))
+            assert profile.state == S.TASK_STATE_SUCCEEDED, profile.error
+            assert "age" in str(from_value(profile.result))
+            outside = await execute(stub, spec("profile.file", {"path": str(db)}))
+            assert outside.error.reason == "PATH_NOT_ALLOWED"
+            call = {"api": "local", "method": "GET", "path": "hello", "query": {"who": "mesh"}}
+            got = await execute(stub, spec("http.request", call))
+            assert got.state == S.TASK_STATE_SUCCEEDED, got.error
+            assert from_value(got.result)["json"] == {"hi": "mesh", "auth": "k1"}
+    finally:
+        await runner.cleanup()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM items").fetchone() == (2,)

@@ -5,5 +5,6 @@ compose them around their own I/O."""
 
 from datamcp.core.resilience.backoff import RetryPolicy
 from datamcp.core.resilience.circuit import CircuitBreaker, CircuitState
+from datamcp.core.resilience.guard import CallGuard
 
-__all__ = ["CircuitBreaker", "CircuitState", "RetryPolicy"]
+__all__ = ["CallGuard", "CircuitBreaker", "CircuitState", "RetryPolicy"]
