@@ -324,7 +324,7 @@ class Upstream:
         app.router.add_route("*", "/api/text", self.text)
         app.router.add_route("*", "/api/redirect", self.redirect)
         app.router.add_route("*", "/{tail:.*}", self.elsewhere)
-        self.runner = web.AppRunner(app)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.2)
 
     async def start(self) -> None:
         await self.runner.setup()
