@@ -491,3 +491,26 @@ async def test_builtin_sql_http_and_profile_agents_through_the_api(tmp_path: Pat
         await runner.cleanup()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM items").fetchone() == (2,)
+
+
+async def test_tasks_pinned_to_an_agent(server: RunningServer) -> None:
+    stub = stub_for(server)
+    echo = await execute(stub, pb.TaskSpec(agent_id="builtin:echo", input=to_value(3)))
+    assert echo.state == S.TASK_STATE_SUCCEEDED and echo.capability == "echo"
+    rows = {"columns": ["x"], "rows": [[1], [2]]}
+    profiled = await execute(
+        stub,
+        pb.TaskSpec(agent_id="builtin:profile", capability="profile.rows", input=to_value(rows)),
+    )
+    assert profiled.state == S.TASK_STATE_SUCCEEDED, profiled.error
+    assert profiled.agent_id == "builtin:profile"
+    for bad, field in [
+        (pb.TaskSpec(agent_id="builtin:profile"), "task.capability"),  # offers two: name one
+        (pb.TaskSpec(agent_id="builtin:echo", capability="math.add"), "task.capability"),
+        (pb.TaskSpec(agent_id="builtin:ghost"), "task.agent_id"),
+    ]:
+        with pytest.raises(grpc.RpcError) as err:
+            await stub.ExecuteTask(pb.ExecuteTaskRequest(task=bad), timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        fields = [v.field for v in rich_details(err.value)["BadRequest"].field_violations]
+        assert field in fields

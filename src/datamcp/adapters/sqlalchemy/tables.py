@@ -112,6 +112,7 @@ tasks = Table(
     Column("correlation_id", String(128), nullable=False),
     Column("parent_task_id", String(36), nullable=False),
     Column("depth", Integer, nullable=False),
+    Column("pinned", Integer, nullable=False),
     Column("progress", Float, nullable=False),
     Column("progress_message", Text, nullable=False),
     Column("result", Text, nullable=True),

@@ -108,7 +108,7 @@ class _Live:
     @property
     def target(self) -> tuple[bool, str]:
         t = self.task
-        return (True, t.agent_id) if t.agent_id and not t.capability else (False, t.capability)
+        return (True, t.agent_id) if t.pinned else (False, t.capability)
 
 
 class _Context:
@@ -336,7 +336,7 @@ class AgentManager:
             Unavailable: the store cannot be written.
         """
         now = self._clock()
-        timeout = self._validate(spec, wait_limit)
+        timeout, capability = self._validate(spec, wait_limit)
         task_id = task_id_for(tenant, spec.request_id)
         known = self._live.get(task_id)
         if known is not None:
@@ -357,8 +357,9 @@ class AgentManager:
         task = Task(
             id=task_id,
             tenant=tenant,
-            capability=spec.capability,
-            agent_id=spec.agent_id if not spec.capability else "",
+            capability=capability,
+            agent_id=spec.agent_id,
+            pinned=bool(spec.agent_id),
             input=spec.input,
             priority=spec.priority,
             # A child never outlives its caller.
@@ -402,20 +403,39 @@ class AgentManager:
         self._place(live)
         return live.task, False
 
-    def _validate(self, spec: TaskSpec, wait_limit: float | None) -> float:
+    def _validate(self, spec: TaskSpec, wait_limit: float | None) -> tuple[float, str]:
+        """Check everything before storing; returns (timeout, capability to run)."""
         p = self.policy
         bad: list[FieldViolation] = []
-        by_agent = bool(spec.agent_id) and not spec.capability
-        if not spec.capability and not spec.agent_id:
+        capability = spec.capability
+        cap: Capability | None = None
+        if spec.agent_id:  # pinned to one agent: it must offer the capability
+            slot = self.registry.get(spec.agent_id)
+            offered = slot.descriptor.capabilities if slot else ()
+            if slot is None:
+                bad.append(FieldViolation("task.agent_id", f"no agent {spec.agent_id!r}"))
+            elif not capability and len(offered) == 1:
+                capability = offered[0].name
+            elif not capability:
+                names = ", ".join(c.name for c in offered)
+                bad.append(FieldViolation("task.capability", f"name one of: {names}"))
+            if slot is not None and capability:
+                cap = slot.capability(capability)
+                if cap is None:
+                    bad.append(
+                        FieldViolation(
+                            "task.capability",
+                            f"agent {spec.agent_id} does not offer {capability!r}",
+                        )
+                    )
+        elif not capability:
             bad.append(FieldViolation("task.capability", "set a capability or an agent_id"))
-        elif by_agent and self.registry.get(spec.agent_id) is None:
-            bad.append(FieldViolation("task.agent_id", f"no agent {spec.agent_id!r}"))
-        elif not by_agent and not self.registry.offering(spec.capability):
+        elif (cap := self.registry.capability(capability)) is None:
             known = sorted({c.name for s in self.registry.all() for c in s.descriptor.capabilities})
             bad.append(
                 FieldViolation(
                     "task.capability",
-                    f"no agent offers {spec.capability!r} (known: {', '.join(known) or 'none'})",
+                    f"no agent offers {capability!r} (known: {', '.join(known) or 'none'})",
                 )
             )
         if not MIN_PRIORITY <= spec.priority <= MAX_PRIORITY:
@@ -448,21 +468,11 @@ class AgentManager:
                         "task.input", f"{size} bytes is over the {p.max_input_bytes}-byte limit"
                     )
                 )
-        if not bad:
-            cap = self._capability(spec)
-            if cap is not None:
-                bad.extend(self._schemas.violations(cap, spec.input, "task.input"))
+        if not bad and cap is not None:
+            bad.extend(self._schemas.violations(cap, spec.input, "task.input"))
         if bad:
             raise InvalidArgument("invalid task; nothing was stored", bad, reason="INVALID_TASK")
-        return timeout
-
-    def _capability(self, spec: TaskSpec) -> Capability | None:
-        if spec.capability:
-            if spec.agent_id:
-                slot = self.registry.get(spec.agent_id)
-                return slot.capability(spec.capability) if slot else None
-            return self.registry.capability(spec.capability)
-        return None
+        return timeout, capability
 
     # --- placement ------------------------------------------------------------------
 

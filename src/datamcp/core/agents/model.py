@@ -73,6 +73,8 @@ class Task:
     updated_at: float
     parent_task_id: str = ""
     depth: int = 0
+    #: Submitted for one agent (``agent_id``), not routed by capability.
+    pinned: bool = False
     progress: float = 0.0
     progress_message: str = ""
     result: Any = None

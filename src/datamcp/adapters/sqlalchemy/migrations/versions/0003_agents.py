@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("correlation_id", sa.String(128), nullable=False),
         sa.Column("parent_task_id", sa.String(36), nullable=False),
         sa.Column("depth", sa.Integer, nullable=False),
+        sa.Column("pinned", sa.Integer, nullable=False),
         sa.Column("progress", sa.Float, nullable=False),
         sa.Column("progress_message", sa.Text, nullable=False),
         sa.Column("result", sa.Text, nullable=True),
