@@ -26,7 +26,8 @@ from datamcp.config.settings import Settings
 from datamcp.core import instances
 from datamcp.core.agents.builtin.echo import EchoAgent
 from datamcp.core.agents.builtin.profile import ProfileAgent
-from datamcp.core.agents.manager import AgentManager, TaskPolicy, TaskSpec
+from datamcp.core.agents.manager import AgentManager, TaskPolicy
+from datamcp.core.agents.model import TaskSpec
 from datamcp.core.agents.plugins import load_plugins
 from datamcp.core.agents.remote import RemoteHub
 from datamcp.core.auth import Authenticator

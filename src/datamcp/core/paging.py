@@ -43,3 +43,18 @@ def bad_token() -> InvalidArgument:
     return InvalidArgument(
         "invalid page_token", [FieldViolation("page_token", "use the token from the last page")]
     )
+
+
+def keyset(token: str) -> tuple[float, str] | None:
+    """A (time, id) position from a token made of ``encode([time, id])``."""
+    value = decode(token)
+    if value is None:
+        return None
+    if not (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], int | float)
+        and isinstance(value[1], str)
+    ):
+        raise bad_token()
+    return float(value[0]), value[1]

@@ -17,9 +17,8 @@ import itertools
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from datamcp.core import paging
@@ -29,7 +28,15 @@ from datamcp.core.agents.agent import (
     AgentError,
     Capability,
 )
-from datamcp.core.agents.model import AuditRecord, Task, TaskError, TaskState, task_id_for
+from datamcp.core.agents.calls import AgentCalls
+from datamcp.core.agents.model import (
+    AuditRecord,
+    Task,
+    TaskError,
+    TaskSpec,
+    TaskState,
+    task_id_for,
+)
 from datamcp.core.agents.registry import AgentRegistry, AgentSlot, Runner, new_slot
 from datamcp.core.agents.schema import SchemaCache
 from datamcp.core.background import cancel_and_wait
@@ -73,20 +80,6 @@ class TaskPolicy:
     remote_disconnect: str = "requeue"
     orphan_interval: float = 30.0
     stale_after: float = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
-    """A task as a client describes it, before validation."""
-
-    capability: str = ""
-    agent_id: str = ""
-    input: Any = None
-    priority: int = 0
-    timeout: float | None = None
-    request_id: str = ""
-    max_attempts: int = 0
-    correlation_id: str = ""
 
 
 @dataclass(eq=False, slots=True)
@@ -146,7 +139,7 @@ class _Context:
         self._manager._progress(self._live, percent, message)
 
     async def call(self, target: str, payload: Any, timeout: float | None = None) -> Any:  # noqa: ASYNC109
-        task, _ = await self._manager._call(
+        task, _ = await self._manager.calls.call(
             self._live.task, self.agent_id, target, payload, limit=timeout
         )
         return task.result
@@ -184,6 +177,7 @@ class AgentManager:
         self._insert = WriteOp("tasks.insert", 0, self._apply_insert)
         self._save = WriteOp("tasks.save", 1, _apply_save)
         self._audit = WriteOp("audit.add", 2, _apply_audit)
+        self.calls = AgentCalls(self)
         self.completed = 0
         self.failed = 0
 
@@ -767,7 +761,7 @@ class AgentManager:
     ) -> tuple[list[Task], str]:
         """One page of the tenant's tasks, newest first, and the next page's token."""
         size = paging.page_size(page_size)
-        before = _position(page_token)
+        before = paging.keyset(page_token)
         async with self._uow() as tx:
             tasks = await tx.tasks.page(
                 tenant,
@@ -872,157 +866,12 @@ class AgentManager:
         finally:
             live.watchers.discard(queue)
 
-    # --- agent-to-agent calls -----------------------------------------------------------
+    def uow(self) -> UnitOfWork:
+        return self._uow()
 
-    async def _call(
-        self,
-        parent: Task | None,
-        source_agent_id: str,
-        target: str,
-        payload: Any,
-        *,
-        limit: float | None,
-        tenant: str = "",
-        correlation_id: str = "",
-    ) -> tuple[Task, str]:
-        tenant = parent.tenant if parent else tenant
-        depth = (parent.depth if parent else 0) + 1
-        chain = (*(parent.chain if parent else ()), source_agent_id)
-        started = self._clock()
-        audit_id = str(uuid.uuid4())
-        correlation = (parent.correlation_id if parent else "") or correlation_id
-        by_agent = self.registry.get(target) is not None
-        spec = TaskSpec(
-            capability="" if by_agent else target,
-            agent_id=target if by_agent else "",
-            input=payload,
-            correlation_id=correlation,
-            max_attempts=1,
-        )
-        bounds = [b for b in (limit, parent.deadline - started if parent else None) if b]
-        spec = replace(spec, timeout=min(bounds) if bounds else None)
-
-        async def audit(task_id: str, target_agent: str, outcome: str, error: str) -> None:
-            record = AuditRecord(
-                id=audit_id,
-                tenant=tenant,
-                source_agent_id=source_agent_id,
-                target=target,
-                target_agent_id=target_agent,
-                correlation_id=correlation or task_id,
-                task_id=task_id,
-                parent_task_id=parent.id if parent else "",
-                depth=depth,
-                outcome=outcome,
-                error=error,
-                started_at=started,
-                duration=self._clock() - started,
-            )
-            await self._bus.publish([], [Write(self._audit, record)])
-
-        refusal = self._refuse_call(target, by_agent, depth, chain)
-        if refusal is not None:
-            await audit("", "", "rejected", f"{refusal.reason}: {refusal}")
-            raise refusal
-        try:
-            child, _ = await self.submit(tenant, spec, parent=parent, chain=chain, depth=depth)
-        except DataMCPError as exc:
-            await audit("", "", "rejected", f"{exc.reason}: {exc.message}")
-            raise AgentError(exc.message, reason="CALL_REJECTED") from exc
-        try:
-            final = await self.wait(tenant, child.id)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.cancel(tenant, child.id))
-            await asyncio.shield(audit(child.id, child.agent_id, "cancelled", "caller cancelled"))
-            raise
-        outcome = final.state.name.lower()
-        error = f"{final.error.reason}: {final.error.message}" if final.error else ""
-        await audit(final.id, final.agent_id, outcome, error)
-        if final.state is not TaskState.SUCCEEDED:
-            retryable = final.error.retryable if final.error else False
-            raise AgentError(
-                f"call to {target} ended {final.state.name}: {error}",
-                reason=f"CALL_{final.state.name}",
-                retryable=retryable,
-            )
-        return final, audit_id
-
-    def _refuse_call(
-        self, target: str, by_agent: bool, depth: int, chain: tuple[str, ...]
-    ) -> AgentError | None:
-        if depth > self.policy.max_call_depth:
-            return AgentError(
-                f"call chain deeper than {self.policy.max_call_depth}", reason="CALL_DEPTH"
-            )
-        candidates = self.registry.candidates(target, by_agent=by_agent)
-        if not candidates:
-            return AgentError(f"no agent offers {target!r}", reason="NO_AGENT")
-        if all(c.id in chain for c in candidates):
-            return AgentError(
-                f"call to {target} would loop back into {' -> '.join(chain)}", reason="CALL_CYCLE"
-            )
-        return None
-
-    async def send_agent_request(
-        self,
-        tenant: str,
-        source_agent_id: str,
-        target: str,
-        payload: Any,
-        *,
-        limit: float | None = None,
-        correlation_id: str = "",
-    ) -> tuple[Task, str]:
-        """An agent-to-agent call made through the API on behalf of ``source_agent_id``.
-
-        Raises:
-            InvalidArgument: the source agent is unknown.
-            FailedPrecondition: the call was refused or did not succeed (the
-                audit record says why).
-        """
-        if self.registry.get(source_agent_id) is None:
-            raise InvalidArgument(
-                f"no agent {source_agent_id!r}",
-                [FieldViolation("source_agent_id", "must name a registered agent")],
-            )
-        try:
-            return await self._call(
-                None,
-                source_agent_id,
-                target,
-                payload,
-                limit=limit,
-                tenant=tenant,
-                correlation_id=correlation_id,
-            )
-        except AgentError as exc:
-            if isinstance(exc.__cause__, DataMCPError):
-                raise exc.__cause__ from None
-            raise FailedPrecondition(str(exc), reason=exc.reason) from None
-
-    async def audit_records(
-        self,
-        tenant: str,
-        *,
-        correlation_id: str = "",
-        agent_id: str = "",
-        page_size: int = 0,
-        page_token: str = "",
-    ) -> tuple[list[AuditRecord], str]:
-        """One page of agent-to-agent call records, newest first."""
-        size = paging.page_size(page_size)
-        before = _position(page_token)
-        async with self._uow() as tx:
-            records = await tx.audit.page(
-                tenant,
-                correlation_id=correlation_id,
-                agent_id=agent_id,
-                before=before,
-                limit=size,
-            )
-        last = records[-1] if len(records) == size else None
-        return records, paging.encode([last.started_at, last.id]) if last else ""
+    async def record_audit(self, record: AuditRecord) -> None:
+        """Store an agent-to-agent call record (with the next group commit)."""
+        await self._bus.publish([], [Write(self._audit, record)])
 
     # --- introspection ------------------------------------------------------------------
 
@@ -1047,15 +896,6 @@ class AgentManager:
             values[f"agent_{slot.id}_errors"] = float(slot.errors)
             values[f"agent_{slot.id}_load"] = float(slot.in_flight)
         return values
-
-
-def _position(token: str) -> tuple[float, str] | None:
-    value = paging.decode(token)
-    if value is None:
-        return None
-    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], str)):
-        raise paging.bad_token()
-    return float(value[0]), value[1]
 
 
 def _timeout_error(task: Task) -> TaskError:

@@ -48,6 +48,20 @@ _EVENT_TYPES = {
 
 
 @dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """A task as a client describes it, before validation."""
+
+    capability: str = ""
+    agent_id: str = ""
+    input: Any = None
+    priority: int = 0
+    timeout: float | None = None
+    request_id: str = ""
+    max_attempts: int = 0
+    correlation_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class TaskError:
     reason: str
     message: str

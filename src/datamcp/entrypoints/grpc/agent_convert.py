@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from datamcp.core.agents.agent import Capability
-from datamcp.core.agents.manager import TaskSpec
-from datamcp.core.agents.model import AuditRecord, Task
+from datamcp.core.agents.model import AuditRecord, Task, TaskSpec
 from datamcp.core.agents.registry import AgentSlot
 from datamcp.core.agents.remote import Hello
 from datamcp.entrypoints.grpc.convert import duration, timestamp

@@ -119,7 +119,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         limit = _wait_limit(context)
         if limit is not None:
             timeout = min(timeout, limit) if timeout is not None else limit
-        task, audit_id = await self._manager.send_agent_request(
+        task, audit_id = await self._manager.calls.send_agent_request(
             current_principal.get().tenant,
             request.source_agent_id,
             request.target,
@@ -132,7 +132,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
     async def ListAuditRecords(
         self, request: agents_pb2.ListAuditRecordsRequest, context: aio.ServicerContext
     ) -> agents_pb2.ListAuditRecordsResponse:
-        records, token = await self._manager.audit_records(
+        records, token = await self._manager.calls.audit_records(
             current_principal.get().tenant,
             correlation_id=request.correlation_id,
             agent_id=request.agent_id,
