@@ -11,7 +11,7 @@ import contextlib
 import os
 import resource
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -208,20 +208,9 @@ def _relay(
 def _agent_manager(settings: Settings, bus: EventBus, uow: Any, instance: Instance) -> AgentManager:
     """The manager with the built-in agents and the plugins from config."""
     a = settings.agents
-    policy = TaskPolicy(
-        queue_size=a.queue_size,
-        default_timeout=a.default_timeout,
-        min_timeout=a.min_timeout,
-        max_timeout=a.max_timeout,
-        max_attempts=a.max_attempts,
-        retry_base_delay=a.retry_base_delay,
-        retry_max_delay=a.retry_max_delay,
-        max_input_bytes=a.max_input_bytes,
-        max_call_depth=a.max_call_depth,
-        recovery=a.recovery,
-        remote_disconnect=a.remote_disconnect,
-        stale_after=max(60.0, 6 * settings.health.interval),
-    )
+    # TaskPolicy's fields are named after their agents.* settings.
+    shared = {f.name: getattr(a, f.name) for f in fields(TaskPolicy) if hasattr(a, f.name)}
+    policy = TaskPolicy(**shared, stale_after=max(60.0, 6 * settings.health.interval))
     manager = AgentManager(bus, uow, instance, policy=policy, strategy=a.strategy)
     manager.add_agent(EchoAgent())
     manager.add_agent(ProfileAgent({"roots": [str(r) for r in a.profile_roots]}))

@@ -39,7 +39,15 @@ from grpc import aio
 
 from datamcp.v1 import agents_pb2
 from tests.bench.common import API_KEY_ENV, run_client
-from tests.bench.load import CONNECT_TIMEOUT, START_SLACK, LoadResult, percentile
+from tests.bench.load import (
+    CONNECT_TIMEOUT,
+    START_SLACK,
+    CallSpec,
+    LoadResult,
+    generate_load,
+    open_channels,
+    percentile,
+)
 
 EXECUTE = "/datamcp.v1.AgentService/ExecuteTask"
 SUBMIT = "/datamcp.v1.AgentService/SubmitTask"
@@ -85,13 +93,20 @@ def task_request(kind: type[Any]) -> bytes:
     )
 
 
-def _open(target: str, channels: int) -> list[aio.Channel]:
-    # Without a local subchannel pool, channels to one target share one connection.
-    options = [("grpc.use_local_subchannel_pool", 1)] if channels > 1 else []
-    return [aio.insecure_channel(target, options=options) for _ in range(channels)]
-
-
 # --- execute ------------------------------------------------------------------------
+
+
+def _probe_echo(raw: bytes) -> None:
+    task = agents_pb2.ExecuteTaskResponse.FromString(raw).task
+    if task.state != agents_pb2.TASK_STATE_SUCCEEDED or task.result != echo_input():
+        raise RuntimeError(f"{EXECUTE} did not echo the input: {task}")
+
+
+def _check_succeeded(raw: bytes) -> str:
+    state = agents_pb2.ExecuteTaskResponse.FromString(raw).task.state
+    if state == agents_pb2.TASK_STATE_SUCCEEDED:
+        return ""
+    return f"STATE_{agents_pb2.TaskState.Name(state)}"
 
 
 async def execute_load(
@@ -103,59 +118,22 @@ async def execute_load(
     channels: int,
     metadata: tuple[tuple[str, str], ...] = (),
 ) -> LoadResult:
-    """Closed-loop ExecuteTask callers against ``target``, measured like ``load.generate_load``."""
-    chans = _open(target, channels)
-    try:
-        await asyncio.gather(*(asyncio.wait_for(c.channel_ready(), CONNECT_TIMEOUT) for c in chans))
-        stubs = [c.unary_unary(EXECUTE) for c in chans]
-        request = task_request(agents_pb2.ExecuteTaskRequest)
-        expected = echo_input()
-        parse = agents_pb2.ExecuteTaskResponse.FromString
-        codes: Counter[str] = Counter()
-        ok = 0
-        latencies: list[float] = []
-        start = time.perf_counter()
-        window_start = start + warmup
-        window_end = window_start + seconds
-        checked_result = False
-
-        async def caller(stub: aio.UnaryUnaryMultiCallable) -> None:
-            nonlocal ok, checked_result
-            while True:
-                began = time.perf_counter()
-                if began >= window_end:
-                    return
-                try:
-                    raw = await stub(request, metadata=metadata, timeout=CALL_TIMEOUT)
-                except aio.AioRpcError as exc:
-                    codes[exc.code().name] += 1
-                    continue
-                ended = time.perf_counter()
-                task = parse(raw).task
-                if task.state != agents_pb2.TASK_STATE_SUCCEEDED:
-                    codes[f"STATE_{agents_pb2.TaskState.Name(task.state)}"] += 1
-                    continue
-                if not checked_result:  # once: the echo really echoes
-                    checked_result = True
-                    if task.result != expected:
-                        raise RuntimeError(f"{EXECUTE} did not echo the input: {task}")
-                ok += 1
-                if window_start <= ended < window_end:
-                    latencies.append(ended - began)
-
-        await asyncio.gather(*(caller(stubs[i % len(stubs)]) for i in range(concurrency)))
-    finally:
-        await asyncio.gather(*(c.close() for c in chans))
-
-    latencies.sort()
-    return LoadResult(
-        qps=len(latencies) / seconds,
-        p50_ms=percentile(latencies, 0.50) * 1000.0,
-        p99_ms=percentile(latencies, 0.99) * 1000.0,
-        calls=len(latencies),
-        errors=sum(codes.values()),
-        error_codes=dict(codes),
-        total_calls=ok,
+    """Closed-loop ExecuteTask callers; every response must be a SUCCEEDED task."""
+    call = CallSpec(
+        EXECUTE,
+        task_request(agents_pb2.ExecuteTaskRequest),
+        _probe_echo,
+        _check_succeeded,
+        CALL_TIMEOUT,
+    )
+    return await generate_load(
+        target,
+        seconds=seconds,
+        warmup=warmup,
+        concurrency=concurrency,
+        channels=channels,
+        metadata=metadata,
+        call=call,
     )
 
 
@@ -348,7 +326,7 @@ async def submit_throughput(
     metadata: tuple[tuple[str, str], ...] = (),
 ) -> SubmitResult:
     """Warm up, submit ``tasks`` echo tasks, wait for all to finish, check them."""
-    chans = _open(target, channels)
+    chans = open_channels(target, channels)
     try:
         await asyncio.gather(*(asyncio.wait_for(c.channel_ready(), CONNECT_TIMEOUT) for c in chans))
         stubs = [c.unary_unary(SUBMIT) for c in chans]

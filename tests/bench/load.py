@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,6 +36,34 @@ CALL_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 5.0
 START_SLACK = 10.0
 """Seconds a load subprocess gets beyond warm-up + window: start-up, connect, last calls."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallSpec:
+    """The RPC the callers repeat.
+
+    ``probe`` checks one response before the load starts (raise if it is not
+    the real thing). ``check``, when set, inspects every response and returns
+    an error code to count it as failed, or "" for OK; leave it unset to keep
+    the hot loop free of parsing.
+    """
+
+    method: str
+    request: bytes
+    probe: Callable[[bytes], None]
+    check: Callable[[bytes], str] | None = None
+    timeout: float = 5.0
+
+
+def _probe_health(raw: bytes) -> None:
+    response = health_pb2.GetHealthReportResponse.FromString(raw)
+    if not response.report.components:
+        raise RuntimeError(f"{METHOD} returned a report without components: {response}")
+
+
+HEALTH_CALL = CallSpec(
+    METHOD, health_pb2.GetHealthReportRequest().SerializeToString(), _probe_health
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +113,12 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
+def open_channels(target: str, channels: int) -> list[aio.Channel]:
+    # Without a local subchannel pool, channels to one target share one connection.
+    options = [("grpc.use_local_subchannel_pool", 1)] if channels > 1 else []
+    return [aio.insecure_channel(target, options=options) for _ in range(channels)]
+
+
 async def generate_load(
     target: str,
     *,
@@ -93,18 +127,17 @@ async def generate_load(
     concurrency: int,
     channels: int,
     metadata: tuple[tuple[str, str], ...] = (),
+    call: CallSpec = HEALTH_CALL,
 ) -> LoadResult:
     """Run the callers against ``target`` and measure them."""
-    # Without a local subchannel pool, channels to one target share one connection.
-    options = [("grpc.use_local_subchannel_pool", 1)] if channels > 1 else []
-    chans = [aio.insecure_channel(target, options=options) for _ in range(channels)]
+    chans = open_channels(target, channels)
     try:
         await asyncio.gather(*(asyncio.wait_for(c.channel_ready(), CONNECT_TIMEOUT) for c in chans))
         # No serializers: requests go out as bytes, responses come back as bytes.
-        stubs = [c.unary_unary(METHOD) for c in chans]
-        request = health_pb2.GetHealthReportRequest().SerializeToString()
+        stubs = [c.unary_unary(call.method) for c in chans]
+        request, check = call.request, call.check
         codes: Counter[str] = Counter()
-        ok = int(await _probe(stubs[0], request, metadata, codes))
+        ok = int(await _probe(stubs[0], call, metadata, codes))
 
         latencies: list[float] = []
         start = time.perf_counter()
@@ -118,11 +151,14 @@ async def generate_load(
                 if began >= window_end:
                     return
                 try:
-                    await stub(request, metadata=metadata, timeout=CALL_TIMEOUT)
+                    raw = await stub(request, metadata=metadata, timeout=call.timeout)
                 except aio.AioRpcError as exc:
                     codes[exc.code().name] += 1
                     continue
                 ended = time.perf_counter()
+                if check is not None and (code := check(raw)):
+                    codes[code] += 1
+                    continue
                 ok += 1
                 if window_start <= ended < window_end:
                     latencies.append(ended - began)
@@ -145,22 +181,20 @@ async def generate_load(
 
 async def _probe(
     stub: aio.UnaryUnaryMultiCallable,
-    request: bytes,
+    call: CallSpec,
     metadata: tuple[tuple[str, str], ...],
     codes: Counter[str],
 ) -> bool:
-    """One call whose response is parsed: proves the server returns a real report.
+    """One call whose response is checked by ``call.probe`` before the load.
 
     Returns whether the call was OK (a failure is counted in ``codes``).
     """
     try:
-        raw = await stub(request, metadata=metadata, timeout=CALL_TIMEOUT)
+        raw = await stub(call.request, metadata=metadata, timeout=call.timeout)
     except aio.AioRpcError as exc:
         codes[exc.code().name] += 1
         return False
-    response = health_pb2.GetHealthReportResponse.FromString(raw)
-    if not response.report.components:
-        raise RuntimeError(f"{METHOD} returned a report without components: {response}")
+    call.probe(raw)
     return True
 
 
