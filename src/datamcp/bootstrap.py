@@ -25,6 +25,8 @@ from datamcp.adapters.sqlalchemy.uow import SqlUnitOfWork
 from datamcp.config.settings import Settings
 from datamcp.core import instances
 from datamcp.core.agents.builtin.echo import EchoAgent
+from datamcp.core.agents.builtin.memory import MemoryAgent, MemoryPort
+from datamcp.core.agents.builtin.pipeline import PipelineAgent, PipelinePort
 from datamcp.core.agents.builtin.profile import ProfileAgent
 from datamcp.core.agents.manager import AgentManager, TaskPolicy
 from datamcp.core.agents.model import TaskSpec
@@ -205,8 +207,20 @@ def _relay(
     return BrokerRelay(broker, subscriptions, bus, flt, breaker=breaker)
 
 
-def _agent_manager(settings: Settings, bus: EventBus, uow: Any, instance: Instance) -> AgentManager:
-    """The manager with the built-in agents and the plugins from config."""
+def _agent_manager(
+    settings: Settings,
+    bus: EventBus,
+    uow: Any,
+    instance: Instance,
+    *,
+    memory: MemoryPort | None = None,
+    pipelines: PipelinePort | None = None,
+) -> AgentManager:
+    """The manager with the built-in agents and the plugins from config.
+
+    The ``memory`` and ``pipeline`` agents join when their services exist
+    (MemorySyncService and PipelineService will pass their ports here).
+    """
     a = settings.agents
     # TaskPolicy's fields are named after their agents.* settings.
     shared = {f.name: getattr(a, f.name) for f in fields(TaskPolicy) if hasattr(a, f.name)}
@@ -224,6 +238,10 @@ def _agent_manager(settings: Settings, bus: EventBus, uow: Any, instance: Instan
         from datamcp.adapters.http_agent import HttpAgent
 
         manager.add_agent(HttpAgent({"apis": dict(a.http_apis)}))
+    if memory is not None:
+        manager.add_agent(MemoryAgent(memory))
+    if pipelines is not None:
+        manager.add_agent(PipelineAgent(pipelines))
     for plugin in load_plugins(a.plugins):
         manager.add_agent(plugin)
     return manager

@@ -514,3 +514,43 @@ async def test_tasks_pinned_to_an_agent(server: RunningServer) -> None:
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         fields = [v.field for v in rich_details(err.value)["BadRequest"].field_violations]
         assert field in fields
+
+
+class _DictMemory:
+    """Stands in for the memory store until MemorySyncService lands."""
+
+    def __init__(self) -> None:
+        self.data: dict[tuple[str, str, str], Any] = {}
+
+    async def put(self, tenant: str, namespace: str, key: str, value: Any) -> dict[str, Any]:
+        self.data[(tenant, namespace, key)] = value
+        return {"namespace": namespace, "key": key, "value": value}
+
+    async def get(self, tenant: str, namespace: str, key: str) -> dict[str, Any] | None:
+        if (tenant, namespace, key) not in self.data:
+            return None
+        return {"namespace": namespace, "key": key, "value": self.data[(tenant, namespace, key)]}
+
+    async def search(self, tenant: str, namespace: str, text: str, limit: int) -> list[Any]:
+        return [
+            {"key": k, "value": v}
+            for (t, n, k), v in self.data.items()
+            if t == tenant and n == namespace and text in k
+        ][:limit]
+
+
+async def test_memory_agent_against_its_port(server: RunningServer) -> None:
+    from datamcp.core.agents.builtin.memory import MemoryAgent
+
+    store = _DictMemory()
+    server.server.app.agents.add_agent(MemoryAgent(store))
+    stub = stub_for(server)
+    put = await execute(stub, spec("memory.put", {"key": "user:1", "value": {"lang": "fr"}}))
+    assert put.state == S.TASK_STATE_SUCCEEDED
+    got = await execute(stub, spec("memory.get", {"key": "user:1"}))
+    assert from_value(got.result)["value"] == {"lang": "fr"}
+    missing = await execute(stub, spec("memory.get", {"key": "nope"}))
+    assert missing.error.reason == "MEMORY_NOT_FOUND"
+    found = await execute(stub, spec("memory.search", {"text": "user"}))
+    assert [r["key"] for r in from_value(found.result)["records"]] == ["user:1"]
+    assert store.data == {("default", "agents/default", "user:1"): {"lang": "fr"}}
