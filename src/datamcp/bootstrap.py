@@ -29,14 +29,14 @@ from datamcp.core.agents.builtin.memory import MemoryAgent, MemoryPort
 from datamcp.core.agents.builtin.pipeline import PipelineAgent, PipelinePort
 from datamcp.core.agents.builtin.profile import ProfileAgent
 from datamcp.core.agents.manager import AgentManager, TaskPolicy
-from datamcp.core.agents.model import TaskSpec
 from datamcp.core.agents.plugins import load_plugins
 from datamcp.core.agents.remote import RemoteHub
+from datamcp.core.agents.triggers import SUBMIT_TASK, submit_task_action
 from datamcp.core.auth import Authenticator
 from datamcp.core.errors import ConfigError, Unavailable
 from datamcp.core.events.api import EventsApi
 from datamcp.core.events.bus import EventBus
-from datamcp.core.events.model import Event, EventFilter
+from datamcp.core.events.model import EventFilter
 from datamcp.core.events.ports import Broker
 from datamcp.core.events.relay import BrokerRelay
 from datamcp.core.events.router import Router, Trigger
@@ -125,7 +125,7 @@ class App:
         router = Router(events, triggers)
         try:
             agents = _agent_manager(settings, bus, uow, instance)
-            router.register_action("agent.submit_task", _submit_task_action(agents))
+            router.register_action(SUBMIT_TASK, submit_task_action(agents))
             router.validate()
         except ConfigError:
             await engine.dispose()
@@ -245,25 +245,3 @@ def _agent_manager(
     for plugin in load_plugins(a.plugins):
         manager.add_agent(plugin)
     return manager
-
-
-def _submit_task_action(agents: AgentManager) -> Any:
-    """Router action ``agent.submit_task``: params {capability, priority, timeout,
-    input}; the input defaults to the event's data. The request id is derived
-    from the trigger event, so a redelivered event submits nothing new."""
-
-    async def action(cause: Event, params: Mapping[str, Any]) -> None:
-        timeout = params.get("timeout")
-        await agents.submit(
-            cause.tenant,
-            TaskSpec(
-                capability=str(params.get("capability", "")),
-                input=params.get("input", cause.data),
-                priority=int(params.get("priority", 0)),
-                timeout=float(timeout) if timeout is not None else None,
-                request_id=f"event:{cause.id}",
-                correlation_id=cause.correlation_id or cause.id,
-            ),
-        )
-
-    return action

@@ -32,14 +32,11 @@ class TaskState(enum.IntEnum):
 
     @property
     def event_type(self) -> str:
-        """The bus event announcing this state (docs/events.md)."""
-        return _EVENT_TYPES[self]
+        """The bus event announcing this final state (docs/events.md)."""
+        return _FINAL_EVENT_TYPES[self]
 
 
-_EVENT_TYPES = {
-    TaskState.PENDING: "task.submitted",
-    TaskState.QUEUED: "task.queued",
-    TaskState.RUNNING: "task.started",
+_FINAL_EVENT_TYPES = {
     TaskState.SUCCEEDED: "task.succeeded",
     TaskState.FAILED: "task.failed",
     TaskState.CANCELLED: "task.cancelled",

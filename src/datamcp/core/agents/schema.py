@@ -6,7 +6,6 @@ is refused when the agent registers, not when a task arrives.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,14 +20,15 @@ MAX_VIOLATIONS = 20
 
 class SchemaCache:
     def __init__(self) -> None:
-        self._validators: dict[str, Any] = {}
+        # Keyed by the capability object (kept in the value, so its id stays
+        # its own): a capability's schema never changes after registration.
+        self._validators: dict[int, tuple[Capability, Any]] = {}
 
-    def _validator(self, schema: Mapping[str, Any]) -> Any:
-        key = json.dumps(schema, sort_keys=True)
-        validator = self._validators.get(key)
-        if validator is None:
-            validator = self._validators[key] = Draft202012Validator(dict(schema))
-        return validator
+    def _validator(self, cap: Capability, schema: Mapping[str, Any]) -> Any:
+        entry = self._validators.get(id(cap))
+        if entry is None or entry[0] is not cap:
+            entry = self._validators[id(cap)] = (cap, Draft202012Validator(dict(schema)))
+        return entry[1]
 
     def check_schema(self, cap: Capability) -> None:
         """Raises InvalidArgument when the capability's input schema is not a valid schema."""
@@ -46,7 +46,7 @@ class SchemaCache:
         if not cap.input_schema:
             return []
         errors = sorted(
-            self._validator(cap.input_schema).iter_errors(value), key=lambda e: list(e.path)
+            self._validator(cap, cap.input_schema).iter_errors(value), key=lambda e: list(e.path)
         )
         out = []
         for error in errors[:MAX_VIOLATIONS]:
