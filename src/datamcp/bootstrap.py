@@ -65,6 +65,10 @@ class App:
     relays: list[BrokerRelay]
     agents: AgentManager
     remote: RemoteHub
+    # Filled in as PipelineService (#5) and MemorySyncService (#6) land.
+    pipelines: Any = None
+    streams: Any = None
+    memory: Any = None
 
     def uow(self) -> UnitOfWork:
         return SqlUnitOfWork(self.engine)
