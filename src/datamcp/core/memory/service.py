@@ -1,0 +1,566 @@
+"""Reads and writes of memory records (Put, Get, Delete, List, Search, ...).
+
+Writes to a store go through one writer task per store that group-commits:
+while a transaction is in flight, later writes queue and go into the next
+one together, each checked against the state it would land on (expected
+version, existence). A failed write fails only its own job; a BatchPut is one
+job, so it is all or nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from datamcp.core.background import cancel_and_wait
+from datamcp.core.errors import (
+    Conflict,
+    DataMCPError,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from datamcp.core.events.model import Event
+from datamcp.core.memory.clock import HybridClock, join
+from datamcp.core.memory.model import (
+    PutOp,
+    Record,
+    check_key,
+    check_labels,
+    check_namespace,
+    dumps,
+    in_prefix,
+)
+from datamcp.core.memory.ports import MemoryStore
+from datamcp.core.paging import bad_token, decode, encode, page_size
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[Sequence[Event]], Awaitable[Any]]
+MAX_BATCH = 1000
+SCAN_PAGE = 500
+SEARCH_SCAN_LIMIT = 5000
+
+
+@dataclass(slots=True)
+class _Job:
+    tenant: str
+    ops: list[PutOp]
+    future: asyncio.Future[list[Record]]
+    join_vv: Mapping[str, int] | None = None
+
+
+@dataclass(slots=True)
+class _StoreState:
+    store: MemoryStore
+    clock: HybridClock = field(default_factory=HybridClock)
+    queue: asyncio.Queue[_Job] = field(default_factory=asyncio.Queue)
+    writer: asyncio.Task[None] | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+def event_id(kind: str, tenant: str, record: Record) -> str:
+    raw = f"{kind}:{tenant}/{record.namespace}/{record.key}@{record.version}"
+    return raw if len(raw) <= 128 else f"{kind}:{hashlib.sha256(raw.encode()).hexdigest()}"
+
+
+class MemoryService:
+    """Memory records over a set of stores (one primary).
+
+    Args:
+        stores: the opened stores, primary included.
+        publish: where ``memory.*`` events go (the event bus).
+        history_depth: previous versions kept per key.
+        max_value_bytes: largest value (JSON bytes).
+    """
+
+    def __init__(
+        self,
+        stores: Sequence[MemoryStore],
+        *,
+        publish: Publish | None = None,
+        history_depth: int = 10,
+        max_value_bytes: int = 256 * 1024,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._states = {s.id: _StoreState(s, HybridClock(clock)) for s in stores}
+        primaries = [s.id for s in stores if s.primary]
+        self.primary_id = primaries[0] if primaries else stores[0].id
+        self._publish = publish
+        self.history_depth = history_depth
+        self.max_value_bytes = max_value_bytes
+        self._now = clock
+        self._background: set[asyncio.Task[Any]] = set()
+        self.writes = 0
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    @property
+    def stores(self) -> list[MemoryStore]:
+        return [s.store for s in self._states.values()]
+
+    async def start(self) -> None:
+        for state in self._states.values():
+            if state.writer is None:
+                state.writer = asyncio.create_task(
+                    self._write_loop(state), name=f"memory-writer:{state.store.id}"
+                )
+
+    async def stop(self) -> None:
+        for state in self._states.values():
+            await cancel_and_wait(state.writer)
+            state.writer = None
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    def store(self, store_id: str = "", field_name: str = "store") -> MemoryStore:
+        return self._state(store_id, field_name).store
+
+    def _state(self, store_id: str, field_name: str = "store") -> _StoreState:
+        state = self._states.get(store_id or self.primary_id)
+        if state is None:
+            raise NotFound(
+                f"no memory store {store_id!r} (known: {', '.join(sorted(self._states))})",
+                reason="STORE_NOT_FOUND",
+                metadata={"store": store_id, "field": field_name},
+            )
+        return state
+
+    def clock(self, store_id: str) -> HybridClock:
+        return self._state(store_id).clock
+
+    def notify(self, store_id: str) -> None:
+        """Wake change-feed watchers of a store (sync calls this after writing)."""
+        self._state(store_id).notify()
+
+    # --- validation ---------------------------------------------------------------
+
+    def op(
+        self,
+        namespace: str,
+        key: str,
+        value: Any,
+        *,
+        delete: bool = False,
+        tags: Sequence[str] = (),
+        metadata: Mapping[str, str] | None = None,
+        ttl: float | None = None,
+        expected_version: str = "",
+        field_prefix: str = "",
+    ) -> PutOp:
+        """Validate one write; raises InvalidArgument listing every problem."""
+        bad: list[FieldViolation] = []
+        try:
+            check_namespace(namespace, f"{field_prefix}namespace")
+        except InvalidArgument as exc:
+            bad.extend(exc.violations)
+        try:
+            check_key(key, f"{field_prefix}key")
+        except InvalidArgument as exc:
+            bad.extend(exc.violations)
+        metadata = dict(metadata or {})
+        bad.extend(check_labels(tags, metadata, field_prefix))
+        value_json: str | None = None
+        if not delete:
+            try:
+                value_json = json.dumps(value, separators=(",", ":"), allow_nan=False)
+            except (TypeError, ValueError):
+                bad.append(FieldViolation(f"{field_prefix}value", "must be JSON"))
+            else:
+                size = len(value_json.encode("utf-8"))
+                if size > self.max_value_bytes:
+                    bad.append(
+                        FieldViolation(
+                            f"{field_prefix}value",
+                            f"{size} bytes is over the {self.max_value_bytes}-byte limit "
+                            "(memory.max_value_bytes)",
+                        )
+                    )
+        if ttl is not None and ttl <= 0:
+            bad.append(FieldViolation(f"{field_prefix}ttl", "must be positive when given"))
+        if bad:
+            raise InvalidArgument("invalid memory write", bad, reason="INVALID_MEMORY_WRITE")
+        return PutOp(
+            namespace,
+            key,
+            value_json,
+            tuple(tags),
+            metadata,
+            ttl,
+            expected_version,
+            field_prefix,
+        )
+
+    # --- writes -------------------------------------------------------------------
+
+    async def write(
+        self,
+        tenant: str,
+        ops: Sequence[PutOp],
+        store_id: str = "",
+        *,
+        join_vv: Mapping[str, int] | None = None,
+    ) -> list[Record]:
+        """Apply ``ops`` atomically on a store; returns the records written."""
+        if not ops:
+            return []
+        if len(ops) > MAX_BATCH:
+            raise InvalidArgument(
+                "too many entries", [FieldViolation("entries", f"at most {MAX_BATCH}")]
+            )
+        state = self._state(store_id)
+        if state.writer is None:
+            raise Unavailable("the memory service is not running", reason="MEMORY_STOPPED")
+        future: asyncio.Future[list[Record]] = asyncio.get_running_loop().create_future()
+        state.queue.put_nowait(_Job(tenant, list(ops), future, join_vv))
+        return await asyncio.shield(future)
+
+    async def put(self, tenant: str, op: PutOp, store_id: str = "") -> Record:
+        return (await self.write(tenant, [op], store_id))[0]
+
+    async def _write_loop(self, state: _StoreState) -> None:
+        while True:
+            jobs = [await state.queue.get()]
+            count = len(jobs[0].ops)
+            while count < MAX_BATCH and not state.queue.empty():
+                job = state.queue.get_nowait()
+                jobs.append(job)
+                count += len(job.ops)
+            try:
+                done = await self._commit(state, jobs)
+            except Exception as exc:
+                log.warning("memory store write failed", exc_info=exc)
+                error = Unavailable(
+                    f"memory store {state.store.id} unavailable: {type(exc).__name__}: {exc}"
+                )
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(error)
+            else:
+                written: list[Record] = []
+                for job, result in zip(jobs, done, strict=True):
+                    if job.future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        job.future.set_exception(result)
+                    else:
+                        job.future.set_result(result)
+                        written.extend(result)
+                if written:
+                    self.writes += len(written)
+                    state.notify()
+                    self._announce(state.store.id, written)
+            finally:
+                for _ in jobs:
+                    state.queue.task_done()
+
+    async def _commit(
+        self, state: _StoreState, jobs: list[_Job]
+    ) -> list[list[Record] | DataMCPError]:
+        results: list[list[Record] | DataMCPError] = []
+        now = self._now()
+        async with state.store.transaction() as tx:
+            current: dict[tuple[str, str, str], Record | None] = {}
+            by_tenant: dict[str, set[tuple[str, str]]] = {}
+            for job in jobs:
+                by_tenant.setdefault(job.tenant, set()).update(
+                    (o.namespace, o.key) for o in job.ops
+                )
+            for tenant, idents in by_tenant.items():
+                found = await tx.get_many(tenant, sorted(idents))
+                for ns, key in idents:
+                    current[(tenant, ns, key)] = found.get((ns, key))
+            writes: dict[tuple[str, str, str], Record] = {}
+            replaced: list[Record] = []
+            for job in jobs:
+                overlay: dict[tuple[str, str, str], Record] = {}
+                try:
+                    for op in job.ops:
+                        slot = (job.tenant, op.namespace, op.key)
+                        cur = overlay.get(slot) or writes.get(slot) or current[slot]
+                        overlay[slot] = self._apply(
+                            state, job.tenant, op, cur, now=now, join_vv=job.join_vv
+                        )
+                except DataMCPError as exc:
+                    results.append(exc)
+                    continue
+                for slot, record in overlay.items():
+                    previous = writes.get(slot) or current[slot]
+                    if previous is not None:
+                        replaced.append(previous)
+                    writes[slot] = record
+                results.append([overlay[(job.tenant, o.namespace, o.key)] for o in job.ops])
+            if writes:
+                await tx.write(list(writes.values()), replaced, self.history_depth)
+                await tx.commit()
+        return results
+
+    def _apply(
+        self,
+        state: _StoreState,
+        tenant: str,
+        op: PutOp,
+        cur: Record | None,
+        *,
+        now: float,
+        join_vv: Mapping[str, int] | None,
+    ) -> Record:
+        if op.expected_version:
+            current_version = str(cur.version) if cur is not None else ""
+            if current_version != op.expected_version:
+                raise Conflict(
+                    f"{op.namespace}/{op.key} is at version {current_version or '(none)'}, "
+                    f"not {op.expected_version}; read it again and retry",
+                    reason="VERSION_MISMATCH",
+                    metadata={
+                        "namespace": op.namespace,
+                        "key": op.key,
+                        "current_version": current_version,
+                        "expected_version": op.expected_version,
+                    },
+                )
+        live = cur is not None and cur.visible(now)
+        if op.value_json is None and not live and not join_vv:
+            raise NotFound(
+                f"no memory {op.namespace}/{op.key}",
+                reason="MEMORY_NOT_FOUND",
+                metadata={"namespace": op.namespace, "key": op.key},
+            )
+        after = cur.hlc if cur is not None else 0
+        vv = dict(cur.vv) if cur is not None else {}
+        if join_vv:
+            vv = join(vv, join_vv)
+            after = max(after, *join_vv.values())
+        hlc = state.clock.now(after)
+        vv[state.store.id] = hlc
+        return Record(
+            tenant=tenant,
+            namespace=op.namespace,
+            key=op.key,
+            value_json=op.value_json,
+            hlc=hlc,
+            origin=state.store.id,
+            vv=vv,
+            tags=op.tags if op.value_json is not None else (),
+            metadata=dict(op.metadata) if op.value_json is not None else {},
+            created_at=cur.created_at if cur is not None and live else now,
+            updated_at=now,
+            expires_at=now + op.ttl if op.ttl else None,
+            deleted=op.value_json is None,
+            base_json=cur.value_json if cur is not None and not cur.deleted else None,
+        )
+
+    def _announce(self, store_id: str, records: Sequence[Record]) -> None:
+        if self._publish is None:
+            return
+        events = []
+        for r in records:
+            kind = "memory.deleted" if r.deleted else "memory.put"
+            events.append(
+                Event(
+                    id=event_id(kind, r.tenant, r),
+                    source=f"/memory/{store_id}",
+                    type=kind,
+                    subject=f"{r.namespace}/{r.key}"[:512],
+                    time=r.updated_at,
+                    tenant=r.tenant,
+                    data={
+                        "namespace": r.namespace,
+                        "key": r.key,
+                        "version": str(r.version),
+                        "store": store_id,
+                    },
+                )
+            )
+        self.spawn(self._publish(events), "memory events")
+
+    def spawn(self, work: Awaitable[Any], what: str) -> None:
+        """Run ``work`` in the background (event publishing), logging failures."""
+
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                log.warning("%s failed", what, exc_info=True)
+
+        task = asyncio.ensure_future(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- reads --------------------------------------------------------------------
+
+    async def get(self, tenant: str, namespace: str, key: str, store_id: str = "") -> Record:
+        check_namespace(namespace)
+        check_key(key)
+        record = await self.store(store_id).get(tenant, namespace, key)
+        if record is None or not record.visible(self._now()):
+            raise NotFound(
+                f"no memory {namespace}/{key}",
+                reason="MEMORY_NOT_FOUND",
+                metadata={"namespace": namespace, "key": key},
+            )
+        return record
+
+    async def list_records(
+        self,
+        tenant: str,
+        prefix: str,
+        *,
+        size: int = 0,
+        token: str = "",
+        store_id: str = "",
+        include_deleted: bool = False,
+    ) -> tuple[list[Record], str]:
+        return await self._scan(
+            tenant,
+            prefix,
+            size,
+            token,
+            store_id=store_id,
+            keep=lambda r: include_deleted or r.visible(self._now()),
+        )
+
+    async def search(
+        self,
+        tenant: str,
+        prefix: str,
+        *,
+        tags: Sequence[str] = (),
+        metadata: Mapping[str, str] | None = None,
+        text: str = "",
+        size: int = 0,
+        token: str = "",
+        store_id: str = "",
+    ) -> tuple[list[Record], str]:
+        wanted_tags = set(tags)
+        wanted_meta = dict(metadata or {})
+        needle = text.lower()
+
+        def match(r: Record) -> bool:
+            if not r.visible(self._now()):
+                return False
+            if wanted_tags and not wanted_tags.issubset(r.tags):
+                return False
+            if any(r.metadata.get(k) != v for k, v in wanted_meta.items()):
+                return False
+            if needle:
+                return needle in r.key.lower() or needle in (r.value_json or "").lower()
+            return True
+
+        return await self._scan(tenant, prefix, size, token, store_id=store_id, keep=match)
+
+    async def _scan(
+        self,
+        tenant: str,
+        prefix: str,
+        size: int,
+        token: str,
+        *,
+        store_id: str,
+        keep: Callable[[Record], bool],
+    ) -> tuple[list[Record], str]:
+        check_namespace(prefix, "namespace_prefix", prefix=True)
+        limit = page_size(size)
+        store = self.store(store_id)
+        after = _position(token)
+        out: list[Record] = []
+        scanned = 0
+        while True:
+            page = await store.scan(tenant, prefix, after, max(limit, SCAN_PAGE))
+            for record in page:
+                after = record.ident
+                scanned += 1
+                if keep(record):
+                    out.append(record)
+                    if len(out) == limit:
+                        return out, encode(list(after))
+            if len(page) < max(limit, SCAN_PAGE):
+                return out, ""
+            if scanned >= SEARCH_SCAN_LIMIT:
+                return out, encode(list(after)) if after else ""
+
+    async def history(
+        self, tenant: str, namespace: str, key: str, *, size: int = 0, store_id: str = ""
+    ) -> list[Record]:
+        check_namespace(namespace)
+        check_key(key)
+        limit = page_size(size)
+        store = self.store(store_id)
+        current = await store.get(tenant, namespace, key)
+        if current is None:
+            raise NotFound(
+                f"no memory {namespace}/{key}",
+                reason="MEMORY_NOT_FOUND",
+                metadata={"namespace": namespace, "key": key},
+            )
+        older = await store.history(tenant, namespace, key, limit - 1) if limit > 1 else []
+        return [current, *older]
+
+    async def watch(
+        self, tenant: str, prefix: str, from_seq: int, store_id: str = ""
+    ) -> AsyncIterator[Record]:
+        """The change feed after ``from_seq``, forever (polls every second for
+        writes by other processes; wakes at once on this process's writes)."""
+        check_namespace(prefix, "namespace_prefix", prefix=True)
+        if from_seq < 0:
+            raise InvalidArgument(
+                "invalid from_sequence", [FieldViolation("from_sequence", "must be >= 0")]
+            )
+        state = self._state(store_id)
+        cursor = from_seq
+        while True:
+            changed = state.changed
+            page, last = await state.store.changes(tenant, cursor, SCAN_PAGE, prefix)
+            for record in page:
+                yield record
+            moved, cursor = last != cursor, last
+            if not moved:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), 1.0)
+
+
+def _position(token: str) -> tuple[str, str] | None:
+    value = decode(token)
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+        raise bad_token()
+    return value[0], value[1]
+
+
+class AgentMemory:
+    """The :class:`MemoryPort` the ``memory`` agent uses, over the primary store."""
+
+    def __init__(self, service: MemoryService) -> None:
+        self._service = service
+
+    async def put(self, tenant: str, namespace: str, key: str, value: Any) -> dict[str, Any]:
+        op = self._service.op(namespace, key, value)
+        return (await self._service.put(tenant, op)).to_dict()
+
+    async def get(self, tenant: str, namespace: str, key: str) -> dict[str, Any] | None:
+        try:
+            return (await self._service.get(tenant, namespace, key)).to_dict()
+        except NotFound:
+            return None
+
+    async def search(
+        self, tenant: str, namespace: str, text: str, limit: int
+    ) -> list[dict[str, Any]]:
+        records, _ = await self._service.search(tenant, namespace, text=text, size=limit)
+        return [r.to_dict() for r in records if in_prefix(r.namespace, namespace)]
+
+
+__all__ = ["AgentMemory", "MemoryService", "dumps"]

@@ -1,0 +1,243 @@
+"""datamcp.v1.MemorySyncService: translate, delegate to core.memory, translate back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from grpc import aio
+
+from datamcp.core.context import current_principal
+from datamcp.core.errors import FieldViolation, InvalidArgument
+from datamcp.core.memory.model import Record
+from datamcp.core.memory.system import MemorySystem
+from datamcp.entrypoints.grpc.memory_convert import (
+    conflict_status,
+    conflict_to_proto,
+    record_to_proto,
+    run_to_proto,
+    sync_request,
+    ttl_seconds,
+)
+from datamcp.entrypoints.grpc.values import from_value
+from datamcp.v1 import memory_pb2 as pb
+from datamcp.v1 import memory_pb2_grpc
+
+
+def _tenant() -> str:
+    return current_principal.get().tenant
+
+
+def _value(message: Any, field: str = "value") -> Any:
+    if not message.HasField("value"):
+        raise InvalidArgument(
+            "a value is required", [FieldViolation(field, "set a JSON value (null is allowed)")]
+        )
+    return from_value(message.value)
+
+
+class MemorySyncService(memory_pb2_grpc.MemorySyncServiceServicer):
+    def __init__(self, memory: MemorySystem) -> None:
+        self._memory = memory
+        self._service = memory.service
+        self._sync = memory.sync
+
+    def _out(self, record: Record, store: str) -> pb.MemoryRecord:
+        return record_to_proto(record, store or self._service.primary_id)
+
+    async def Put(self, request: pb.PutRequest, context: aio.ServicerContext) -> pb.PutResponse:
+        op = self._service.op(
+            request.namespace,
+            request.key,
+            _value(request),
+            tags=list(request.tags),
+            metadata=dict(request.metadata),
+            ttl=ttl_seconds(request),
+            expected_version=request.expected_version,
+        )
+        record = await self._service.put(_tenant(), op, request.store)
+        return pb.PutResponse(record=self._out(record, request.store))
+
+    async def Get(self, request: pb.GetRequest, context: aio.ServicerContext) -> pb.GetResponse:
+        record = await self._service.get(_tenant(), request.namespace, request.key, request.store)
+        return pb.GetResponse(record=self._out(record, request.store))
+
+    async def Delete(
+        self, request: pb.DeleteRequest, context: aio.ServicerContext
+    ) -> pb.DeleteResponse:
+        op = self._service.op(
+            request.namespace,
+            request.key,
+            None,
+            delete=True,
+            expected_version=request.expected_version,
+        )
+        record = await self._service.put(_tenant(), op, request.store)
+        return pb.DeleteResponse(record=self._out(record, request.store))
+
+    async def List(self, request: pb.ListRequest, context: aio.ServicerContext) -> pb.ListResponse:
+        records, token = await self._service.list_records(
+            _tenant(),
+            request.namespace_prefix,
+            size=request.page_size,
+            token=request.page_token,
+            store_id=request.store,
+            include_deleted=request.include_deleted,
+        )
+        return pb.ListResponse(
+            records=[self._out(r, request.store) for r in records], next_page_token=token
+        )
+
+    async def Search(
+        self, request: pb.SearchRequest, context: aio.ServicerContext
+    ) -> pb.SearchResponse:
+        records, token = await self._service.search(
+            _tenant(),
+            request.namespace_prefix,
+            tags=list(request.tags),
+            metadata=dict(request.metadata),
+            text=request.text,
+            size=request.page_size,
+            token=request.page_token,
+            store_id=request.store,
+        )
+        return pb.SearchResponse(
+            records=[self._out(r, request.store) for r in records], next_page_token=token
+        )
+
+    async def BatchPut(
+        self, request: pb.BatchPutRequest, context: aio.ServicerContext
+    ) -> pb.BatchPutResponse:
+        if not request.entries:
+            raise InvalidArgument("no entries", [FieldViolation("entries", "at least one entry")])
+        ops = []
+        violations: list[FieldViolation] = []
+        for i, e in enumerate(request.entries):
+            prefix = f"entries[{i}]."
+            try:
+                ops.append(
+                    self._service.op(
+                        e.namespace,
+                        e.key,
+                        _value(e, f"{prefix}value"),
+                        tags=list(e.tags),
+                        metadata=dict(e.metadata),
+                        ttl=ttl_seconds(e),
+                        expected_version=e.expected_version,
+                        field_prefix=prefix,
+                    )
+                )
+            except InvalidArgument as exc:
+                violations.extend(exc.violations)
+        if violations:
+            raise InvalidArgument("invalid entries", violations, reason="INVALID_MEMORY_WRITE")
+        records = await self._service.write(_tenant(), ops, request.store)
+        return pb.BatchPutResponse(records=[self._out(r, request.store) for r in records])
+
+    async def GetHistory(
+        self, request: pb.GetHistoryRequest, context: aio.ServicerContext
+    ) -> pb.GetHistoryResponse:
+        versions = await self._service.history(
+            _tenant(),
+            request.namespace,
+            request.key,
+            size=request.page_size,
+            store_id=request.store,
+        )
+        return pb.GetHistoryResponse(versions=[self._out(v, request.store) for v in versions])
+
+    async def WatchChanges(
+        self, request: pb.WatchChangesRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchChangesResponse]:
+        store = self._service.store(request.store).id
+        async for record in self._service.watch(
+            _tenant(), request.namespace_prefix, request.from_sequence, request.store
+        ):
+            yield pb.WatchChangesResponse(record=record_to_proto(record, store))
+
+    async def ListStores(
+        self, request: pb.ListStoresRequest, context: aio.ServicerContext
+    ) -> pb.ListStoresResponse:
+        tenant = _tenant()
+        stores = self._service.stores
+        primary = self._service.store()
+
+        async def describe(store: Any) -> pb.MemoryStore:
+            out = pb.MemoryStore(id=store.id, url=store.url, primary=store.id == primary.id)
+            try:
+                out.last_sequence, out.records = await store.stats(tenant)
+                peers = [s for s in stores if s.id != store.id]
+                if store.id != primary.id:
+                    rep = f"{tenant}||{primary.id}->{store.id}"
+                    out.lag = await primary.pending(tenant, await primary.checkpoint(rep))
+                elif peers:
+                    lags = [
+                        await store.pending(
+                            tenant, await store.checkpoint(f"{tenant}||{store.id}->{p.id}")
+                        )
+                        for p in peers
+                    ]
+                    out.lag = max(lags)
+                out.healthy = True
+            except Exception as exc:
+                out.healthy, out.error = False, f"{type(exc).__name__}: {exc}"[:500]
+            return out
+
+        described = await asyncio.gather(*(describe(s) for s in stores))
+        return pb.ListStoresResponse(stores=list(described))
+
+    async def Synchronize(
+        self, request: pb.SynchronizeRequest, context: aio.ServicerContext
+    ) -> pb.SynchronizeResponse:
+        run = await self._sync.synchronize(
+            _tenant(), sync_request(request), wait=not request.background
+        )
+        return pb.SynchronizeResponse(run=run_to_proto(run))
+
+    async def WatchSyncRun(
+        self, request: pb.WatchSyncRunRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchSyncRunResponse]:
+        async for run in self._sync.watch(_tenant(), request.sync_id):
+            yield pb.WatchSyncRunResponse(run=run_to_proto(run))
+
+    async def GetSyncRun(
+        self, request: pb.GetSyncRunRequest, context: aio.ServicerContext
+    ) -> pb.GetSyncRunResponse:
+        run = await self._sync.get_run(_tenant(), request.sync_id)
+        return pb.GetSyncRunResponse(run=run_to_proto(run))
+
+    async def ListSyncRuns(
+        self, request: pb.ListSyncRunsRequest, context: aio.ServicerContext
+    ) -> pb.ListSyncRunsResponse:
+        runs, token = await self._sync.list_runs(_tenant(), request.page_size, request.page_token)
+        return pb.ListSyncRunsResponse(runs=[run_to_proto(r) for r in runs], next_page_token=token)
+
+    async def ListConflicts(
+        self, request: pb.ListConflictsRequest, context: aio.ServicerContext
+    ) -> pb.ListConflictsResponse:
+        conflicts, token = await self._sync.list_conflicts(
+            _tenant(),
+            conflict_status(request.status),
+            request.namespace_prefix,
+            request.page_size,
+            request.page_token,
+        )
+        return pb.ListConflictsResponse(
+            conflicts=[conflict_to_proto(c) for c in conflicts], next_page_token=token
+        )
+
+    async def ResolveConflict(
+        self, request: pb.ResolveConflictRequest, context: aio.ServicerContext
+    ) -> pb.ResolveConflictResponse:
+        value_json = None
+        if request.HasField("value"):
+            value_json = json.dumps(from_value(request.value), separators=(",", ":"))
+        conflict, record = await self._sync.resolve(
+            _tenant(), request.conflict_id, version=request.version, value_json=value_json
+        )
+        return pb.ResolveConflictResponse(
+            conflict=conflict_to_proto(conflict),
+            record=record_to_proto(record, self._service.primary_id),
+        )
