@@ -3,8 +3,14 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -16,35 +22,1676 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _WriteMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WriteModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WriteMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WRITE_MODE_UNSPECIFIED: _WriteMode.ValueType  # 0
+    """WRITE_MODE_UNSPECIFIED is append."""
+    WRITE_MODE_APPEND: _WriteMode.ValueType  # 1
+    """WRITE_MODE_APPEND inserts the rows."""
+    WRITE_MODE_REPLACE: _WriteMode.ValueType  # 2
+    """WRITE_MODE_REPLACE builds a staging table and swaps it in atomically."""
+    WRITE_MODE_MERGE: _WriteMode.ValueType  # 3
+    """WRITE_MODE_MERGE upserts on the key columns."""
+
+class WriteMode(_WriteMode, metaclass=_WriteModeEnumTypeWrapper):
+    """WriteMode says how a table destination is written."""
+
+WRITE_MODE_UNSPECIFIED: WriteMode.ValueType  # 0
+"""WRITE_MODE_UNSPECIFIED is append."""
+WRITE_MODE_APPEND: WriteMode.ValueType  # 1
+"""WRITE_MODE_APPEND inserts the rows."""
+WRITE_MODE_REPLACE: WriteMode.ValueType  # 2
+"""WRITE_MODE_REPLACE builds a staging table and swaps it in atomically."""
+WRITE_MODE_MERGE: WriteMode.ValueType  # 3
+"""WRITE_MODE_MERGE upserts on the key columns."""
+Global___WriteMode: _TypeAlias = WriteMode  # noqa: Y015
+
+class _SchemaContract:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SchemaContractEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SchemaContract.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCHEMA_CONTRACT_UNSPECIFIED: _SchemaContract.ValueType  # 0
+    """SCHEMA_CONTRACT_UNSPECIFIED is evolve."""
+    SCHEMA_CONTRACT_EVOLVE: _SchemaContract.ValueType  # 1
+    """SCHEMA_CONTRACT_EVOLVE adds the new columns to the table."""
+    SCHEMA_CONTRACT_FREEZE: _SchemaContract.ValueType  # 2
+    """SCHEMA_CONTRACT_FREEZE fails the run."""
+
+class SchemaContract(_SchemaContract, metaclass=_SchemaContractEnumTypeWrapper):
+    """SchemaContract says what happens when rows have columns the table lacks."""
+
+SCHEMA_CONTRACT_UNSPECIFIED: SchemaContract.ValueType  # 0
+"""SCHEMA_CONTRACT_UNSPECIFIED is evolve."""
+SCHEMA_CONTRACT_EVOLVE: SchemaContract.ValueType  # 1
+"""SCHEMA_CONTRACT_EVOLVE adds the new columns to the table."""
+SCHEMA_CONTRACT_FREEZE: SchemaContract.ValueType  # 2
+"""SCHEMA_CONTRACT_FREEZE fails the run."""
+Global___SchemaContract: _TypeAlias = SchemaContract  # noqa: Y015
+
+class _RunState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_STATE_UNSPECIFIED: _RunState.ValueType  # 0
+    """RUN_STATE_UNSPECIFIED is never sent."""
+    RUN_STATE_PENDING: _RunState.ValueType  # 1
+    """RUN_STATE_PENDING is stored, not started."""
+    RUN_STATE_RUNNING: _RunState.ValueType  # 2
+    """RUN_STATE_RUNNING moves rows."""
+    RUN_STATE_SUCCEEDED: _RunState.ValueType  # 3
+    """RUN_STATE_SUCCEEDED finished; the destination holds the rows."""
+    RUN_STATE_FAILED: _RunState.ValueType  # 4
+    """RUN_STATE_FAILED finished with an error; the destination was not changed."""
+    RUN_STATE_CANCELLED: _RunState.ValueType  # 5
+    """RUN_STATE_CANCELLED was cancelled; the destination was not changed."""
+
+class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper):
+    """---- runs -------------------------------------------------------------------
+
+    RunState is where a run is in its lifecycle.
+    """
+
+RUN_STATE_UNSPECIFIED: RunState.ValueType  # 0
+"""RUN_STATE_UNSPECIFIED is never sent."""
+RUN_STATE_PENDING: RunState.ValueType  # 1
+"""RUN_STATE_PENDING is stored, not started."""
+RUN_STATE_RUNNING: RunState.ValueType  # 2
+"""RUN_STATE_RUNNING moves rows."""
+RUN_STATE_SUCCEEDED: RunState.ValueType  # 3
+"""RUN_STATE_SUCCEEDED finished; the destination holds the rows."""
+RUN_STATE_FAILED: RunState.ValueType  # 4
+"""RUN_STATE_FAILED finished with an error; the destination was not changed."""
+RUN_STATE_CANCELLED: RunState.ValueType  # 5
+"""RUN_STATE_CANCELLED was cancelled; the destination was not changed."""
+Global___RunState: _TypeAlias = RunState  # noqa: Y015
+
 @_typing.final
-class CreatePipelineRequest(_message.Message):
-    """CreatePipelineRequest (skeleton)."""
+class PipelineSpec(_message.Message):
+    """---- pipeline spec ---------------------------------------------------------
+
+    PipelineSpec declares what a pipeline does. The same spec can be written in
+    YAML or JSON (see docs/pipelines.md) and given as spec_text.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TRANSFORMS_FIELD_NUMBER: _builtins.int
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    TRIGGERS_FIELD_NUMBER: _builtins.int
+    INCREMENTAL_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    MAX_REJECTS_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    schedule: _builtins.str
+    """schedule is a cron expression (5 fields, UTC); empty = no schedule."""
+    batch_size: _builtins.int
+    """batch_size rows per batch; the server default when 0."""
+    max_rejects: _builtins.int
+    """max_rejects fails the run when more rows are rejected (0 = no limit)."""
+    @_builtins.property
+    def source(self) -> Global___Source:
+        """source the rows come from."""
+
+    @_builtins.property
+    def transforms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Transform]:
+        """transforms applied in order."""
+
+    @_builtins.property
+    def destination(self) -> Global___Destination:
+        """destination the rows go to."""
+
+    @_builtins.property
+    def triggers(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventTrigger]:
+        """triggers run the pipeline when matching events are published."""
+
+    @_builtins.property
+    def incremental(self) -> Global___Incremental:
+        """incremental makes each run read only rows past the stored cursor."""
+
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """timeout of one run; the server default (pipelines.run_timeout) when unset."""
+
+    @_builtins.property
+    def params(self) -> _struct_pb2.Struct:
+        """params are default values for parameters referenced as :name in SQL
+        queries and $name in expressions; RunPipeline params override them.
+        """
+
     def __init__(
         self,
+        *,
+        source: Global___Source | None = ...,
+        transforms: _abc.Iterable[Global___Transform] | None = ...,
+        destination: Global___Destination | None = ...,
+        schedule: _builtins.str = ...,
+        triggers: _abc.Iterable[Global___EventTrigger] | None = ...,
+        incremental: Global___Incremental | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        batch_size: _builtins.int = ...,
+        max_rejects: _builtins.int = ...,
+        params: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "incremental", b"incremental", "params", b"params", "source", b"source", "timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "destination", b"destination", "incremental", b"incremental", "max_rejects", b"max_rejects", "params", b"params", "schedule", b"schedule", "source", b"source", "timeout", b"timeout", "transforms", b"transforms", "triggers", b"triggers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PipelineSpec: _TypeAlias = PipelineSpec  # noqa: Y015
+
+@_typing.final
+class Source(_message.Message):
+    """Source is where rows come from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CSV_FIELD_NUMBER: _builtins.int
+    JSONL_FIELD_NUMBER: _builtins.int
+    SQL_FIELD_NUMBER: _builtins.int
+    HTTP_FIELD_NUMBER: _builtins.int
+    S3_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def csv(self) -> Global___FileSource:
+        """csv file under a configured data root."""
+
+    @_builtins.property
+    def jsonl(self) -> Global___FileSource:
+        """jsonl (JSON Lines) file under a configured data root."""
+
+    @_builtins.property
+    def sql(self) -> Global___SqlSource:
+        """sql query on a configured connection."""
+
+    @_builtins.property
+    def http(self) -> Global___HttpSource:
+        """http JSON API configured in pipelines.http_apis."""
+
+    @_builtins.property
+    def s3(self) -> Global___S3Source:
+        """s3 object (CSV or JSON Lines)."""
+
+    @_builtins.property
+    def events(self) -> Global___EventSource:
+        """events replayed from the event bus."""
+
+    def __init__(
+        self,
+        *,
+        csv: Global___FileSource | None = ...,
+        jsonl: Global___FileSource | None = ...,
+        sql: Global___SqlSource | None = ...,
+        http: Global___HttpSource | None = ...,
+        s3: Global___S3Source | None = ...,
+        events: Global___EventSource | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["csv", b"csv", "events", b"events", "http", b"http", "jsonl", b"jsonl", "kind", b"kind", "s3", b"s3", "sql", b"sql"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csv", b"csv", "events", b"events", "http", b"http", "jsonl", b"jsonl", "kind", b"kind", "s3", b"s3", "sql", b"sql"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["csv", "jsonl", "sql", "http", "s3", "events"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___Source: _TypeAlias = Source  # noqa: Y015
+
+@_typing.final
+class FileSource(_message.Message):
+    """FileSource reads a CSV or JSON Lines file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    DELIMITER_FIELD_NUMBER: _builtins.int
+    NO_HEADER_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """path relative to (or inside) one of pipelines.data_roots."""
+    delimiter: _builtins.str
+    """delimiter of a CSV file (default ",")."""
+    no_header: _builtins.bool
+    """no_header: the CSV file has no header line; columns must be given."""
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """columns to read (CSV without header: their names; JSON Lines: the keys)."""
+
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        delimiter: _builtins.str = ...,
+        no_header: _builtins.bool = ...,
+        columns: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "delimiter", b"delimiter", "no_header", b"no_header", "path", b"path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileSource: _TypeAlias = FileSource  # noqa: Y015
+
+@_typing.final
+class SqlSource(_message.Message):
+    """SqlSource runs one query with bound parameters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTION_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    connection: _builtins.str
+    """connection name from pipelines.sql_connections."""
+    query: _builtins.str
+    """query (SELECT or WITH) with :name parameters."""
+    @_builtins.property
+    def params(self) -> _struct_pb2.Struct:
+        """params bound to the query (merged over the run params)."""
+
+    def __init__(
+        self,
+        *,
+        connection: _builtins.str = ...,
+        query: _builtins.str = ...,
+        params: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "params", b"params", "query", b"query"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SqlSource: _TypeAlias = SqlSource  # noqa: Y015
+
+@_typing.final
+class Pagination(_message.Message):
+    """Pagination says how an HTTP source walks pages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    PARAM_FIELD_NUMBER: _builtins.int
+    SIZE_PARAM_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    CURSOR_PATH_FIELD_NUMBER: _builtins.int
+    MAX_PAGES_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """type: "none" (default), "page", "offset" or "cursor"."""
+    param: _builtins.str
+    """param is the query parameter carrying the page number, offset or cursor."""
+    size_param: _builtins.str
+    """size_param is the query parameter carrying the page size."""
+    page_size: _builtins.int
+    """page_size asked for (default 100)."""
+    start: _builtins.int
+    """start is the first page number or offset (default 1 for page, 0 for offset)."""
+    cursor_path: _builtins.str
+    """cursor_path is the dotted path of the next cursor in the response (cursor type)."""
+    max_pages: _builtins.int
+    """max_pages bounds how many pages one run reads (default 10000)."""
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        param: _builtins.str = ...,
+        size_param: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        start: _builtins.int = ...,
+        cursor_path: _builtins.str = ...,
+        max_pages: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor_path", b"cursor_path", "max_pages", b"max_pages", "page_size", b"page_size", "param", b"param", "size_param", b"size_param", "start", b"start", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Pagination: _TypeAlias = Pagination  # noqa: Y015
+
+@_typing.final
+class HttpSource(_message.Message):
+    """HttpSource reads a JSON API configured in pipelines.http_apis."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class QueryEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    API_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    PAGINATION_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    api: _builtins.str
+    """api name from pipelines.http_apis."""
+    path: _builtins.str
+    """path under the API's base URL."""
+    records: _builtins.str
+    """records is the dotted path of the array of records in the response
+    (empty = the response is the array).
+    """
+    @_builtins.property
+    def query(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """query parameters sent with every page."""
+
+    @_builtins.property
+    def pagination(self) -> Global___Pagination:
+        """pagination of the API."""
+
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """columns to read (default: the keys of the first page's records)."""
+
+    def __init__(
+        self,
+        *,
+        api: _builtins.str = ...,
+        path: _builtins.str = ...,
+        query: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        records: _builtins.str = ...,
+        pagination: Global___Pagination | None = ...,
+        columns: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pagination", b"pagination"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "columns", b"columns", "pagination", b"pagination", "path", b"path", "query", b"query", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HttpSource: _TypeAlias = HttpSource  # noqa: Y015
+
+@_typing.final
+class S3Source(_message.Message):
+    """S3Source reads one object."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKET_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    DELIMITER_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    bucket: _builtins.str
+    """bucket name."""
+    key: _builtins.str
+    """key of the object."""
+    format: _builtins.str
+    """format: "csv" or "jsonl" (default from the key's extension)."""
+    delimiter: _builtins.str
+    """delimiter of a CSV object (default ",")."""
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """columns to read (see FileSource.columns)."""
+
+    def __init__(
+        self,
+        *,
+        bucket: _builtins.str = ...,
+        key: _builtins.str = ...,
+        format: _builtins.str = ...,
+        delimiter: _builtins.str = ...,
+        columns: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "columns", b"columns", "delimiter", b"delimiter", "format", b"format", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___S3Source: _TypeAlias = S3Source  # noqa: Y015
+
+@_typing.final
+class EventSource(_message.Message):
+    """EventSource replays the tenant's stored events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPES_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """source to match exactly (empty = all)."""
+    subject: _builtins.str
+    """subject to match exactly (empty = all)."""
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """types to include, exact or "prefix.*" (empty = all)."""
+
+    def __init__(
+        self,
+        *,
+        types: _abc.Iterable[_builtins.str] | None = ...,
+        source: _builtins.str = ...,
+        subject: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "subject", b"subject", "types", b"types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventSource: _TypeAlias = EventSource  # noqa: Y015
+
+@_typing.final
+class Transform(_message.Message):
+    """Transform is one step applied to every batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    SELECT_FIELD_NUMBER: _builtins.int
+    RENAME_FIELD_NUMBER: _builtins.int
+    DROP_FIELD_NUMBER: _builtins.int
+    CAST_FIELD_NUMBER: _builtins.int
+    DERIVE_FIELD_NUMBER: _builtins.int
+    VALIDATE_FIELD_NUMBER: _builtins.int
+    DEDUPE_FIELD_NUMBER: _builtins.int
+    AGGREGATE_FIELD_NUMBER: _builtins.int
+    SORT_FIELD_NUMBER: _builtins.int
+    LOOKUP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def filter(self) -> Global___FilterTransform:
+        """filter keeps rows for which the expression is true."""
+
+    @_builtins.property
+    def select(self) -> Global___ColumnList:
+        """select keeps only these columns, in this order."""
+
+    @_builtins.property
+    def rename(self) -> Global___RenameTransform:
+        """rename columns."""
+
+    @_builtins.property
+    def drop(self) -> Global___ColumnList:
+        """drop these columns."""
+
+    @_builtins.property
+    def cast(self) -> Global___CastTransform:
+        """cast columns to types; failures are rejected with a reason."""
+
+    @_builtins.property
+    def derive(self) -> Global___DeriveTransform:
+        """derive a column from an expression."""
+
+    @_builtins.property
+    def validate(self) -> Global___ValidateTransform:
+        """validate rows; failures are rejected with a reason."""
+
+    @_builtins.property
+    def dedupe(self) -> Global___DedupeTransform:
+        """dedupe rows by key columns (first wins)."""
+
+    @_builtins.property
+    def aggregate(self) -> Global___AggregateTransform:
+        """aggregate rows by group."""
+
+    @_builtins.property
+    def sort(self) -> Global___SortTransform:
+        """sort all rows (spills to disk past a bound)."""
+
+    @_builtins.property
+    def lookup(self) -> Global___LookupTransform:
+        """lookup joins columns from a second source."""
+
+    def __init__(
+        self,
+        *,
+        filter: Global___FilterTransform | None = ...,
+        select: Global___ColumnList | None = ...,
+        rename: Global___RenameTransform | None = ...,
+        drop: Global___ColumnList | None = ...,
+        cast: Global___CastTransform | None = ...,
+        derive: Global___DeriveTransform | None = ...,
+        validate: Global___ValidateTransform | None = ...,
+        dedupe: Global___DedupeTransform | None = ...,
+        aggregate: Global___AggregateTransform | None = ...,
+        sort: Global___SortTransform | None = ...,
+        lookup: Global___LookupTransform | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["aggregate", b"aggregate", "cast", b"cast", "dedupe", b"dedupe", "derive", b"derive", "drop", b"drop", "filter", b"filter", "kind", b"kind", "lookup", b"lookup", "rename", b"rename", "select", b"select", "sort", b"sort", "validate", b"validate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate", b"aggregate", "cast", b"cast", "dedupe", b"dedupe", "derive", b"derive", "drop", b"drop", "filter", b"filter", "kind", b"kind", "lookup", b"lookup", "rename", b"rename", "select", b"select", "sort", b"sort", "validate", b"validate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["filter", "select", "rename", "drop", "cast", "derive", "validate", "dedupe", "aggregate", "sort", "lookup"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___Transform: _TypeAlias = Transform  # noqa: Y015
+
+@_typing.final
+class FilterTransform(_message.Message):
+    """FilterTransform keeps the rows an expression accepts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPR_FIELD_NUMBER: _builtins.int
+    expr: _builtins.str
+    """expr in the pipeline expression language, for example "amount > 10 and status == 'paid'"."""
+    def __init__(
+        self,
+        *,
+        expr: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expr", b"expr"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FilterTransform: _TypeAlias = FilterTransform  # noqa: Y015
+
+@_typing.final
+class ColumnList(_message.Message):
+    """ColumnList names columns."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """columns by name."""
+
+    def __init__(
+        self,
+        *,
+        columns: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ColumnList: _TypeAlias = ColumnList  # noqa: Y015
+
+@_typing.final
+class RenameTransform(_message.Message):
+    """RenameTransform renames columns."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ColumnsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def columns(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """columns maps old name to new name."""
+
+    def __init__(
+        self,
+        *,
+        columns: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenameTransform: _TypeAlias = RenameTransform  # noqa: Y015
+
+@_typing.final
+class CastTransform(_message.Message):
+    """CastTransform converts column values."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ColumnsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def columns(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """columns maps a column to "string", "integer", "float", "boolean",
+        "timestamp" or "json".
+        """
+
+    def __init__(
+        self,
+        *,
+        columns: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CastTransform: _TypeAlias = CastTransform  # noqa: Y015
+
+@_typing.final
+class DeriveTransform(_message.Message):
+    """DeriveTransform adds (or replaces) a column."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLUMN_FIELD_NUMBER: _builtins.int
+    EXPR_FIELD_NUMBER: _builtins.int
+    column: _builtins.str
+    """column to write."""
+    expr: _builtins.str
+    """expr computing it."""
+    def __init__(
+        self,
+        *,
+        column: _builtins.str = ...,
+        expr: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "expr", b"expr"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeriveTransform: _TypeAlias = DeriveTransform  # noqa: Y015
+
+@_typing.final
+class Range(_message.Message):
+    """Range bounds a numeric column (inclusive)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    min: _builtins.float
+    """min allowed value."""
+    max: _builtins.float
+    """max allowed value."""
+    def __init__(
+        self,
+        *,
+        min: _builtins.float | None = ...,
+        max: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max", b"_max", "_min", b"_min", "max", b"max", "min", b"min"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max", b"_max", "_min", b"_min", "max", b"max", "min", b"min"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max: _TypeAlias = _typing.Literal["max"]  # noqa: Y015
+    _WhichOneofArgType__max: _TypeAlias = _typing.Literal["_max", b"_max"]  # noqa: Y015
+    _WhichOneofReturnType__min: _TypeAlias = _typing.Literal["min"]  # noqa: Y015
+    _WhichOneofArgType__min: _TypeAlias = _typing.Literal["_min", b"_min"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max) -> _WhichOneofReturnType__max | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min) -> _WhichOneofReturnType__min | None: ...
+
+Global___Range: _TypeAlias = Range  # noqa: Y015
+
+@_typing.final
+class ValidateTransform(_message.Message):
+    """ValidateTransform rejects rows that break a rule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RangeEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Range: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Range | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class RegexEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class InListEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _struct_pb2.ListValue: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _struct_pb2.ListValue | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class SchemaEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NOT_NULL_FIELD_NUMBER: _builtins.int
+    UNIQUE_FIELD_NUMBER: _builtins.int
+    RANGE_FIELD_NUMBER: _builtins.int
+    REGEX_FIELD_NUMBER: _builtins.int
+    IN_LIST_FIELD_NUMBER: _builtins.int
+    SCHEMA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def not_null(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """not_null columns."""
+
+    @_builtins.property
+    def unique(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """unique columns (each on its own) over the run."""
+
+    @_builtins.property
+    def range(self) -> _containers.MessageMap[_builtins.str, Global___Range]:
+        """range of numeric columns."""
+
+    @_builtins.property
+    def regex(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """regex every non-null value must fully match."""
+
+    @_builtins.property
+    def in_list(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.ListValue]:
+        """in_list: allowed values per column."""
+
+    @_builtins.property
+    def schema(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """schema: columns that must exist, with the type their values must have."""
+
+    def __init__(
+        self,
+        *,
+        not_null: _abc.Iterable[_builtins.str] | None = ...,
+        unique: _abc.Iterable[_builtins.str] | None = ...,
+        range: _abc.Mapping[_builtins.str, Global___Range] | None = ...,
+        regex: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        in_list: _abc.Mapping[_builtins.str, _struct_pb2.ListValue] | None = ...,
+        schema: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["in_list", b"in_list", "not_null", b"not_null", "range", b"range", "regex", b"regex", "schema", b"schema", "unique", b"unique"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidateTransform: _TypeAlias = ValidateTransform  # noqa: Y015
+
+@_typing.final
+class DedupeTransform(_message.Message):
+    """DedupeTransform drops rows whose keys were seen before in the run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """keys identifying a row (all columns when empty)."""
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DedupeTransform: _TypeAlias = DedupeTransform  # noqa: Y015
+
+@_typing.final
+class Aggregation(_message.Message):
+    """Aggregation is one output column of an aggregate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    OP_FIELD_NUMBER: _builtins.int
+    COLUMN_FIELD_NUMBER: _builtins.int
+    output: _builtins.str
+    """output column name."""
+    op: _builtins.str
+    """op: "count", "sum", "avg", "min" or "max"."""
+    column: _builtins.str
+    """column aggregated (empty for count = count rows)."""
+    def __init__(
+        self,
+        *,
+        output: _builtins.str = ...,
+        op: _builtins.str = ...,
+        column: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "op", b"op", "output", b"output"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Aggregation: _TypeAlias = Aggregation  # noqa: Y015
+
+@_typing.final
+class AggregateTransform(_message.Message):
+    """AggregateTransform groups rows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    AGGREGATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def group_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """group_by columns."""
+
+    @_builtins.property
+    def aggregations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Aggregation]:
+        """aggregations computed per group."""
+
+    def __init__(
+        self,
+        *,
+        group_by: _abc.Iterable[_builtins.str] | None = ...,
+        aggregations: _abc.Iterable[Global___Aggregation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregations", b"aggregations", "group_by", b"group_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AggregateTransform: _TypeAlias = AggregateTransform  # noqa: Y015
+
+@_typing.final
+class SortKey(_message.Message):
+    """SortKey is one sort column."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLUMN_FIELD_NUMBER: _builtins.int
+    DESCENDING_FIELD_NUMBER: _builtins.int
+    column: _builtins.str
+    """column to sort by."""
+    descending: _builtins.bool
+    """descending order when true."""
+    def __init__(
+        self,
+        *,
+        column: _builtins.str = ...,
+        descending: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "descending", b"descending"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SortKey: _TypeAlias = SortKey  # noqa: Y015
+
+@_typing.final
+class SortTransform(_message.Message):
+    """SortTransform orders all rows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___SortKey]:
+        """keys in priority order."""
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___SortKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SortTransform: _TypeAlias = SortTransform  # noqa: Y015
+
+@_typing.final
+class LookupTransform(_message.Message):
+    """LookupTransform joins columns of a second source by key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class OnEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    ON_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    HOW_FIELD_NUMBER: _builtins.int
+    how: _builtins.str
+    """how: "left" (default; unmatched rows get nulls) or "inner" (unmatched
+    rows are dropped).
+    """
+    @_builtins.property
+    def source(self) -> Global___Source:
+        """source of the lookup rows (read fully once per run)."""
+
+    @_builtins.property
+    def on(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """on maps a column of the rows to a column of the lookup rows."""
+
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """columns of the lookup rows to add (default: all but the keys)."""
+
+    def __init__(
+        self,
+        *,
+        source: Global___Source | None = ...,
+        on: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        columns: _abc.Iterable[_builtins.str] | None = ...,
+        how: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "how", b"how", "on", b"on", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupTransform: _TypeAlias = LookupTransform  # noqa: Y015
+
+@_typing.final
+class TableDestination(_message.Message):
+    """TableDestination writes an SQL table."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTION_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    CONTRACT_FIELD_NUMBER: _builtins.int
+    connection: _builtins.str
+    """connection name from pipelines.sql_connections."""
+    table: _builtins.str
+    """table name."""
+    mode: Global___WriteMode.ValueType
+    """mode of writing."""
+    contract: Global___SchemaContract.ValueType
+    """contract for new columns."""
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """keys: the primary key (required for merge)."""
+
+    def __init__(
+        self,
+        *,
+        connection: _builtins.str = ...,
+        table: _builtins.str = ...,
+        mode: Global___WriteMode.ValueType = ...,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+        contract: Global___SchemaContract.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "contract", b"contract", "keys", b"keys", "mode", b"mode", "table", b"table"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TableDestination: _TypeAlias = TableDestination  # noqa: Y015
+
+@_typing.final
+class FileDestination(_message.Message):
+    """FileDestination writes a file under a data root (replaced atomically)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    DELIMITER_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """path relative to (or inside) one of pipelines.data_roots."""
+    delimiter: _builtins.str
+    """delimiter of a CSV file (default ",")."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        delimiter: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delimiter", b"delimiter", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileDestination: _TypeAlias = FileDestination  # noqa: Y015
+
+@_typing.final
+class S3Destination(_message.Message):
+    """S3Destination writes one object."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKET_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    bucket: _builtins.str
+    """bucket name."""
+    key: _builtins.str
+    """key of the object."""
+    format: _builtins.str
+    """format: "csv" or "jsonl" (default from the key's extension)."""
+    def __init__(
+        self,
+        *,
+        bucket: _builtins.str = ...,
+        key: _builtins.str = ...,
+        format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "format", b"format", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___S3Destination: _TypeAlias = S3Destination  # noqa: Y015
+
+@_typing.final
+class Destination(_message.Message):
+    """Destination is where rows go."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TABLE_FIELD_NUMBER: _builtins.int
+    CSV_FIELD_NUMBER: _builtins.int
+    JSONL_FIELD_NUMBER: _builtins.int
+    S3_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def table(self) -> Global___TableDestination:
+        """table in an SQL database."""
+
+    @_builtins.property
+    def csv(self) -> Global___FileDestination:
+        """csv file."""
+
+    @_builtins.property
+    def jsonl(self) -> Global___FileDestination:
+        """jsonl file."""
+
+    @_builtins.property
+    def s3(self) -> Global___S3Destination:
+        """s3 object."""
+
+    def __init__(
+        self,
+        *,
+        table: Global___TableDestination | None = ...,
+        csv: Global___FileDestination | None = ...,
+        jsonl: Global___FileDestination | None = ...,
+        s3: Global___S3Destination | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["csv", b"csv", "jsonl", b"jsonl", "kind", b"kind", "s3", b"s3", "table", b"table"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csv", b"csv", "jsonl", b"jsonl", "kind", b"kind", "s3", b"s3", "table", b"table"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["table", "csv", "jsonl", "s3"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___Destination: _TypeAlias = Destination  # noqa: Y015
+
+@_typing.final
+class EventTrigger(_message.Message):
+    """EventTrigger runs the pipeline for each matching event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPES_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """source to match exactly (empty = any)."""
+    subject: _builtins.str
+    """subject to match exactly (empty = any)."""
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """types to match, exact or "prefix.*"."""
+
+    def __init__(
+        self,
+        *,
+        types: _abc.Iterable[_builtins.str] | None = ...,
+        source: _builtins.str = ...,
+        subject: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "subject", b"subject", "types", b"types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventTrigger: _TypeAlias = EventTrigger  # noqa: Y015
+
+@_typing.final
+class Incremental(_message.Message):
+    """Incremental reads only rows past the last run's cursor."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLUMN_FIELD_NUMBER: _builtins.int
+    INITIAL_FIELD_NUMBER: _builtins.int
+    column: _builtins.str
+    """column whose largest value is stored as the cursor."""
+    @_builtins.property
+    def initial(self) -> _struct_pb2.Value:
+        """initial cursor (rows must be greater than it) before the first run."""
+
+    def __init__(
+        self,
+        *,
+        column: _builtins.str = ...,
+        initial: _struct_pb2.Value | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["initial", b"initial"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "initial", b"initial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Incremental: _TypeAlias = Incremental  # noqa: Y015
+
+@_typing.final
+class Pipeline(_message.Message):
+    """Pipeline is a stored pipeline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    NEXT_RUN_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id of the pipeline (output only)."""
+    name: _builtins.str
+    """name, unique per tenant: lower-case letters, digits, "-", "_", "."."""
+    description: _builtins.str
+    """description for people."""
+    version: _builtins.int
+    """version, bumped by every update (output only)."""
+    tenant: _builtins.str
+    """tenant owning the pipeline (output only)."""
+    @_builtins.property
+    def spec(self) -> Global___PipelineSpec:
+        """spec of the pipeline."""
+
+    @_builtins.property
+    def cursor(self) -> _struct_pb2.Value:
+        """cursor stored by the last incremental run (output only)."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """create_time (output only)."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """update_time (output only)."""
+
+    @_builtins.property
+    def next_run_time(self) -> _timestamp_pb2.Timestamp:
+        """next_run_time of the schedule (output only; unset without schedule)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        spec: Global___PipelineSpec | None = ...,
+        version: _builtins.int = ...,
+        tenant: _builtins.str = ...,
+        cursor: _struct_pb2.Value | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        next_run_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "cursor", b"cursor", "next_run_time", b"next_run_time", "spec", b"spec", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "cursor", b"cursor", "description", b"description", "id", b"id", "name", b"name", "next_run_time", b"next_run_time", "spec", b"spec", "tenant", b"tenant", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Pipeline: _TypeAlias = Pipeline  # noqa: Y015
+
+@_typing.final
+class FieldProblem(_message.Message):
+    """FieldProblem is one problem found in a spec."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """field path, for example "transforms[1].filter.expr"."""
+    description: _builtins.str
+    """description of what is wrong and how to fix it."""
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FieldProblem: _TypeAlias = FieldProblem  # noqa: Y015
+
+@_typing.final
+class StageCounters(_message.Message):
+    """StageCounters count rows through one stage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    READ_FIELD_NUMBER: _builtins.int
+    WRITTEN_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    stage: _builtins.str
+    """stage name: "source", "transforms[i].<kind>", "destination"."""
+    read: _builtins.int
+    """read: rows that entered the stage."""
+    written: _builtins.int
+    """written: rows that left the stage."""
+    rejected: _builtins.int
+    """rejected: rows the stage rejected."""
+    def __init__(
+        self,
+        *,
+        stage: _builtins.str = ...,
+        read: _builtins.int = ...,
+        written: _builtins.int = ...,
+        rejected: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["read", b"read", "rejected", b"rejected", "stage", b"stage", "written", b"written"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StageCounters: _TypeAlias = StageCounters  # noqa: Y015
+
+@_typing.final
+class RunError(_message.Message):
+    """RunError says why a run failed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """reason is a stable code, for example "SOURCE_ERROR", "TIMEOUT", "PROCESS_DIED"."""
+    message: _builtins.str
+    """message for people."""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunError: _TypeAlias = RunError  # noqa: Y015
+
+@_typing.final
+class Run(_message.Message):
+    """Run is one execution of a pipeline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PIPELINE_ID_FIELD_NUMBER: _builtins.int
+    PIPELINE_NAME_FIELD_NUMBER: _builtins.int
+    PIPELINE_VERSION_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    STAGES_FIELD_NUMBER: _builtins.int
+    ROWS_READ_FIELD_NUMBER: _builtins.int
+    ROWS_WRITTEN_FIELD_NUMBER: _builtins.int
+    ROWS_REJECTED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    CURSOR_START_FIELD_NUMBER: _builtins.int
+    CURSOR_END_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id of the run."""
+    pipeline_id: _builtins.str
+    """pipeline_id that ran."""
+    pipeline_name: _builtins.str
+    """pipeline_name at the time of the run."""
+    pipeline_version: _builtins.int
+    """pipeline_version that ran."""
+    tenant: _builtins.str
+    """tenant owning the run."""
+    state: Global___RunState.ValueType
+    """state of the run."""
+    trigger: _builtins.str
+    """trigger: "manual", "schedule", "event" or "agent"."""
+    request_id: _builtins.str
+    """request_id the client gave for an idempotent start."""
+    correlation_id: _builtins.str
+    """correlation_id ties the run to its events."""
+    rows_read: _builtins.int
+    """rows_read from the source."""
+    rows_written: _builtins.int
+    """rows_written to the destination."""
+    rows_rejected: _builtins.int
+    """rows_rejected by any stage."""
+    attempts: _builtins.int
+    """attempts started (transient failures are retried)."""
+    @_builtins.property
+    def params(self) -> _struct_pb2.Struct:
+        """params of the run."""
+
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageCounters]:
+        """stages: counters per stage."""
+
+    @_builtins.property
+    def error(self) -> Global___RunError:
+        """error of a failed run."""
+
+    @_builtins.property
+    def cursor_start(self) -> _struct_pb2.Value:
+        """cursor_start is the incremental cursor the run started from."""
+
+    @_builtins.property
+    def cursor_end(self) -> _struct_pb2.Value:
+        """cursor_end is the cursor stored when the run succeeded."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """create_time when the run was stored."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """start_time of the first attempt."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """end_time when it reached its final state."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """update_time of the last change."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        pipeline_id: _builtins.str = ...,
+        pipeline_name: _builtins.str = ...,
+        pipeline_version: _builtins.int = ...,
+        tenant: _builtins.str = ...,
+        state: Global___RunState.ValueType = ...,
+        trigger: _builtins.str = ...,
+        params: _struct_pb2.Struct | None = ...,
+        request_id: _builtins.str = ...,
+        correlation_id: _builtins.str = ...,
+        stages: _abc.Iterable[Global___StageCounters] | None = ...,
+        rows_read: _builtins.int = ...,
+        rows_written: _builtins.int = ...,
+        rows_rejected: _builtins.int = ...,
+        error: Global___RunError | None = ...,
+        cursor_start: _struct_pb2.Value | None = ...,
+        cursor_end: _struct_pb2.Value | None = ...,
+        attempts: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "cursor_end", b"cursor_end", "cursor_start", b"cursor_start", "end_time", b"end_time", "error", b"error", "params", b"params", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "correlation_id", b"correlation_id", "create_time", b"create_time", "cursor_end", b"cursor_end", "cursor_start", b"cursor_start", "end_time", b"end_time", "error", b"error", "id", b"id", "params", b"params", "pipeline_id", b"pipeline_id", "pipeline_name", b"pipeline_name", "pipeline_version", b"pipeline_version", "request_id", b"request_id", "rows_read", b"rows_read", "rows_rejected", b"rows_rejected", "rows_written", b"rows_written", "stages", b"stages", "start_time", b"start_time", "state", b"state", "tenant", b"tenant", "trigger", b"trigger", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class Reject(_message.Message):
+    """Reject is a row a stage refused, with why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ROW_FIELD_NUMBER: _builtins.int
+    ROW_NUMBER_FIELD_NUMBER: _builtins.int
+    stage: _builtins.str
+    """stage that refused the row."""
+    reason: _builtins.str
+    """reason in words."""
+    row_number: _builtins.int
+    """row_number in the source (1-based; 0 when unknown)."""
+    @_builtins.property
+    def row(self) -> _struct_pb2.Struct:
+        """row as it was when refused (values as JSON)."""
+
+    def __init__(
+        self,
+        *,
+        stage: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        row: _struct_pb2.Struct | None = ...,
+        row_number: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["row", b"row"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "row", b"row", "row_number", b"row_number", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reject: _TypeAlias = Reject  # noqa: Y015
+
+@_typing.final
+class CreatePipelineRequest(_message.Message):
+    """---- requests ---------------------------------------------------------------
+
+    CreatePipelineRequest stores a new pipeline. Give spec or spec_text.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    SPEC_TEXT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """name of the pipeline (may instead be given in spec_text)."""
+    description: _builtins.str
+    """description of the pipeline."""
+    spec_text: _builtins.str
+    """spec_text in YAML or JSON: the spec's fields plus optional name and
+    description at the top level (the file `datamcp pipeline validate` reads).
+    """
+    @_builtins.property
+    def spec(self) -> Global___PipelineSpec:
+        """spec as protobuf."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        spec: Global___PipelineSpec | None = ...,
+        spec_text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "spec", b"spec", "spec_text", b"spec_text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "description", b"description", "name", b"name", "spec", b"spec", "spec_text", b"spec_text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_definition: _TypeAlias = _typing.Literal["spec", "spec_text"]  # noqa: Y015
+    _WhichOneofArgType_definition: _TypeAlias = _typing.Literal["definition", b"definition"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_definition) -> _WhichOneofReturnType_definition | None: ...
 
 Global___CreatePipelineRequest: _TypeAlias = CreatePipelineRequest  # noqa: Y015
 
 @_typing.final
 class CreatePipelineResponse(_message.Message):
-    """CreatePipelineResponse (skeleton)."""
+    """CreatePipelineResponse carries the stored pipeline."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PIPELINE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pipeline(self) -> Global___Pipeline:
+        """pipeline as stored."""
+
     def __init__(
         self,
+        *,
+        pipeline: Global___Pipeline | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pipeline", b"pipeline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pipeline", b"pipeline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -52,16 +1699,21 @@ Global___CreatePipelineResponse: _TypeAlias = CreatePipelineResponse  # noqa: Y0
 
 @_typing.final
 class GetPipelineRequest(_message.Message):
-    """GetPipelineRequest (skeleton)."""
+    """GetPipelineRequest names a pipeline."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id or name of the pipeline."""
     def __init__(
         self,
+        *,
+        id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -69,16 +1721,23 @@ Global___GetPipelineRequest: _TypeAlias = GetPipelineRequest  # noqa: Y015
 
 @_typing.final
 class GetPipelineResponse(_message.Message):
-    """GetPipelineResponse (skeleton)."""
+    """GetPipelineResponse carries the pipeline."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PIPELINE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pipeline(self) -> Global___Pipeline:
+        """pipeline asked for."""
+
     def __init__(
         self,
+        *,
+        pipeline: Global___Pipeline | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pipeline", b"pipeline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pipeline", b"pipeline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -86,16 +1745,25 @@ Global___GetPipelineResponse: _TypeAlias = GetPipelineResponse  # noqa: Y015
 
 @_typing.final
 class ListPipelinesRequest(_message.Message):
-    """ListPipelinesRequest (skeleton)."""
+    """ListPipelinesRequest pages the tenant's pipelines, by name."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """page_size: 0 = default (100), at most 1000."""
+    page_token: _builtins.str
+    """page_token from the previous page."""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -103,16 +1771,27 @@ Global___ListPipelinesRequest: _TypeAlias = ListPipelinesRequest  # noqa: Y015
 
 @_typing.final
 class ListPipelinesResponse(_message.Message):
-    """ListPipelinesResponse (skeleton)."""
+    """ListPipelinesResponse is one page of pipelines."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PIPELINES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """next_page_token is empty on the last page."""
+    @_builtins.property
+    def pipelines(self) -> _containers.RepeatedCompositeFieldContainer[Global___Pipeline]:
+        """pipelines on this page."""
+
     def __init__(
         self,
+        *,
+        pipelines: _abc.Iterable[Global___Pipeline] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "pipelines", b"pipelines"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -120,33 +1799,67 @@ Global___ListPipelinesResponse: _TypeAlias = ListPipelinesResponse  # noqa: Y015
 
 @_typing.final
 class UpdatePipelineRequest(_message.Message):
-    """UpdatePipelineRequest (skeleton)."""
+    """UpdatePipelineRequest replaces a pipeline's spec (and description)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    ID_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    SPEC_TEXT_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id or name of the pipeline."""
+    description: _builtins.str
+    """description of the pipeline (kept when empty)."""
+    spec_text: _builtins.str
+    """spec_text in YAML or JSON."""
+    expected_version: _builtins.int
+    """expected_version: when not 0, the update fails with ABORTED unless the
+    stored version is this one.
+    """
+    @_builtins.property
+    def spec(self) -> Global___PipelineSpec:
+        """spec as protobuf."""
+
     def __init__(
         self,
+        *,
+        id: _builtins.str = ...,
+        description: _builtins.str = ...,
+        spec: Global___PipelineSpec | None = ...,
+        spec_text: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "spec", b"spec", "spec_text", b"spec_text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "description", b"description", "expected_version", b"expected_version", "id", b"id", "spec", b"spec", "spec_text", b"spec_text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_definition: _TypeAlias = _typing.Literal["spec", "spec_text"]  # noqa: Y015
+    _WhichOneofArgType_definition: _TypeAlias = _typing.Literal["definition", b"definition"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_definition) -> _WhichOneofReturnType_definition | None: ...
 
 Global___UpdatePipelineRequest: _TypeAlias = UpdatePipelineRequest  # noqa: Y015
 
 @_typing.final
 class UpdatePipelineResponse(_message.Message):
-    """UpdatePipelineResponse (skeleton)."""
+    """UpdatePipelineResponse carries the updated pipeline."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PIPELINE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pipeline(self) -> Global___Pipeline:
+        """pipeline as stored."""
+
     def __init__(
         self,
+        *,
+        pipeline: Global___Pipeline | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pipeline", b"pipeline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pipeline", b"pipeline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -154,16 +1867,21 @@ Global___UpdatePipelineResponse: _TypeAlias = UpdatePipelineResponse  # noqa: Y0
 
 @_typing.final
 class DeletePipelineRequest(_message.Message):
-    """DeletePipelineRequest (skeleton)."""
+    """DeletePipelineRequest names a pipeline to delete."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id or name of the pipeline."""
     def __init__(
         self,
+        *,
+        id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -171,7 +1889,7 @@ Global___DeletePipelineRequest: _TypeAlias = DeletePipelineRequest  # noqa: Y015
 
 @_typing.final
 class DeletePipelineResponse(_message.Message):
-    """DeletePipelineResponse (skeleton)."""
+    """DeletePipelineResponse acknowledges the deletion."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -188,33 +1906,93 @@ Global___DeletePipelineResponse: _TypeAlias = DeletePipelineResponse  # noqa: Y0
 
 @_typing.final
 class ValidatePipelineRequest(_message.Message):
-    """ValidatePipelineRequest (skeleton)."""
+    """ValidatePipelineRequest checks a spec without storing it."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    SPEC_FIELD_NUMBER: _builtins.int
+    SPEC_TEXT_FIELD_NUMBER: _builtins.int
+    PREVIEW_ROWS_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    spec_text: _builtins.str
+    """spec_text in YAML or JSON."""
+    preview_rows: _builtins.int
+    """preview_rows: when > 0 and the spec is valid, read the source and
+    return up to this many rows after the transforms (at most 1000).
+    """
+    @_builtins.property
+    def spec(self) -> Global___PipelineSpec:
+        """spec as protobuf."""
+
+    @_builtins.property
+    def params(self) -> _struct_pb2.Struct:
+        """params for the preview."""
+
     def __init__(
         self,
+        *,
+        spec: Global___PipelineSpec | None = ...,
+        spec_text: _builtins.str = ...,
+        preview_rows: _builtins.int = ...,
+        params: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "params", b"params", "spec", b"spec", "spec_text", b"spec_text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "params", b"params", "preview_rows", b"preview_rows", "spec", b"spec", "spec_text", b"spec_text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_definition: _TypeAlias = _typing.Literal["spec", "spec_text"]  # noqa: Y015
+    _WhichOneofArgType_definition: _TypeAlias = _typing.Literal["definition", b"definition"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_definition) -> _WhichOneofReturnType_definition | None: ...
 
 Global___ValidatePipelineRequest: _TypeAlias = ValidatePipelineRequest  # noqa: Y015
 
 @_typing.final
 class ValidatePipelineResponse(_message.Message):
-    """ValidatePipelineResponse (skeleton)."""
+    """ValidatePipelineResponse says whether the spec is valid."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    VALID_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    PREVIEW_ROWS_FIELD_NUMBER: _builtins.int
+    PREVIEW_REJECTS_FIELD_NUMBER: _builtins.int
+    valid: _builtins.bool
+    """valid is true when there are no problems."""
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldProblem]:
+        """problems found, per field."""
+
+    @_builtins.property
+    def spec(self) -> Global___PipelineSpec:
+        """spec as normalized (defaults filled), when valid."""
+
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """columns of the preview rows."""
+
+    @_builtins.property
+    def preview_rows(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]:
+        """preview_rows after the transforms."""
+
+    @_builtins.property
+    def preview_rejects(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reject]:
+        """preview_rejects: rows rejected while previewing."""
+
     def __init__(
         self,
+        *,
+        valid: _builtins.bool = ...,
+        problems: _abc.Iterable[Global___FieldProblem] | None = ...,
+        spec: Global___PipelineSpec | None = ...,
+        columns: _abc.Iterable[_builtins.str] | None = ...,
+        preview_rows: _abc.Iterable[_struct_pb2.Struct] | None = ...,
+        preview_rejects: _abc.Iterable[Global___Reject] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "preview_rejects", b"preview_rejects", "preview_rows", b"preview_rows", "problems", b"problems", "spec", b"spec", "valid", b"valid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -222,16 +2000,35 @@ Global___ValidatePipelineResponse: _TypeAlias = ValidatePipelineResponse  # noqa
 
 @_typing.final
 class RunPipelineRequest(_message.Message):
-    """RunPipelineRequest (skeleton)."""
+    """RunPipelineRequest starts a run."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    ID_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id or name of the pipeline."""
+    request_id: _builtins.str
+    """request_id makes the start idempotent (per tenant)."""
+    correlation_id: _builtins.str
+    """correlation_id to carry along (generated when empty)."""
+    @_builtins.property
+    def params(self) -> _struct_pb2.Struct:
+        """params of the run (override the spec's params)."""
+
     def __init__(
         self,
+        *,
+        id: _builtins.str = ...,
+        params: _struct_pb2.Struct | None = ...,
+        request_id: _builtins.str = ...,
+        correlation_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "id", b"id", "params", b"params", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -239,16 +2036,27 @@ Global___RunPipelineRequest: _TypeAlias = RunPipelineRequest  # noqa: Y015
 
 @_typing.final
 class RunPipelineResponse(_message.Message):
-    """RunPipelineResponse (skeleton)."""
+    """RunPipelineResponse carries the stored run."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    RUN_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    duplicate: _builtins.bool
+    """duplicate is true when request_id named a run already stored."""
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """run as stored (PENDING or later)."""
+
     def __init__(
         self,
+        *,
+        run: Global___Run | None = ...,
+        duplicate: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "run", b"run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -256,16 +2064,25 @@ Global___RunPipelineResponse: _TypeAlias = RunPipelineResponse  # noqa: Y015
 
 @_typing.final
 class GetRunRequest(_message.Message):
-    """GetRunRequest (skeleton)."""
+    """GetRunRequest names a run."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    ID_FIELD_NUMBER: _builtins.int
+    REJECT_LIMIT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id of the run."""
+    reject_limit: _builtins.int
+    """reject_limit: how many rejected rows to return (0 = none, at most 1000)."""
     def __init__(
         self,
+        *,
+        id: _builtins.str = ...,
+        reject_limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "reject_limit", b"reject_limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -273,16 +2090,29 @@ Global___GetRunRequest: _TypeAlias = GetRunRequest  # noqa: Y015
 
 @_typing.final
 class GetRunResponse(_message.Message):
-    """GetRunResponse (skeleton)."""
+    """GetRunResponse carries the run and some of its rejects."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    RUN_FIELD_NUMBER: _builtins.int
+    REJECTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """run asked for."""
+
+    @_builtins.property
+    def rejects(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reject]:
+        """rejects kept for the run (oldest first)."""
+
     def __init__(
         self,
+        *,
+        run: Global___Run | None = ...,
+        rejects: _abc.Iterable[Global___Reject] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rejects", b"rejects", "run", b"run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -290,16 +2120,35 @@ Global___GetRunResponse: _TypeAlias = GetRunResponse  # noqa: Y015
 
 @_typing.final
 class ListRunsRequest(_message.Message):
-    """ListRunsRequest (skeleton)."""
+    """ListRunsRequest filters and pages runs, newest first."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PIPELINE_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    pipeline: _builtins.str
+    """pipeline id or name (empty = all pipelines)."""
+    page_size: _builtins.int
+    """page_size: 0 = default (100), at most 1000."""
+    page_token: _builtins.str
+    """page_token from the previous page."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___RunState.ValueType]:
+        """states to include (empty = all)."""
+
     def __init__(
         self,
+        *,
+        pipeline: _builtins.str = ...,
+        states: _abc.Iterable[Global___RunState.ValueType] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "pipeline", b"pipeline", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -307,16 +2156,27 @@ Global___ListRunsRequest: _TypeAlias = ListRunsRequest  # noqa: Y015
 
 @_typing.final
 class ListRunsResponse(_message.Message):
-    """ListRunsResponse (skeleton)."""
+    """ListRunsResponse is one page of runs."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    RUNS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """next_page_token is empty on the last page."""
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Run]:
+        """runs on this page."""
+
     def __init__(
         self,
+        *,
+        runs: _abc.Iterable[Global___Run] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "runs", b"runs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -324,16 +2184,21 @@ Global___ListRunsResponse: _TypeAlias = ListRunsResponse  # noqa: Y015
 
 @_typing.final
 class CancelRunRequest(_message.Message):
-    """CancelRunRequest (skeleton)."""
+    """CancelRunRequest names a run to cancel."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id of the run."""
     def __init__(
         self,
+        *,
+        id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -341,16 +2206,23 @@ Global___CancelRunRequest: _TypeAlias = CancelRunRequest  # noqa: Y015
 
 @_typing.final
 class CancelRunResponse(_message.Message):
-    """CancelRunResponse (skeleton)."""
+    """CancelRunResponse carries the run after cancellation."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """run as it is now (CANCELLED, or final already)."""
+
     def __init__(
         self,
+        *,
+        run: Global___Run | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -358,16 +2230,21 @@ Global___CancelRunResponse: _TypeAlias = CancelRunResponse  # noqa: Y015
 
 @_typing.final
 class WatchRunRequest(_message.Message):
-    """WatchRunRequest (skeleton)."""
+    """WatchRunRequest names a run to follow."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id of the run."""
     def __init__(
         self,
+        *,
+        id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -375,16 +2252,23 @@ Global___WatchRunRequest: _TypeAlias = WatchRunRequest  # noqa: Y015
 
 @_typing.final
 class WatchRunResponse(_message.Message):
-    """WatchRunResponse (skeleton)."""
+    """WatchRunResponse is the run after a change."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """run as it is now."""
+
     def __init__(
         self,
+        *,
+        run: Global___Run | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -29,8 +29,8 @@ if _version_not_supported:
 class PipelineServiceStub:
     """PipelineService declares, validates and runs ETL pipelines (batch) and hosts
     long-lived stream jobs. Every call sees only the caller's tenant.
-    SKELETON: the pipeline work fills in the batch messages below; the stream
-    job messages live in streams.proto.
+    Batch pipelines: source -> ordered transforms -> destination, run on demand,
+    on a cron schedule or from events. Stream job messages live in streams.proto.
     """
 
     def __init__(self, channel):
@@ -124,8 +124,8 @@ class PipelineServiceStub:
 class PipelineServiceServicer:
     """PipelineService declares, validates and runs ETL pipelines (batch) and hosts
     long-lived stream jobs. Every call sees only the caller's tenant.
-    SKELETON: the pipeline work fills in the batch messages below; the stream
-    job messages live in streams.proto.
+    Batch pipelines: source -> ordered transforms -> destination, run on demand,
+    on a cron schedule or from events. Stream job messages live in streams.proto.
     """
 
     def CreatePipeline(self, request, context):
@@ -334,8 +334,8 @@ def add_PipelineServiceServicer_to_server(servicer, server):
 class PipelineService:
     """PipelineService declares, validates and runs ETL pipelines (batch) and hosts
     long-lived stream jobs. Every call sees only the caller's tenant.
-    SKELETON: the pipeline work fills in the batch messages below; the stream
-    job messages live in streams.proto.
+    Batch pipelines: source -> ordered transforms -> destination, run on demand,
+    on a cron schedule or from events. Stream job messages live in streams.proto.
     """
 
     @staticmethod

@@ -30,8 +30,8 @@ GRPC_VERSION: str
 class PipelineServiceStub:
     """PipelineService declares, validates and runs ETL pipelines (batch) and hosts
     long-lived stream jobs. Every call sees only the caller's tenant.
-    SKELETON: the pipeline work fills in the batch messages below; the stream
-    job messages live in streams.proto.
+    Batch pipelines: source -> ordered transforms -> destination, run on demand,
+    on a cron schedule or from events. Stream job messages live in streams.proto.
     """
 
     @_typing.overload
@@ -75,8 +75,8 @@ class PipelineServiceStub:
 class PipelineServiceAsyncStub(PipelineServiceStub):
     """PipelineService declares, validates and runs ETL pipelines (batch) and hosts
     long-lived stream jobs. Every call sees only the caller's tenant.
-    SKELETON: the pipeline work fills in the batch messages below; the stream
-    job messages live in streams.proto.
+    Batch pipelines: source -> ordered transforms -> destination, run on demand,
+    on a cron schedule or from events. Stream job messages live in streams.proto.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -116,8 +116,8 @@ class PipelineServiceAsyncStub(PipelineServiceStub):
 class PipelineServiceServicer(metaclass=_abc_1.ABCMeta):
     """PipelineService declares, validates and runs ETL pipelines (batch) and hosts
     long-lived stream jobs. Every call sees only the caller's tenant.
-    SKELETON: the pipeline work fills in the batch messages below; the stream
-    job messages live in streams.proto.
+    Batch pipelines: source -> ordered transforms -> destination, run on demand,
+    on a cron schedule or from events. Stream job messages live in streams.proto.
     """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,49 @@
+"""Pipeline connectors (files, SQL, HTTP, S3) and the service assembly."""
+
+from __future__ import annotations
+
+from datamcp.adapters.pipelines.connectors import PipelineConnectors
+from datamcp.adapters.pipelines.s3 import S3Settings
+from datamcp.config.settings import PipelineSettings, Settings
+from datamcp.core.events.api import EventsApi
+from datamcp.core.events.bus import EventBus
+from datamcp.core.pipelines.engine import Engine
+from datamcp.core.pipelines.runs import RunManager, RunPolicy
+from datamcp.core.pipelines.service import PipelineService
+from datamcp.core.ports import UnitOfWorkFactory
+
+
+def connectors_from(settings: PipelineSettings, bus: EventBus | None = None) -> PipelineConnectors:
+    """Raises ConfigError when an HTTP API entry is invalid."""
+    return PipelineConnectors(
+        data_roots=settings.data_roots,
+        sql_connections=settings.sql_connections,
+        http_apis=settings.http_apis,
+        bus=bus,
+        s3=S3Settings(settings.s3_region, settings.s3_endpoint_url),
+    )
+
+
+def build_pipeline_service(
+    settings: Settings, events: EventsApi, uow: UnitOfWorkFactory, instance_id: str
+) -> PipelineService:
+    p = settings.pipelines
+    engine = Engine(
+        connectors_from(p, events.bus),
+        batch_size=p.batch_size,
+        rejects_kept=p.rejects_kept,
+        max_lookup_rows=p.max_lookup_rows,
+        progress_every=p.progress_interval,
+    )
+    policy = RunPolicy(
+        run_timeout=p.run_timeout,
+        max_retries=p.max_retries,
+        retry_base_delay=p.retry_base_delay,
+        max_concurrent_runs=p.max_concurrent_runs,
+        stale_after=max(60.0, 6 * settings.health.interval),
+    )
+    runs = RunManager(events.bus, uow, engine, instance_id, policy)
+    return PipelineService(uow, runs, engine.connectors, events, schedule_tick=p.schedule_tick)
+
+
+__all__ = ["PipelineConnectors", "build_pipeline_service", "connectors_from"]

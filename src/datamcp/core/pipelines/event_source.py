@@ -1,0 +1,56 @@
+"""Events from the bus as a pipeline source (a replay of stored events).
+
+Columns: ``seq, id, type, source, subject, time, correlation_id, data``.
+With ``incremental.column: seq`` each run reads only events stored after
+the previous run's last one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from datamcp.core.events.bus import EventBus
+from datamcp.core.events.model import Event, EventFilter
+from datamcp.core.pipelines.ports import ReadContext, SourceBatch
+
+COLUMNS = ["seq", "id", "type", "source", "subject", "time", "correlation_id", "data"]
+
+
+class EventSource:
+    def __init__(self, bus: EventBus, options: dict[str, Any], ctx: ReadContext) -> None:
+        self.bus = bus
+        self.filter = EventFilter.build(options["types"], options["source"], options["subject"])
+        self.ctx = ctx
+        self._events: AsyncIterator[Event] | None = None
+
+    @property
+    def text_columns(self) -> frozenset[str]:
+        return frozenset()
+
+    async def open(self) -> list[str]:
+        start = 0
+        if self.ctx.cursor_column == "seq" and isinstance(self.ctx.cursor, int | float):
+            start = int(self.ctx.cursor)
+        self._events = self.bus.replay(self.ctx.tenant, self.filter, from_seq=start)
+        return list(COLUMNS)
+
+    async def read(self, size: int) -> SourceBatch | None:
+        if self._events is None:
+            return None
+        rows: list[list[Any]] = []
+        async for e in self._events:
+            rows.append(
+                [e.seq, e.id, e.type, e.source, e.subject, e.time, e.correlation_id, e.data]
+            )
+            if len(rows) >= size:
+                break
+        if not rows:
+            self._events = None
+            return None
+        return SourceBatch(rows)
+
+    async def close(self) -> None:
+        events, self._events = self._events, None
+        if events is not None and hasattr(events, "aclose"):
+            await events.aclose()

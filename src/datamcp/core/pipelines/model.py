@@ -1,0 +1,126 @@
+"""Pipelines, runs and rejected rows as domain values."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from datamcp.core.pipelines.spec import PipelineSpec
+
+_RUN_NAMESPACE = uuid.UUID("a1a2d3c4-5f60-4a7b-8c9d-0e1f2a3b4c5d")
+
+
+class RunState(enum.IntEnum):
+    PENDING = 1
+    RUNNING = 2
+    SUCCEEDED = 3
+    FAILED = 4
+    CANCELLED = 5
+
+    @property
+    def final(self) -> bool:
+        return self >= RunState.SUCCEEDED
+
+
+class Trigger(enum.StrEnum):
+    MANUAL = "manual"
+    SCHEDULE = "schedule"
+    EVENT = "event"
+    AGENT = "agent"
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    id: str
+    tenant: str
+    name: str
+    description: str
+    spec: PipelineSpec
+    version: int
+    created_at: float
+    updated_at: float
+    cursor: Any = None
+    next_fire_at: float | None = None
+
+
+@dataclass(slots=True)
+class StageCounters:
+    stage: str
+    read: int = 0
+    written: int = 0
+    rejected: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "read": self.read,
+            "written": self.written,
+            "rejected": self.rejected,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RunError:
+    reason: str
+    message: str
+
+
+@dataclass(slots=True)
+class Run:
+    id: str
+    tenant: str
+    pipeline_id: str
+    pipeline_name: str
+    pipeline_version: int
+    state: RunState
+    trigger: str
+    params: dict[str, Any]
+    request_id: str
+    correlation_id: str
+    created_at: float
+    updated_at: float
+    stages: list[StageCounters] = field(default_factory=list)
+    rows_read: int = 0
+    rows_written: int = 0
+    rows_rejected: int = 0
+    error: RunError | None = None
+    cursor_start: Any = None
+    cursor_end: Any = None
+    attempts: int = 0
+    started_at: float | None = None
+    ended_at: float | None = None
+    owner: str = ""
+    cancel_requested: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        """What the ``pipeline`` agent and run events report."""
+        out: dict[str, Any] = {
+            "run_id": self.id,
+            "pipeline_id": self.pipeline_id,
+            "pipeline": self.pipeline_name,
+            "state": self.state.name,
+            "read": self.rows_read,
+            "written": self.rows_written,
+            "rejected": self.rows_rejected,
+        }
+        if self.error is not None:
+            out["error"] = {"reason": self.error.reason, "message": self.error.message}
+        if self.cursor_end is not None:
+            out["cursor"] = self.cursor_end
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    stage: str
+    reason: str
+    row: dict[str, Any]
+    row_number: int = 0
+
+
+def run_id_for(tenant: str, request_id: str) -> str:
+    """A request id maps to one run id per tenant, so a retried start (even on
+    another replica) cannot create a second run."""
+    return str(uuid.uuid5(_RUN_NAMESPACE, f"{tenant}\x00{request_id}"))

@@ -1,0 +1,501 @@
+"""Running pipelines: the run lifecycle, retries, timeouts, cancellation,
+persistence and ``pipeline.run.*`` events.
+
+Every state change commits through the event bus writer together with the
+event announcing it (a transactional outbox, as tasks do): a run's row and
+its events never disagree. On success the incremental cursor is stored in
+that same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from datamcp.core.background import cancel_and_wait
+from datamcp.core.errors import FailedPrecondition, NotFound
+from datamcp.core.events.bus import EventBus
+from datamcp.core.events.model import Event
+from datamcp.core.instances import is_gone
+from datamcp.core.pipelines.engine import Engine, Progress, RejectLimit
+from datamcp.core.pipelines.model import Pipeline, Reject, Run, RunError, RunState
+from datamcp.core.pipelines.ports import PermanentError, ReadContext, TransientError
+from datamcp.core.ports import UnitOfWork, UnitOfWorkFactory, Write, WriteOp
+from datamcp.core.resilience import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+WATCH_POLL = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class RunPolicy:
+    run_timeout: float = 3600.0
+    max_retries: int = 2
+    retry_base_delay: float = 0.5
+    retry_max_delay: float = 30.0
+    max_concurrent_runs: int = 4
+    stale_after: float = 60.0
+    recovery_interval: float = 30.0
+
+
+@dataclass(slots=True)
+class _Live:
+    run: Run
+    pipeline: Pipeline
+    task: asyncio.Task[None] | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    progress_count: int = 0
+
+    def touch(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+async def _apply_insert(tx: UnitOfWork, runs: Sequence[Run]) -> None:
+    await tx.pipelines.insert_runs(runs)
+
+
+async def _apply_save(tx: UnitOfWork, runs: Sequence[Run]) -> None:
+    await tx.pipelines.save_runs(runs)
+
+
+async def _apply_rejects(tx: UnitOfWork, items: Sequence[tuple[Run, list[Reject]]]) -> None:
+    for run, rejects in items:
+        await tx.pipelines.add_rejects(run.id, run.tenant, rejects)
+
+
+async def _apply_cursor(tx: UnitOfWork, items: Sequence[tuple[str, Any]]) -> None:
+    for pipeline_id, cursor in items:
+        await tx.pipelines.set_cursor(pipeline_id, cursor)
+
+
+INSERT = WriteOp("pipeline_run.insert", 0, _apply_insert)
+SAVE = WriteOp("pipeline_run.save", 1, _apply_save)
+REJECTS = WriteOp("pipeline_run.rejects", 2, _apply_rejects)
+CURSOR = WriteOp("pipeline.cursor", 3, _apply_cursor)
+
+
+class RunManager:
+    """Starts, tracks and finishes runs on this instance."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        uow: UnitOfWorkFactory,
+        engine: Engine,
+        instance_id: str,
+        policy: RunPolicy,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._bus = bus
+        self._uow = uow
+        self.engine = engine
+        self.instance_id = instance_id
+        self.policy = policy
+        self._clock = clock
+        self._live: dict[str, _Live] = {}
+        self._slots = asyncio.Semaphore(policy.max_concurrent_runs)
+        self._recovery: asyncio.Task[None] | None = None
+        self.started = 0
+        self.succeeded = 0
+        self.failed = 0
+        self.cancelled = 0
+        self.rows_written = 0
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.recover()
+        self._recovery = asyncio.create_task(self._recovery_loop(), name="pipeline-recovery")
+
+    async def stop(self) -> None:
+        """Stop running runs: they end FAILED (reason SERVER_STOPPED) and leave
+        their destinations untouched."""
+        await cancel_and_wait(self._recovery)
+        self._recovery = None
+        lives = list(self._live.values())
+        for live in lives:
+            if live.task is not None and not live.task.done():
+                live.task.cancel("stopping")
+        await asyncio.gather(*(lv.task for lv in lives if lv.task), return_exceptions=True)
+
+    async def _recovery_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.policy.recovery_interval)
+            try:
+                await self.recover()
+            except Exception:
+                log.warning("pipeline run recovery failed", exc_info=True)
+
+    async def recover(self) -> int:
+        """Fail the unfinished runs of processes that are gone (a SIGKILL, a
+        crash): their destinations were never committed."""
+        now = self._clock()
+        async with self._uow() as tx:
+            owners = await tx.pipelines.unfinished_owners()
+            dead = []
+            for owner in owners:
+                if owner == self.instance_id:
+                    continue
+                inst = await tx.instances.get(owner)
+                if inst is None or is_gone(inst, now, self.policy.stale_after):
+                    dead.append(owner)
+            runs = await tx.pipelines.runs_of_owners(dead) if dead else []
+        for run in runs:
+            run.owner = self.instance_id
+            error = RunError("PROCESS_DIED", "the server running this run stopped unexpectedly")
+            await self._finish(run, RunState.FAILED, error)
+        return len(runs)
+
+    # ---- starting ----------------------------------------------------------------------
+
+    async def submit(
+        self,
+        pipeline: Pipeline,
+        *,
+        params: dict[str, Any],
+        trigger: str,
+        request_id: str,
+        correlation_id: str,
+        run_id: str,
+    ) -> tuple[Run, bool]:
+        """Store a PENDING run and start it here.
+
+        Raises:
+            FailedPrecondition: reason ``PIPELINE_BUSY`` when the pipeline already
+                has an unfinished run.
+        """
+        async with self._uow() as tx:
+            existing = await tx.pipelines.get_run(pipeline.tenant, run_id)
+        if existing is not None:
+            return self._fresher(existing), True
+        now = self._clock()
+        run = Run(
+            id=run_id,
+            tenant=pipeline.tenant,
+            pipeline_id=pipeline.id,
+            pipeline_name=pipeline.name,
+            pipeline_version=pipeline.version,
+            state=RunState.PENDING,
+            trigger=trigger,
+            params=params,
+            request_id=request_id,
+            correlation_id=correlation_id or run_id,
+            created_at=now,
+            updated_at=now,
+            cursor_start=pipeline.cursor,
+            owner=self.instance_id,
+        )
+        await self._bus.publish([], [Write(INSERT, run)])
+        async with self._uow() as tx:
+            stored = await tx.pipelines.get_run(pipeline.tenant, run_id)
+            if stored is None:
+                busy = await tx.pipelines.active_runs(pipeline.tenant, pipeline.id)
+        if stored is None:
+            raise FailedPrecondition(
+                f"pipeline {pipeline.name} already has {busy or 'an'} unfinished run; "
+                "wait for it (WatchRun) or cancel it (CancelRun)",
+                reason="PIPELINE_BUSY",
+                metadata={"pipeline_id": pipeline.id},
+            )
+        if stored.owner != self.instance_id or stored.created_at != now:
+            return self._fresher(stored), True
+        live = _Live(run, pipeline)
+        self._live[run.id] = live
+        live.task = asyncio.create_task(self._execute(live), name=f"pipeline-run:{run.id}")
+        return run, False
+
+    def _fresher(self, run: Run) -> Run:
+        live = self._live.get(run.id)
+        return live.run if live is not None else run
+
+    # ---- running -----------------------------------------------------------------------
+
+    async def _execute(self, live: _Live) -> None:
+        run, pipeline = live.run, live.pipeline
+        spec = pipeline.spec
+        retry = RetryPolicy(
+            max_attempts=self.policy.max_retries + 1,
+            base_delay=self.policy.retry_base_delay,
+            max_delay=self.policy.retry_max_delay,
+        )
+        timeout = spec.timeout or self.policy.run_timeout
+        state, error, cursor = RunState.FAILED, None, None
+        try:
+            async with self._slots:
+                deadline = time.monotonic() + timeout
+                while True:
+                    run.attempts += 1
+                    run.state = RunState.RUNNING
+                    run.started_at = run.started_at or self._clock()
+                    await self._record(live, "pipeline.run.started" if run.attempts == 1 else None)
+                    ctx = ReadContext(
+                        run.tenant,
+                        {**spec.params, **run.params},
+                        str(spec.incremental["column"]) if spec.incremental else "",
+                        _start_cursor(pipeline),
+                    )
+                    try:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            raise TimeoutError
+                        async with asyncio.timeout(left):
+                            outcome = await self.engine.execute(
+                                spec, ctx, run.id, lambda p: self._on_progress(live, p)
+                            )
+                    except TransientError as exc:
+                        if retry.exhausted(run.attempts) or time.monotonic() >= deadline:
+                            error = RunError("TRANSIENT_ERROR", _describe(exc, run.attempts))
+                            break
+                        log.info(
+                            "pipeline run attempt failed; retrying",
+                            extra={"run_id": run.id, "attempt": run.attempts, "error": str(exc)},
+                        )
+                        await self._reset_attempt(live)
+                        await asyncio.sleep(retry.delay(run.attempts))
+                        continue
+                    state = RunState.SUCCEEDED
+                    cursor = outcome.cursor if spec.incremental else None
+                    break
+        except PermanentError as exc:
+            error = RunError(exc.reason, str(exc))
+        except RejectLimit as exc:
+            error = RunError("TOO_MANY_REJECTS", str(exc))
+        except TimeoutError:
+            error = RunError("TIMEOUT", f"the run took longer than {timeout:g}s")
+        except asyncio.CancelledError:
+            if run.cancel_requested:
+                state, error = RunState.CANCELLED, RunError("CANCELLED", "cancelled by request")
+            else:
+                error = RunError(
+                    "SERVER_STOPPED", "the server stopped during the run; run it again"
+                )
+            await asyncio.shield(self._finish(run, state, error, live=live))
+            raise
+        except Exception as exc:
+            log.exception("pipeline run failed", extra={"run_id": run.id})
+            error = RunError("INTERNAL", f"{type(exc).__name__}: {exc}")
+        await asyncio.shield(self._finish(run, state, error, cursor=cursor, live=live))
+
+    async def _reset_attempt(self, live: _Live) -> None:
+        run = live.run
+        run.stages, run.rows_read, run.rows_written, run.rows_rejected = [], 0, 0, 0
+        async with self._uow() as tx:
+            await tx.pipelines.clear_rejects(run.id)
+            await tx.commit()
+
+    async def _on_progress(self, live: _Live, progress: Progress) -> None:
+        run = live.run
+        run.stages = [replace(s) for s in progress.stages]
+        run.rows_read = progress.read
+        run.rows_written = progress.written
+        run.rows_rejected = progress.rejected
+        writes: list[Write] = []
+        if progress.rejects:
+            writes.append(Write(REJECTS, (run, progress.rejects)))
+        if not progress.final:
+            live.progress_count += 1
+            await self._record(live, "pipeline.run.progress", writes)
+            if not run.cancel_requested:
+                async with self._uow() as tx:
+                    if await tx.pipelines.cancel_requested(run.id):
+                        run.cancel_requested = True
+                if run.cancel_requested:
+                    raise asyncio.CancelledError
+        elif writes:
+            await self._bus.publish([], writes)
+
+    async def _record(
+        self, live: _Live, event_type: str | None, extra: Sequence[Write] = ()
+    ) -> None:
+        run = live.run
+        run.updated_at = self._clock()
+        events = [self._event(run, event_type, live)] if event_type else []
+        await self._bus.publish(events, [*extra, Write(SAVE, _snapshot(run))])
+        live.touch()
+
+    async def _finish(
+        self,
+        run: Run,
+        state: RunState,
+        error: RunError | None,
+        *,
+        cursor: Any = None,
+        live: _Live | None = None,
+    ) -> None:
+        now = self._clock()
+        run.state = state
+        run.error = error
+        run.ended_at = now
+        run.updated_at = now
+        if isinstance(cursor, float) and cursor.is_integer():
+            cursor = int(cursor)
+        writes = []
+        if state is RunState.SUCCEEDED and cursor is not None:
+            run.cursor_end = cursor
+            writes.append(Write(CURSOR, (run.pipeline_id, cursor)))
+        writes.insert(0, Write(SAVE, _snapshot(run)))
+        event_type = {
+            RunState.SUCCEEDED: "pipeline.run.succeeded",
+            RunState.FAILED: "pipeline.run.failed",
+            RunState.CANCELLED: "pipeline.run.cancelled",
+        }[state]
+        try:
+            await self._bus.publish([self._event(run, event_type, live)], writes)
+        except Exception:
+            log.exception("could not record the end of pipeline run", extra={"run_id": run.id})
+        if state is RunState.SUCCEEDED:
+            self.succeeded += 1
+            self.rows_written += run.rows_written
+        elif state is RunState.CANCELLED:
+            self.cancelled += 1
+        else:
+            self.failed += 1
+        if live is not None:
+            self._live.pop(run.id, None)
+            live.touch()
+
+    def _event(self, run: Run, event_type: str, live: _Live | None) -> Event:
+        data: dict[str, Any] = {"pipeline_id": run.pipeline_id, "run_id": run.id}
+        suffix = event_type.rsplit(".", 1)[-1]
+        if event_type == "pipeline.run.started":
+            data["trigger"] = run.trigger
+        elif event_type == "pipeline.run.progress":
+            stage = next((s.stage for s in reversed(run.stages) if s.read), "source")
+            data.update(
+                stage=stage,
+                read=run.rows_read,
+                written=run.rows_written,
+                rejected=run.rows_rejected,
+            )
+            suffix = f"progress:{run.attempts}:{live.progress_count if live else 0}"
+        elif event_type == "pipeline.run.succeeded":
+            data.update(
+                read=run.rows_read,
+                written=run.rows_written,
+                rejected=run.rows_rejected,
+                duration_ms=int(((run.ended_at or 0) - (run.started_at or run.created_at)) * 1000),
+            )
+            if run.cursor_end is not None:
+                data["cursor"] = run.cursor_end
+        elif event_type == "pipeline.run.failed" and run.error is not None:
+            data.update(reason=run.error.reason, message=run.error.message)
+        return Event(
+            id=f"{run.id}:{suffix}",
+            source=f"/pipelines/{run.pipeline_name}",
+            type=event_type,
+            data=data,
+            subject=run.id,
+            time=self._clock(),
+            tenant=run.tenant,
+            correlation_id=run.correlation_id,
+        )
+
+    # ---- reading, cancelling, watching ---------------------------------------------------
+
+    async def get(self, tenant: str, run_id: str) -> Run:
+        live = self._live.get(run_id)
+        if live is not None and live.run.tenant == tenant:
+            return live.run
+        async with self._uow() as tx:
+            run = await tx.pipelines.get_run(tenant, run_id)
+        if run is None:
+            raise NotFound(f"run {run_id} not found", reason="RUN_NOT_FOUND")
+        return run
+
+    async def cancel(self, tenant: str, run_id: str) -> Run:
+        """Cancel a run (here or on another replica).
+
+        Raises:
+            NotFound: no such run for this tenant.
+            FailedPrecondition: reason ``RUN_FINISHED``.
+        """
+        run = await self.get(tenant, run_id)
+        if run.state.final:
+            raise FailedPrecondition(
+                f"run {run_id} already finished ({run.state.name})", reason="RUN_FINISHED"
+            )
+        live = self._live.get(run_id)
+        if live is not None and live.task is not None:
+            live.run.cancel_requested = True
+            live.task.cancel("cancelled")
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(live.task)
+            return await self.get(tenant, run_id)
+        async with self._uow() as tx:
+            await tx.pipelines.request_cancel(tenant, run_id)
+            await tx.commit()
+        # The owner sees the request at its next progress tick.
+        async for current in self.watch(tenant, run_id, within=10.0):
+            if current.state.final:
+                return current
+        return await self.get(tenant, run_id)
+
+    async def watch(
+        self, tenant: str, run_id: str, within: float | None = None
+    ) -> AsyncIterator[Run]:
+        """The run now and after each change, until it is final."""
+        end = None if within is None else time.monotonic() + within
+        last: tuple[Any, ...] | None = None
+        while True:
+            live = self._live.get(run_id)
+            changed = live.changed if live is not None else None
+            run = await self.get(tenant, run_id)
+            key = (run.state, run.updated_at, run.rows_read, run.rows_written, run.rows_rejected)
+            if key != last:
+                last = key
+                yield _snapshot(run)
+            if run.state.final:
+                return
+            wait = WATCH_POLL
+            if end is not None:
+                wait = min(wait, end - time.monotonic())
+                if wait <= 0:
+                    return
+            if changed is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), wait)
+            else:
+                await asyncio.sleep(wait)
+
+    async def wait(self, tenant: str, run_id: str) -> Run:
+        final = None
+        async for run in self.watch(tenant, run_id):
+            final = run
+        assert final is not None
+        return final
+
+    @property
+    def running(self) -> int:
+        return len(self._live)
+
+
+def _snapshot(run: Run) -> Run:
+    return replace(run, stages=[replace(s) for s in run.stages], params=dict(run.params))
+
+
+def _start_cursor(pipeline: Pipeline) -> Any:
+    if pipeline.spec.incremental is None:
+        return None
+    if pipeline.cursor is not None:
+        return pipeline.cursor
+    return pipeline.spec.incremental.get("initial")
+
+
+def _describe(exc: BaseException, attempts: int) -> str:
+    notes = "; ".join(getattr(exc, "__notes__", []))
+    text = f"{exc} (after {attempts} attempt(s))"
+    return f"{text}; {notes}" if notes else text
+
+
+def new_run_id() -> str:
+    return str(uuid.uuid4())

@@ -1,0 +1,574 @@
+"""The pipeline service entry points call: declare, validate, run, follow.
+
+Also hosts the cron scheduler (a due slot is claimed with a conditional
+update, so one replica fires it) and the spec-declared event triggers (one
+durable subscription per pipeline, shared by the replicas).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from croniter import croniter
+
+from datamcp.core import paging
+from datamcp.core.background import cancel_and_wait
+from datamcp.core.errors import (
+    AlreadyExists,
+    Conflict,
+    DataMCPError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
+from datamcp.core.events.api import EventsApi
+from datamcp.core.events.consumer import Consumer
+from datamcp.core.events.model import Event, EventFilter
+from datamcp.core.events.router import Action
+from datamcp.core.pipelines.model import Pipeline, Reject, Run, RunState, Trigger, run_id_for
+from datamcp.core.pipelines.ports import Connectors, PermanentError, ReadContext, TransientError
+from datamcp.core.pipelines.rows import json_safe
+from datamcp.core.pipelines.runs import RunManager, new_run_id
+from datamcp.core.pipelines.spec import (
+    NAME_HELP,
+    NAME_RE,
+    Document,
+    PipelineSpec,
+    load_text,
+    parse_document,
+    parse_spec,
+)
+from datamcp.core.ports import UnitOfWorkFactory
+
+log = logging.getLogger(__name__)
+
+RUN_ACTION = "pipeline.run"
+MAX_PREVIEW = 1000
+MAX_REJECTS_PAGE = 1000
+_MAX_TRIGGERS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Definition:
+    """What a client gives to create, update or validate: a parsed spec (plain
+    data, as from protobuf) or YAML/JSON text."""
+
+    spec: Any = None
+    text: str = ""
+
+    def document(self, name: str = "", description: str = "") -> Document:
+        """Parse and check.
+
+        Raises:
+            InvalidArgument: every problem with its field path.
+        """
+        if self.text:
+            raw = load_text(self.text)
+            doc = parse_document(raw)
+            return Document(name or doc.name, description or doc.description, doc.spec)
+        if self.spec is None:
+            raise InvalidArgument(
+                "give spec or spec_text",
+                [FieldViolation("spec", "required (or spec_text)")],
+                reason="INVALID_PIPELINE",
+            )
+        return Document(name, description, parse_spec(self.spec, "spec."))
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationResult:
+    problems: list[FieldViolation]
+    spec: PipelineSpec | None = None
+    columns: list[str] | None = None
+    rows: list[dict[str, Any]] | None = None
+    rejects: list[Reject] | None = None
+
+
+def next_fire(schedule: str, after: float) -> float | None:
+    if not schedule:
+        return None
+    return float(croniter(schedule, after).get_next(float))
+
+
+class PipelineService:
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        runs: RunManager,
+        connectors: Connectors,
+        events: EventsApi,
+        *,
+        schedule_tick: float = 1.0,
+        trigger_refresh: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._uow = uow
+        self.runs = runs
+        self.connectors = connectors
+        self._events = events
+        self._tick = schedule_tick
+        self._trigger_refresh = trigger_refresh
+        self._clock = clock
+        self._scheduler: asyncio.Task[None] | None = None
+        self._triggers: dict[str, tuple[str, asyncio.Task[None], list[Consumer]]] = {}
+
+    # ---- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.runs.start()
+        self._scheduler = asyncio.create_task(self._schedule_loop(), name="pipeline-scheduler")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._scheduler)
+        self._scheduler = None
+        for _key, task, consumers in list(self._triggers.values()):
+            await cancel_and_wait(task)
+            for c in consumers:
+                with contextlib.suppress(Exception):
+                    await c.close()
+        self._triggers.clear()
+        await self.runs.stop()
+
+    # ---- declaring -----------------------------------------------------------------
+
+    def check(self, doc: Document) -> None:
+        problems = self.connectors.check(doc.spec)
+        if problems:
+            raise InvalidArgument(
+                f"invalid pipeline spec: {len(problems)} problem(s)",
+                problems,
+                reason="INVALID_PIPELINE",
+            )
+
+    async def create(
+        self, tenant: str, definition: Definition, name: str = "", description: str = ""
+    ) -> Pipeline:
+        """Raises InvalidArgument (field problems) or AlreadyExists (name taken)."""
+        doc = definition.document(name, description)
+        problems: list[FieldViolation] = []
+        if not doc.name:
+            problems.append(FieldViolation("name", "required: " + NAME_HELP))
+        elif not NAME_RE.match(doc.name):
+            problems.append(FieldViolation("name", NAME_HELP))
+        problems += self.connectors.check(doc.spec)
+        if problems:
+            raise InvalidArgument("invalid pipeline", problems, reason="INVALID_PIPELINE")
+        now = self._clock()
+        pipeline = Pipeline(
+            id=str(uuid.uuid4()),
+            tenant=tenant,
+            name=doc.name,
+            description=doc.description,
+            spec=doc.spec,
+            version=1,
+            created_at=now,
+            updated_at=now,
+            next_fire_at=next_fire(doc.spec.schedule, now),
+        )
+        async with self._uow() as tx:
+            added = await tx.pipelines.add_pipeline(pipeline)
+            if added:
+                await tx.commit()
+        if not added:
+            raise AlreadyExists(
+                f"a pipeline named {doc.name!r} exists; update it or pick another name",
+                reason="PIPELINE_EXISTS",
+            )
+        await self._sync_triggers(pipeline)
+        return pipeline
+
+    async def get(self, tenant: str, id_or_name: str) -> Pipeline:
+        if not id_or_name:
+            raise InvalidArgument("id is required", [FieldViolation("id", "pipeline id or name")])
+        async with self._uow() as tx:
+            pipeline = await tx.pipelines.get_pipeline(tenant, id_or_name)
+        if pipeline is None:
+            raise NotFound(f"pipeline {id_or_name!r} not found", reason="PIPELINE_NOT_FOUND")
+        return pipeline
+
+    async def list_pipelines(
+        self, tenant: str, page_size: int, page_token: str
+    ) -> tuple[list[Pipeline], str]:
+        size = paging.page_size(page_size)
+        after = paging.decode(page_token)
+        if after is not None and not isinstance(after, str):
+            raise paging.bad_token()
+        async with self._uow() as tx:
+            rows = await tx.pipelines.page_pipelines(tenant, after or "", size + 1)
+        token = paging.encode(rows[size - 1].name) if len(rows) > size else ""
+        return rows[:size], token
+
+    async def update(
+        self,
+        tenant: str,
+        id_or_name: str,
+        definition: Definition,
+        *,
+        description: str = "",
+        expected_version: int = 0,
+    ) -> Pipeline:
+        current = await self.get(tenant, id_or_name)
+        doc = definition.document(current.name, description or current.description)
+        if doc.name != current.name:
+            raise InvalidArgument(
+                "a pipeline cannot be renamed",
+                [FieldViolation("spec_text: name", f"must stay {current.name!r}")],
+                reason="INVALID_PIPELINE",
+            )
+        self.check(doc)
+        if expected_version and expected_version != current.version:
+            raise Conflict(
+                f"pipeline {current.name} is at version {current.version}, not {expected_version}",
+                metadata={"version": str(current.version)},
+            )
+        now = self._clock()
+        updated = replace(
+            current,
+            spec=doc.spec,
+            description=doc.description,
+            version=current.version + 1,
+            updated_at=now,
+            next_fire_at=next_fire(doc.spec.schedule, now),
+        )
+        async with self._uow() as tx:
+            ok = await tx.pipelines.update_pipeline(updated, current.version)
+            if ok:
+                await tx.commit()
+        if not ok:
+            raise Conflict(
+                f"pipeline {current.name} changed meanwhile; read it again and retry",
+            )
+        await self._sync_triggers(updated)
+        return updated
+
+    async def delete(self, tenant: str, id_or_name: str) -> None:
+        pipeline = await self.get(tenant, id_or_name)
+        async with self._uow() as tx:
+            if await tx.pipelines.active_runs(tenant, pipeline.id):
+                raise FailedPrecondition(
+                    f"pipeline {pipeline.name} has an unfinished run; cancel it first",
+                    reason="PIPELINE_BUSY",
+                )
+            await tx.pipelines.delete_pipeline(tenant, pipeline.id)
+            await tx.commit()
+        await self._drop_trigger(pipeline.id, tenant)
+
+    async def validate(
+        self,
+        tenant: str,
+        definition: Definition,
+        *,
+        preview_rows: int = 0,
+        params: Mapping[str, Any] | None = None,
+    ) -> ValidationResult:
+        """Check a spec; when valid and ``preview_rows`` > 0, read the source
+        and return the first rows after the transforms. Problems are answers
+        here, not errors (the same answers ``datamcp pipeline validate`` gives)."""
+        if preview_rows < 0 or preview_rows > MAX_PREVIEW:
+            raise InvalidArgument(
+                "invalid preview_rows", [FieldViolation("preview_rows", f"0 to {MAX_PREVIEW}")]
+            )
+        try:
+            doc = definition.document()
+        except InvalidArgument as exc:
+            return ValidationResult(list(exc.violations))
+        problems = self.connectors.check(doc.spec)
+        if problems or not preview_rows:
+            return ValidationResult(problems, doc.spec)
+        ctx = ReadContext(tenant, {**doc.spec.params, **(params or {})})
+        try:
+            columns, rows, rejects = await self.runs.engine.preview(doc.spec, ctx, preview_rows)
+        except InvalidArgument as exc:
+            return ValidationResult(list(exc.violations), doc.spec)
+        except (PermanentError, TransientError) as exc:
+            return ValidationResult([FieldViolation("source", f"cannot preview: {exc}")], doc.spec)
+        return ValidationResult(
+            [],
+            doc.spec,
+            columns,
+            [{c: json_safe(v) for c, v in zip(columns, r, strict=False)} for r in rows],
+            rejects,
+        )
+
+    # ---- running -------------------------------------------------------------------
+
+    async def run(
+        self,
+        tenant: str,
+        id_or_name: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        request_id: str = "",
+        correlation_id: str = "",
+        trigger: str = Trigger.MANUAL,
+    ) -> tuple[Run, bool]:
+        """Start a run; the same ``request_id`` always names the same run."""
+        if len(request_id) > 128:
+            raise InvalidArgument(
+                "request_id too long", [FieldViolation("request_id", "at most 128 characters")]
+            )
+        pipeline = await self.get(tenant, id_or_name)
+        run_id = run_id_for(tenant, request_id) if request_id else new_run_id()
+        return await self.runs.submit(
+            pipeline,
+            params=dict(params or {}),
+            trigger=str(trigger),
+            request_id=request_id,
+            correlation_id=correlation_id,
+            run_id=run_id,
+        )
+
+    async def get_run(
+        self, tenant: str, run_id: str, reject_limit: int = 0
+    ) -> tuple[Run, list[Reject]]:
+        if reject_limit < 0 or reject_limit > MAX_REJECTS_PAGE:
+            raise InvalidArgument(
+                "invalid reject_limit",
+                [FieldViolation("reject_limit", f"0 to {MAX_REJECTS_PAGE}")],
+            )
+        run = await self.runs.get(tenant, run_id)
+        rejects: list[Reject] = []
+        if reject_limit:
+            async with self._uow() as tx:
+                rejects = await tx.pipelines.rejects(tenant, run_id, reject_limit)
+        return run, rejects
+
+    async def list_runs(
+        self,
+        tenant: str,
+        *,
+        pipeline: str,
+        states: list[RunState],
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[Run], str]:
+        size = paging.page_size(page_size)
+        before = paging.keyset(page_token)
+        pipeline_id = (await self.get(tenant, pipeline)).id if pipeline else ""
+        async with self._uow() as tx:
+            rows = await tx.pipelines.page_runs(
+                tenant, pipeline_id=pipeline_id, states=states, before=before, limit=size + 1
+            )
+        token = ""
+        if len(rows) > size:
+            last = rows[size - 1]
+            token = paging.encode([last.created_at, last.id])
+        return rows[:size], token
+
+    async def cancel_run(self, tenant: str, run_id: str) -> Run:
+        return await self.runs.cancel(tenant, run_id)
+
+    def watch_run(self, tenant: str, run_id: str) -> AsyncIterator[Run]:
+        return self.runs.watch(tenant, run_id)
+
+    async def run_to_end(
+        self, tenant: str, pipeline: str, params: dict[str, Any], correlation_id: str
+    ) -> Run:
+        run, _ = await self.run(
+            tenant, pipeline, params=params, correlation_id=correlation_id, trigger=Trigger.AGENT
+        )
+        return await self.runs.wait(tenant, run.id)
+
+    # ---- schedules -------------------------------------------------------------------
+
+    async def _schedule_loop(self) -> None:
+        last_refresh = 0.0
+        while True:
+            try:
+                await self.fire_due()
+                if time.monotonic() - last_refresh >= self._trigger_refresh:
+                    last_refresh = time.monotonic()
+                    await self._refresh_triggers()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("pipeline scheduler tick failed", exc_info=True)
+            await asyncio.sleep(self._tick)
+
+    async def fire_due(self) -> int:
+        """Start a run for every due schedule slot this replica claims."""
+        now = self._clock()
+        async with self._uow() as tx:
+            due = await tx.pipelines.due_pipelines(now, 100)
+        fired = 0
+        for pipeline in due:
+            slot = pipeline.next_fire_at
+            assert slot is not None
+            following = next_fire(pipeline.spec.schedule, max(slot, now))
+            async with self._uow() as tx:
+                claimed = await tx.pipelines.claim_slot(pipeline.id, slot, following or 0.0)
+                await tx.commit()
+            if not claimed:
+                continue
+            try:
+                await self.runs.submit(
+                    pipeline,
+                    params={},
+                    trigger=Trigger.SCHEDULE,
+                    request_id=f"schedule:{slot:.3f}",
+                    correlation_id="",
+                    run_id=run_id_for(pipeline.tenant, f"schedule:{pipeline.id}:{slot:.3f}"),
+                )
+                fired += 1
+            except DataMCPError as exc:
+                log.warning(
+                    "scheduled run skipped",
+                    extra={"pipeline_id": pipeline.id, "reason": exc.reason, "error": exc.message},
+                )
+        return fired
+
+    # ---- event triggers ---------------------------------------------------------------
+
+    async def _refresh_triggers(self) -> None:
+        async with self._uow() as tx:
+            pipelines = await tx.pipelines.triggered_pipelines()
+        wanted = {p.id for p in pipelines}
+        for pid in list(self._triggers):
+            if pid not in wanted:
+                await self._drop_trigger(pid)
+        for p in pipelines:
+            await self._sync_triggers(p)
+
+    def _trigger_key(self, pipeline: Pipeline) -> str:
+        return repr([dict(t) for t in pipeline.spec.triggers])
+
+    async def _sync_triggers(self, pipeline: Pipeline) -> None:
+        if self._scheduler is None:
+            return  # not started (a CLI or a test of the core): no consumers
+        current = self._triggers.get(pipeline.id)
+        key = self._trigger_key(pipeline)
+        if current is not None and current[0] == key:
+            return
+        await self._drop_trigger(pipeline.id)
+        if not pipeline.spec.triggers:
+            return
+        consumers = []
+        for n, flt in enumerate(pipeline.spec.trigger_filters()):
+            name = f"pipeline:{pipeline.id}:{n}"
+            try:
+                consumer = await self._events.open_consumer(pipeline.tenant, name, flt)
+            except FailedPrecondition:  # the spec's filter changed: start afresh
+                with contextlib.suppress(NotFound):
+                    await self._events.subscriptions.delete(pipeline.tenant, name)
+                consumer = await self._events.open_consumer(pipeline.tenant, name, flt)
+            consumers.append(consumer)
+        for n in range(len(pipeline.spec.triggers), _MAX_TRIGGERS):
+            with contextlib.suppress(NotFound):  # triggers removed by an update
+                await self._events.subscriptions.delete(
+                    pipeline.tenant, f"pipeline:{pipeline.id}:{n}"
+                )
+        task = asyncio.create_task(
+            self._trigger_loop(pipeline.id, consumers), name=f"pipeline-trigger:{pipeline.id}"
+        )
+        self._triggers[pipeline.id] = (key, task, consumers)
+
+    async def _drop_trigger(self, pipeline_id: str, tenant: str = "") -> None:
+        """Stop consuming; with ``tenant`` (a deleted pipeline) also delete the
+        subscriptions so they hold no events back from retention."""
+        current = self._triggers.pop(pipeline_id, None)
+        if current is not None:
+            _key, task, consumers = current
+            await cancel_and_wait(task)
+            for c in consumers:
+                with contextlib.suppress(Exception):
+                    await c.close()
+        if tenant:
+            for n in range(_MAX_TRIGGERS):
+                with contextlib.suppress(NotFound):
+                    await self._events.subscriptions.delete(tenant, f"pipeline:{pipeline_id}:{n}")
+
+    async def _trigger_loop(self, pipeline_id: str, consumers: list[Consumer]) -> None:
+        await asyncio.gather(*(self._consume(pipeline_id, c) for c in consumers))
+
+    async def _consume(self, pipeline_id: str, consumer: Consumer) -> None:
+        while True:
+            try:
+                async for delivery in consumer.deliveries():
+                    event = delivery.event
+                    try:
+                        await self._run_for_event(pipeline_id, event, {})
+                    except FailedPrecondition as exc:
+                        await consumer.nack(event.seq, exc.message, retry_after=5.0)
+                    except Exception as exc:
+                        await consumer.nack(event.seq, f"{type(exc).__name__}: {exc}")
+                    else:
+                        await consumer.ack([event.seq])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("pipeline trigger loop failed; retrying", exc_info=True)
+                await asyncio.sleep(1.0)
+
+    async def _run_for_event(self, pipeline: str, event: Event, params: Mapping[str, Any]) -> Run:
+        merged = {**({"event": event.data} if event.data is not None else {}), **params}
+        run, _ = await self.run(
+            event.tenant,
+            pipeline,
+            params=merged,
+            request_id=f"event:{pipeline}:{event.id}"[:128],
+            correlation_id=event.correlation_id or event.id,
+            trigger=Trigger.EVENT,
+        )
+        return run
+
+    def router_action(self) -> Action:
+        """The ``pipeline.run`` router action: params ``{pipeline, params}``.
+        The run id derives from the event, so a redelivery runs nothing new."""
+
+        async def action(cause: Event, params: Mapping[str, Any]) -> None:
+            await self._run_for_event(
+                str(params.get("pipeline", "")), cause, dict(params.get("params", {}))
+            )
+
+        return action
+
+    def metrics(self) -> dict[str, float]:
+        r = self.runs
+        return {
+            "runs_active": float(r.running),
+            "runs_succeeded": float(r.succeeded),
+            "runs_failed": float(r.failed),
+            "runs_cancelled": float(r.cancelled),
+            "rows_written": float(r.rows_written),
+        }
+
+
+class AgentPort:
+    """:class:`~datamcp.core.agents.builtin.pipeline.PipelinePort` over the service."""
+
+    def __init__(self, service: PipelineService) -> None:
+        self._service = service
+
+    async def run(
+        self, tenant: str, pipeline: str, params: dict[str, Any], correlation_id: str
+    ) -> dict[str, Any]:
+        run = await self._service.run_to_end(tenant, pipeline, params, correlation_id)
+        return run.summary()
+
+
+def validate_router_params(params: Mapping[str, Any]) -> str | None:
+    """A problem with a ``pipeline.run`` trigger's params, or None."""
+    if not isinstance(params.get("pipeline"), str) or not params.get("pipeline"):
+        return "params.pipeline must name a pipeline (id or name)"
+    if not isinstance(params.get("params", {}), dict):
+        return "params.params must be a table"
+    return None
+
+
+__all__ = [
+    "RUN_ACTION",
+    "AgentPort",
+    "Definition",
+    "EventFilter",
+    "PipelineService",
+    "ValidationResult",
+    "validate_router_params",
+]
