@@ -22,33 +22,64 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64\x61tamcp/v1/streams.proto\x12\ndatamcp.v1\"\x18\n\x16\x43reateStreamJobRequest\"\x19\n\x17\x43reateStreamJobResponse\"\x15\n\x13GetStreamJobRequest\"\x16\n\x14GetStreamJobResponse\"\x17\n\x15ListStreamJobsRequest\"\x18\n\x16ListStreamJobsResponse\"\x18\n\x16\x44\x65leteStreamJobRequest\"\x19\n\x17\x44\x65leteStreamJobResponse\"\x14\n\x12PushRecordsRequest\"\x15\n\x13PushRecordsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64\x61tamcp/v1/streams.proto\x12\ndatamcp.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd3\x02\n\tStreamJob\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\'\n\x04spec\x18\x03 \x01(\x0b\x32\x19.datamcp.v1.StreamJobSpec\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.datamcp.v1.StreamJobState\x12/\n\x08\x63ounters\x18\x05 \x01(\x0b\x32\x1d.datamcp.v1.StreamJobCounters\x12-\n\twatermark\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0f\x63heckpoint_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\t \x01(\t\"\xc5\x03\n\rStreamJobSpec\x12/\n\x06\x65vents\x18\x01 \x01(\x0b\x32\x1d.datamcp.v1.StreamEventSourceH\x00\x12,\n\x04push\x18\x02 \x01(\x0b\x32\x1c.datamcp.v1.StreamPushSourceH\x00\x12\x12\n\nkey_fields\x18\x03 \x03(\t\x12\x18\n\x10\x65vent_time_field\x18\x04 \x01(\t\x12(\n\x06window\x18\x05 \x01(\x0b\x32\x18.datamcp.v1.StreamWindow\x12\x33\n\x0c\x61ggregations\x18\x06 \x03(\x0b\x32\x1d.datamcp.v1.StreamAggregation\x12\x32\n\x0fwatermark_delay\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x10\x61llowed_lateness\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12$\n\x04sink\x18\t \x01(\x0b\x32\x16.datamcp.v1.StreamSink\x12/\n\x0cidle_timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.DurationB\x08\n\x06source\"\xd9\x01\n\x11StreamEventSource\x12\r\n\x05types\x18\x01 \x03(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x37\n\x05where\x18\x04 \x03(\x0b\x32(.datamcp.v1.StreamEventSource.WhereEntry\x12\x15\n\rfrom_earliest\x18\x05 \x01(\x08\x1a\x44\n\nWhereEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"\x12\n\x10StreamPushSource\"\xb5\x01\n\x0cStreamWindow\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.datamcp.v1.StreamWindowKind\x12\'\n\x04size\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05slide\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03gap\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"i\n\x11StreamAggregation\x12\x37\n\x08\x66unction\x18\x01 \x01(\x0e\x32%.datamcp.v1.StreamAggregationFunction\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"Y\n\nStreamSink\x12\x13\n\x0b\x65mit_events\x18\x01 \x01(\x08\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\r\n\x05table\x18\x03 \x01(\t\x12\x13\n\x0blate_events\x18\x04 \x01(\x08\"\xd0\x01\n\x11StreamJobCounters\x12\x18\n\x10records_accepted\x18\x01 \x01(\x03\x12\x14\n\x0crecords_late\x18\x02 \x01(\x03\x12\x18\n\x10records_rejected\x18\x03 \x01(\x03\x12\x14\n\x0cwindows_open\x18\x04 \x01(\x03\x12\x17\n\x0fwindows_emitted\x18\x05 \x01(\x03\x12\x17\n\x0finputs_consumed\x18\x06 \x01(\x03\x12\x13\n\x0b\x63heckpoints\x18\x07 \x01(\x03\x12\x14\n\x0cidle_flushes\x18\x08 \x01(\x03\"P\n\x16\x43reateStreamJobRequest\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.datamcp.v1.StreamJob\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"P\n\x17\x43reateStreamJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.datamcp.v1.StreamJob\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"!\n\x13GetStreamJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\":\n\x14GetStreamJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.datamcp.v1.StreamJob\">\n\x15ListStreamJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x16ListStreamJobsResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.datamcp.v1.StreamJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x16\x44\x65leteStreamJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x19\n\x17\x44\x65leteStreamJobResponse\"b\n\x12PushRecordsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12(\n\x07records\x18\x02 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"j\n\x13PushRecordsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x10\n\x08rejected\x18\x02 \x01(\x03\x12/\n\nrejections\x18\x03 \x03(\x0b\x32\x1b.datamcp.v1.RecordRejection\"D\n\x0fRecordRejection\x12\r\n\x05index\x18\x01 \x01(\x03\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t*o\n\x0eStreamJobState\x12 \n\x1cSTREAM_JOB_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18STREAM_JOB_STATE_RUNNING\x10\x01\x12\x1d\n\x19STREAM_JOB_STATE_RETRYING\x10\x02*\x97\x01\n\x10StreamWindowKind\x12\"\n\x1eSTREAM_WINDOW_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSTREAM_WINDOW_KIND_TUMBLING\x10\x01\x12\x1e\n\x1aSTREAM_WINDOW_KIND_SLIDING\x10\x02\x12\x1e\n\x1aSTREAM_WINDOW_KIND_SESSION\x10\x03*\x83\x02\n\x19StreamAggregationFunction\x12+\n\'STREAM_AGGREGATION_FUNCTION_UNSPECIFIED\x10\x00\x12%\n!STREAM_AGGREGATION_FUNCTION_COUNT\x10\x01\x12#\n\x1fSTREAM_AGGREGATION_FUNCTION_SUM\x10\x02\x12#\n\x1fSTREAM_AGGREGATION_FUNCTION_AVG\x10\x03\x12#\n\x1fSTREAM_AGGREGATION_FUNCTION_MIN\x10\x04\x12#\n\x1fSTREAM_AGGREGATION_FUNCTION_MAX\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'datamcp.v1.streams_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATESTREAMJOBREQUEST']._serialized_start=40
-  _globals['_CREATESTREAMJOBREQUEST']._serialized_end=64
-  _globals['_CREATESTREAMJOBRESPONSE']._serialized_start=66
-  _globals['_CREATESTREAMJOBRESPONSE']._serialized_end=91
-  _globals['_GETSTREAMJOBREQUEST']._serialized_start=93
-  _globals['_GETSTREAMJOBREQUEST']._serialized_end=114
-  _globals['_GETSTREAMJOBRESPONSE']._serialized_start=116
-  _globals['_GETSTREAMJOBRESPONSE']._serialized_end=138
-  _globals['_LISTSTREAMJOBSREQUEST']._serialized_start=140
-  _globals['_LISTSTREAMJOBSREQUEST']._serialized_end=163
-  _globals['_LISTSTREAMJOBSRESPONSE']._serialized_start=165
-  _globals['_LISTSTREAMJOBSRESPONSE']._serialized_end=189
-  _globals['_DELETESTREAMJOBREQUEST']._serialized_start=191
-  _globals['_DELETESTREAMJOBREQUEST']._serialized_end=215
-  _globals['_DELETESTREAMJOBRESPONSE']._serialized_start=217
-  _globals['_DELETESTREAMJOBRESPONSE']._serialized_end=242
-  _globals['_PUSHRECORDSREQUEST']._serialized_start=244
-  _globals['_PUSHRECORDSREQUEST']._serialized_end=264
-  _globals['_PUSHRECORDSRESPONSE']._serialized_start=266
-  _globals['_PUSHRECORDSRESPONSE']._serialized_end=287
+  _globals['_STREAMEVENTSOURCE_WHEREENTRY']._loaded_options = None
+  _globals['_STREAMEVENTSOURCE_WHEREENTRY']._serialized_options = b'8\001'
+  _globals['_STREAMJOBSTATE']._serialized_start=2520
+  _globals['_STREAMJOBSTATE']._serialized_end=2631
+  _globals['_STREAMWINDOWKIND']._serialized_start=2634
+  _globals['_STREAMWINDOWKIND']._serialized_end=2785
+  _globals['_STREAMAGGREGATIONFUNCTION']._serialized_start=2788
+  _globals['_STREAMAGGREGATIONFUNCTION']._serialized_end=3047
+  _globals['_STREAMJOB']._serialized_start=136
+  _globals['_STREAMJOB']._serialized_end=475
+  _globals['_STREAMJOBSPEC']._serialized_start=478
+  _globals['_STREAMJOBSPEC']._serialized_end=931
+  _globals['_STREAMEVENTSOURCE']._serialized_start=934
+  _globals['_STREAMEVENTSOURCE']._serialized_end=1151
+  _globals['_STREAMEVENTSOURCE_WHEREENTRY']._serialized_start=1083
+  _globals['_STREAMEVENTSOURCE_WHEREENTRY']._serialized_end=1151
+  _globals['_STREAMPUSHSOURCE']._serialized_start=1153
+  _globals['_STREAMPUSHSOURCE']._serialized_end=1171
+  _globals['_STREAMWINDOW']._serialized_start=1174
+  _globals['_STREAMWINDOW']._serialized_end=1355
+  _globals['_STREAMAGGREGATION']._serialized_start=1357
+  _globals['_STREAMAGGREGATION']._serialized_end=1462
+  _globals['_STREAMSINK']._serialized_start=1464
+  _globals['_STREAMSINK']._serialized_end=1553
+  _globals['_STREAMJOBCOUNTERS']._serialized_start=1556
+  _globals['_STREAMJOBCOUNTERS']._serialized_end=1764
+  _globals['_CREATESTREAMJOBREQUEST']._serialized_start=1766
+  _globals['_CREATESTREAMJOBREQUEST']._serialized_end=1846
+  _globals['_CREATESTREAMJOBRESPONSE']._serialized_start=1848
+  _globals['_CREATESTREAMJOBRESPONSE']._serialized_end=1928
+  _globals['_GETSTREAMJOBREQUEST']._serialized_start=1930
+  _globals['_GETSTREAMJOBREQUEST']._serialized_end=1963
+  _globals['_GETSTREAMJOBRESPONSE']._serialized_start=1965
+  _globals['_GETSTREAMJOBRESPONSE']._serialized_end=2023
+  _globals['_LISTSTREAMJOBSREQUEST']._serialized_start=2025
+  _globals['_LISTSTREAMJOBSREQUEST']._serialized_end=2087
+  _globals['_LISTSTREAMJOBSRESPONSE']._serialized_start=2089
+  _globals['_LISTSTREAMJOBSRESPONSE']._serialized_end=2175
+  _globals['_DELETESTREAMJOBREQUEST']._serialized_start=2177
+  _globals['_DELETESTREAMJOBREQUEST']._serialized_end=2213
+  _globals['_DELETESTREAMJOBRESPONSE']._serialized_start=2215
+  _globals['_DELETESTREAMJOBRESPONSE']._serialized_end=2240
+  _globals['_PUSHRECORDSREQUEST']._serialized_start=2242
+  _globals['_PUSHRECORDSREQUEST']._serialized_end=2340
+  _globals['_PUSHRECORDSRESPONSE']._serialized_start=2342
+  _globals['_PUSHRECORDSRESPONSE']._serialized_end=2448
+  _globals['_RECORDREJECTION']._serialized_start=2450
+  _globals['_RECORDREJECTION']._serialized_end=2518
 # @@protoc_insertion_point(module_scope)

@@ -3,8 +3,14 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -16,13 +22,325 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-@_typing.final
-class CreateStreamJobRequest(_message.Message):
-    """Stream job messages for the stream-processing RPCs of PipelineService
-    (pipelines.proto). SKELETON: the stream-processing work fills these in.
+class _StreamJobState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
 
-    CreateStreamJobRequest declares a long-lived stream job.
+class _StreamJobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StreamJobState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STREAM_JOB_STATE_UNSPECIFIED: _StreamJobState.ValueType  # 0
+    """Not set."""
+    STREAM_JOB_STATE_RUNNING: _StreamJobState.ValueType  # 1
+    """Consuming and checkpointing."""
+    STREAM_JOB_STATE_RETRYING: _StreamJobState.ValueType  # 2
+    """The last checkpoint failed; the job restarts from its last checkpoint
+    with backoff (see last_error).
     """
+
+class StreamJobState(_StreamJobState, metaclass=_StreamJobStateEnumTypeWrapper):
+    """StreamJobState says whether a job is making progress."""
+
+STREAM_JOB_STATE_UNSPECIFIED: StreamJobState.ValueType  # 0
+"""Not set."""
+STREAM_JOB_STATE_RUNNING: StreamJobState.ValueType  # 1
+"""Consuming and checkpointing."""
+STREAM_JOB_STATE_RETRYING: StreamJobState.ValueType  # 2
+"""The last checkpoint failed; the job restarts from its last checkpoint
+with backoff (see last_error).
+"""
+Global___StreamJobState: _TypeAlias = StreamJobState  # noqa: Y015
+
+class _StreamWindowKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StreamWindowKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StreamWindowKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STREAM_WINDOW_KIND_UNSPECIFIED: _StreamWindowKind.ValueType  # 0
+    """Not set."""
+    STREAM_WINDOW_KIND_TUMBLING: _StreamWindowKind.ValueType  # 1
+    """Fixed, non-overlapping windows of `size`, aligned to the epoch."""
+    STREAM_WINDOW_KIND_SLIDING: _StreamWindowKind.ValueType  # 2
+    """Windows of `size` starting every `slide` (a record is in size/slide windows)."""
+    STREAM_WINDOW_KIND_SESSION: _StreamWindowKind.ValueType  # 3
+    """Per-key activity sessions that end after a `gap` with no records."""
+
+class StreamWindowKind(_StreamWindowKind, metaclass=_StreamWindowKindEnumTypeWrapper):
+    """StreamWindowKind is how records are assigned to windows."""
+
+STREAM_WINDOW_KIND_UNSPECIFIED: StreamWindowKind.ValueType  # 0
+"""Not set."""
+STREAM_WINDOW_KIND_TUMBLING: StreamWindowKind.ValueType  # 1
+"""Fixed, non-overlapping windows of `size`, aligned to the epoch."""
+STREAM_WINDOW_KIND_SLIDING: StreamWindowKind.ValueType  # 2
+"""Windows of `size` starting every `slide` (a record is in size/slide windows)."""
+STREAM_WINDOW_KIND_SESSION: StreamWindowKind.ValueType  # 3
+"""Per-key activity sessions that end after a `gap` with no records."""
+Global___StreamWindowKind: _TypeAlias = StreamWindowKind  # noqa: Y015
+
+class _StreamAggregationFunction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StreamAggregationFunctionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StreamAggregationFunction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STREAM_AGGREGATION_FUNCTION_UNSPECIFIED: _StreamAggregationFunction.ValueType  # 0
+    """Not set."""
+    STREAM_AGGREGATION_FUNCTION_COUNT: _StreamAggregationFunction.ValueType  # 1
+    """Records (or, with a field, records where the field is not null)."""
+    STREAM_AGGREGATION_FUNCTION_SUM: _StreamAggregationFunction.ValueType  # 2
+    """Sum of a numeric field."""
+    STREAM_AGGREGATION_FUNCTION_AVG: _StreamAggregationFunction.ValueType  # 3
+    """Mean of a numeric field."""
+    STREAM_AGGREGATION_FUNCTION_MIN: _StreamAggregationFunction.ValueType  # 4
+    """Smallest value of a numeric field."""
+    STREAM_AGGREGATION_FUNCTION_MAX: _StreamAggregationFunction.ValueType  # 5
+    """Largest value of a numeric field."""
+
+class StreamAggregationFunction(_StreamAggregationFunction, metaclass=_StreamAggregationFunctionEnumTypeWrapper):
+    """StreamAggregationFunction is one aggregate over a window's records."""
+
+STREAM_AGGREGATION_FUNCTION_UNSPECIFIED: StreamAggregationFunction.ValueType  # 0
+"""Not set."""
+STREAM_AGGREGATION_FUNCTION_COUNT: StreamAggregationFunction.ValueType  # 1
+"""Records (or, with a field, records where the field is not null)."""
+STREAM_AGGREGATION_FUNCTION_SUM: StreamAggregationFunction.ValueType  # 2
+"""Sum of a numeric field."""
+STREAM_AGGREGATION_FUNCTION_AVG: StreamAggregationFunction.ValueType  # 3
+"""Mean of a numeric field."""
+STREAM_AGGREGATION_FUNCTION_MIN: StreamAggregationFunction.ValueType  # 4
+"""Smallest value of a numeric field."""
+STREAM_AGGREGATION_FUNCTION_MAX: StreamAggregationFunction.ValueType  # 5
+"""Largest value of a numeric field."""
+Global___StreamAggregationFunction: _TypeAlias = StreamAggregationFunction  # noqa: Y015
+
+@_typing.final
+class StreamJob(_message.Message):
+    """Stream job messages for the stream-processing RPCs of PipelineService
+    (pipelines.proto). A stream job reads records (bus events, or records a
+    client pushes), assigns them by key and event time to windows, and emits
+    one final result per window once the watermark has passed the window's end
+    plus the allowed lateness. State is checkpointed with the consumed input in
+    one transaction, so a restart resumes without double counting.
+
+    StreamJob is one long-lived stream job.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    COUNTERS_FIELD_NUMBER: _builtins.int
+    WATERMARK_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_TIME_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Server-assigned id (output only)."""
+    name: _builtins.str
+    """Display name, 1-128 characters."""
+    state: Global___StreamJobState.ValueType
+    """Output only."""
+    last_error: _builtins.str
+    """Output only: the last error when state is RETRYING."""
+    @_builtins.property
+    def spec(self) -> Global___StreamJobSpec:
+        """What the job reads, how it windows and aggregates, where results go."""
+
+    @_builtins.property
+    def counters(self) -> Global___StreamJobCounters:
+        """Output only: counters as of the last checkpoint."""
+
+    @_builtins.property
+    def watermark(self) -> _timestamp_pb2.Timestamp:
+        """Output only: max event time seen minus the watermark delay."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only."""
+
+    @_builtins.property
+    def checkpoint_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only: when the last checkpoint committed."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        spec: Global___StreamJobSpec | None = ...,
+        state: Global___StreamJobState.ValueType = ...,
+        counters: Global___StreamJobCounters | None = ...,
+        watermark: _timestamp_pb2.Timestamp | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        checkpoint_time: _timestamp_pb2.Timestamp | None = ...,
+        last_error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint_time", b"checkpoint_time", "counters", b"counters", "create_time", b"create_time", "spec", b"spec", "watermark", b"watermark"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_time", b"checkpoint_time", "counters", b"counters", "create_time", b"create_time", "id", b"id", "last_error", b"last_error", "name", b"name", "spec", b"spec", "state", b"state", "watermark", b"watermark"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamJob: _TypeAlias = StreamJob  # noqa: Y015
+
+@_typing.final
+class StreamJobSpec(_message.Message):
+    """StreamJobSpec declares a stream job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    PUSH_FIELD_NUMBER: _builtins.int
+    KEY_FIELDS_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    AGGREGATIONS_FIELD_NUMBER: _builtins.int
+    WATERMARK_DELAY_FIELD_NUMBER: _builtins.int
+    ALLOWED_LATENESS_FIELD_NUMBER: _builtins.int
+    SINK_FIELD_NUMBER: _builtins.int
+    IDLE_TIMEOUT_FIELD_NUMBER: _builtins.int
+    event_time_field: _builtins.str
+    """Record field (dotted path) holding the event time: epoch seconds or an
+    RFC 3339 string. Empty = the time of the carrying event.
+    """
+    @_builtins.property
+    def events(self) -> Global___StreamEventSource:
+        """Events from the bus matching a filter; each event's data is a record."""
+
+    @_builtins.property
+    def push(self) -> Global___StreamPushSource:
+        """Records pushed by clients with PushRecords."""
+
+    @_builtins.property
+    def key_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Record fields (dotted paths) forming the key; empty = one global key."""
+
+    @_builtins.property
+    def window(self) -> Global___StreamWindow:
+        """The window assignment (required)."""
+
+    @_builtins.property
+    def aggregations(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamAggregation]:
+        """At least one aggregation."""
+
+    @_builtins.property
+    def watermark_delay(self) -> _duration_pb2.Duration:
+        """The watermark trails the max event time seen by this much (>= 0)."""
+
+    @_builtins.property
+    def allowed_lateness(self) -> _duration_pb2.Duration:
+        """A window stays open this long past its end in watermark time (>= 0);
+        records for windows closed beyond it are counted as late.
+        """
+
+    @_builtins.property
+    def sink(self) -> Global___StreamSink:
+        """Where window results (and optionally late records) go (required)."""
+
+    @_builtins.property
+    def idle_timeout(self) -> _duration_pb2.Duration:
+        """Optional (0 = never, at most 30 days): when the job has read no record
+        for this long (processing time), the watermark advances just far enough
+        to close every open window, and their results are emitted. Records that
+        arrive later for those windows are late. Measured from the last record
+        read, or from when the job last (re)started.
+        """
+
+    def __init__(
+        self,
+        *,
+        events: Global___StreamEventSource | None = ...,
+        push: Global___StreamPushSource | None = ...,
+        key_fields: _abc.Iterable[_builtins.str] | None = ...,
+        event_time_field: _builtins.str = ...,
+        window: Global___StreamWindow | None = ...,
+        aggregations: _abc.Iterable[Global___StreamAggregation] | None = ...,
+        watermark_delay: _duration_pb2.Duration | None = ...,
+        allowed_lateness: _duration_pb2.Duration | None = ...,
+        sink: Global___StreamSink | None = ...,
+        idle_timeout: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allowed_lateness", b"allowed_lateness", "events", b"events", "idle_timeout", b"idle_timeout", "push", b"push", "sink", b"sink", "source", b"source", "watermark_delay", b"watermark_delay", "window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregations", b"aggregations", "allowed_lateness", b"allowed_lateness", "event_time_field", b"event_time_field", "events", b"events", "idle_timeout", b"idle_timeout", "key_fields", b"key_fields", "push", b"push", "sink", b"sink", "source", b"source", "watermark_delay", b"watermark_delay", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["events", "push"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___StreamJobSpec: _TypeAlias = StreamJobSpec  # noqa: Y015
+
+@_typing.final
+class StreamEventSource(_message.Message):
+    """StreamEventSource reads events from the bus through a durable subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class WhereEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _struct_pb2.Value: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _struct_pb2.Value | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TYPES_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    WHERE_FIELD_NUMBER: _builtins.int
+    FROM_EARLIEST_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """Exact event source, or a prefix ending in "*"; empty = any."""
+    subject: _builtins.str
+    """Exact event subject, or a prefix ending in "*"; empty = any."""
+    from_earliest: _builtins.bool
+    """Start from the oldest stored event instead of events published after
+    the job is created.
+    """
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Event type patterns: exact types or prefixes ending in ".*" (required)."""
+
+    @_builtins.property
+    def where(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Value]:
+        """Keep only events whose data field (dotted path) equals the value."""
+
+    def __init__(
+        self,
+        *,
+        types: _abc.Iterable[_builtins.str] | None = ...,
+        source: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        where: _abc.Mapping[_builtins.str, _struct_pb2.Value] | None = ...,
+        from_earliest: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_earliest", b"from_earliest", "source", b"source", "subject", b"subject", "types", b"types", "where", b"where"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamEventSource: _TypeAlias = StreamEventSource  # noqa: Y015
+
+@_typing.final
+class StreamPushSource(_message.Message):
+    """StreamPushSource marks a job fed by PushRecords."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -32,6 +350,192 @@ class CreateStreamJobRequest(_message.Message):
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamPushSource: _TypeAlias = StreamPushSource  # noqa: Y015
+
+@_typing.final
+class StreamWindow(_message.Message):
+    """StreamWindow configures the window assignment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    SLIDE_FIELD_NUMBER: _builtins.int
+    GAP_FIELD_NUMBER: _builtins.int
+    kind: Global___StreamWindowKind.ValueType
+    """Required."""
+    @_builtins.property
+    def size(self) -> _duration_pb2.Duration:
+        """Window length (tumbling, sliding)."""
+
+    @_builtins.property
+    def slide(self) -> _duration_pb2.Duration:
+        """Distance between window starts (sliding; <= size, size a multiple of it)."""
+
+    @_builtins.property
+    def gap(self) -> _duration_pb2.Duration:
+        """Inactivity that closes a session (session)."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___StreamWindowKind.ValueType = ...,
+        size: _duration_pb2.Duration | None = ...,
+        slide: _duration_pb2.Duration | None = ...,
+        gap: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gap", b"gap", "size", b"size", "slide", b"slide"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gap", b"gap", "kind", b"kind", "size", b"size", "slide", b"slide"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamWindow: _TypeAlias = StreamWindow  # noqa: Y015
+
+@_typing.final
+class StreamAggregation(_message.Message):
+    """StreamAggregation names one aggregate in the window results."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    function: Global___StreamAggregationFunction.ValueType
+    """Required."""
+    field: _builtins.str
+    """Record field (dotted path); required except for COUNT."""
+    name: _builtins.str
+    """Result name; default "<function>_<field>" (or "count")."""
+    def __init__(
+        self,
+        *,
+        function: Global___StreamAggregationFunction.ValueType = ...,
+        field: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "function", b"function", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamAggregation: _TypeAlias = StreamAggregation  # noqa: Y015
+
+@_typing.final
+class StreamSink(_message.Message):
+    """StreamSink says where a job's output goes; at least one of emit_events and
+    table is required.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMIT_EVENTS_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
+    LATE_EVENTS_FIELD_NUMBER: _builtins.int
+    emit_events: _builtins.bool
+    """Publish one event per closed window."""
+    event_type: _builtins.str
+    """Type of the window events; default "stream.window.closed"."""
+    table: _builtins.str
+    """Also insert one row per closed window into this table of the mesh
+    database (created when missing): lower-case letters, digits, "_".
+    """
+    late_events: _builtins.bool
+    """Publish each late record as a "stream.record.late" event."""
+    def __init__(
+        self,
+        *,
+        emit_events: _builtins.bool = ...,
+        event_type: _builtins.str = ...,
+        table: _builtins.str = ...,
+        late_events: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["emit_events", b"emit_events", "event_type", b"event_type", "late_events", b"late_events", "table", b"table"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamSink: _TypeAlias = StreamSink  # noqa: Y015
+
+@_typing.final
+class StreamJobCounters(_message.Message):
+    """StreamJobCounters are a job's totals as of its last checkpoint."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_ACCEPTED_FIELD_NUMBER: _builtins.int
+    RECORDS_LATE_FIELD_NUMBER: _builtins.int
+    RECORDS_REJECTED_FIELD_NUMBER: _builtins.int
+    WINDOWS_OPEN_FIELD_NUMBER: _builtins.int
+    WINDOWS_EMITTED_FIELD_NUMBER: _builtins.int
+    INPUTS_CONSUMED_FIELD_NUMBER: _builtins.int
+    CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    IDLE_FLUSHES_FIELD_NUMBER: _builtins.int
+    records_accepted: _builtins.int
+    """Records added to at least one window."""
+    records_late: _builtins.int
+    """Records that arrived after every window they belong to had closed."""
+    records_rejected: _builtins.int
+    """Records refused (bad event time, key or aggregated field)."""
+    windows_open: _builtins.int
+    """Windows currently open."""
+    windows_emitted: _builtins.int
+    """Windows closed and emitted."""
+    inputs_consumed: _builtins.int
+    """Input events (bus events or pushed batches) consumed."""
+    checkpoints: _builtins.int
+    """Checkpoints committed."""
+    idle_flushes: _builtins.int
+    """Times the idle timeout closed the open windows."""
+    def __init__(
+        self,
+        *,
+        records_accepted: _builtins.int = ...,
+        records_late: _builtins.int = ...,
+        records_rejected: _builtins.int = ...,
+        windows_open: _builtins.int = ...,
+        windows_emitted: _builtins.int = ...,
+        inputs_consumed: _builtins.int = ...,
+        checkpoints: _builtins.int = ...,
+        idle_flushes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints", b"checkpoints", "idle_flushes", b"idle_flushes", "inputs_consumed", b"inputs_consumed", "records_accepted", b"records_accepted", "records_late", b"records_late", "records_rejected", b"records_rejected", "windows_emitted", b"windows_emitted", "windows_open", b"windows_open"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamJobCounters: _TypeAlias = StreamJobCounters  # noqa: Y015
+
+@_typing.final
+class CreateStreamJobRequest(_message.Message):
+    """CreateStreamJobRequest declares a long-lived stream job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional idempotency key: the same request_id returns the same job."""
+    @_builtins.property
+    def job(self) -> Global___StreamJob:
+        """name and spec are used; output-only fields are ignored."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___StreamJob | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -43,12 +547,23 @@ class CreateStreamJobResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    JOB_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    duplicate: _builtins.bool
+    """True when request_id named a job created earlier."""
+    @_builtins.property
+    def job(self) -> Global___StreamJob:
+        """The job."""
+
     def __init__(
         self,
+        *,
+        job: Global___StreamJob | None = ...,
+        duplicate: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "job", b"job"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -60,12 +575,17 @@ class GetStreamJobRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Job id."""
     def __init__(
         self,
+        *,
+        id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -77,12 +597,19 @@ class GetStreamJobResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___StreamJob:
+        """The job."""
+
     def __init__(
         self,
+        *,
+        job: Global___StreamJob | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -94,12 +621,21 @@ class ListStreamJobsRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Most jobs per page (default 50, max 500)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -111,12 +647,23 @@ class ListStreamJobsResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    JOBS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamJob]:
+        """Oldest first."""
+
     def __init__(
         self,
+        *,
+        jobs: _abc.Iterable[Global___StreamJob] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -128,12 +675,17 @@ class DeleteStreamJobRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Job id."""
     def __init__(
         self,
+        *,
+        id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -162,12 +714,31 @@ class PushRecordsRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job (required in the first message; later messages may leave it
+    empty or repeat it).
+    """
+    request_id: _builtins.str
+    """Optional idempotency key of this message: resending a message with the
+    same request_id (for example after a connection loss) adds nothing.
+    """
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]:
+        """Records for the job."""
+
     def __init__(
         self,
+        *,
+        job_id: _builtins.str = ...,
+        records: _abc.Iterable[_struct_pb2.Struct] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "records", b"records", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -175,17 +746,64 @@ Global___PushRecordsRequest: _TypeAlias = PushRecordsRequest  # noqa: Y015
 
 @_typing.final
 class PushRecordsResponse(_message.Message):
-    """PushRecordsResponse summarises what the job accepted."""
+    """PushRecordsResponse summarises what the job accepted. Accepted records are
+    stored durably before the response is sent; rejected ones are listed.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    REJECTIONS_FIELD_NUMBER: _builtins.int
+    accepted: _builtins.int
+    """Records stored for the job."""
+    rejected: _builtins.int
+    """Records refused."""
+    @_builtins.property
+    def rejections(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordRejection]:
+        """Why records were refused (the first 100)."""
+
     def __init__(
         self,
+        *,
+        accepted: _builtins.int = ...,
+        rejected: _builtins.int = ...,
+        rejections: _abc.Iterable[Global___RecordRejection] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "rejected", b"rejected", "rejections", b"rejections"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PushRecordsResponse: _TypeAlias = PushRecordsResponse  # noqa: Y015
+
+@_typing.final
+class RecordRejection(_message.Message):
+    """RecordRejection says why one pushed record was refused."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Position of the record in the whole client stream (from 0)."""
+    field: _builtins.str
+    """The offending record field."""
+    description: _builtins.str
+    """What is wrong and what to do."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        field: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordRejection: _TypeAlias = RecordRejection  # noqa: Y015
