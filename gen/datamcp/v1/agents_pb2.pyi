@@ -98,6 +98,36 @@ TASK_STATE_TIMED_OUT: TaskState.ValueType  # 7
 """TASK_STATE_TIMED_OUT ran past its deadline."""
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
+class _ExecutionMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExecutionModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExecutionMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXECUTION_MODE_UNSPECIFIED: _ExecutionMode.ValueType  # 0
+    """EXECUTION_MODE_UNSPECIFIED runs it in process."""
+    EXECUTION_MODE_IN_PROCESS: _ExecutionMode.ValueType  # 1
+    """EXECUTION_MODE_IN_PROCESS runs it on this server's agents."""
+    EXECUTION_MODE_QUEUED: _ExecutionMode.ValueType  # 2
+    """EXECUTION_MODE_QUEUED stores it and sends it to the task queue
+    (agents.task_queue_url), whose consumers (the Lambda tasks handler) run it.
+    FAILED_PRECONDITION when the server has no task queue.
+    """
+
+class ExecutionMode(_ExecutionMode, metaclass=_ExecutionModeEnumTypeWrapper):
+    """ExecutionMode says where a submitted task runs."""
+
+EXECUTION_MODE_UNSPECIFIED: ExecutionMode.ValueType  # 0
+"""EXECUTION_MODE_UNSPECIFIED runs it in process."""
+EXECUTION_MODE_IN_PROCESS: ExecutionMode.ValueType  # 1
+"""EXECUTION_MODE_IN_PROCESS runs it on this server's agents."""
+EXECUTION_MODE_QUEUED: ExecutionMode.ValueType  # 2
+"""EXECUTION_MODE_QUEUED stores it and sends it to the task queue
+(agents.task_queue_url), whose consumers (the Lambda tasks handler) run it.
+FAILED_PRECONDITION when the server has no task queue.
+"""
+Global___ExecutionMode: _TypeAlias = ExecutionMode  # noqa: Y015
+
 @_typing.final
 class Capability(_message.Message):
     """Capability is something an agent can do, with JSON schemas for its input
@@ -491,6 +521,9 @@ class SubmitTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_FIELD_NUMBER: _builtins.int
+    EXECUTION_MODE_FIELD_NUMBER: _builtins.int
+    execution_mode: Global___ExecutionMode.ValueType
+    """execution_mode says where the task runs (in this process by default)."""
     @_builtins.property
     def task(self) -> Global___TaskSpec:
         """task to run."""
@@ -499,10 +532,11 @@ class SubmitTaskRequest(_message.Message):
         self,
         *,
         task: Global___TaskSpec | None = ...,
+        execution_mode: Global___ExecutionMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_mode", b"execution_mode", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,99 @@
+"""``handlers.events.handler``: EventBridge events through the mesh's router.
+
+The event's ``detail-type`` is the event type. When ``detail`` is a mesh
+CloudEvent (what the EventBridge broker sends: ``specversion``, ``id``,
+``type``, ``tenant``...) the event is that one, with its id, tenant and
+correlation id; any other event becomes an event of tenant ``default`` with
+EventBridge's id and the detail as data. Every trigger (``events.triggers``)
+whose filter matches runs its action here, exactly as the servers' trigger
+consumers would: ``agent.submit_task`` (the task runs in this invocation),
+``events.publish``, and ``pipeline.run`` / ``memory.sync`` when those
+services register them. Actions are idempotent per event id, so
+EventBridge's retries (the handler raises when an action fails) have their
+effect once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from datamcp.core.events.model import Event
+from handlers import _runtime
+
+if TYPE_CHECKING:
+    from datamcp.bootstrap import App
+
+MAX_ID = 128
+
+
+def handler(event: Any, context: _runtime.LambdaContext | None) -> dict[str, Any]:
+    cause = to_event(event)
+
+    async def work(app: App, deadline: float) -> dict[str, Any]:
+        ran = await app.router.dispatch(cause)
+        unfinished = await app.agents.queued_tasks.settle(_runtime.remaining(deadline))
+        return {
+            "id": cause.id,
+            "type": cause.type,
+            "tenant": cause.tenant,
+            "triggers": ran,
+            "unfinished_tasks": unfinished,
+        }
+
+    return _runtime.invoke(work, context)
+
+
+def to_event(raw: Any) -> Event:
+    """The mesh event an EventBridge event carries.
+
+    Raises:
+        ValueError: not an EventBridge event.
+    """
+    if (
+        not isinstance(raw, Mapping)
+        or not isinstance(raw.get("detail-type"), str)
+        or not isinstance(raw.get("id"), str)
+        or "detail" not in raw
+    ):
+        raise ValueError("not an EventBridge event: expected id, detail-type and detail")
+    detail = raw["detail"]
+    if isinstance(detail, Mapping) and detail.get("specversion") == "1.0":
+        return _from_cloudevent(detail)
+    return Event(
+        id=raw["id"][:MAX_ID],
+        source=str(raw.get("source", "")),
+        type=raw["detail-type"],
+        data=detail,
+        time=parse_time(raw.get("time")),
+    )
+
+
+def _from_cloudevent(ce: Mapping[str, Any]) -> Event:
+    event_id, event_type = ce.get("id"), ce.get("type")
+    if not isinstance(event_id, str) or not event_id or not isinstance(event_type, str):
+        raise ValueError("the detail is a CloudEvent without an id or a type")
+    sequence = ce.get("sequence", 0)
+    return Event(
+        id=event_id[:MAX_ID],
+        source=str(ce.get("source", "")),
+        type=event_type,
+        data=ce.get("data"),
+        subject=str(ce.get("subject", "")),
+        time=parse_time(ce.get("time")),
+        tenant=str(ce.get("tenant") or "default"),
+        correlation_id=str(ce.get("correlationid", "")),
+        traceparent=str(ce.get("traceparent", "")),
+        seq=sequence if isinstance(sequence, int) else 0,
+    )
+
+
+def parse_time(value: Any) -> float:
+    """Epoch seconds of an RFC 3339 time (``Z`` or an offset); 0.0 when absent."""
+    if not isinstance(value, str) or not value:
+        return 0.0
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise ValueError(f"time {value!r} is not RFC 3339") from None

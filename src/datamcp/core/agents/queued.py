@@ -1,0 +1,414 @@
+"""Queued execution: a task handed to a queue (SQS) and run by a consumer of
+that queue (the Lambda tasks handler) instead of by the submitting process.
+
+Who runs a task is recorded in its ``owner`` column:
+
+- ``q:<digest of the task id>`` (:func:`queue_owner`): stored by a server in
+  queued mode and not running anywhere. Orphan recovery leaves it alone, and
+  because the owner is unique to the task, claiming it is one conditional
+  UPDATE (``adopt``) that exactly one consumer wins, even when SQS delivers
+  the message twice at the same time.
+- an instance id: the process (server or Lambda container) running it. A
+  consumer that gets a redelivered message for a task owned by an instance
+  that is gone (a crashed invocation, a frozen container whose invocation
+  ran out of time and handed its tasks back) takes the work over the way the
+  servers' orphan recovery does; one owned by a live instance is busy.
+
+Identity is the request id: a message's task id is always derived from
+(tenant, request_id) (``task_id_for``), and a message without one gets
+``sqs:<messageId>``, so a redelivered message maps to the same task and has
+its effect once. The sender puts the message on the queue *before* storing
+the task: a consumer that sees the message first stores the task itself (the
+sender's insert then is a no-op), and a sender that dies in between leaves a
+message that still runs rather than a stored task nobody will ever run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+from datamcp.core.agents.model import Task, TaskError, TaskSpec, TaskState, task_id_for
+from datamcp.core.background import cancel_and_wait
+from datamcp.core.errors import (
+    Conflict,
+    DeadlineExceeded,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    Unavailable,
+)
+from datamcp.core.instances import is_gone
+from datamcp.core.ports import UnitOfWork, Write, WriteOp
+
+if TYPE_CHECKING:
+    from datamcp.core.agents.manager import AgentManager
+
+QUEUE_OWNER_PREFIX = "q:"
+TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_FIELDS = frozenset(
+    {
+        "tenant",
+        "capability",
+        "agent_id",
+        "input",
+        "priority",
+        "timeout",
+        "request_id",
+        "max_attempts",
+        "correlation_id",
+    }
+)
+
+
+def queue_owner(task_id: str) -> str:
+    """The owner of a queued task nobody runs yet (fits the 32-character column)."""
+    return QUEUE_OWNER_PREFIX + hashlib.sha256(task_id.encode()).hexdigest()[:30]
+
+
+def is_queue_owner(owner: str) -> bool:
+    return owner.startswith(QUEUE_OWNER_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedTask:
+    """One task submission as it travels through a queue."""
+
+    tenant: str
+    spec: TaskSpec
+
+    @property
+    def task_id(self) -> str:
+        return task_id_for(self.tenant, self.spec.request_id)
+
+    def to_message(self) -> dict[str, Any]:
+        s = self.spec
+        out: dict[str, Any] = {
+            "tenant": self.tenant,
+            "capability": s.capability,
+            "input": s.input,
+            "request_id": s.request_id,
+        }
+        if s.agent_id:
+            out["agent_id"] = s.agent_id
+        if s.priority:
+            out["priority"] = s.priority
+        if s.timeout is not None:
+            out["timeout"] = s.timeout
+        if s.max_attempts:
+            out["max_attempts"] = s.max_attempts
+        if s.correlation_id:
+            out["correlation_id"] = s.correlation_id
+        return out
+
+    @classmethod
+    def from_message(cls, body: Any, message_id: str) -> QueuedTask:
+        """Parse a message body (already decoded JSON).
+
+        ``message_id`` names the submission when the body has no request id,
+        so a redelivery of the same message is the same task.
+
+        Raises:
+            InvalidArgument: with a field violation per problem.
+        """
+        if not isinstance(body, Mapping):
+            raise InvalidArgument(
+                "a task message is a JSON object",
+                [FieldViolation("body", "expected a JSON object")],
+                reason="INVALID_TASK_MESSAGE",
+            )
+        bad = [FieldViolation(str(k), "unknown field") for k in body if k not in _FIELDS]
+
+        def text(name: str, default: str = "") -> str:
+            value = body.get(name, default)
+            if not isinstance(value, str):
+                bad.append(FieldViolation(name, "expected a string"))
+                return default
+            return value
+
+        def whole(name: str) -> int:
+            value = body.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, int):
+                bad.append(FieldViolation(name, "expected a whole number"))
+                return 0
+            return value
+
+        tenant = text("tenant", "default")
+        if not TENANT_RE.match(tenant):
+            bad.append(FieldViolation("tenant", "1-64 letters, digits, '.', '_' or '-'"))
+        timeout = body.get("timeout")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        ):
+            bad.append(FieldViolation("timeout", "seconds, a number above 0"))
+            timeout = None
+        spec = TaskSpec(
+            capability=text("capability"),
+            agent_id=text("agent_id"),
+            input=body.get("input"),
+            priority=whole("priority"),
+            timeout=float(timeout) if timeout is not None else None,
+            request_id=text("request_id") or f"sqs:{message_id}",
+            max_attempts=whole("max_attempts"),
+            correlation_id=text("correlation_id"),
+        )
+        if bad:
+            raise InvalidArgument(
+                "invalid task message; nothing was stored", bad, reason="INVALID_TASK_MESSAGE"
+            )
+        return cls(tenant, spec)
+
+
+class TaskQueue(Protocol):
+    """Where queued tasks go (adapters: ``adapters/aws/task_queue.py``)."""
+
+    name: str
+
+    async def send(self, task: QueuedTask) -> None:
+        """Enqueue durably. Raises Unavailable when the queue cannot take it."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(eq=False, slots=True)
+class _Claim:
+    source: str
+    owner: str
+    task: Task | None = None
+
+
+class QueuedTasks:
+    """The queued side of an :class:`AgentManager` (``manager.queued_tasks``)."""
+
+    def __init__(self, manager: AgentManager) -> None:
+        self._m = manager
+        #: Set by bootstrap when ``agents.task_queue_url`` is configured.
+        self.queue: TaskQueue | None = None
+        self._insert = WriteOp("tasks.insert_owned", 0, _apply_owned_insert)
+        self._claim = WriteOp("tasks.claim", 1, _apply_claims)
+
+    # --- the sending side (SubmitTask with EXECUTION_MODE_QUEUED) -------------------
+
+    async def submit(self, tenant: str, spec: TaskSpec) -> tuple[Task, bool]:
+        """Validate, send to the queue, then store the task (PENDING, owned by
+        the queue). Returns (task, duplicate), like ``AgentManager.submit``.
+
+        Raises:
+            FailedPrecondition: no task queue is configured.
+            InvalidArgument: as ``AgentManager.submit``; nothing is sent.
+            Unavailable: the queue or the store cannot be written.
+        """
+        m = self._m
+        queue = self.queue
+        if queue is None:
+            raise FailedPrecondition(
+                "queued execution is not configured on this server (agents.task_queue_url)",
+                reason="NO_TASK_QUEUE",
+            )
+        # The request id names the task across processes (see the module doc).
+        spec = replace(spec, request_id=spec.request_id or f"queued:{uuid.uuid4().hex}")
+        timeout, capability = m._validate(spec, None)
+        task_id = task_id_for(tenant, spec.request_id)
+        stored = await self._stored(tenant, task_id)
+        if stored is not None:
+            return stored, True
+        task = m.new_task(
+            tenant, spec, task_id=task_id, timeout=timeout, capability=capability, now=m._clock()
+        )
+        await queue.send(QueuedTask(tenant, replace(spec, capability=capability, timeout=timeout)))
+        (result,) = await m._bus.publish(
+            [m._event(task, "task.submitted")], [Write(self._insert, (task, queue_owner(task_id)))]
+        )
+        if result.duplicate:  # a consumer stored (and maybe ran) it first
+            return (await self._stored(tenant, task_id)) or task, True
+        return task, False
+
+    # --- the consuming side (the Lambda tasks handler) ------------------------------
+
+    async def run(self, message: QueuedTask, *, within: float) -> tuple[Task, bool]:
+        """Run a queued task to its final state in this process, within ``within``
+        seconds. Returns (task, duplicate): duplicate when the task had already
+        ended (a redelivery), so nothing was done.
+
+        Raises:
+            InvalidArgument: the task can never run (bad input, unknown
+                capability) and nothing is stored for it.
+            Conflict: a live process is running it (a concurrent duplicate
+                delivery); try again later.
+            DeadlineExceeded: it did not end within ``within``; call
+                :meth:`release` before the process freezes so that a
+                redelivery can run it again.
+            Unavailable: the store cannot be written.
+        """
+        m = self._m
+        tenant, spec = message.tenant, message.spec
+        task_id = message.task_id
+        if task_id not in m._live:
+            mine, ended = await self._own(tenant, spec, task_id)
+            if mine is not None and mine.state.final:
+                return mine, ended
+            if mine is not None and task_id not in m._live:
+                m._recover(mine)
+            if task_id not in m._live:
+                await self._take_over()
+            if task_id not in m._live:
+                raise Conflict(
+                    f"task {task_id} is running in another live process; retry later",
+                    reason="TASK_BUSY",
+                )
+        task = await m.wait(tenant, task_id, within)
+        if not task.state.final:
+            raise DeadlineExceeded(
+                f"task {task_id} is still {task.state.name} with the invocation's time used up",
+                reason="TASK_NOT_FINISHED",
+                metadata={"task_id": task_id},
+            )
+        return task, False
+
+    async def _own(self, tenant: str, spec: TaskSpec, task_id: str) -> tuple[Task | None, bool]:
+        """Store the task as ours, or claim it from the queue. Returns (task,
+        ended before): the task when it is ours or has ended, None when someone
+        else holds it."""
+        m = self._m
+        me = m._instance.id
+        try:
+            timeout, capability = m._validate(spec, None)
+        except InvalidArgument as exc:
+            return await self._fail_invalid(tenant, task_id, exc)
+        task = m.new_task(
+            tenant, spec, task_id=task_id, timeout=timeout, capability=capability, now=m._clock()
+        )
+        claim = _Claim(queue_owner(task_id), me)
+        (result,) = await m._bus.publish(
+            [m._event(task, "task.submitted")],
+            [Write(self._insert, (task, me)), Write(self._claim, claim)],
+        )
+        if not result.duplicate:
+            return task, False
+        if claim.task is not None:
+            return claim.task, False
+        stored = await self._stored(tenant, task_id)
+        if stored is None:
+            raise Unavailable(f"task {task_id} was announced but is not stored; retry")
+        return (stored, True) if stored.state.final else (None, False)
+
+    async def _fail_invalid(
+        self, tenant: str, task_id: str, exc: InvalidArgument
+    ) -> tuple[Task, bool]:
+        """A task the sender accepted but this process cannot run (its agents
+        differ): fail it so it does not wait forever. Nothing stored: re-raise."""
+        m = self._m
+        stored = await self._stored(tenant, task_id)
+        if stored is None:
+            raise exc
+        if stored.state.final:
+            return stored, True
+        claim = _Claim(queue_owner(task_id), m._instance.id)
+        await m._bus.publish([], [Write(self._claim, claim)])
+        if claim.task is None:
+            raise Conflict(f"task {task_id} is held by another process", reason="TASK_BUSY")
+        detail = "; ".join(f"{v.field}: {v.description}" for v in exc.violations)
+        now = m._clock()
+        failed = claim.task.evolve(
+            state=TaskState.FAILED,
+            error=TaskError(exc.reason, f"{exc.message}: {detail}"),
+            ended_at=now,
+            updated_at=now,
+        )
+        await m._bus.publish([m._event(failed, "task.failed")], [Write(m._save, failed)])
+        return failed, False
+
+    async def _take_over(self) -> None:
+        """Adopt the unfinished tasks of gone instances and our own that no
+        longer run here (handed back by an earlier invocation), and run them."""
+        m = self._m
+        me = m._instance.id
+        now = m._clock()
+        async with m._uow() as tx:
+            gone: list[str] = []
+            for owner in await tx.tasks.owners_of_unfinished():
+                if is_queue_owner(owner):
+                    continue
+                if owner != me:
+                    inst = await tx.instances.get(owner)
+                    if inst is not None and not is_gone(inst, now, m.policy.stale_after):
+                        continue
+                gone.append(owner)
+            adopted = await tx.tasks.adopt(me, gone) if gone else []
+            await tx.commit()
+        for task in adopted:
+            if task.id not in m._live:
+                m._recover(task)
+
+    async def settle(self, within: float) -> int:
+        """Wait up to ``within`` seconds for every task of this process to end
+        (tasks a Lambda invocation started, for example through a trigger
+        action); returns how many are still unfinished."""
+        m = self._m
+        waiting = [
+            asyncio.ensure_future(live.done.wait())
+            for live in m._live.values()
+            if not live.task.state.final
+        ]
+        if waiting:
+            _, pending = await asyncio.wait(waiting, timeout=within)
+            for future in pending:
+                future.cancel()
+        return sum(not live.task.state.final for live in m._live.values())
+
+    async def release(self) -> int:
+        """Interrupt every unfinished task of this process and store it back as
+        QUEUED (still ours: once this process is gone, a redelivery or a
+        server's orphan recovery takes it over). Call it before a Lambda
+        invocation returns with work unfinished: a frozen process must not
+        hold running tasks. Returns how many were handed back."""
+        m = self._m
+        lives = [live for live in m._live.values() if not live.task.state.final]
+        await cancel_and_wait(
+            *(live.runner for live in lives if live.runner is not None and live.inner is not None)
+        )
+        now = m._clock()
+        back: list[Task] = []
+        for live in lives:
+            m._unqueue(live)
+            if live.task.state.final:  # finished while we cancelled the others
+                continue
+            live.task = live.task.evolve(state=TaskState.QUEUED, updated_at=now)
+            back.append(live.task)
+        if back:
+            await m._bus.publish([], [Write(m._save, t) for t in back])
+        for live in lives:
+            if m._live.get(live.task.id) is live and not live.task.state.final:
+                del m._live[live.task.id]
+                live.done.set()
+                m._notify(live)
+        return len(back)
+
+    async def _stored(self, tenant: str, task_id: str) -> Task | None:
+        async with self._m.uow() as tx:
+            return await tx.tasks.get(tenant, task_id)
+
+
+async def _apply_owned_insert(tx: UnitOfWork, items: Sequence[tuple[Task, str]]) -> None:
+    by_owner: dict[str, list[Task]] = {}
+    for task, owner in items:
+        by_owner.setdefault(owner, []).append(task)
+    for owner, tasks in by_owner.items():
+        await tx.tasks.insert(tasks, owner)
+
+
+async def _apply_claims(tx: UnitOfWork, claims: Sequence[_Claim]) -> None:
+    """One conditional UPDATE per new owner for all the claims of a commit."""
+    by_owner: dict[str, list[_Claim]] = {}
+    for claim in claims:
+        by_owner.setdefault(claim.owner, []).append(claim)
+    for owner, group in by_owner.items():
+        won = {queue_owner(t.id): t for t in await tx.tasks.adopt(owner, [c.source for c in group])}
+        for claim in group:
+            claim.task = won.get(claim.source)

@@ -1,0 +1,239 @@
+"""handlers.tasks.handler with exact SQS events, on the real app (SQLite and
+PostgreSQL): partial batch failures, idempotent redelivery, FIFO groups,
+the invocation's time limit, and the same records as the in-process path."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from datamcp.core.agents.model import Task, TaskSpec, TaskState, task_id_for
+from datamcp.core.events.model import EventFilter
+from datamcp.core.ports import Write
+from handlers import _runtime, tasks
+from tests.agent_plugins import PLUGINS
+from tests.lambda_events import sqs_event, sqs_record, task_body
+
+
+@pytest.fixture
+def lambda_env(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """A fresh 'container': DATAMCP_* variables as the SAM template sets them."""
+    env = {
+        "DATAMCP_DATABASE_URL": database_url,
+        "DATAMCP_DATA_DIR": str(tmp_path),
+        "DATAMCP_AGENTS_PLUGINS": json.dumps(PLUGINS),
+        "DATAMCP_LOGGING_LEVEL": "WARNING",
+        "DATAMCP_HEALTH_INTERVAL": "1",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        yield tmp_path
+    finally:
+        _runtime.shutdown()
+
+
+def on_app(work: Any) -> Any:
+    async def run() -> Any:
+        return await work(await _runtime.app())
+
+    return _runtime.loop().run_until_complete(run())
+
+
+def stored(request_id: str, tenant: str = "default") -> Task | None:
+    async def get(app: Any) -> Task | None:
+        async with app.uow() as tx:
+            task: Task | None = await tx.tasks.get(tenant, task_id_for(tenant, request_id))
+            return task
+
+    result: Task | None = on_app(get)
+    return result
+
+
+def event_types(task_id: str, tenant: str = "default") -> list[str]:
+    async def replay(app: Any) -> list[str]:
+        flt = EventFilter.build(["task.*"], subject=task_id)
+        return [e.type async for e in app.events.bus.replay(tenant, flt)]
+
+    result: list[str] = on_app(replay)
+    return result
+
+
+def invoke(records: list[dict[str, Any]], timeout: float = 30.0) -> dict[str, Any]:
+    answer: dict[str, Any] = tasks.handler(sqs_event(records), _runtime.LocalContext(timeout))
+    return answer
+
+
+def failed_ids(answer: dict[str, Any]) -> list[str]:
+    return [f["itemIdentifier"] for f in answer["batchItemFailures"]]
+
+
+def marker_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_a_batch_runs_every_task_with_the_records_of_the_in_process_path(
+    lambda_env: Path,
+) -> None:
+    records = [
+        sqs_record(task_body("echo", {"n": i}, request_id=f"job-{i}", tenant="acme"))
+        for i in range(3)
+    ]
+    assert failed_ids(invoke(records)) == []
+    for i in range(3):
+        task = stored(f"job-{i}", "acme")
+        assert task is not None and task.state is TaskState.SUCCEEDED
+        assert task.result == {"n": i} and task.attempts == 1 and task.tenant == "acme"
+        assert event_types(task.id, "acme") == ["task.submitted", "task.started", "task.succeeded"]
+
+    async def in_process(app: Any) -> Task:
+        task: Task = await app.agents.execute(
+            "acme", TaskSpec(capability="echo", input={"n": 9}, request_id="direct")
+        )
+        return task
+
+    direct = on_app(in_process)
+    queued = stored("job-0", "acme")
+    assert queued is not None
+    same = ("state", "capability", "agent_id", "attempts", "max_attempts", "timeout", "priority")
+    assert {k: getattr(direct, k) for k in same} == {k: getattr(queued, k) for k in same}
+    assert event_types(direct.id, "acme") == event_types(queued.id, "acme")
+
+
+def test_only_the_bad_records_are_reported(lambda_env: Path) -> None:
+    good = [sqs_record(task_body("echo", i, request_id=f"ok-{i}")) for i in range(2)]
+    bad = [
+        sqs_record("{not json"),
+        sqs_record(task_body("no.such.capability", 1, request_id="bad-cap")),
+        sqs_record(task_body("math.add", {"a": 1}, request_id="bad-input")),
+        sqs_record({"capability": "echo", "tenant": "bad tenant!"}),
+        sqs_record({"capability": "echo", "surprise": True}),
+        sqs_record(["not", "an", "object"]),
+    ]
+    answer = invoke([good[0], *bad, good[1]])
+    assert failed_ids(answer) == [r["messageId"] for r in bad]
+    assert all(stored(f"ok-{i}").state is TaskState.SUCCEEDED for i in range(2))  # type: ignore[union-attr]
+    assert stored("bad-cap") is None and stored("bad-input") is None
+
+
+def test_a_task_that_fails_is_a_processed_record(lambda_env: Path) -> None:
+    record = sqs_record(task_body("test.boom", {}, request_id="boom"))
+    assert failed_ids(invoke([record])) == []
+    task = stored("boom")
+    assert task is not None and task.state is TaskState.FAILED
+    assert task.error is not None and task.error.reason == "AGENT_ERROR"
+
+
+def test_a_redelivered_message_has_its_effect_once(lambda_env: Path) -> None:
+    marker = lambda_env / "runs.txt"
+    body = task_body("test.slow", {"seconds": 0, "marker": str(marker)})
+    first = sqs_record(body, message_id="m-1")
+    assert failed_ids(invoke([first])) == []
+    again = sqs_record(body, message_id="m-1", receive_count=2)  # same messageId
+    assert failed_ids(invoke([again])) == []
+    assert len(marker_lines(marker)) == 1
+    task = stored("sqs:m-1")
+    assert task is not None and task.state is TaskState.SUCCEEDED and task.attempts == 1
+    assert event_types(task.id).count("task.started") == 1
+
+
+def test_the_same_request_id_in_other_messages_and_in_one_batch_runs_once(
+    lambda_env: Path,
+) -> None:
+    marker = lambda_env / "runs.txt"
+    body = task_body("test.slow", {"seconds": 0.2, "marker": str(marker)}, request_id="r-1")
+    batch = [sqs_record(body), sqs_record(body), sqs_record(body)]
+    assert failed_ids(invoke(batch)) == []
+    assert failed_ids(invoke([sqs_record(body)])) == []
+    assert len(marker_lines(marker)) == 1
+    assert stored("r-1").state is TaskState.SUCCEEDED  # type: ignore[union-attr]
+
+
+def test_fifo_keeps_group_order_and_a_failure_fails_only_the_rest_of_its_group(
+    lambda_env: Path,
+) -> None:
+    marker = lambda_env / "order.txt"
+
+    def slow(tag: str) -> dict[str, Any]:
+        return task_body(
+            "test.slow", {"seconds": 0.05, "marker": str(marker), "tag": tag}, request_id=tag
+        )
+
+    a1 = sqs_record(slow("a1"), group_id="A", queue="tasks.fifo")
+    a2 = sqs_record(slow("a2"), group_id="A", queue="tasks.fifo")
+    poison = sqs_record("{broken", group_id="A", queue="tasks.fifo")
+    a3 = sqs_record(slow("a3"), group_id="A", queue="tasks.fifo")
+    b1 = sqs_record(slow("b1"), group_id="B", queue="tasks.fifo")
+    b2 = sqs_record(slow("b2"), group_id="B", queue="tasks.fifo")
+    answer = invoke([a1, b1, a2, poison, b2, a3])
+    assert failed_ids(answer) == [poison["messageId"], a3["messageId"]]
+    assert stored("a3") is None  # never attempted: it must not overtake the poison
+    ran = {tag: stored(tag) for tag in ("a1", "a2", "b1", "b2")}
+    assert all(t is not None and t.state is TaskState.SUCCEEDED for t in ran.values())
+    order = [line.split()[0] for line in marker_lines(marker)]
+    ids = {tag: t.id for tag, t in ran.items() if t}
+    assert order.index(ids["a1"]) < order.index(ids["a2"])
+    assert order.index(ids["b1"]) < order.index(ids["b2"])
+
+
+def test_out_of_time_hands_the_task_back_and_a_redelivery_finishes_it(
+    lambda_env: Path,
+) -> None:
+    body = task_body("test.slow", {"seconds": 2.0}, request_id="long", timeout=60)
+    record = sqs_record(body, message_id="m-long")
+    assert failed_ids(invoke([record], timeout=1.5)) == ["m-long"]
+    task = stored("long")
+    assert task is not None and task.state is TaskState.QUEUED and task.attempts == 1
+    assert failed_ids(invoke([sqs_record(body, message_id="m-long")], timeout=30)) == []
+    task = stored("long")
+    assert task is not None and task.state is TaskState.SUCCEEDED and task.attempts == 2
+
+
+def test_an_event_that_is_not_an_sqs_batch_fails_the_invocation(lambda_env: Path) -> None:
+    context = _runtime.LocalContext(5)
+    for event in ({"foo": 1}, {"Records": "x"}, {"Records": [{"eventSource": "aws:sqs"}]}, []):
+        with pytest.raises(ValueError):
+            tasks.handler(event, context)
+    assert tasks.handler({"Records": []}, context) == {"batchItemFailures": []}
+
+
+def test_a_task_left_running_by_a_crashed_container_is_taken_over(lambda_env: Path) -> None:
+    """A redelivery finds the task RUNNING under an instance that is gone
+    (no heartbeat, no row): it is adopted and run again, once."""
+    body = task_body("echo", {"again": True}, request_id="crashed")
+    tenant, task_id = "default", task_id_for("default", "crashed")
+
+    async def crashed_run(app: Any) -> None:
+        now = time.time()
+        m = app.agents
+        pending = m.new_task(
+            tenant,
+            TaskSpec(capability="echo", input={"again": True}, request_id="crashed"),
+            task_id=task_id,
+            timeout=60.0,
+            capability="echo",
+            now=now,
+        )
+        running = pending.evolve(
+            state=TaskState.RUNNING, attempts=1, agent_id="builtin:echo", started_at=now
+        )
+        # What a container that died mid-run leaves: the task and its events,
+        # owned by an instance that no longer exists.
+        await m._bus.publish(
+            [m._event(pending, "task.submitted"), m._event(running, "task.started")],
+            [Write(m.queued_tasks._insert, (running, "0" * 32))],
+        )
+
+    on_app(crashed_run)
+    assert failed_ids(invoke([sqs_record(body)])) == []
+    task = stored("crashed")
+    assert task is not None and task.state is TaskState.SUCCEEDED and task.attempts == 2
+    assert failed_ids(invoke([sqs_record(body)])) == []  # and only once
+    assert stored("crashed").attempts == 2  # type: ignore[union-attr]
