@@ -10,7 +10,7 @@ PROTOS := $(shell find proto -name '*.proto' | sort)
 PROTO_INCLUDE = $$($(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')
 PYTEST_ARGS ?=
 
-.PHONY: install run test check lint fmt typecheck gen gen-check buf-lint breaking infra-check bench clean
+.PHONY: install run test check lint fmt typecheck gen gen-check buf-lint breaking infra-check sam-lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,7 +69,11 @@ infra-check: install
 	$(BIN)/kubernetes-validate --strict --quiet infra/k8s/*.yaml
 	$(BIN)/hadolint infra/Dockerfile
 
-check: lint typecheck gen-check buf-lint breaking infra-check
+# The SAM template (Lambda handlers, queues, bus, schedule, IAM) with cfn-lint.
+sam-lint: install
+	$(BIN)/cfn-lint infra/sam/template.yaml
+
+check: lint typecheck gen-check buf-lint breaking infra-check sam-lint
 
 bench: install
 	$(PY) -m tests.bench

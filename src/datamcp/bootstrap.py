@@ -11,7 +11,7 @@ import contextlib
 import os
 import resource
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,10 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from datamcp import __version__
 from datamcp.adapters.dependencies import DependencyCheck
 from datamcp.adapters.sqlalchemy import migrate
-from datamcp.adapters.sqlalchemy.engine import create_engine
+from datamcp.adapters.sqlalchemy.engine import create_engine, normalise_url
 from datamcp.adapters.sqlalchemy.health import DatabaseCheck
+from datamcp.adapters.sqlalchemy.memory_ledger import SqlSyncLedger
+from datamcp.adapters.sqlalchemy.memory_store import SqlMemoryStore
 from datamcp.adapters.sqlalchemy.uow import SqlUnitOfWork
-from datamcp.config.settings import Settings
+from datamcp.config.settings import MemoryStoreSettings, Settings
 from datamcp.core import instances
 from datamcp.core.agents.builtin.echo import EchoAgent
 from datamcp.core.agents.builtin.memory import MemoryAgent, MemoryPort
@@ -30,9 +32,11 @@ from datamcp.core.agents.builtin.pipeline import PipelineAgent, PipelinePort
 from datamcp.core.agents.builtin.profile import ProfileAgent
 from datamcp.core.agents.manager import AgentManager, TaskPolicy
 from datamcp.core.agents.plugins import load_plugins
+from datamcp.core.agents.queued import TaskQueue
 from datamcp.core.agents.remote import RemoteHub
 from datamcp.core.agents.triggers import SUBMIT_TASK, submit_task_action
 from datamcp.core.auth import Authenticator
+from datamcp.core.due import DueWork
 from datamcp.core.errors import ConfigError, Unavailable
 from datamcp.core.events.api import EventsApi
 from datamcp.core.events.bus import EventBus
@@ -43,10 +47,17 @@ from datamcp.core.events.router import Router, Trigger
 from datamcp.core.events.subscriptions import SubscriptionService
 from datamcp.core.health import FunctionCheck, HealthCheck
 from datamcp.core.instances import Instance
+from datamcp.core.memory.model import NamespacePolicy, Strategy
+from datamcp.core.memory.schedule import SYNC_ACTION, Schedule, SyncScheduler, sync_action
+from datamcp.core.memory.service import AgentMemory, MemoryService
+from datamcp.core.memory.sync import SyncEngine
+from datamcp.core.memory.system import MemorySystem
 from datamcp.core.metrics import MetricsRegistry
+from datamcp.core.pipelines.service import RUN_ACTION, AgentPort, PipelineService
 from datamcp.core.ports import UnitOfWork
 from datamcp.core.ratelimit import KeyedRateLimiter
 from datamcp.core.resilience import CircuitBreaker
+from datamcp.core.streams import StreamPolicy, StreamService
 
 
 @dataclass
@@ -65,10 +76,11 @@ class App:
     relays: list[BrokerRelay]
     agents: AgentManager
     remote: RemoteHub
-    # Filled in as PipelineService (#5) and MemorySyncService (#6) land.
-    pipelines: Any = None
-    streams: Any = None
-    memory: Any = None
+    streams: StreamService
+    pipelines: PipelineService | None = None
+    memory: MemorySystem | None = None
+    #: Time-based work the schedule handler starts (services register here).
+    due: DueWork = field(default_factory=DueWork)
 
     def uow(self) -> UnitOfWork:
         return SqlUnitOfWork(self.engine)
@@ -128,10 +140,30 @@ class App:
         checks += [FunctionCheck(r.name, r.check, critical=False) for r in relays]
         router = Router(events, triggers)
         try:
-            agents = _agent_manager(settings, bus, uow, instance)
+            memory = await _memory(settings, engine, bus, instance, uow)
+        except Exception:
+            await engine.dispose()
+            raise
+        checks.append(FunctionCheck("memory_stores", memory.check, critical=False))
+        try:
+            from datamcp.adapters.pipelines import build_pipeline_service
+
+            pipelines = build_pipeline_service(settings, events, uow, instance.id)
+            router.register_action(RUN_ACTION, pipelines.router_action())
+            agents = _agent_manager(
+                settings,
+                bus,
+                uow,
+                instance,
+                memory=AgentMemory(memory.service),
+                pipelines=AgentPort(pipelines),
+            )
+            router.register_action(SYNC_ACTION, sync_action(memory.sync))
+            agents.queued_tasks.queue = _task_queue(settings)
             router.register_action(SUBMIT_TASK, submit_task_action(agents))
             router.validate()
         except ConfigError:
+            await memory.stop()
             await engine.dispose()
             raise
         app = cls(
@@ -147,7 +179,13 @@ class App:
             relays,
             agents,
             RemoteHub(agents, settings.agents.heartbeat_interval),
+            streams=_streams(settings, uow, events, instance, metrics),
+            memory=memory,
+            pipelines=pipelines,
         )
+        metrics.add_section_provider("pipelines", pipelines.metrics)
+        app.due.register("memory.sync", memory.scheduler.fire_due)
+        metrics.add_section_provider("memory", memory.metrics)
         metrics.add_section_provider("infrastructure", app._infrastructure_metrics)
         metrics.add_section_provider("agents", agents.metrics)
         return app
@@ -155,10 +193,15 @@ class App:
     async def start(self) -> None:
         """Start background work (the event writer, retention, triggers)."""
         await self.events.bus.start()
+        if self.memory is not None:
+            await self.memory.start()
         await self.agents.start()
         await self.router.start()
         for relay in self.relays:
             await relay.start()
+        await self.streams.start()
+        if self.pipelines is not None:
+            await self.pipelines.start()
 
     def _infrastructure_metrics(self) -> dict[str, float]:
         pool: Any = self.engine.pool
@@ -176,15 +219,96 @@ class App:
         return values
 
     async def close(self) -> None:
+        if self.pipelines is not None:
+            await self.pipelines.stop()
+        await self.streams.stop()
         for relay in self.relays:
             await relay.stop()
         await self.router.stop()
         await self.agents.stop()
+        if self.memory is not None:
+            await self.memory.stop()
+        if self.agents.queued_tasks.queue is not None:
+            await self.agents.queued_tasks.queue.close()
         await self.events.bus.stop()
         # The database may be the very reason we are stopping.
         with contextlib.suppress(Exception):
             await instances.mark_stopped(self.uow, self.instance.id)
         await self.engine.dispose()
+
+
+async def _memory(
+    settings: Settings, engine: AsyncEngine, bus: EventBus, instance: Instance, uow: Any
+) -> MemorySystem:
+    """The memory stores (opened: schemas created), the service, sync and schedules.
+
+    A store whose URL is the application database shares its engine; with no
+    stores configured there is one, ``primary``, in the application database.
+    """
+    m = settings.memory
+    configs = m.stores or (MemoryStoreSettings("primary", settings.database_url, True),)
+    app_url = normalise_url(settings.database_url)
+    stores: list[SqlMemoryStore] = []
+    try:
+        for c in configs:
+            shared = normalise_url(c.url) == app_url
+            store_engine = engine if shared else create_engine(c.url)
+            store = SqlMemoryStore(c.id, store_engine, primary=c.primary, owns_engine=not shared)
+            stores.append(store)
+            await store.open()
+    except Exception as exc:
+        for store in stores:
+            await store.close()
+        if isinstance(exc, ConfigError):
+            raise
+        raise Unavailable(
+            f"memory store {c.id} is not usable: {type(exc).__name__}: {exc}"
+        ) from exc
+    service = MemoryService(
+        stores,
+        publish=bus.publish,
+        history_depth=m.history_depth,
+        max_value_bytes=m.max_value_bytes,
+    )
+
+    async def lookup(instance_id: str) -> Instance | None:
+        async with uow() as tx:
+            found: Instance | None = await tx.instances.get(instance_id)
+            return found
+
+    policies = [
+        NamespacePolicy(
+            str(p.get("prefix", "")),
+            Strategy.parse(str(p.get("strategy", "timestamp_wins"))),
+            Strategy.parse(str(p.get("tie_break", "timestamp_wins"))),
+            tuple(str(x) for x in p.get("priority", [])),
+        )
+        for p in m.policies
+    ]
+    sync = SyncEngine(
+        service,
+        SqlSyncLedger(engine),
+        publish=bus.publish,
+        policies=policies,
+        instance=instance,
+        instances=lookup,
+    )
+    scheduler = SyncScheduler(sync, [Schedule.from_config(s) for s in m.schedules])
+    return MemorySystem(service, sync, scheduler)
+
+
+def _streams(
+    settings: Settings, uow: Any, events: EventsApi, instance: Instance, metrics: MetricsRegistry
+) -> StreamService:
+    s = settings.streams
+    policy = StreamPolicy(s.lease, s.poll_interval, s.batch, s.max_jobs_per_tenant)
+    streams = StreamService(
+        uow, events, instance.id, policy=policy, max_event_bytes=settings.events.max_event_bytes
+    )
+    # Stream jobs report in the pipelines section (health.proto: "runs, rows,
+    # stream jobs"); their keys all start with "stream_".
+    metrics.add_section_provider("pipelines", streams.metrics)
+    return streams
 
 
 def _broker(config: Mapping[str, Any]) -> Broker:
@@ -196,6 +320,17 @@ def _broker(config: Mapping[str, Any]) -> Broker:
     if config["kind"] == "eventbridge":
         return EventBridgeBroker(str(config["bus_name"]), region=region, endpoint_url=endpoint)
     return SqsBroker(str(config["queue_url"]), region=region, endpoint_url=endpoint)
+
+
+def _task_queue(settings: Settings) -> TaskQueue | None:
+    """The SQS task queue for queued execution; boto is imported only when set."""
+    a = settings.agents
+    if not a.task_queue_url:
+        return None
+    from datamcp.adapters.aws.task_queue import SqsTaskQueue
+
+    region = a.task_queue_region or os.environ.get("AWS_REGION") or "us-east-1"
+    return SqsTaskQueue(a.task_queue_url, region=region, endpoint_url=a.task_queue_endpoint_url)
 
 
 def _relay(

@@ -14,13 +14,17 @@ import time
 import traceback
 from types import FrameType
 
-from tests.bench import agents, events, foundation
+from tests.bench import agents, events, foundation, memory, pipelines, serverless, streams
 from tests.bench.common import BenchConfig, Section
 
 SECTIONS: list[Section] = [
     Section(foundation.NAME, foundation.run),
     Section(events.NAME, events.run),
     Section(agents.NAME, agents.run),
+    Section(memory.NAME, memory.run),
+    Section(pipelines.NAME, pipelines.run),
+    Section(streams.NAME, streams.run),
+    Section(serverless.NAME, serverless.run),
 ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -146,6 +147,53 @@ class AgentSettings:
     sql_row_limit: int = 1000
     http_apis: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     profile_roots: tuple[Path, ...] = ()
+    task_queue_url: str | None = None
+    task_queue_region: str | None = None
+    task_queue_endpoint_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    data_roots: tuple[Path, ...] = ()
+    sql_connections: Mapping[str, str] = field(default_factory=dict)
+    http_apis: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    batch_size: int = 10_000
+    run_timeout: float = 3600.0
+    max_retries: int = 2
+    retry_base_delay: float = 0.5
+    max_concurrent_runs: int = 4
+    rejects_kept: int = 1000
+    max_lookup_rows: int = 1_000_000
+    schedule_tick: float = 1.0
+    progress_interval: float = 1.0
+    s3_region: str = "us-east-1"
+    s3_endpoint_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    lease: float = 15.0
+    poll_interval: float = 0.5
+    batch: int = 500
+    max_jobs_per_tenant: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryStoreSettings:
+    id: str
+    url: str
+    primary: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySettings:
+    """``stores`` empty means one store, ``primary``, in the application database."""
+
+    stores: tuple[MemoryStoreSettings, ...] = ()
+    history_depth: int = 10
+    max_value_bytes: int = 256 * 1024
+    policies: tuple[Mapping[str, Any], ...] = ()
+    schedules: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +221,9 @@ class Settings:
     health: HealthSettings = field(default_factory=HealthSettings)
     events: EventSettings = field(default_factory=EventSettings)
     agents: AgentSettings = field(default_factory=AgentSettings)
+    pipelines: PipelineSettings = field(default_factory=PipelineSettings)
+    streams: StreamSettings = field(default_factory=StreamSettings)
+    memory: MemorySettings = field(default_factory=MemorySettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
@@ -394,6 +445,14 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             brokers=_brokers(r),
         ),
         agents=_agents(r),
+        pipelines=_pipelines(r),
+        streams=StreamSettings(
+            lease=r.number("streams.lease", 0.5),
+            poll_interval=r.number("streams.poll_interval", 0.01),
+            batch=r.number("streams.batch", 1, int),
+            max_jobs_per_tenant=r.number("streams.max_jobs_per_tenant", 1, int),
+        ),
+        memory=_memory(r),
         tracing=TracingSettings(
             exporter=r.str_("tracing.exporter", ("none", "console", "otlp")),
             sample_ratio=r.number("tracing.sample_ratio", 0.0),
@@ -551,7 +610,12 @@ def _agents(r: _Reader) -> AgentSettings:
         sql_row_limit=r.number("agents.sql_row_limit", 1, int),
         http_apis=dict(apis),
         profile_roots=tuple(Path(p) for p in roots),
+        task_queue_url=r.opt_str("agents.task_queue_url"),
+        task_queue_region=r.opt_str("agents.task_queue_region"),
+        task_queue_endpoint_url=r.opt_str("agents.task_queue_endpoint_url"),
     )
+    if settings.task_queue_url and not settings.task_queue_url.startswith(("https://", "http://")):
+        r.fail("agents.task_queue_url", "expected an SQS queue URL (https://sqs.<region>...)")
     if settings.default_timeout > settings.max_timeout:
         r.fail("agents.default_timeout", "must not exceed agents.max_timeout")
     return settings
@@ -574,3 +638,85 @@ def _dependencies(r: _Reader) -> tuple[Dependency, ...]:
             Dependency(str(item.get("name", target)), target, bool(item.get("critical", False)))
         )
     return tuple(deps)
+
+
+_STRATEGIES = ("timestamp_wins", "source_priority", "merge", "manual")
+_TIE_BREAKS = ("timestamp_wins", "source_priority", "manual")
+
+
+def _memory(r: _Reader) -> MemorySettings:
+    """The memory section; store ids, URLs, strategies and cron lines are checked here."""
+    stores: list[MemoryStoreSettings] = []
+    for i, item in enumerate(_tables(r, "memory.stores")):
+        store_id, url = str(item.get("id", "")), str(item.get("url", ""))
+        if not re.match(r"^[a-z0-9][a-z0-9_-]{0,62}$", store_id):
+            r.fail("memory.stores", f"entry {i}: id must be lower-case letters, digits, - _")
+        elif not url.startswith(("sqlite", "postgresql", "postgres")):
+            r.fail("memory.stores", f"entry {i} ({store_id}): url: sqlite:/// or postgresql://")
+        else:
+            stores.append(MemoryStoreSettings(store_id, url, bool(item.get("primary", False))))
+    ids = [s.id for s in stores]
+    if len(set(ids)) != len(ids):
+        r.fail("memory.stores", "store ids must be unique")
+    if stores and sum(s.primary for s in stores) != 1:
+        r.fail("memory.stores", "exactly one store must have primary = true")
+    known = set(ids) or {"primary"}
+    policies = _tables(r, "memory.policies")
+    for i, p in enumerate(policies):
+        if str(p.get("strategy", "timestamp_wins")).lower() not in _STRATEGIES:
+            r.fail("memory.policies", f"entry {i}: strategy: {', '.join(_STRATEGIES)}")
+        if str(p.get("tie_break", "timestamp_wins")).lower() not in _TIE_BREAKS:
+            r.fail("memory.policies", f"entry {i}: tie_break: {', '.join(_TIE_BREAKS)}")
+        if not set(p.get("priority", [])) <= known:
+            r.fail("memory.policies", f"entry {i}: priority names unknown stores")
+    schedules = _tables(r, "memory.schedules")
+    for i, sch in enumerate(schedules):
+        from croniter import croniter
+
+        if not sch.get("name") or not croniter.is_valid(str(sch.get("cron", ""))):
+            r.fail("memory.schedules", f"entry {i}: needs a name and a valid cron line")
+        if str(sch.get("strategy", "timestamp_wins")).lower() not in _STRATEGIES:
+            r.fail("memory.schedules", f"entry {i}: strategy: {', '.join(_STRATEGIES)}")
+        if not set(sch.get("stores", [])) <= known:
+            r.fail("memory.schedules", f"entry {i}: stores names unknown stores")
+    return MemorySettings(
+        stores=tuple(stores),
+        history_depth=r.number("memory.history_depth", 0, int),
+        max_value_bytes=r.number("memory.max_value_bytes", 1, int),
+        policies=policies,
+        schedules=schedules,
+    )
+
+
+def _pipelines(r: _Reader) -> PipelineSettings:
+    roots = r.raw["pipelines.data_roots"]
+    if not isinstance(roots, list) or not all(isinstance(p, str) and p for p in roots):
+        r.fail("pipelines.data_roots", "expected a list of directories")
+        roots = []
+    sql = r.raw["pipelines.sql_connections"]
+    if not isinstance(sql, dict) or not all(isinstance(v, str) and v for v in sql.values()):
+        r.fail("pipelines.sql_connections", "expected a table of name = SQLAlchemy URL")
+        sql = {}
+    apis = r.raw["pipelines.http_apis"]
+    if not isinstance(apis, dict) or not all(
+        isinstance(v, dict) and str(v.get("base_url", "")).startswith(("http://", "https://"))
+        for v in apis.values()
+    ):
+        r.fail("pipelines.http_apis", "expected a table of name = {base_url = 'https://...', ...}")
+        apis = {}
+    return PipelineSettings(
+        data_roots=tuple(Path(p).expanduser() for p in roots),
+        sql_connections=dict(sql),
+        http_apis=dict(apis),
+        batch_size=r.number("pipelines.batch_size", 1, int),
+        run_timeout=r.number("pipelines.run_timeout", 0.01),
+        max_retries=r.number("pipelines.max_retries", 0, int),
+        retry_base_delay=r.number("pipelines.retry_base_delay", 0.0),
+        max_concurrent_runs=r.number("pipelines.max_concurrent_runs", 1, int),
+        rejects_kept=r.number("pipelines.rejects_kept", 0, int),
+        max_lookup_rows=r.number("pipelines.max_lookup_rows", 1, int),
+        schedule_tick=r.number("pipelines.schedule_tick", 0.01),
+        progress_interval=r.number("pipelines.progress_interval", 0.01),
+        s3_region=r.str_("pipelines.s3_region"),
+        s3_endpoint_url=r.opt_str("pipelines.s3_endpoint_url"),
+    )

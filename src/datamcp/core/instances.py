@@ -30,7 +30,13 @@ class Instance:
     @classmethod
     def for_this_process(cls, version: str) -> Instance:
         now = time.time()
-        return cls(uuid.uuid4().hex, socket.gethostname(), os.getpid(), version, now, now)
+        host = socket.gethostname()
+        # Lambda sandboxes can share a hostname and pid; the log stream names
+        # the sandbox, and keeps is_gone from probing another sandbox's pid here.
+        stream = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME")
+        if stream:
+            host = f"lambda:{stream}"[:255]
+        return cls(uuid.uuid4().hex, host, os.getpid(), version, now, now)
 
 
 async def register(uow: UnitOfWorkFactory, instance: Instance) -> None:

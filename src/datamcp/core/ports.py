@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from datamcp.core.agents.ports import AuditRepository, TaskRepository
     from datamcp.core.events.ports import EventRepository
     from datamcp.core.instances import Instance
+    from datamcp.core.pipelines.ports import PipelineRepository
+    from datamcp.core.streams.ports import StreamRepository
 
 
 class InstanceRepository(Protocol):
@@ -38,6 +40,12 @@ class UnitOfWork(Protocol):
 
     @property
     def audit(self) -> AuditRepository: ...
+
+    @property
+    def pipelines(self) -> PipelineRepository: ...
+
+    @property
+    def streams(self) -> StreamRepository: ...
 
     async def __aenter__(self) -> Self: ...
 

@@ -1,4 +1,4 @@
-"""The ``datamcp`` command: serve, health, version, db upgrade, auth hash-key.
+"""The ``datamcp`` command: serve, health, version, db upgrade, lambda-local, auth hash-key.
 
 Exit codes: 0 success, 1 runtime failure (database unreachable, server not
 serving), 2 invalid configuration or usage.
@@ -150,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = db_sub.add_parser("upgrade", help="apply migrations up to the latest revision")
     _add_setting_flags(upgrade)
     upgrade.set_defaults(func=_db_upgrade)
+
+    from datamcp.entrypoints import lambda_local
+
+    lambda_local.add_parser(sub)
+
+    from datamcp.entrypoints import cli_pipeline
+
+    cli_pipeline.add_parser(sub)
 
     auth = sub.add_parser("auth", help="authentication helpers")
     auth_sub = auth.add_subparsers(dest="auth_command", required=True)

@@ -54,6 +54,7 @@ def _subscription(row: Any) -> Subscription:
         max_attempts=row.max_attempts,
         visibility_timeout=row.visibility_timeout,
         created_at=row.created_at,
+        ordered=row.ordered,
     )
 
 
@@ -199,6 +200,7 @@ class SqlEventRepository:
                 max_attempts=sub.max_attempts,
                 visibility_timeout=sub.visibility_timeout,
                 created_at=sub.created_at,
+                ordered=sub.ordered,
             )
         )
 
@@ -285,14 +287,16 @@ class SqlEventRepository:
         consumer: str,
         limit: int,
         max_attempts: int,
+        ordered: bool = True,
     ) -> tuple[list[tuple[int, int]], list[int]]:
         """Lease up to ``limit`` visible deliveries that head their subject.
 
         A delivery whose subject has an earlier delivery still pending (in
         flight, or waiting for a retry) is not eligible: that is what keeps
         per-subject order with competing consumers. Events without a subject
-        are not ordered. Returns (seq, attempt number) of what was leased, and
-        the seqs found with no attempts left (for the dead letters).
+        are not ordered, nor is anything when ``ordered`` is False. Returns
+        (seq, attempt number) of what was leased, and the seqs found with
+        no attempts left (for the dead letters).
         """
         d = deliveries.c
         earlier = deliveries.alias("earlier")
@@ -301,18 +305,12 @@ class SqlEventRepository:
             earlier.c.subject == d.subject,
             earlier.c.seq < d.seq,
         )
-        rows = (
-            await self._conn.execute(
-                select(d.seq, d.attempts)
-                .where(
-                    d.subscription_id == subscription_id,
-                    d.visible_at <= now,
-                    (d.subject == "") | ~blocked,
-                )
-                .order_by(d.seq)
-                .limit(limit)
-            )
-        ).all()
+        query = select(d.seq, d.attempts).where(
+            d.subscription_id == subscription_id, d.visible_at <= now
+        )
+        if ordered:
+            query = query.where((d.subject == "") | ~blocked)
+        rows = (await self._conn.execute(query.order_by(d.seq).limit(limit))).all()
         exhausted = [row.seq for row in rows if row.attempts >= max_attempts]
         candidates = [row.seq for row in rows if row.attempts < max_attempts]
         if not candidates:

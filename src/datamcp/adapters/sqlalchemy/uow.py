@@ -19,7 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 
 from datamcp.adapters.sqlalchemy.agent_repository import SqlAuditRepository, SqlTaskRepository
 from datamcp.adapters.sqlalchemy.event_repository import SqlEventRepository
+from datamcp.adapters.sqlalchemy.pipeline_repository import SqlPipelineRepository
 from datamcp.adapters.sqlalchemy.repositories import SqlInstanceRepository
+from datamcp.adapters.sqlalchemy.stream_repository import SqlStreamRepository
 
 _SQLITE_LOCKS: weakref.WeakKeyDictionary[object, asyncio.Lock] = weakref.WeakKeyDictionary()
 
@@ -43,6 +45,8 @@ class SqlUnitOfWork:
         self._events: SqlEventRepository | None = None
         self._tasks: SqlTaskRepository | None = None
         self._audit: SqlAuditRepository | None = None
+        self._pipelines: SqlPipelineRepository | None = None
+        self._streams: SqlStreamRepository | None = None
 
     @property
     def instances(self) -> SqlInstanceRepository:
@@ -64,6 +68,16 @@ class SqlUnitOfWork:
         assert self._audit is not None, "use the unit of work inside 'async with'"
         return self._audit
 
+    @property
+    def streams(self) -> SqlStreamRepository:
+        assert self._streams is not None, "use the unit of work inside 'async with'"
+        return self._streams
+
+    @property
+    def pipelines(self) -> SqlPipelineRepository:
+        assert self._pipelines is not None, "use the unit of work inside 'async with'"
+        return self._pipelines
+
     async def __aenter__(self) -> Self:
         if self._lock is not None:
             await self._lock.acquire()
@@ -78,6 +92,8 @@ class SqlUnitOfWork:
         self._events = SqlEventRepository(self._conn)
         self._tasks = SqlTaskRepository(self._conn)
         self._audit = SqlAuditRepository(self._conn)
+        self._pipelines = SqlPipelineRepository(self._conn)
+        self._streams = SqlStreamRepository(self._conn)
         return self
 
     async def __aexit__(
@@ -100,6 +116,8 @@ class SqlUnitOfWork:
             self._instances = self._events = None
             self._tasks = None
             self._audit = None
+            self._pipelines = None
+            self._streams = None
 
     async def commit(self) -> None:
         assert self._tx is not None, "commit outside 'async with'"

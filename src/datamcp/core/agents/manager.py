@@ -37,6 +37,7 @@ from datamcp.core.agents.model import (
     TaskState,
     task_id_for,
 )
+from datamcp.core.agents.queued import QueuedTasks, is_queue_owner
 from datamcp.core.agents.registry import AgentRegistry, AgentSlot, Runner, new_slot
 from datamcp.core.agents.schema import SchemaCache
 from datamcp.core.background import cancel_and_wait
@@ -178,6 +179,8 @@ class AgentManager:
         self._save = WriteOp("tasks.save", 1, _apply_save)
         self._audit = WriteOp("audit.add", 2, _apply_audit)
         self.calls = AgentCalls(self)
+        #: Queued execution: tasks handed to a queue and run by its handlers.
+        self.queued_tasks = QueuedTasks(self)
         self.completed = 0
         self.failed = 0
 
@@ -274,7 +277,8 @@ class AgentManager:
             owners = await tx.tasks.owners_of_unfinished()
             gone = []
             for owner in owners:
-                if owner == self._instance.id:
+                # Queued tasks belong to their queue until a handler claims them.
+                if owner == self._instance.id or is_queue_owner(owner):
                     continue
                 inst = await tx.instances.get(owner)
                 if inst is None or is_gone(inst, now, self.policy.stale_after):
@@ -348,29 +352,16 @@ class AgentManager:
                 quota="agents.queue_size",
                 reason="QUEUE_FULL",
             )
-        task = Task(
-            id=task_id,
-            tenant=tenant,
-            capability=capability,
-            agent_id=spec.agent_id,
-            pinned=bool(spec.agent_id),
-            input=spec.input,
-            priority=spec.priority,
-            # A child never outlives its caller.
-            deadline=min(now + timeout, parent.deadline) if parent else now + timeout,
+        task = self.new_task(
+            tenant,
+            spec,
+            task_id=task_id,
             timeout=timeout,
-            request_id=spec.request_id,
-            state=TaskState.PENDING,
-            attempts=0,
-            max_attempts=spec.max_attempts or self.policy.max_attempts,
-            correlation_id=spec.correlation_id
-            or (parent.correlation_id if parent else "")
-            or task_id,
-            created_at=now,
-            updated_at=now,
-            parent_task_id=parent.id if parent else "",
-            depth=depth,
+            capability=capability,
+            now=now,
+            parent=parent,
             chain=chain,
+            depth=depth,
         )
         live = _Live(task)
         self._live[task_id] = live
@@ -396,6 +387,45 @@ class AgentManager:
             return stored, True
         self._place(live)
         return live.task, False
+
+    def new_task(
+        self,
+        tenant: str,
+        spec: TaskSpec,
+        *,
+        task_id: str,
+        timeout: float,
+        capability: str,
+        now: float,
+        parent: Task | None = None,
+        chain: tuple[str, ...] = (),
+        depth: int = 0,
+    ) -> Task:
+        """A PENDING task for a validated spec (see :meth:`_validate`)."""
+        return Task(
+            id=task_id,
+            tenant=tenant,
+            capability=capability,
+            agent_id=spec.agent_id,
+            pinned=bool(spec.agent_id),
+            input=spec.input,
+            priority=spec.priority,
+            # A child never outlives its caller.
+            deadline=min(now + timeout, parent.deadline) if parent else now + timeout,
+            timeout=timeout,
+            request_id=spec.request_id,
+            state=TaskState.PENDING,
+            attempts=0,
+            max_attempts=spec.max_attempts or self.policy.max_attempts,
+            correlation_id=spec.correlation_id
+            or (parent.correlation_id if parent else "")
+            or task_id,
+            created_at=now,
+            updated_at=now,
+            parent_task_id=parent.id if parent else "",
+            depth=depth,
+            chain=chain,
+        )
 
     def _validate(self, spec: TaskSpec, wait_limit: float | None) -> tuple[float, str]:
         """Check everything before storing; returns (timeout, capability to run)."""

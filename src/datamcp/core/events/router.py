@@ -86,6 +86,20 @@ class Router:
         if problems:
             raise ConfigError(problems)
 
+    async def dispatch(self, event: Event) -> list[str]:
+        """Run, here and now, the action of every trigger matching ``event``
+        (same tenant, filter matches), in configuration order; returns the
+        names of the triggers that ran. The Lambda events handler routes
+        EventBridge events this way instead of through subscriptions. A
+        failing action raises after the earlier ones ran: actions are
+        idempotent per cause (derived ids), so the caller retries the lot."""
+        ran: list[str] = []
+        for trigger in self._triggers:
+            if trigger.tenant == event.tenant and trigger.filter.matches(event):
+                await self._actions[trigger.action](event, trigger.params)
+                ran.append(trigger.name)
+        return ran
+
     async def start(self) -> None:
         self.validate()
         for trigger in self._triggers:

@@ -7,8 +7,10 @@ A lease that runs out makes the delivery visible again; after
 ``max_attempts`` a delivery moves to the dead-letter store with its last
 error. Several consumers of one subscription compete for deliveries; a
 delivery is only leased while it heads its subject, so order holds per
-subject. All state is in the database: a killed process loses nothing, and
-its leases simply expire.
+subject (a subscription created with ``ordered=False`` opts out: it leases
+any visible delivery, for a consumer that orders by itself). All state is
+in the database: a killed process loses nothing, and its leases simply
+expire.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class Subscription:
     max_attempts: int
     visibility_timeout: float
     created_at: float
+    #: Lease a delivery only while it heads its subject (per-subject order).
+    ordered: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +100,14 @@ class SubscriptionService:
         from_earliest: bool = False,
         max_attempts: int | None = None,
         visibility_timeout: float | None = None,
+        ordered: bool = True,
     ) -> Subscription:
         """Open an existing subscription, or create it when a filter is given.
+
+        ``ordered=False`` (set at creation) leases deliveries without waiting
+        for earlier ones of the same subject: for a single consumer that
+        orders records by itself (stream jobs), it batches a one-subject
+        stream instead of taking one event per round trip.
 
         Raises:
             InvalidArgument: bad name or settings.
@@ -138,6 +148,7 @@ class SubscriptionService:
                 attempts,
                 visibility,
                 self._clock(),
+                ordered,
             )
             await tx.events.add_subscription(sub)
             await tx.commit()
@@ -202,6 +213,7 @@ class SubscriptionService:
                     consumer=consumer,
                     limit=limit,
                     max_attempts=sub.max_attempts,
+                    ordered=sub.ordered,
                 )
                 if exhausted:
                     await tx.events.bury(

@@ -26,6 +26,7 @@ from datamcp.entrypoints.grpc.values import from_value, to_value
 from datamcp.v1 import agents_pb2, agents_pb2_grpc
 
 Response = agents_pb2.ConnectResponse
+_IN_PROCESS = (agents_pb2.EXECUTION_MODE_UNSPECIFIED, agents_pb2.EXECUTION_MODE_IN_PROCESS)
 
 
 def _wait_limit(context: aio.ServicerContext) -> float | None:
@@ -71,7 +72,16 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.SubmitTaskRequest, context: aio.ServicerContext
     ) -> agents_pb2.SubmitTaskResponse:
         tenant = current_principal.get().tenant
-        task, duplicate = await self._manager.submit(tenant, spec_from_proto(request.task))
+        spec = spec_from_proto(request.task)
+        if request.execution_mode == agents_pb2.EXECUTION_MODE_QUEUED:
+            task, duplicate = await self._manager.queued_tasks.submit(tenant, spec)
+        elif request.execution_mode in _IN_PROCESS:
+            task, duplicate = await self._manager.submit(tenant, spec)
+        else:
+            raise InvalidArgument(
+                "unknown execution mode",
+                [FieldViolation("execution_mode", "EXECUTION_MODE_* values only")],
+            )
         return agents_pb2.SubmitTaskResponse(task=task_to_proto(task), duplicate=duplicate)
 
     async def GetTask(

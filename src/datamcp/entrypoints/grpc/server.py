@@ -27,9 +27,20 @@ from datamcp.entrypoints.grpc.agent_service import AgentService
 from datamcp.entrypoints.grpc.event_service import EventService
 from datamcp.entrypoints.grpc.health_service import HealthService
 from datamcp.entrypoints.grpc.interceptor import OPEN_PREFIXES, EntryInterceptor
+from datamcp.entrypoints.grpc.memory_service import MemorySyncService
+from datamcp.entrypoints.grpc.pipeline_service import PipelineService
 from datamcp.entrypoints.grpc.tracing import PerMethodTracingInterceptor
 from datamcp.observability import tracing
-from datamcp.v1 import agents_pb2, agents_pb2_grpc, events_pb2, events_pb2_grpc
+from datamcp.v1 import (
+    agents_pb2,
+    agents_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+    memory_pb2,
+    memory_pb2_grpc,
+    pipelines_pb2,
+    pipelines_pb2_grpc,
+)
 from datamcp.v1 import health_pb2 as datamcp_health_pb2
 from datamcp.v1 import health_pb2_grpc as datamcp_health_pb2_grpc
 
@@ -42,6 +53,10 @@ UNTRACED_STREAMS = (
     "/datamcp.v1.EventService/Subscribe",
     "/datamcp.v1.AgentService/Connect",
     "/datamcp.v1.AgentService/WatchTask",
+    "/datamcp.v1.MemorySyncService/WatchChanges",
+    "/datamcp.v1.MemorySyncService/WatchSyncRun",
+    "/datamcp.v1.PipelineService/PushRecords",
+    "/datamcp.v1.PipelineService/WatchRun",
 )
 
 _COMPRESSION = {
@@ -84,6 +99,30 @@ def core_services(app: App, monitor: HealthMonitor, stopping: asyncio.Event) -> 
             agents_pb2_grpc.add_AgentServiceServicer_to_server,
             AgentService(app.agents, app.remote),
             needs=("database", "event_bus"),
+        ),
+        *(
+            [
+                Registration(
+                    service_name(memory_pb2, "MemorySyncService"),
+                    memory_pb2_grpc.add_MemorySyncServiceServicer_to_server,
+                    MemorySyncService(app.memory),
+                    needs=("database", "event_bus"),
+                )
+            ]
+            if app.memory is not None
+            else []
+        ),
+        *(
+            [
+                Registration(
+                    service_name(pipelines_pb2, "PipelineService"),
+                    pipelines_pb2_grpc.add_PipelineServiceServicer_to_server,
+                    PipelineService(app.pipelines, app.streams),
+                    needs=("database", "event_bus"),
+                )
+            ]
+            if app.pipelines is not None
+            else []
         ),
     ]
 
