@@ -800,7 +800,7 @@ class _Fused(Runner):
                     body.append("try:")
                     for j, (i, conv) in enumerate(stage.fast):
                         ns[f"F{k}_{j}"] = conv
-                        body.append(f"    r[{i}] = F{k}_{j}(r[{i}])")
+                        body.append(f"    r[{int(i)}] = F{k}_{j}(r[{int(i)}])")
                     body.append("except (ValueError, TypeError, OverflowError):")
                     body.append(f"    if not S{k}(r, rejects): {drop}")
                 else:
@@ -821,10 +821,10 @@ class _Fused(Runner):
                     f"    v = P{k}(r)",
                     "except EvalError as exc:",
                     f"    rejects.add(C{k}, K{k}, r, M{k} + str(exc)); {drop}",
-                    "r.append(v)" if stage.index is None else f"r[{stage.index}] = v",
+                    "r.append(v)" if stage.index is None else f"r[{int(stage.index)}] = v",
                 ]
             elif isinstance(stage, _Reorder):
-                body.append("r = [" + ", ".join(f"r[{i}]" for i in stage.indexes) + "]")
+                body.append("r = [" + ", ".join(f"r[{int(i)}]" for i in stage.indexes) + "]")
         n = len(self.stages)
         lines = [
             "def run(rows, rejects):",
@@ -836,6 +836,7 @@ class _Fused(Runner):
             "        append(r)",
             "    return out, (" + "".join(f"d{k}, " for k in range(n)) + ")",
         ]
+        # Only ints (formatted through int()) and fixed names are in this text.
         exec(compile("\n".join(lines), "<pipeline fused stages>", "exec"), ns)
         self._fn: Callable[[Batch, RejectSink], tuple[Batch, tuple[int, ...]]] = ns["run"]
 
