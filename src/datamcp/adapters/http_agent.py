@@ -120,6 +120,22 @@ class ApiConfig:
     recovery_time: float = 30.0
     max_retry_after: float = 30.0
 
+    def guard(self, dependency: str, retry_on: type[Exception]) -> CallGuard:
+        """The resilience layer for calls to this API (one per user of it)."""
+        return CallGuard(
+            dependency,
+            limiter=TokenBucket(self.rate, self.burst) if self.rate else None,
+            breaker=CircuitBreaker(
+                dependency,
+                failure_threshold=self.failure_threshold,
+                recovery_time=self.recovery_time,
+            ),
+            retry=RetryPolicy(max_attempts=self.max_attempts, base_delay=0.1, max_delay=2.0),
+            attempt_timeout=self.timeout,
+            retry_on=retry_on,
+            max_retry_after=self.max_retry_after,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class _Request:
@@ -205,7 +221,7 @@ class HttpAgent(Agent):
         )
         if problems:
             raise ConfigError(problems)
-        self.guards = {name: _guard(api) for name, api in self.apis.items()}
+        self.guards = {n: api.guard(f"http:{n}", _Transient) for n, api in self.apis.items()}
         self._session: aiohttp.ClientSession | None = None
 
     async def run(self, ctx: TaskContext, capability: str, payload: Any) -> Any:
@@ -469,21 +485,6 @@ def _headers(api: ApiConfig, value: Any) -> CIMultiDict[str]:
         headers.popall(name, None)
         headers[name] = item
     return headers
-
-
-def _guard(api: ApiConfig) -> CallGuard:
-    dependency = f"http:{api.name}"
-    return CallGuard(
-        dependency,
-        limiter=TokenBucket(api.rate, api.burst) if api.rate else None,
-        breaker=CircuitBreaker(
-            dependency, failure_threshold=api.failure_threshold, recovery_time=api.recovery_time
-        ),
-        retry=RetryPolicy(max_attempts=api.max_attempts, base_delay=0.1, max_delay=2.0),
-        attempt_timeout=api.timeout,
-        retry_on=_Transient,
-        max_retry_after=api.max_retry_after,
-    )
 
 
 def _api_config(name: str, table: Any, problems: list[str]) -> ApiConfig | None:

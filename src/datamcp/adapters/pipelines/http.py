@@ -19,8 +19,7 @@ from datamcp.adapters.http_agent import ApiConfig, parse_retry_after, target_url
 from datamcp.core.agents.agent import AgentError
 from datamcp.core.errors import ResourceExhausted, Unavailable
 from datamcp.core.pipelines.ports import PermanentError, SourceBatch, TransientError
-from datamcp.core.ratelimit import TokenBucket
-from datamcp.core.resilience import CallGuard, CircuitBreaker, RetryPolicy
+from datamcp.core.resilience import CallGuard
 
 MAX_BODY = 32 * 1024 * 1024
 
@@ -32,18 +31,7 @@ class _Retry(Exception):
 
 
 def make_guard(api: ApiConfig) -> CallGuard:
-    name = f"pipeline-http:{api.name}"
-    return CallGuard(
-        name,
-        limiter=TokenBucket(api.rate, api.burst) if api.rate else None,
-        breaker=CircuitBreaker(
-            name, failure_threshold=api.failure_threshold, recovery_time=api.recovery_time
-        ),
-        retry=RetryPolicy(max_attempts=api.max_attempts, base_delay=0.1, max_delay=2.0),
-        attempt_timeout=api.timeout,
-        retry_on=_Retry,
-        max_retry_after=api.max_retry_after,
-    )
+    return api.guard(f"pipeline-http:{api.name}", _Retry)
 
 
 def dig(data: Any, path: str) -> Any:
