@@ -33,8 +33,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from datamcp.adapters.sqlalchemy.event_repository import SqlEventRepository
 from datamcp.adapters.sqlalchemy.uow import _turn
 from datamcp.core.errors import ConfigError
+from datamcp.core.events.model import Event
 from datamcp.core.memory.model import Record
 
 metadata = MetaData()
@@ -120,6 +122,31 @@ _CHECKPOINT = text(
     "ON CONFLICT (replication) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at"
 )
 _PREFIX = "(namespace = :p OR (namespace > :p_lo AND namespace < :p_hi))"
+_EXPIRES_INDEX = text(
+    "CREATE INDEX IF NOT EXISTS ix_memory_records_live_expiry "
+    "ON memory_records (deleted, expires_at)"
+)
+_LIVE = "deleted = 0 AND (expires_at IS NULL OR expires_at > :now)"
+
+
+def _like(text_: str) -> str:
+    """``text_`` as a literal inside a LIKE pattern (escape character ``!``)."""
+    return text_.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+
+
+def _element_filters(
+    column: str, opener: str, name: str, encoded: str, params: dict[str, Any]
+) -> str:
+    """``column`` (a JSON list or object written by ``to_tuple``) holds the
+    element ``encoded`` (a JSON string, or ``"k": "v"``) as a whole element.
+
+    In that JSON text an unescaped quote is always a delimiter, so
+    ``encoded`` right after ``[`` / ``{`` or ``, `` and ending in its own
+    closing quote cannot match part of another element.
+    """
+    params[f"{name}_a"] = _like(opener + encoded) + "%"
+    params[f"{name}_b"] = "%, " + _like(encoded) + "%"
+    return f"({column} LIKE :{name}_a ESCAPE '!' OR {column} LIKE :{name}_b ESCAPE '!')"
 
 
 def _marks(sqlite: bool, count: int, start: int = 1) -> list[str]:
@@ -196,10 +223,29 @@ def to_row(r: Record) -> dict[str, Any]:
 
 
 class SqlStoreTx:
-    def __init__(self, conn: AsyncConnection, store_id: str) -> None:
+    def __init__(self, conn: AsyncConnection, store_id: str, *, outbox: bool = False) -> None:
         self._conn = conn
         self._store_id = store_id
         self._sqlite = conn.dialect.name == "sqlite"
+        self._outbox = outbox
+
+    async def add_events(self, events: Sequence[Event]) -> bool:
+        """Store ``events`` in the application's event table in this
+        transaction (only when the store is the application database)."""
+        if not self._outbox:
+            return False
+        repo = SqlEventRepository(self._conn)
+        known: set[tuple[str, str]] = set()
+        for tenant in {e.tenant for e in events}:
+            ids = [e.id for e in events if e.tenant == tenant]
+            known.update((tenant, i) for i in await repo.existing(tenant, ids))
+        fresh: list[Event] = []
+        for e in events:
+            if (e.tenant, e.id) not in known:
+                known.add((e.tenant, e.id))
+                fresh.append(e)
+        await repo.append(fresh, time.time())
+        return True
 
     async def get_many(
         self, tenant: str, idents: Sequence[tuple[str, str]]
@@ -280,11 +326,20 @@ class SqlMemoryStore:
             the application database).
         primary: whether reads and writes go here by default.
         owns_engine: dispose the engine on close.
+        outbox: the engine is the application database: memory events can
+            commit in the write's own transaction (``StoreTx.add_events``).
     """
 
     def __init__(
-        self, store_id: str, engine: AsyncEngine, *, primary: bool = False, owns_engine: bool = True
+        self,
+        store_id: str,
+        engine: AsyncEngine,
+        *,
+        primary: bool = False,
+        owns_engine: bool = True,
+        outbox: bool = False,
     ) -> None:
+        self._outbox = outbox
         self._id = store_id
         self._engine = engine
         self._primary = primary
@@ -319,6 +374,7 @@ class SqlMemoryStore:
         try:
             async with self._engine.begin() as conn:
                 await conn.run_sync(metadata.create_all)
+                await conn.execute(_EXPIRES_INDEX)  # stores created before the purge had none
                 owner = (
                     await conn.execute(text("SELECT label FROM memory_meta WHERE name = 'store'"))
                 ).scalar_one_or_none()
@@ -357,7 +413,7 @@ class SqlMemoryStore:
                 # a state no other writer can change before we commit.
                 await conn.execute(_LOCK_SQLITE if self._sqlite else _LOCK_PG)
                 try:
-                    yield SqlStoreTx(conn, self._id)
+                    yield SqlStoreTx(conn, self._id, outbox=self._outbox)
                 finally:
                     if conn.in_transaction():
                         await conn.rollback()
@@ -438,6 +494,59 @@ class SqlMemoryStore:
                 "ORDER BY namespace, key LIMIT :l"
             ),
             params,
+        )
+        return [to_record(r) for r in rows]
+
+    async def search(
+        self,
+        tenant: str,
+        prefix: str,
+        after: tuple[str, str] | None,
+        limit: int,
+        *,
+        now: float,
+        live_only: bool = True,
+        tags: Sequence[str] = (),
+        metadata: dict[str, str] | None = None,
+        text_contains: str = "",
+    ) -> list[Record]:
+        where = "tenant = :t"
+        params: dict[str, Any] = {"t": tenant, "l": limit, "now": now}
+        if prefix:
+            where += f" AND {_PREFIX}"
+            params.update(_prefix_params(prefix))
+        if after is not None:
+            where += " AND (namespace > :an OR (namespace = :an AND key > :ak))"
+            params.update(an=after[0], ak=after[1])
+        if live_only:
+            where += f" AND {_LIVE}"
+        for i, tag in enumerate(sorted(set(tags))):
+            where += " AND " + _element_filters("tags", "[", f"tag{i}", json.dumps(tag), params)
+        for i, (k, v) in enumerate(sorted((metadata or {}).items())):
+            pair = f"{json.dumps(k)}: {json.dumps(v)}"
+            where += " AND " + _element_filters("metadata", "{", f"meta{i}", pair, params)
+        if text_contains:
+            params["needle"] = "%" + _like(text_contains.lower()) + "%"
+            where += (
+                " AND (lower(key) LIKE :needle ESCAPE '!' "
+                "OR lower(value) LIKE :needle ESCAPE '!')"
+            )
+        rows = await self._read(
+            text(
+                f"SELECT {COLUMNS} FROM memory_records WHERE {where} "
+                "ORDER BY namespace, key LIMIT :l"
+            ),
+            params,
+        )
+        return [to_record(r) for r in rows]
+
+    async def expired(self, now: float, limit: int) -> list[Record]:
+        rows = await self._read(
+            text(
+                f"SELECT {COLUMNS} FROM memory_records WHERE deleted = 0 "
+                "AND expires_at <= :now ORDER BY expires_at LIMIT :l"
+            ),
+            {"now": now, "l": limit},
         )
         return [to_record(r) for r in rows]
 
