@@ -206,9 +206,11 @@ async def test_a_task_a_live_server_runs_is_not_run_again_by_the_handler(
         await sqs.send_message(QueueUrl=url, MessageBody=json.dumps(body))
         p = poller(moto_endpoint, url)
         assert await asyncio.to_thread(p.poll_once) == 1
-        assert p.deleted == 0  # busy elsewhere: left for a redelivery
+        # RUNNING on a live server: this copy's effect exists, so the record
+        # succeeds (no receive counts towards the DLQ) and nothing runs here.
+        assert p.deleted == 1
         done = (await stub.ExecuteTask(pb.ExecuteTaskRequest(task=spec), timeout=10)).task
         assert done.id == running.id and done.state == pb.TASK_STATE_SUCCEEDED
         await drain(p)
-        assert p.deleted == 1  # the redelivery finds it finished: no second run
+        assert p.deleted == 1
     assert len(marker.read_text().splitlines()) == 1

@@ -237,3 +237,159 @@ def test_a_task_left_running_by_a_crashed_container_is_taken_over(lambda_env: Pa
     assert task is not None and task.state is TaskState.SUCCEEDED and task.attempts == 2
     assert failed_ids(invoke([sqs_record(body)])) == []  # and only once
     assert stored("crashed").attempts == 2  # type: ignore[union-attr]
+
+
+def _held_elsewhere(request_id: str, state: TaskState, *, alive: bool = True) -> str:
+    """Store a task held by another container (an instance row with a fresh
+    heartbeat on another host), as that container leaves it; its task id."""
+    from datamcp.core.instances import Instance
+
+    tenant, task_id = "default", task_id_for("default", request_id)
+    owner = "e" * 32
+
+    async def hold(app: Any) -> None:
+        now = time.time()
+        beat = now if alive else now - 3600
+        async with app.uow() as tx:
+            await tx.instances.add(Instance(owner, "lambda:other", 1, "x", beat, beat))
+            await tx.commit()
+        m = app.agents
+        spec = TaskSpec(capability="echo", input={"held": True}, request_id=request_id)
+        pending = m.new_task(
+            tenant, spec, task_id=task_id, timeout=60.0, capability="echo", now=now
+        )
+        held = pending.evolve(state=state, attempts=1, agent_id="builtin:echo", started_at=now)
+        events = [m._event(pending, "task.submitted")]
+        if state is TaskState.RUNNING:
+            events.append(m._event(held, "task.started"))
+        await m._bus.publish(events, [Write(m.queued_tasks._insert, (held, owner))])
+
+    on_app(hold)
+    return task_id
+
+
+def test_a_duplicate_of_a_task_a_live_container_runs_succeeds_without_running_it(
+    lambda_env: Path,
+) -> None:
+    """'Task busy' must not count towards maxReceiveCount when the task is
+    RUNNING under a live owner: the duplicate's effect exists."""
+    task_id = _held_elsewhere("held-running", TaskState.RUNNING)
+    body = task_body("echo", {"held": True}, request_id="held-running")
+    assert failed_ids(invoke([sqs_record(body), sqs_record(body)])) == []
+    task = stored("held-running")
+    assert task is not None and task.state is TaskState.RUNNING and task.attempts == 1
+    assert event_types(task_id) == ["task.submitted", "task.started"]  # nothing ran here
+
+    async def owner(app: Any) -> str:
+        async with app.uow() as tx:
+            owners: list[str] = await tx.tasks.owners_of_unfinished()
+            return owners[0]
+
+    assert on_app(owner) == "e" * 32  # still the live container's
+
+
+def test_a_task_a_live_container_handed_back_is_busy_and_fails_the_record(
+    lambda_env: Path,
+) -> None:
+    """QUEUED under a live (frozen) container: nobody runs it now, so the
+    record fails and SQS redelivers it until the owner is gone."""
+    _held_elsewhere("held-queued", TaskState.QUEUED)
+    record = sqs_record(task_body("echo", {"held": True}, request_id="held-queued"))
+    assert failed_ids(invoke([record])) == [record["messageId"]]
+    assert stored("held-queued").state is TaskState.QUEUED  # type: ignore[union-attr]
+
+
+def test_a_task_of_a_gone_container_is_run_not_reported_busy(lambda_env: Path) -> None:
+    _held_elsewhere("held-gone", TaskState.RUNNING, alive=False)
+    record = sqs_record(task_body("echo", {"held": True}, request_id="held-gone"))
+    assert failed_ids(invoke([record])) == []
+    task = stored("held-gone")
+    assert task is not None and task.state is TaskState.SUCCEEDED and task.attempts == 2
+
+
+def test_the_claim_commit_stores_the_task_running_with_its_start_event(
+    lambda_env: Path,
+) -> None:
+    """Taking a task and its RUNNING mark are one commit: the batch costs the
+    claim's commit and the final one, and every event is stored once, in order."""
+    records = [sqs_record(task_body("echo", {"n": i}, request_id=f"one-{i}")) for i in range(5)]
+    invoke(records[:1])  # warm: the app is built
+
+    async def commits(app: Any) -> int:
+        n: int = app.events.bus.commits
+        return n
+
+    before = on_app(commits)
+    assert failed_ids(invoke(records[1:])) == []
+    assert on_app(commits) - before <= 2
+    for i in range(1, 5):
+        task = stored(f"one-{i}")
+        assert task is not None and task.state is TaskState.SUCCEEDED and task.attempts == 1
+        types = ["task.submitted", "task.started", "task.succeeded"]
+        assert event_types(task.id) == types
+
+
+def test_a_saturated_agent_still_runs_claimed_tasks_once(lambda_env: Path) -> None:
+    """More records than the agent's concurrency: the claims that find no free
+    agent queue their task (no reservation leaks) and all run, once each."""
+    marker = lambda_env / "runs.txt"
+    records = [
+        sqs_record(task_body("test.slow", {"seconds": 0.05, "marker": str(marker)}))
+        for _ in range(12)
+    ]
+    assert failed_ids(invoke(records)) == []
+    assert len(marker_lines(marker)) == 12
+
+    async def load(app: Any) -> list[int]:
+        return [s.in_flight for s in app.agents.agents()]
+
+    assert set(on_app(load)) == {0}
+
+
+def test_the_sweep_prunes_instance_rows_of_long_gone_containers(lambda_env: Path) -> None:
+    """Every cold start leaves an instance row; the servers' recovery sweep
+    deletes the stopped or silent ones older than the retention (never its
+    own), and a task of a pruned instance is still adopted as an orphan."""
+    from datamcp.core.instances import Instance
+
+    day = 86_400.0
+    now = time.time()
+    rows = {
+        "a" * 32: Instance("a" * 32, "lambda:a", 1, "x", now - 2 * day, now - 2 * day),
+        "b" * 32: Instance("b" * 32, "h", 1, "x", now - 3 * day, now - 2 * day, now - 2 * day),
+        "c" * 32: Instance("c" * 32, "lambda:c", 1, "x", now - 2 * day, now - 60),
+        "d" * 32: Instance("d" * 32, "h", 1, "x", now - 3 * day, now - 600, now - 600),
+    }
+
+    async def seed_and_prune(app: Any) -> tuple[int, set[str], int]:
+        async with app.uow() as tx:
+            for row in rows.values():
+                await tx.instances.add(row)
+            await tx.commit()
+        m = app.agents
+        spec = TaskSpec(capability="echo", input=1, request_id="of-pruned")
+        task_id = task_id_for("default", "of-pruned")
+        task = m.new_task(
+            "default", spec, task_id=task_id, timeout=60.0, capability="echo", now=now
+        )
+        await m._bus.publish(
+            [m._event(task, "task.submitted")], [Write(m.queued_tasks._insert, (task, "a" * 32))]
+        )
+        removed = await m.prune_instances()
+        again = await m.prune_instances()
+        async with app.uow() as tx:
+            left = {i for i in [*rows, app.instance.id] if await tx.instances.get(i)}
+        adopted = await m.adopt_orphans()
+        await m.wait("default", task_id, 10)
+        assert again == 0
+        return removed, left, adopted
+
+    removed, left, adopted = on_app(seed_and_prune)
+    assert removed == 2 and adopted == 1
+    assert left == {"c" * 32, "d" * 32, on_app(_ident)}
+    assert stored("of-pruned").state is TaskState.SUCCEEDED  # type: ignore[union-attr]
+
+
+async def _ident(app: Any) -> str:
+    ident: str = app.instance.id
+    return ident

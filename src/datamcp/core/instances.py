@@ -57,6 +57,21 @@ async def mark_stopped(uow: UnitOfWorkFactory, instance_id: str) -> None:
         await tx.commit()
 
 
+#: How long the row of a stopped or silent instance is kept (Lambda containers
+#: leave one per cold start and are never told they are discarded).
+RETENTION = 86_400.0
+
+
+async def prune(uow: UnitOfWorkFactory, keep: str, retention: float, now: float) -> int:
+    """Delete the rows of instances that have not heartbeated (or stopped) for
+    ``retention`` seconds, never ``keep`` (the caller). Their unfinished
+    tasks stay adoptable: an owner without a row counts as gone."""
+    async with uow() as tx:
+        removed = await tx.instances.prune(now - retention, keep)
+        await tx.commit()
+    return removed
+
+
 def is_gone(instance: Instance, now: float, stale_after: float) -> bool:
     """Whether an instance's process is certainly dead: it said it stopped,
     it has not heartbeated for ``stale_after`` seconds, or it ran on this

@@ -183,8 +183,12 @@ class SqlTaskRepository:
         )
         return [row.owner for row in rows]
 
-    async def adopt(self, owner: str, from_owners: Sequence[str]) -> list[Task]:
+    async def adopt(
+        self, owner: str, from_owners: Sequence[str], ids: Sequence[str] = ()
+    ) -> list[Task]:
         where = and_(tasks.c.owner.in_(list(from_owners)), tasks.c.state.not_in(_FINAL))
+        if ids:  # by primary key: a claim of known tasks reads no other row
+            where = and_(tasks.c.id.in_(list(ids)), where)
         rows = (
             await self._conn.execute(
                 update(tasks).where(where).values(owner=owner).returning(*tasks.c)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from datamcp.adapters.sqlalchemy.tables import instances
@@ -41,3 +41,10 @@ class SqlInstanceRepository:
             await self._conn.execute(select(instances).where(instances.c.id == instance_id))
         ).one_or_none()
         return None if row is None else Instance(**row._mapping)
+
+    async def prune(self, before: float, keep: str) -> int:
+        # A stopped instance's last heartbeat is before its stop.
+        result = await self._conn.execute(
+            delete(instances).where(instances.c.heartbeat_at < before, instances.c.id != keep)
+        )
+        return int(result.rowcount or 0)

@@ -52,7 +52,7 @@ from datamcp.core.errors import (
 )
 from datamcp.core.events.bus import EventBus
 from datamcp.core.events.model import Event
-from datamcp.core.instances import Instance, is_gone
+from datamcp.core.instances import RETENTION, Instance, is_gone, prune
 from datamcp.core.ports import UnitOfWork, UnitOfWorkFactory, Write, WriteOp
 from datamcp.core.resilience import RetryPolicy
 
@@ -81,6 +81,8 @@ class TaskPolicy:
     remote_disconnect: str = "requeue"
     orphan_interval: float = 30.0
     stale_after: float = 60.0
+    #: Rows of instances silent or stopped this long are deleted by the sweep.
+    instance_retention: float = RETENTION
 
 
 @dataclass(eq=False, slots=True)
@@ -268,6 +270,19 @@ class AgentManager:
                 await self.adopt_orphans()
             except Exception:
                 log.warning("orphan task check failed", exc_info=True)
+            try:
+                await self.prune_instances()
+            except Exception:
+                log.warning("instance pruning failed", exc_info=True)
+
+    async def prune_instances(self) -> int:
+        """Delete the rows of instances gone longer than ``instance_retention``
+        (at least ``stale_after``; never this one). Returns how many."""
+        retention = max(self.policy.instance_retention, self.policy.stale_after)
+        removed = await prune(self._uow, self._instance.id, retention, self._clock())
+        if removed:
+            log.info("pruned instance rows", extra={"count": removed})
+        return removed
 
     async def adopt_orphans(self) -> int:
         """Unfinished tasks of processes that are gone become ours: re-run per
@@ -565,9 +580,20 @@ class AgentManager:
             updated_at=now,
         )
         slot.in_flight += 1
-        slot.requests += 1
         self._record(live, "task.started")
+        self._launch(live, slot)
+
+    def _launch(self, live: _Live, slot: AgentSlot) -> None:
+        """Run a task marked RUNNING on ``slot`` (its in-flight count taken)."""
+        slot.requests += 1
         live.runner = asyncio.create_task(self._run(live, slot), name=f"task:{live.task.id}")
+
+    def _run_started(self, task: Task, slot: AgentSlot) -> None:
+        """Run a task stored RUNNING on ``slot`` by the commit that made it ours
+        (queued execution; the slot's in-flight count is taken)."""
+        live = _Live(task)
+        self._live[task.id] = live
+        self._launch(live, slot)
 
     # --- running --------------------------------------------------------------------
 

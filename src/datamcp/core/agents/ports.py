@@ -36,7 +36,9 @@ class TaskRepository(Protocol):
         """Instance ids owning tasks that are not final."""
         ...
 
-    async def adopt(self, owner: str, from_owners: Sequence[str]) -> list[Task]:
+    async def adopt(
+        self, owner: str, from_owners: Sequence[str], ids: Sequence[str] = ()
+    ) -> list[Task]:
         """Unfinished tasks of ``from_owners`` become ``owner``'s; returns them."""
         ...
 

@@ -48,8 +48,13 @@ from datamcp.core.ports import UnitOfWork, Write, WriteOp
 
 if TYPE_CHECKING:
     from datamcp.core.agents.manager import AgentManager
+    from datamcp.core.agents.registry import AgentSlot
+    from datamcp.core.events.model import Event
 
 QUEUE_OWNER_PREFIX = "q:"
+#: The owner a consumer inserts a task under, inside the commit that claims it
+#: (never visible outside that transaction).
+CLAIM_OWNER_PREFIX = "c:"
 TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _FIELDS = frozenset(
     {
@@ -178,9 +183,22 @@ class TaskQueue(Protocol):
 
 @dataclass(eq=False, slots=True)
 class _Claim:
-    source: str
+    """Taking one task: its row changes from one of ``sources`` to ``owner``.
+
+    With a ``slot`` (reserved before the commit), a won task is marked RUNNING
+    on it in the same commit, with its ``task.started`` event.
+    """
+
+    task_id: str
+    sources: tuple[str, ...]
     owner: str
+    slot: AgentSlot | None = None
+    now: float = 0.0
+    #: With a slot: the events of the RUNNING row inserted under the token,
+    #: stored when that insert is what the claim takes.
+    inserted_events: tuple[Event, ...] = ()
     task: Task | None = None
+    started: bool = False
 
 
 class QueuedTasks:
@@ -191,7 +209,7 @@ class QueuedTasks:
         #: Set by bootstrap when ``agents.task_queue_url`` is configured.
         self.queue: TaskQueue | None = None
         self._insert = WriteOp("tasks.insert_owned", 0, _apply_owned_insert)
-        self._claim = WriteOp("tasks.claim", 1, _apply_claims)
+        self._claim = WriteOp("tasks.claim", 1, self._apply_claims)
 
     # --- the sending side (SubmitTask with EXECUTION_MODE_QUEUED) -------------------
 
@@ -234,13 +252,16 @@ class QueuedTasks:
     async def run(self, message: QueuedTask, *, within: float) -> tuple[Task, bool]:
         """Run a queued task to its final state in this process, within ``within``
         seconds. Returns (task, duplicate): duplicate when the task had already
-        ended (a redelivery), so nothing was done.
+        ended (a redelivery) or another live process is running it, so nothing
+        was done here.
 
         Raises:
             InvalidArgument: the task can never run (bad input, unknown
                 capability) and nothing is stored for it.
-            Conflict: a live process is running it (a concurrent duplicate
-                delivery); try again later.
+            Conflict: a live process holds it but is not running it (it
+                handed the task back, queued it, or is storing it); try again
+                later. A task a live process is RUNNING returns (task, True):
+                a duplicate delivery of a task in progress is done.
             DeadlineExceeded: it did not end within ``within``; call
                 :meth:`release` before the process freezes so that a
                 redelivery can run it again.
@@ -258,6 +279,13 @@ class QueuedTasks:
             if task_id not in m._live:
                 await self._take_over()
             if task_id not in m._live:
+                held = await self._stored(tenant, task_id)
+                if held is not None and (held.state.final or held.state is TaskState.RUNNING):
+                    # Not adoptable, so its owner is live, and it is RUNNING
+                    # there: this copy's effect (the task) exists and will end.
+                    # Should the owner die, its own delivery or the servers'
+                    # orphan recovery re-runs it, so this copy is done.
+                    return held, True
                 raise Conflict(
                     f"task {task_id} is running in another live process; retry later",
                     reason="TASK_BUSY",
@@ -272,30 +300,51 @@ class QueuedTasks:
         return task, False
 
     async def _own(self, tenant: str, spec: TaskSpec, task_id: str) -> tuple[Task | None, bool]:
-        """Store the task as ours, or claim it from the queue. Returns (task,
-        ended before): the task when it is ours or has ended, None when someone
-        else holds it."""
+        """Store the task as ours, or claim it from the queue, and start it on a
+        free agent, in one commit. Returns (task, ended before): the task when
+        it is ours (running when an agent was free) or has ended, None when
+        someone else holds it."""
         m = self._m
-        me = m._instance.id
         try:
             timeout, capability = m._validate(spec, None)
         except InvalidArgument as exc:
             return await self._fail_invalid(tenant, task_id, exc)
+        now = m._clock()
         task = m.new_task(
-            tenant, spec, task_id=task_id, timeout=timeout, capability=capability, now=m._clock()
+            tenant, spec, task_id=task_id, timeout=timeout, capability=capability, now=now
         )
-        claim = _Claim(queue_owner(task_id), me)
-        (result,) = await m._bus.publish(
-            [m._event(task, "task.submitted")],
-            [Write(self._insert, (task, me)), Write(self._claim, claim)],
-        )
-        if not result.duplicate:
-            return task, False
+        # The insert lands under an owner only this delivery knows, so the claim
+        # in the same commit tells "my insert landed" from "stored before".
+        token = CLAIM_OWNER_PREFIX + uuid.uuid4().hex[:30]
+        by_agent, target = (True, task.agent_id) if task.pinned else (False, task.capability)
+        slot = m.registry.select(target, by_agent=by_agent)
+        claim = _Claim(task_id, (token, queue_owner(task_id)), m._instance.id, slot, now)
+        row = task
+        if slot is not None:
+            slot.in_flight += 1  # reserved until the commit says whether we run it
+            # New rows go in RUNNING on it: if this insert lands, the task is
+            # ours and started in this one commit, and its events are new.
+            row = _running(task, slot, now)
+            claim.inserted_events = (
+                m._event(task, "task.submitted"),
+                m._event(row, "task.started"),
+            )
+        try:
+            await m._bus.publish([], [Write(self._insert, (row, token)), Write(self._claim, claim)])
+        except BaseException:
+            claim.task, claim.started = None, False  # rolled back (or unknown: see run())
+            raise
+        finally:
+            if slot is not None and not claim.started:
+                slot.in_flight -= 1
+                m._drain(slot)
         if claim.task is not None:
+            if claim.started and slot is not None:
+                m._run_started(claim.task, slot)
             return claim.task, False
         stored = await self._stored(tenant, task_id)
         if stored is None:
-            raise Unavailable(f"task {task_id} was announced but is not stored; retry")
+            raise Unavailable(f"task {task_id} was neither stored nor found; retry")
         return (stored, True) if stored.state.final else (None, False)
 
     async def _fail_invalid(
@@ -309,7 +358,7 @@ class QueuedTasks:
             raise exc
         if stored.state.final:
             return stored, True
-        claim = _Claim(queue_owner(task_id), m._instance.id)
+        claim = _Claim(task_id, (queue_owner(task_id),), m._instance.id)
         await m._bus.publish([], [Write(self._claim, claim)])
         if claim.task is None:
             raise Conflict(f"task {task_id} is held by another process", reason="TASK_BUSY")
@@ -390,6 +439,55 @@ class QueuedTasks:
                 m._notify(live)
         return len(back)
 
+    async def _apply_claims(self, tx: UnitOfWork, claims: Sequence[_Claim]) -> None:
+        """Take the claimed tasks: one conditional UPDATE per new owner for all
+        the claims of a commit. A won task with a reserved agent is stored
+        RUNNING on it right away; the events of won tasks (``task.submitted``
+        unless stored before, ``task.started``) are appended in this same
+        transaction, so nothing is announced for a claim that lost."""
+        m = self._m
+        first: dict[str, _Claim] = {}
+        for claim in claims:  # copies of one task in one commit: the first takes it
+            first.setdefault(claim.task_id, claim)
+        by_owner: dict[str, list[_Claim]] = {}
+        for claim in first.values():
+            by_owner.setdefault(claim.owner, []).append(claim)
+        for owner, group in by_owner.items():
+            sources = [source for claim in group for source in claim.sources]
+            ids = [claim.task_id for claim in group]
+            won = {t.id: t for t in await tx.tasks.adopt(owner, sources, ids)}
+            for claim in group:
+                claim.task = won.get(claim.task_id)
+        running: list[Task] = []
+        # Per won claim, its events in order, and whether each may already be
+        # stored (a sender's task.submitted); only those are looked up.
+        ordered: list[tuple[Event, bool]] = []
+        for claim in first.values():
+            task, slot = claim.task, claim.slot
+            if task is None:
+                continue
+            if slot is not None and task.state is TaskState.RUNNING:
+                # Our RUNNING insert (a queue-owned row is always PENDING).
+                claim.started = True
+                ordered.extend((e, False) for e in claim.inserted_events)
+                continue
+            ordered.append((m._event(task, "task.submitted"), True))
+            if slot is None or not _fits(task, slot, claim.now):
+                continue
+            claim.task = task = _running(task, slot, claim.now)
+            claim.started = True
+            running.append(task)
+            ordered.append((m._event(task, "task.started"), False))
+        if running:
+            await tx.tasks.save(running)
+        known: set[tuple[str, str]] = set()
+        for tenant in {e.tenant for e, maybe in ordered if maybe}:
+            ids = [e.id for e, maybe in ordered if maybe and e.tenant == tenant]
+            known.update((tenant, i) for i in await tx.events.existing(tenant, ids))
+        fresh = [e for e, _ in ordered if (e.tenant, e.id) not in known]
+        if fresh:
+            await tx.events.append(fresh, m._clock())
+
     async def _stored(self, tenant: str, task_id: str) -> Task | None:
         async with self._m.uow() as tx:
             return await tx.tasks.get(tenant, task_id)
@@ -403,12 +501,19 @@ async def _apply_owned_insert(tx: UnitOfWork, items: Sequence[tuple[Task, str]])
         await tx.tasks.insert(tasks, owner)
 
 
-async def _apply_claims(tx: UnitOfWork, claims: Sequence[_Claim]) -> None:
-    """One conditional UPDATE per new owner for all the claims of a commit."""
-    by_owner: dict[str, list[_Claim]] = {}
-    for claim in claims:
-        by_owner.setdefault(claim.owner, []).append(claim)
-    for owner, group in by_owner.items():
-        won = {queue_owner(t.id): t for t in await tx.tasks.adopt(owner, [c.source for c in group])}
-        for claim in group:
-            claim.task = won.get(claim.source)
+def _running(task: Task, slot: AgentSlot, now: float) -> Task:
+    """The task as started on ``slot`` (what ``AgentManager._start`` records)."""
+    return task.evolve(
+        state=TaskState.RUNNING,
+        attempts=task.attempts + 1,
+        agent_id=slot.id,
+        started_at=now,
+        updated_at=now,
+    )
+
+
+def _fits(task: Task, slot: AgentSlot, now: float) -> bool:
+    """Whether a claimed task can start on the agent reserved for it."""
+    if task.state is not TaskState.PENDING or task.deadline <= now or slot.id in task.chain:
+        return False
+    return task.agent_id == slot.id if task.pinned else slot.offers(task.capability)
