@@ -507,3 +507,151 @@ async def test_postgresql_store_and_sqlite_store_synchronise(
         assert listed["pg"].records == listed["lite"].records == 121
         assert listed["pg"].url.startswith("postgresql") and "***" not in listed["lite"].url
         assert (await sync(m)).records_synced == 0
+
+
+async def test_expired_records_are_purged_as_tombstones_that_sync(server: RunningServer) -> None:
+    m = stub(server)
+    assert server.server.app.memory is not None
+    service = server.server.app.memory.service
+    ttl = duration_pb2.Duration(nanos=200_000_000)
+    for i in range(5):
+        await put(m, "ttl", f"k{i}", i, ttl=ttl)
+    refreshed = await put(m, "ttl", "kept", "old", ttl=ttl)
+    await put(m, "ttl", "forever", "stays")
+    await sync(m, stores=["main", "b"])  # b holds the live copies before they expire
+    await asyncio.sleep(0.3)
+    # Refreshed after expiry: the sweep must not tombstone the new version.
+    await put(m, "ttl", "kept", "new", expected_version="")
+    service.purge_batch = 3  # bounded work per sweep
+    assert await service.purge_expired() == 3
+    assert await service.purge_expired() == 2
+    assert await service.purge_expired() == 0
+    listed = (await m.List(pb.ListRequest(namespace_prefix="ttl", include_deleted=True))).records
+    by_key = {r.key: r for r in listed}
+    assert all(by_key[f"k{i}"].deleted for i in range(5))
+    assert from_value(by_key["kept"].value) == "new" and by_key["kept"].version != refreshed.version
+    assert from_value(by_key["forever"].value) == "stays"
+    # The tombstones are versions that follow the expired ones: they sync.
+    await sync(m, stores=["main", "b"])
+    on_b = (
+        await m.List(pb.ListRequest(namespace_prefix="ttl", include_deleted=True, store="b"))
+    ).records
+    assert {r.key: r.deleted for r in on_b} == {
+        **{f"k{i}": True for i in range(5)},
+        "kept": False,
+        "forever": False,
+    }
+    assert {r.key: r.version for r in on_b} == {r.key: r.version for r in listed}
+    assert not (await m.ListConflicts(pb.ListConflictsRequest())).conflicts
+    events = events_pb2_grpc.EventServiceStub(server.channel())
+    flt = events_pb2.EventFilter(types=["memory.expired"])
+    expired = [r.event.subject async for r in events.Replay(events_pb2.ReplayRequest(filter=flt))]
+    assert sorted(expired) == [f"ttl/k{i}" for i in range(5)]
+
+
+async def test_search_pages_are_full_past_many_non_matching_records(
+    server: RunningServer,
+) -> None:
+    m = stub(server)
+    for batch in range(6):  # 6,000 records; 1 in 500 matches
+        await m.BatchPut(
+            pb.BatchPutRequest(
+                entries=[
+                    pb.PutEntry(
+                        namespace="bulk",
+                        key=f"k{batch * 1000 + i:05}",
+                        value=to_value({"w": "Needle" if i % 500 == 499 else "hay"}),
+                        tags=["hit"] if i % 500 == 499 else ["miss"],
+                        metadata={"n": "1" if i % 500 == 499 else "0"},
+                    )
+                    for i in range(1000)
+                ]
+            ),
+            timeout=60,
+        )
+    hits = [f"k{b * 1000 + i:05}" for b in range(6) for i in (499, 999)]
+    for request in (
+        pb.SearchRequest(namespace_prefix="bulk", text="needle", page_size=5),
+        pb.SearchRequest(namespace_prefix="bulk", tags=["hit"], page_size=5),
+        pb.SearchRequest(namespace_prefix="bulk", metadata={"n": "1"}, page_size=5),
+    ):
+        seen, token, sizes = [], "", []
+        while True:
+            request.page_token = token
+            page = await m.Search(request)
+            sizes.append(len(page.records))
+            seen += [r.key for r in page.records]
+            token = page.next_page_token
+            if not token:
+                break
+        assert seen == hits and sizes[:2] == [5, 5], (request, sizes)
+
+
+async def test_search_filters_match_whole_tags_and_metadata_and_literal_text(
+    server: RunningServer,
+) -> None:
+    m = stub(server)
+    await put(m, "f", "a", {"t": "100% done_ok"}, tags=['x"t', "tt"], metadata={"k": 'v", "k'})
+    await put(m, "f", "b", {"t": "100 percent"}, tags=["t"], metadata={"k": "v"})
+    await put(m, "f", "c", {"t": "x"}, tags=["a", "t", "z"], metadata={"j": "v", "k": "v"})
+    await put(m, "f", "d", {"t": "gone"}, tags=["t"])
+    await put(m, "f", "e", {"t": "y"}, tags=["T"], metadata={"k": "V"})
+    await m.Delete(pb.DeleteRequest(namespace="f", key="d"))
+
+    async def keys(**kw: Any) -> list[str]:
+        found = await m.Search(pb.SearchRequest(namespace_prefix="f", **kw))
+        return [r.key for r in found.records]
+
+    assert await keys(tags=["t"]) == ["b", "c"]
+    assert await keys(tags=["t", "z"]) == ["c"]
+    assert await keys(tags=["T"]) == ["e"]
+    assert await keys(tags=['x"t']) == ["a"]
+    assert await keys(metadata={"k": "v"}) == ["b", "c"]
+    assert await keys(metadata={"k": 'v", "k'}) == ["a"]
+    assert await keys(text="100%") == ["a"]
+    assert await keys(text="done_ok") == ["a"]
+    assert await keys(text="_") == ["a"]
+    assert await keys(text="GONE") == []
+
+
+async def test_memory_events_commit_with_the_write(server: RunningServer) -> None:
+    m = stub(server)
+    events = events_pb2_grpc.EventServiceStub(server.channel())
+
+    async def stored(subject: str) -> list[str]:
+        flt = events_pb2.EventFilter(types=["memory.*"], subject=subject)
+        return [r.event.type async for r in events.Replay(events_pb2.ReplayRequest(filter=flt))]
+
+    # On the primary (the application database) the event is in the event
+    # store as soon as the write returns: it committed in the same transaction.
+    written = await asyncio.gather(*(put(m, "ev", f"k{i}", i) for i in range(20)))
+    for record in written:
+        assert await stored(f"ev/{record.key}") == ["memory.put"]
+    await m.Delete(pb.DeleteRequest(namespace="ev", key="k0"))
+    assert await stored("ev/k0") == ["memory.put", "memory.deleted"]
+    # Another store: best effort after the commit (its change feed is durable).
+    await m.Put(pb.PutRequest(namespace="ev", key="on-b", value=to_value(1), store="b"))
+    async with asyncio.timeout(5):
+        while await stored("ev/on-b") != ["memory.put"]:
+            await asyncio.sleep(0.05)
+
+
+async def test_the_purge_sweep_runs_on_its_own(tmp_path: Path, database_url: str) -> None:
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        **{"rate_limit.enabled": False, "memory.purge_interval": 0.1, "memory.purge_batch": 2},
+    )
+    async with running_server(settings) as server:
+        m = stub(server)
+        ttl = duration_pb2.Duration(nanos=100_000_000)
+        for i in range(5):  # more than one sweep's batch: the backlog goes on at once
+            await put(m, "auto", f"k{i}", i, ttl=ttl)
+        async with asyncio.timeout(10):
+            while True:
+                listed = (
+                    await m.List(pb.ListRequest(namespace_prefix="auto", include_deleted=True))
+                ).records
+                if len(listed) == 5 and all(r.deleted for r in listed):
+                    break
+                await asyncio.sleep(0.05)

@@ -122,9 +122,13 @@ _CHECKPOINT = text(
     "ON CONFLICT (replication) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at"
 )
 _PREFIX = "(namespace = :p OR (namespace > :p_lo AND namespace < :p_hi))"
-_EXPIRES_INDEX = text(
-    "CREATE INDEX IF NOT EXISTS ix_memory_records_live_expiry "
-    "ON memory_records (deleted, expires_at)"
+# Partial: records without a TTL (most) cost the index nothing on write.
+_EXPIRES_INDEX = (
+    text("DROP INDEX IF EXISTS ix_memory_records_live_expiry"),  # an earlier, full index
+    text(
+        "CREATE INDEX IF NOT EXISTS ix_memory_records_ttl ON memory_records (expires_at) "
+        "WHERE deleted = 0 AND expires_at IS NOT NULL"
+    ),
 )
 _LIVE = "deleted = 0 AND (expires_at IS NULL OR expires_at > :now)"
 
@@ -135,18 +139,21 @@ def _like(text_: str) -> str:
 
 
 def _element_filters(
-    column: str, opener: str, name: str, encoded: str, params: dict[str, Any]
+    sqlite: bool, column: str, opener: str, name: str, encoded: str, *, params: dict[str, Any]
 ) -> str:
     """``column`` (a JSON list or object written by ``to_tuple``) holds the
-    element ``encoded`` (a JSON string, or ``"k": "v"``) as a whole element.
+    element ``encoded`` (a JSON string, or ``"k": "v"``) as a whole element,
+    case-sensitively (LIKE is not, on SQLite).
 
     In that JSON text an unescaped quote is always a delimiter, so
     ``encoded`` right after ``[`` / ``{`` or ``, `` and ending in its own
     closing quote cannot match part of another element.
     """
-    params[f"{name}_a"] = _like(opener + encoded) + "%"
-    params[f"{name}_b"] = "%, " + _like(encoded) + "%"
-    return f"({column} LIKE :{name}_a ESCAPE '!' OR {column} LIKE :{name}_b ESCAPE '!')"
+    params[f"{name}_a"] = opener + encoded
+    params[f"{name}_n"] = len(opener + encoded)
+    params[f"{name}_b"] = ", " + encoded
+    find = "instr" if sqlite else "strpos"
+    return f"(substr({column}, 1, :{name}_n) = :{name}_a OR {find}({column}, :{name}_b) > 0)"
 
 
 def _marks(sqlite: bool, count: int, start: int = 1) -> list[str]:
@@ -374,7 +381,8 @@ class SqlMemoryStore:
         try:
             async with self._engine.begin() as conn:
                 await conn.run_sync(metadata.create_all)
-                await conn.execute(_EXPIRES_INDEX)  # stores created before the purge had none
+                for statement in _EXPIRES_INDEX:  # older stores had none
+                    await conn.execute(statement)
                 owner = (
                     await conn.execute(text("SELECT label FROM memory_meta WHERE name = 'store'"))
                 ).scalar_one_or_none()
@@ -521,15 +529,18 @@ class SqlMemoryStore:
         if live_only:
             where += f" AND {_LIVE}"
         for i, tag in enumerate(sorted(set(tags))):
-            where += " AND " + _element_filters("tags", "[", f"tag{i}", json.dumps(tag), params)
+            where += " AND " + _element_filters(
+                self._sqlite, "tags", "[", f"tag{i}", json.dumps(tag), params=params
+            )
         for i, (k, v) in enumerate(sorted((metadata or {}).items())):
             pair = f"{json.dumps(k)}: {json.dumps(v)}"
-            where += " AND " + _element_filters("metadata", "{", f"meta{i}", pair, params)
+            where += " AND " + _element_filters(
+                self._sqlite, "metadata", "{", f"meta{i}", pair, params=params
+            )
         if text_contains:
             params["needle"] = "%" + _like(text_contains.lower()) + "%"
             where += (
-                " AND (lower(key) LIKE :needle ESCAPE '!' "
-                "OR lower(value) LIKE :needle ESCAPE '!')"
+                " AND (lower(key) LIKE :needle ESCAPE '!' OR lower(value) LIKE :needle ESCAPE '!')"
             )
         rows = await self._read(
             text(

@@ -131,6 +131,14 @@ class EventBus:
         store, so a commit that lands while you look is not missed."""
         return self._committed
 
+    def committed_elsewhere(self) -> None:
+        """Wake consumers after events were committed by another writer of
+        this process in its own transaction (a transactional outbox, such as
+        memory writes on the application database)."""
+        self.generation += 1
+        self._committed.set()
+        self._committed = asyncio.Event()
+
     async def wait_for_commit(self, within: float) -> None:
         """Return after the next commit, or after ``within`` seconds."""
         with contextlib.suppress(TimeoutError):

@@ -194,6 +194,9 @@ class PutOp:
     ttl: float | None = None
     expected_version: str = ""
     field_prefix: str = ""
+    #: A purge of an expired record: a tombstone written over it (which only
+    #: an unchanged, expired ``expected_version`` may be).
+    expire: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
+from datamcp.core.events.model import Event
 from datamcp.core.memory.model import Conflict, ConflictStatus, Record, SyncRun
 
 
@@ -28,6 +29,12 @@ class StoreTx(Protocol):
         ...
 
     async def set_checkpoint(self, replication: str, seq: int) -> None: ...
+
+    async def add_events(self, events: Sequence[Event]) -> bool:
+        """Store ``events`` on the event bus's table in this transaction (a
+        transactional outbox). False, storing nothing, when the store is not
+        the application database."""
+        ...
 
     async def commit(self) -> None: ...
 
@@ -70,6 +77,28 @@ class MemoryStore(Protocol):
         self, tenant: str, prefix: str, after: tuple[str, str] | None, limit: int
     ) -> list[Record]:
         """Records under ``prefix`` in (namespace, key) order, after ``after``."""
+        ...
+
+    async def search(
+        self,
+        tenant: str,
+        prefix: str,
+        after: tuple[str, str] | None,
+        limit: int,
+        *,
+        now: float,
+        live_only: bool = True,
+        tags: Sequence[str] = (),
+        metadata: dict[str, str] | None = None,
+        text_contains: str = "",
+    ) -> list[Record]:
+        """Like :meth:`scan`, filtered in the store: live only (not deleted,
+        not expired at ``now``), holding every tag and metadata pair, and
+        ``text_contains`` (lower case) in the key or the value's JSON."""
+        ...
+
+    async def expired(self, now: float, limit: int) -> list[Record]:
+        """Up to ``limit`` records (any tenant) expired at ``now`` and not deleted."""
         ...
 
     async def history(self, tenant: str, namespace: str, key: str, limit: int) -> list[Record]: ...

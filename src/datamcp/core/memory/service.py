@@ -5,6 +5,17 @@ while a transaction is in flight, later writes queue and go into the next
 one together, each checked against the state it would land on (expected
 version, existence). A failed write fails only its own job; a BatchPut is one
 job, so it is all or nothing.
+
+``memory.*`` events of a write on a store that is the application database
+commit in the write's own transaction (an outbox: no committed write without
+its event). On another store they are published after the commit, best
+effort; the store's change feed (``WatchChanges``) is the durable record.
+
+Expired records are purged on the primary store: a sweep every
+``purge_interval`` seconds writes a tombstone over at most ``purge_batch``
+expired records, a version that follows the expired one, so the delete syncs
+to the other stores like any other (they never purge on their own: one
+minting store means no concurrent tombstones to conflict).
 """
 
 from __future__ import annotations
@@ -45,9 +56,9 @@ from datamcp.core.paging import bad_token, decode, encode, page_size
 log = logging.getLogger(__name__)
 
 Publish = Callable[[Sequence[Event]], Awaitable[Any]]
+_Done = list[list[Record] | DataMCPError]
 MAX_BATCH = 1000
 SCAN_PAGE = 500
-SEARCH_SCAN_LIMIT = 5000
 
 
 @dataclass(slots=True)
@@ -84,6 +95,10 @@ class MemoryService:
         publish: where ``memory.*`` events go (the event bus).
         history_depth: previous versions kept per key.
         max_value_bytes: largest value (JSON bytes).
+        committed: called after a write committed events in its own
+            transaction (the bus wakes its consumers).
+        purge_interval: seconds between sweeps of expired records (0: none).
+        purge_batch: most records one sweep purges.
     """
 
     def __init__(
@@ -94,7 +109,15 @@ class MemoryService:
         history_depth: int = 10,
         max_value_bytes: int = 256 * 1024,
         clock: Callable[[], float] = time.time,
+        committed: Callable[[], None] | None = None,
+        purge_interval: float = 60.0,
+        purge_batch: int = 500,
     ) -> None:
+        self._committed = committed
+        self.purge_interval = purge_interval
+        self.purge_batch = purge_batch
+        self._purger: asyncio.Task[None] | None = None
+        self.purged = 0
         self._states = {s.id: _StoreState(s, HybridClock(clock)) for s in stores}
         primaries = [s.id for s in stores if s.primary]
         self.primary_id = primaries[0] if primaries else stores[0].id
@@ -117,8 +140,12 @@ class MemoryService:
                 state.writer = asyncio.create_task(
                     self._write_loop(state), name=f"memory-writer:{state.store.id}"
                 )
+        if self._purger is None and self.purge_interval > 0:
+            self._purger = asyncio.create_task(self._purge_loop(), name="memory-purge")
 
     async def stop(self) -> None:
+        await cancel_and_wait(self._purger)
+        self._purger = None
         for state in self._states.values():
             await cancel_and_wait(state.writer)
             state.writer = None
@@ -239,7 +266,7 @@ class MemoryService:
                 jobs.append(job)
                 count += len(job.ops)
             try:
-                done = await self._commit(state, jobs)
+                done, events, durable = await self._commit(state, jobs)
             except Exception as exc:
                 log.warning("memory store write failed", exc_info=exc)
                 error = Unavailable(
@@ -261,15 +288,22 @@ class MemoryService:
                 if written:
                     self.writes += len(written)
                     state.notify()
-                    self._announce(state.store.id, written)
+                if events:
+                    if durable:
+                        if self._committed is not None:
+                            self._committed()
+                    elif self._publish is not None:
+                        self.spawn(self._publish(events), "memory events")
             finally:
                 for _ in jobs:
                     state.queue.task_done()
 
     async def _commit(
         self, state: _StoreState, jobs: list[_Job]
-    ) -> list[list[Record] | DataMCPError]:
-        results: list[list[Record] | DataMCPError] = []
+    ) -> tuple[_Done, list[Event], bool]:
+        results: _Done = []
+        events: list[Event] = []
+        durable = False
         now = self._now()
         async with state.store.transaction() as tx:
             current: dict[tuple[str, str, str], Record | None] = {}
@@ -301,11 +335,18 @@ class MemoryService:
                     if previous is not None:
                         replaced.append(previous)
                     writes[slot] = record
-                results.append([overlay[(job.tenant, o.namespace, o.key)] for o in job.ops])
+                done = [overlay[(job.tenant, o.namespace, o.key)] for o in job.ops]
+                results.append(done)
+                events.extend(
+                    self._event(state.store.id, r, expired=o.expire)
+                    for o, r in zip(job.ops, done, strict=True)
+                )
             if writes:
                 await tx.write(list(writes.values()), replaced, self.history_depth)
+                if self._publish is not None or self._committed is not None:
+                    durable = await tx.add_events(events)
                 await tx.commit()
-        return results
+        return results, events, durable
 
     def _apply(
         self,
@@ -332,7 +373,13 @@ class MemoryService:
                     },
                 )
         live = cur is not None and cur.visible(now)
-        if op.value_json is None and not live and not join_vv:
+        if op.expire and (cur is None or cur.deleted or not cur.expired(now)):
+            raise Conflict(
+                f"{op.namespace}/{op.key} is no longer expired",
+                reason="NOT_EXPIRED",
+                metadata={"namespace": op.namespace, "key": op.key},
+            )
+        if op.value_json is None and not live and not join_vv and not op.expire:
             raise NotFound(
                 f"no memory {op.namespace}/{op.key}",
                 reason="MEMORY_NOT_FOUND",
@@ -362,29 +409,62 @@ class MemoryService:
             base_json=cur.value_json if cur is not None and not cur.deleted else None,
         )
 
-    def _announce(self, store_id: str, records: Sequence[Record]) -> None:
-        if self._publish is None:
-            return
-        events = []
-        for r in records:
-            kind = "memory.deleted" if r.deleted else "memory.put"
-            events.append(
-                Event(
-                    id=event_id(kind, r.tenant, r),
-                    source=f"/memory/{store_id}",
-                    type=kind,
-                    subject=f"{r.namespace}/{r.key}"[:512],
-                    time=r.updated_at,
-                    tenant=r.tenant,
-                    data={
-                        "namespace": r.namespace,
-                        "key": r.key,
-                        "version": str(r.version),
-                        "store": store_id,
-                    },
-                )
+    @staticmethod
+    def _event(store_id: str, r: Record, *, expired: bool = False) -> Event:
+        kind = "memory.expired" if expired else "memory.deleted" if r.deleted else "memory.put"
+        return Event(
+            id=event_id(kind, r.tenant, r),
+            source=f"/memory/{store_id}",
+            type=kind,
+            subject=f"{r.namespace}/{r.key}"[:512],
+            time=r.updated_at,
+            tenant=r.tenant,
+            data={
+                "namespace": r.namespace,
+                "key": r.key,
+                "version": str(r.version),
+                "store": store_id,
+            },
+        )
+
+    # --- expiry -------------------------------------------------------------------
+
+    async def purge_expired(self) -> int:
+        """One sweep: tombstone up to ``purge_batch`` expired records of the
+        primary store (each write checks the record is still the expired
+        version, so a concurrent Put wins). Returns how many were purged."""
+        state = self._state(self.primary_id)
+        found = await state.store.expired(self._now(), self.purge_batch)
+        ops = [
+            (
+                r.tenant,
+                PutOp(r.namespace, r.key, None, expected_version=str(r.version), expire=True),
             )
-        self.spawn(self._publish(events), "memory events")
+            for r in found
+        ]
+        # One job per record (group-committed together): one refreshed record
+        # fails alone.
+        results = await asyncio.gather(
+            *(self.write(tenant, [op]) for tenant, op in ops), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, DataMCPError):
+                raise result
+        done = sum(not isinstance(r, BaseException) for r in results)
+        self.purged += done
+        return done
+
+    async def _purge_loop(self) -> None:
+        delay = self.purge_interval
+        while True:
+            # A full sweep means a backlog: go on soon, leaving room for callers.
+            await asyncio.sleep(delay)
+            try:
+                full = await self.purge_expired() >= self.purge_batch
+            except Exception:
+                log.warning("purging expired memory failed", exc_info=True)
+                full = False
+            delay = 0.1 if full else self.purge_interval
 
     def spawn(self, work: Awaitable[Any], what: str) -> None:
         """Run ``work`` in the background (event publishing), logging failures."""
@@ -423,13 +503,8 @@ class MemoryService:
         store_id: str = "",
         include_deleted: bool = False,
     ) -> tuple[list[Record], str]:
-        return await self._scan(
-            tenant,
-            prefix,
-            size,
-            token,
-            store_id=store_id,
-            keep=lambda r: include_deleted or r.visible(self._now()),
+        return await self._search(
+            tenant, prefix, size, token, store_id=store_id, live_only=not include_deleted
         )
 
     async def search(
@@ -444,24 +519,18 @@ class MemoryService:
         token: str = "",
         store_id: str = "",
     ) -> tuple[list[Record], str]:
-        wanted_tags = set(tags)
-        wanted_meta = dict(metadata or {})
-        needle = text.lower()
+        return await self._search(
+            tenant,
+            prefix,
+            size,
+            token,
+            store_id=store_id,
+            tags=tags,
+            metadata=dict(metadata or {}),
+            text=text,
+        )
 
-        def match(r: Record) -> bool:
-            if not r.visible(self._now()):
-                return False
-            if wanted_tags and not wanted_tags.issubset(r.tags):
-                return False
-            if any(r.metadata.get(k) != v for k, v in wanted_meta.items()):
-                return False
-            if needle:
-                return needle in r.key.lower() or needle in (r.value_json or "").lower()
-            return True
-
-        return await self._scan(tenant, prefix, size, token, store_id=store_id, keep=match)
-
-    async def _scan(
+    async def _search(
         self,
         tenant: str,
         prefix: str,
@@ -469,27 +538,28 @@ class MemoryService:
         token: str,
         *,
         store_id: str,
-        keep: Callable[[Record], bool],
+        live_only: bool = True,
+        tags: Sequence[str] = (),
+        metadata: dict[str, str] | None = None,
+        text: str = "",
     ) -> tuple[list[Record], str]:
+        """A page of matches, filtered by the store (so a page is full while
+        matches remain); the token is the last (namespace, key) returned."""
         check_namespace(prefix, "namespace_prefix", prefix=True)
         limit = page_size(size)
         store = self.store(store_id)
-        after = _position(token)
-        out: list[Record] = []
-        scanned = 0
-        while True:
-            page = await store.scan(tenant, prefix, after, max(limit, SCAN_PAGE))
-            for record in page:
-                after = record.ident
-                scanned += 1
-                if keep(record):
-                    out.append(record)
-                    if len(out) == limit:
-                        return out, encode(list(after))
-            if len(page) < max(limit, SCAN_PAGE):
-                return out, ""
-            if scanned >= SEARCH_SCAN_LIMIT:
-                return out, encode(list(after)) if after else ""
+        page = await store.search(
+            tenant,
+            prefix,
+            _position(token),
+            limit,
+            now=self._now(),
+            live_only=live_only,
+            tags=tags,
+            metadata=metadata,
+            text_contains=text.lower(),
+        )
+        return page, encode(list(page[-1].ident)) if len(page) == limit else ""
 
     async def history(
         self, tenant: str, namespace: str, key: str, *, size: int = 0, store_id: str = ""
