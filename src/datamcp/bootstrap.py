@@ -253,7 +253,9 @@ async def _memory(
         for c in configs:
             shared = normalise_url(c.url) == app_url
             store_engine = engine if shared else create_engine(c.url)
-            store = SqlMemoryStore(c.id, store_engine, primary=c.primary, owns_engine=not shared)
+            store = SqlMemoryStore(
+                c.id, store_engine, primary=c.primary, owns_engine=not shared, outbox=shared
+            )
             stores.append(store)
             await store.open()
     except Exception as exc:
@@ -267,8 +269,11 @@ async def _memory(
     service = MemoryService(
         stores,
         publish=bus.publish,
+        committed=bus.committed_elsewhere,
         history_depth=m.history_depth,
         max_value_bytes=m.max_value_bytes,
+        purge_interval=m.purge_interval,
+        purge_batch=m.purge_batch,
     )
 
     async def lookup(instance_id: str) -> Instance | None:

@@ -310,4 +310,9 @@ def run(config: BenchConfig) -> Mapping[str, Any]:
 
 
 if __name__ == "__main__":
-    child(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
+    # ``python -m tests.bench.pipelines``: this section alone; with
+    # ``MODE SRC DB`` arguments: one contender (how ``_run_child`` calls it).
+    if len(sys.argv) > 1:
+        child(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        run(BenchConfig.from_env())

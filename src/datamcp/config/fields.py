@@ -180,6 +180,13 @@ FIELDS: tuple[Field, ...] = (
     Field("memory.history_depth", "int", 10, "previous versions kept per memory key"),
     Field("memory.max_value_bytes", "int", 256 * 1024, "largest memory value (JSON bytes)"),
     Field(
+        "memory.purge_interval",
+        "float",
+        60.0,
+        "seconds between sweeps tombstoning expired memory records on the primary (0 = off)",
+    ),
+    Field("memory.purge_batch", "int", 500, "most expired memory records one sweep purges"),
+    Field(
         "memory.policies",
         "json",
         [],

@@ -192,6 +192,8 @@ class MemorySettings:
     stores: tuple[MemoryStoreSettings, ...] = ()
     history_depth: int = 10
     max_value_bytes: int = 256 * 1024
+    purge_interval: float = 60.0
+    purge_batch: int = 500
     policies: tuple[Mapping[str, Any], ...] = ()
     schedules: tuple[Mapping[str, Any], ...] = ()
 
@@ -683,6 +685,8 @@ def _memory(r: _Reader) -> MemorySettings:
         stores=tuple(stores),
         history_depth=r.number("memory.history_depth", 0, int),
         max_value_bytes=r.number("memory.max_value_bytes", 1, int),
+        purge_interval=r.number("memory.purge_interval", 0.0),
+        purge_batch=r.number("memory.purge_batch", 1, int),
         policies=policies,
         schedules=schedules,
     )

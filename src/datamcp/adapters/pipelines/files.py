@@ -139,6 +139,11 @@ class CsvSource:
     async def read(self, size: int) -> SourceBatch | None:
         return await asyncio.to_thread(self._read, size)
 
+    def read_blocking(self, size: int) -> SourceBatch | None:
+        """``read`` for a caller already on a worker thread (the engine reads
+        and transforms many chunks in one thread hop)."""
+        return self._read(size)
+
     def _read(self, size: int) -> SourceBatch | None:
         reader = self._reader
         if reader is None:
@@ -250,6 +255,10 @@ class JsonlSource:
     async def read(self, size: int) -> SourceBatch | None:
         return await asyncio.to_thread(self._read, size)
 
+    def read_blocking(self, size: int) -> SourceBatch | None:
+        """``read`` for a caller already on a worker thread."""
+        return self._read(size)
+
     def _read(self, size: int) -> SourceBatch | None:
         if self._file is None:
             return None
@@ -314,6 +323,11 @@ class FileDestination:
 
     async def write(self, rows: Batch) -> WriteResult:
         await asyncio.to_thread(self._write, rows)
+        return WriteResult(len(rows))
+
+    def write_blocking(self, rows: Batch) -> WriteResult:
+        """``write`` for a caller already on a worker thread."""
+        self._write(rows)
         return WriteResult(len(rows))
 
     def _write(self, rows: Batch) -> None:

@@ -277,6 +277,11 @@ class SqliteTableDestination:
     async def write(self, rows: Batch) -> WriteResult:
         return await asyncio.to_thread(self._write, rows)
 
+    def write_blocking(self, rows: Batch) -> WriteResult:
+        """``write`` for a caller already on a worker thread (the engine's
+        fast path reads, transforms and writes in one thread hop)."""
+        return self._write(rows)
+
     def _write(self, rows: Batch) -> WriteResult:
         assert self._db is not None
         rejects: list[tuple[list[Any], str]] = []

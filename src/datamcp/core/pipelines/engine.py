@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from datamcp.core.pipelines.ports import (
     Destination,
     PermanentError,
     ReadContext,
+    SourceBatch,
     WriteResult,
 )
 from datamcp.core.pipelines.rows import Batch, RejectSink, StageError, infer_types
@@ -233,10 +235,13 @@ class Engine:
         on_progress: ProgressFn,
     ) -> Outcome:
         batch_size = spec.batch_size or self.batch_size
-        # Rows are read and transformed in chunks small enough to stay in the
-        # CPU caches between the stages (much faster than 10,000-row passes),
-        # and written in batches of ``batch_size``.
-        read_size = min(batch_size, self.chunk_rows)
+        # Rows are read and transformed in chunks of ``chunk_rows``, small
+        # enough to stay in the CPU caches between the stages (much faster
+        # than 10,000-row passes), and written in batches of ``batch_size``.
+        # A source and destination with blocking calls (files, SQLite) run
+        # on one worker thread, back on the loop about once per progress
+        # interval; after the first batch that destination takes every
+        # ``chunk_rows`` rows, while they are still cache-hot.
         sink = RejectSink(keep=self.rejects_kept)
         source_counters = StageCounters("source")
         dest_counters = StageCounters("destination")
@@ -245,6 +250,8 @@ class Engine:
         destination: Destination | None = None
         stages: list[Stage] = []
         write_task: asyncio.Future[WriteResult] | None = None
+        step_task: asyncio.Future[Any] | None = None
+        stop = threading.Event()
         try:
             columns = await source.open()
             try:
@@ -277,34 +284,112 @@ class Engine:
             )
             last_progress = time.monotonic()
             dest_open = False
-
-            async def write_now(rows: Batch) -> None:
-                nonlocal destination, dest_open, write_task
-                if not dest_open:
-                    destination = self.connectors.destination(spec.destination, run_id)
-                    await destination.open(out_columns, infer_types(out_columns, rows, declared))
-                    dest_open = True
-                assert destination is not None
-                dest_counters.read += len(rows)
-                if not rows:
-                    return
-                write_task = asyncio.ensure_future(destination.write(rows))
-                # Shielded: on cancellation the worker thread still uses the
-                # connection; ``finally`` lets it finish before the abort.
-                result = await asyncio.shield(write_task)
-                dest_counters.written += result.written
-                for raw, reason in result.rejects:
-                    sink.add(dest_counters, out_columns, raw, reason)
-
+            chunk = min(batch_size, self.chunk_rows)
+            read_blocking: Callable[[int], SourceBatch | None] | None = getattr(
+                source, "read_blocking", None
+            )
+            write_blocking: Callable[[Batch], WriteResult] | None = None
             pending: Batch = []
 
-            async def emit(rows: Batch) -> None:
-                # Transformed rows are gathered up to the batch size per write.
+            def transform(batch: SourceBatch) -> Batch:
+                # On a worker thread (or the loop for small batches), while
+                # no other stage work is going on.
+                nonlocal max_key, cursor_max
+                self._source_rejects(batch.rejects, columns, source_counters, sink)
+                rows = batch.rows
+                source_counters.read += len(rows)
+                if cursor_index >= 0:
+                    rows, max_key, cursor_max = _after_cursor(
+                        rows, cursor_index, start_key, ctx.cursor, max_key, cursor_max
+                    )
+                source_counters.written += len(rows)
+                if len(rows) <= chunk:
+                    return self._through(runners, rows, sink)
+                out: Batch = []
+                for i in range(0, len(rows), chunk):
+                    out.extend(self._through(runners, rows[i : i + chunk], sink))
+                return out
+
+            def gather(rows: Batch) -> None:
                 nonlocal pending
                 if pending:
                     pending.extend(rows)
                 else:
                     pending = rows
+
+            def account(rows: Batch, result: WriteResult) -> None:
+                dest_counters.read += len(rows)
+                dest_counters.written += result.written
+                for raw, reason in result.rejects:
+                    sink.add(dest_counters, out_columns, raw, reason)
+
+            def work_blocking(until: float) -> bool:
+                # The fast path, on one worker thread: read and transform
+                # chunk after chunk and (once the destination is open) write
+                # each full batch, back to the loop about once per progress
+                # interval. True when the source is exhausted.
+                nonlocal pending
+                assert read_blocking is not None
+                # The first batch (``batch_size`` rows, the rows the table's
+                # types are inferred from) goes to the loop, which opens the
+                # destination; then a destination written on this thread
+                # takes every ``chunk_rows`` rows while they are still in
+                # the CPU caches (all in the same transaction).
+                size = batch_size if write_blocking is None else chunk
+                while not stop.is_set():
+                    batch = read_blocking(chunk)
+                    if batch is None:
+                        return True
+                    gather(transform(batch))
+                    if len(pending) >= size:
+                        if write_blocking is None:
+                            return False
+                        rows, pending = pending, []
+                        account(rows, write_blocking(rows))
+                    if time.monotonic() >= until or (
+                        spec.max_rejects and sink.total > spec.max_rejects
+                    ):
+                        return False
+                return False
+
+            async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+                nonlocal step_task
+                step_task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+                try:
+                    # Shielded: a cancelled run lets the thread stop at its
+                    # next chunk (``finally``) before the source and
+                    # destination are closed.
+                    result = await asyncio.shield(step_task)
+                except asyncio.CancelledError:
+                    stop.set()
+                    raise
+                step_task = None
+                return result
+
+            async def write_now(rows: Batch) -> None:
+                nonlocal destination, dest_open, write_blocking
+                if not dest_open:
+                    destination = self.connectors.destination(spec.destination, run_id)
+                    await destination.open(out_columns, infer_types(out_columns, rows, declared))
+                    dest_open = True
+                    write_blocking = getattr(destination, "write_blocking", None)
+                assert destination is not None
+                if rows:
+                    account(rows, await write_async(destination, rows))
+
+            async def write_async(dest: Destination, rows: Batch) -> WriteResult:
+                nonlocal write_task
+                write_task = asyncio.ensure_future(dest.write(rows))
+                # Shielded: on cancellation the worker thread still uses the
+                # connection; ``finally`` lets it finish before the abort.
+                result = await asyncio.shield(write_task)
+                write_task = None
+                return result
+
+            async def emit(rows: Batch) -> None:
+                # Transformed rows are gathered up to the batch size per write.
+                nonlocal pending
+                gather(rows)
                 if len(pending) >= batch_size:
                     rows, pending = pending, []
                     await write_now(rows)
@@ -320,24 +405,19 @@ class Engine:
                     last_progress = now
                     await on_progress(Progress(all_counters, sink.take_pending(), final))
 
-            while True:
-                batch = await source.read(read_size)
-                if batch is None:
-                    break
-                self._source_rejects(batch.rejects, columns, source_counters, sink)
-                rows = batch.rows
-                source_counters.read += len(rows)
-                if cursor_index >= 0:
-                    rows, max_key, cursor_max = _after_cursor(
-                        rows, cursor_index, start_key, ctx.cursor, max_key, cursor_max
-                    )
-                source_counters.written += len(rows)
-                if len(rows) >= self.offload_rows:
-                    rows = await asyncio.to_thread(self._through, runners, rows, sink)
+            done = False
+            while not done:
+                if read_blocking is not None:
+                    done = await in_thread(work_blocking, last_progress + self.progress_every)
                 else:
-                    rows = self._through(runners, rows, sink)
-                if rows:
-                    await emit(rows)
+                    batch = await source.read(batch_size)
+                    if batch is None:
+                        done = True
+                    elif len(batch.rows) >= self.offload_rows:
+                        gather(await in_thread(transform, batch))
+                    else:
+                        gather(transform(batch))
+                await emit([])
                 await progress()
             for i, stage in enumerate(stages):
                 if not stage.blocking:
@@ -345,7 +425,7 @@ class Engine:
                 finished = stage.finish(sink)
                 tail = fuse(stages[i + 1 :])
                 while True:
-                    out = await asyncio.to_thread(next, finished, None)
+                    out = await in_thread(next, finished, None)
                     if out is None:
                         break
                     stage.counters.written += len(out)
@@ -367,6 +447,10 @@ class Engine:
         except StageError as exc:
             raise PermanentError(str(exc), exc.reason) from None
         finally:
+            if step_task is not None and not step_task.done():
+                stop.set()
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(step_task)
             if write_task is not None and not write_task.done():
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(write_task)

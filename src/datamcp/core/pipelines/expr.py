@@ -272,6 +272,9 @@ def _item(container: Any, key: Any) -> Any:
 # ---- parser producing closures ---------------------------------------------------
 
 
+Shape = tuple[str, str, int, Any]
+
+
 @dataclass(frozen=True, slots=True)
 class _Node:
     """A compiled sub-expression; ``const`` is set when it has a fixed value."""
@@ -280,6 +283,7 @@ class _Node:
     const: bool = False
     value: Any = None
     column: int | None = None  # a plain column reference
+    shape: Shape | None = None  # a numeric fast path the fused loop may inline
 
 
 class _AnyColumn(dict[str, int]):
@@ -572,7 +576,8 @@ def _compare(op: str, left: _Node, right: _Node) -> _Node:
             except TypeError:
                 return bool(slow(v, c))
 
-        return _Node(col_const)
+        numeric = isinstance(c, int | float) and not isinstance(c, bool)
+        return _Node(col_const, shape=("cmp", op, left.column, c) if numeric else None)
     a, b = left.fn, right.fn
     return _Node(lambda r: slow(a(r), b(r)))
 
@@ -608,7 +613,7 @@ def _binary(op: str, left: _Node, right: _Node) -> _Node:
                 return fast2(x, y)
             return run(x, y)
 
-        return _Node(col_col)
+        return _Node(col_col, shape=("arith", op, left.column, right.column))
     return _Node(lambda r: run(a(r), b(r)))
 
 
@@ -619,6 +624,11 @@ class Expression:
     text: str
     fn: Compiled
     columns: frozenset[str]
+    shape: Shape | None = None
+    """When set, what ``fn`` computes for numbers (int/float, never bool),
+    for a caller that inlines it: ``("cmp", op, column index, number)`` is
+    ``row[i] op number`` (op one of < <= > >=), ``("arith", op, i, j)`` is
+    ``row[i] op row[j]`` (op one of + - *). Other values need ``fn``."""
 
 
 def compile_expr(
@@ -640,7 +650,7 @@ def compile_expr(
         raise ExprError("empty expression", 0)
     parser = _Parser(text, {c: i for i, c in enumerate(columns)}, params)
     node = parser.parse()
-    return Expression(text, node.fn, frozenset(parser.used))
+    return Expression(text, node.fn, frozenset(parser.used), node.shape)
 
 
 def check_syntax(text: str) -> None:

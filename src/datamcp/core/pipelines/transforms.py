@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from datamcp.core.errors import FieldViolation, InvalidArgument
-from datamcp.core.pipelines.expr import EvalError, ExprError, compile_expr
+from datamcp.core.pipelines.expr import EvalError, ExprError, Shape, compile_expr
 from datamcp.core.pipelines.model import StageCounters
 from datamcp.core.pipelines.rows import (
     CONVERTERS,
@@ -48,6 +48,7 @@ class Stage:
         self.columns = columns
         self.counters = StageCounters(name)
         self.in_columns: list[str] = []
+        self.shape: Shape | None = None  # an expression's inlinable numeric shape
 
     def process(self, rows: Batch, rejects: RejectSink) -> Batch:
         raise NotImplementedError
@@ -499,13 +500,16 @@ def compile_stages(  # noqa: PLR0915 - one branch per transform kind
         stage: Stage | None = None
         if part.kind == "filter":
             try:
-                pred = compile_expr(o["expr"], cols, params).fn
-                stage = _Filter(path, cols, pred)
+                compiled = compile_expr(o["expr"], cols, params)
+                stage = _Filter(path, cols, compiled.fn)
+                stage.shape = compiled.shape
             except ExprError as exc:
                 problems.append(FieldViolation(f"{path}.expr", str(exc)))
         elif part.kind == "derive":
+            shape = None
             try:
-                fn = compile_expr(o["expr"], cols, params).fn
+                compiled = compile_expr(o["expr"], cols, params)
+                fn, shape = compiled.fn, compiled.shape
             except ExprError as exc:
                 problems.append(FieldViolation(f"{path}.expr", str(exc)))
                 fn = None
@@ -517,6 +521,7 @@ def compile_stages(  # noqa: PLR0915 - one branch per transform kind
             declared.pop(target, None)
             if fn is not None:
                 stage = _Derive(path, cols, fn, index)
+                stage.shape = shape
         elif part.kind in ("select", "drop"):
             idx = need(o["columns"], f"{path}.columns")
             if part.kind == "drop":
@@ -807,22 +812,47 @@ class _Fused(Runner):
                     body.append(f"if not S{k}(r, rejects): {drop}")
             elif isinstance(stage, _Filter):
                 ns[f"P{k}"], ns[f"C{k}"], ns[f"K{k}"] = stage.pred, stage.counters, stage.columns
-                body += [
+                general = [
                     "try:",
                     f"    if not P{k}(r): {drop}",
                     "except EvalError as exc:",
                     f"    rejects.add(C{k}, K{k}, r, f'filter: {{exc}}'); {drop}",
                 ]
+                fast = _inline(stage.shape, k, ns)
+                if fast is None:
+                    body += general
+                else:
+                    # Numbers take the inlined comparison; anything else
+                    # (null, text, bool) the compiled closure.
+                    body += [
+                        f"x = r[{fast[0]}]",
+                        "if type(x) is float or type(x) is int:",
+                        f"    if not ({fast[1]}): {drop}",
+                        "else:",
+                        *(f"    {line}" for line in general),
+                    ]
             elif isinstance(stage, _Derive):
                 ns[f"P{k}"], ns[f"C{k}"], ns[f"K{k}"] = stage.fn, stage.counters, stage.in_columns
                 ns[f"M{k}"] = f"derive {stage.columns[-1]}: "
-                body += [
+                general = [
                     "try:",
                     f"    v = P{k}(r)",
                     "except EvalError as exc:",
                     f"    rejects.add(C{k}, K{k}, r, M{k} + str(exc)); {drop}",
-                    "r.append(v)" if stage.index is None else f"r[{int(stage.index)}] = v",
                 ]
+                fast = _inline(stage.shape, k, ns)
+                if fast is None:
+                    body += general
+                else:
+                    body += [
+                        f"x, y = r[{fast[0]}], r[{fast[2]}]",
+                        "if (type(x) is float or type(x) is int) and "
+                        "(type(y) is float or type(y) is int):",
+                        f"    v = {fast[1]}",
+                        "else:",
+                        *(f"    {line}" for line in general),
+                    ]
+                body.append("r.append(v)" if stage.index is None else f"r[{int(stage.index)}] = v")
             elif isinstance(stage, _Reorder):
                 body.append("r = [" + ", ".join(f"r[{int(i)}]" for i in stage.indexes) + "]")
         n = len(self.stages)
@@ -848,6 +878,25 @@ class _Fused(Runner):
             count -= d
             stage.counters.written += count
         return out
+
+
+_INLINE_OPS = {"cmp": ("<", "<=", ">", ">="), "arith": ("+", "-", "*")}
+
+
+def _inline(shape: Shape | None, k: int, ns: dict[str, Any]) -> tuple[int, str, int] | None:
+    """Source text for an expression's numeric shape (see
+    ``Expression.shape``): (first column, the expression on ``x``/``y``,
+    second column). Only whitelisted operators and ints reach the text; a
+    constant goes through the namespace."""
+    if shape is None:
+        return None
+    kind, op, i, other = shape
+    if kind not in _INLINE_OPS or op not in _INLINE_OPS[kind]:
+        return None
+    if kind == "cmp":
+        ns[f"Q{k}"] = other
+        return int(i), f"x {op} Q{k}", -1
+    return int(i), f"x {op} y", int(other)
 
 
 def fuse(stages: Sequence[Stage]) -> list[Runner]:
