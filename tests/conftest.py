@@ -3,9 +3,13 @@ when ``DATAMCP_TEST_PG_DSN`` is set) and settings pointing at it."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
+import sys
+import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -48,3 +52,27 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'data' / 'datamcp.db'}"
     return str(request.getfixturevalue("pg_database"))
+
+
+def _dump_asyncio_tasks() -> None:
+    """Print the stack of every pending asyncio task (pytest-timeout prints
+    only threads, and a hung async test is a task waiting, not a thread)."""
+    print("\n+++ pending asyncio tasks before the test timeout +++", file=sys.stderr)
+    for obj in gc.get_objects():
+        if isinstance(obj, asyncio.Task) and not obj.done():
+            print(f"--- {obj.get_name()}", file=sys.stderr)
+            obj.print_stack(limit=15, file=sys.stderr)
+
+
+@pytest.fixture(autouse=True)
+def _task_dump_before_timeout(request: pytest.FixtureRequest) -> Iterator[None]:
+    timeout = float(request.config.getini("timeout") or 0)
+    timer = threading.Timer(max(timeout - 5, 1), _dump_asyncio_tasks) if timeout else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer.cancel()

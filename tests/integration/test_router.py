@@ -41,12 +41,13 @@ async def test_trigger_publishes_a_derived_event_once(tmp_path: Path, database_u
     async with running_server(settings) as srv, srv.channel() as ch:
         stub = events_pb2_grpc.EventServiceStub(ch)
         failed = cloud_event("task.failed", "task-9", {"error": "boom"}, id_="f-1")
-        await stub.Publish(events_pb2.PublishRequest(event=failed))
-        await stub.Publish(events_pb2.PublishRequest(event=cloud_event("task.succeeded")))
+        await stub.Publish(events_pb2.PublishRequest(event=failed), timeout=10)
+        succeeded = cloud_event("task.succeeded")
+        await stub.Publish(events_pb2.PublishRequest(event=succeeded), timeout=10)
         request = events_pb2.ReplayRequest(filter=events_pb2.EventFilter(types=["alert.*"]))
 
         async def alerts() -> list[events_pb2.CloudEvent]:
-            return [r.event async for r in stub.Replay(request)]
+            return [r.event async for r in stub.Replay(request, timeout=10)]
 
         (alert,) = await _wait_for(alerts)
         await asyncio.sleep(0.5)
