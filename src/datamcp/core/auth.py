@@ -39,10 +39,12 @@ class Authenticator:
         self._keys = {k.sha256: k for k in settings.api_keys}
         self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
         self._jwt_keys = _load_jwt_keys(settings)
+        # Settings are frozen: answer once, not on every call.
+        self._enabled = settings.enabled
 
     @property
     def enabled(self) -> bool:
-        return self._settings.enabled
+        return self._enabled
 
     def authenticate(self, authorization: str | None) -> Principal:
         """Verify the credential.
@@ -50,7 +52,7 @@ class Authenticator:
         Raises:
             Unauthenticated: missing, malformed, unknown, expired or badly signed.
         """
-        if not self.enabled:
+        if not self._enabled:
             return ANONYMOUS
         if not authorization:
             raise Unauthenticated(

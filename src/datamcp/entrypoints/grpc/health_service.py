@@ -24,6 +24,10 @@ class HealthService(health_pb2_grpc.HealthServiceServicer):
             None,
             health_pb2.HealthReport(),
         )
+        self._response: tuple[HealthReport | None, health_pb2.GetHealthReportResponse] = (
+            None,
+            health_pb2.GetHealthReportResponse(),
+        )
 
     async def _current(self, refresh: bool = False) -> HealthReport:
         report = self._monitor.report
@@ -43,7 +47,14 @@ class HealthService(health_pb2_grpc.HealthServiceServicer):
         self, request: health_pb2.GetHealthReportRequest, context: aio.ServicerContext
     ) -> health_pb2.GetHealthReportResponse:
         report = await self._current(request.refresh)
-        return health_pb2.GetHealthReportResponse(report=self._proto(report))
+        # The response too is built once per report: wrapping the report in a
+        # new response copies it. Nothing mutates a response after it is
+        # returned (grpc only serializes it), so sharing one is safe.
+        cached, response = self._response
+        if cached is not report:
+            response = health_pb2.GetHealthReportResponse(report=self._proto(report))
+            self._response = (report, response)
+        return response
 
     async def GetMetrics(
         self, request: health_pb2.GetMetricsRequest, context: aio.ServicerContext
