@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, exists, func, insert, or_, select, update
+from sqlalchemy import and_, case, delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -109,6 +109,30 @@ class SqlEventRepository:
         and per-row parameter processing was a measured hot spot). The write
         lock is held from the insert to the commit, so the new rows'
         AUTOINCREMENT seqs are the last ``len(batch)`` ones."""
+        if len(batch) == 1:
+            # The common case at low rates: one plain execute, whose rowid is
+            # the seq, saves the max(seq) read (a hop to the driver thread).
+            (e,) = batch
+            result = await self._conn.exec_driver_sql(
+                _SQLITE_INSERT,
+                (
+                    e.tenant,
+                    e.id,
+                    e.source,
+                    e.type,
+                    e.subject,
+                    e.time,
+                    e.datacontenttype,
+                    e.data_json(),
+                    e.correlation_id,
+                    e.traceparent,
+                    stored_at,
+                ),
+            )
+            if result.lastrowid:
+                return [int(result.lastrowid)]
+            last = await self.max_seq()
+            return [last]
         await self._conn.exec_driver_sql(
             _SQLITE_INSERT,
             [
@@ -141,6 +165,28 @@ class SqlEventRepository:
             query = query.where(events.c.time >= since_time)
         rows = await self._conn.execute(query.order_by(events.c.seq).limit(limit))
         return [_event(row) for row in rows]
+
+    async def read_after_cursor(
+        self, subscription_id: str, tenant: str, limit: int
+    ) -> tuple[int | None, list[Event]]:
+        """The subscription's cursor and up to ``limit`` events after it, in
+        one statement (``None`` when the subscription does not exist)."""
+        s, e = subscriptions.c, events.c
+        joined = and_(e.seq > s.cursor)
+        if tenant != ALL_TENANTS:
+            joined = and_(joined, e.tenant == tenant)
+        rows = (
+            await self._conn.execute(
+                select(s.cursor.label("sub_cursor"), events)
+                .select_from(subscriptions.outerjoin(events, joined))
+                .where(s.id == subscription_id)
+                .order_by(e.seq)
+                .limit(limit)
+            )
+        ).all()
+        if not rows:
+            return None, []
+        return int(rows[0].sub_cursor), [_event(row) for row in rows if row.seq is not None]
 
     async def by_seqs(self, seqs: Sequence[int]) -> dict[int, Event]:
         if not seqs:
@@ -299,34 +345,48 @@ class SqlEventRepository:
         no attempts left (for the dead letters).
         """
         d = deliveries.c
+        # One statement: pick the candidates and lease them. Aliases keep the
+        # subqueries from correlating to the UPDATE's own table.
+        cand = deliveries.alias("cand")
         earlier = deliveries.alias("earlier")
-        blocked = exists().where(
-            earlier.c.subscription_id == d.subscription_id,
-            earlier.c.subject == d.subject,
-            earlier.c.seq < d.seq,
-        )
-        query = select(d.seq, d.attempts).where(
-            d.subscription_id == subscription_id, d.visible_at <= now
+        pick = select(cand.c.seq).where(
+            cand.c.subscription_id == subscription_id, cand.c.visible_at <= now
         )
         if ordered:
-            query = query.where((d.subject == "") | ~blocked)
-        rows = (await self._conn.execute(query.order_by(d.seq).limit(limit))).all()
-        exhausted = [row.seq for row in rows if row.attempts >= max_attempts]
-        candidates = [row.seq for row in rows if row.attempts < max_attempts]
-        if not candidates:
-            return [], exhausted
-        # The visibility re-check makes the claim atomic between competitors.
-        claimed = await self._conn.execute(
-            update(deliveries)
-            .where(
-                d.subscription_id == subscription_id,
-                d.seq.in_(candidates),
-                d.visible_at <= now,
+            blocked = (
+                exists()
+                .where(
+                    earlier.c.subscription_id == cand.c.subscription_id,
+                    earlier.c.subject == cand.c.subject,
+                    earlier.c.seq < cand.c.seq,
+                )
+                .correlate(cand)
             )
-            .values(visible_at=until, consumer=consumer, attempts=d.attempts + 1)
-            .returning(d.seq, d.attempts)
-        )
-        return sorted((row.seq, row.attempts) for row in claimed), exhausted
+            pick = pick.where((cand.c.subject == "") | ~blocked)
+        pick = pick.order_by(cand.c.seq).limit(limit)
+        # Rows with no attempts left are not leased, only reported (their
+        # consumer comes back NULL) so the caller can bury them. The
+        # visibility re-check makes the claim atomic between competitors.
+        live = d.attempts < max_attempts
+        rows = (
+            await self._conn.execute(
+                update(deliveries)
+                .where(
+                    d.subscription_id == subscription_id,
+                    d.seq.in_(pick),
+                    d.visible_at <= now,
+                )
+                .values(
+                    visible_at=case((live, until), else_=d.visible_at),
+                    consumer=case((live, consumer), else_=None),
+                    attempts=case((live, d.attempts + 1), else_=d.attempts),
+                )
+                .returning(d.seq, d.attempts, d.consumer)
+            )
+        ).all()
+        claimed = sorted((row.seq, row.attempts) for row in rows if row.consumer is not None)
+        exhausted = sorted(row.seq for row in rows if row.consumer is None)
+        return claimed, exhausted
 
     async def delivery(self, subscription_id: str, seq: int) -> tuple[int, str | None] | None:
         row = (

@@ -82,6 +82,7 @@ class EventBus:
         self.published = 0
         #: Bumped by every commit of this process: a cheap "anything new?" check.
         self.generation = 0
+        self._listeners: set[asyncio.Event] = set()
 
     async def start(self) -> None:
         if self._writer is None:
@@ -131,13 +132,26 @@ class EventBus:
         store, so a commit that lands while you look is not missed."""
         return self._committed
 
+    def listen(self, wake: asyncio.Event) -> None:
+        """Set ``wake`` after every commit until ``unlisten`` (no per-wait
+        future: what a long-lived consumer uses)."""
+        self._listeners.add(wake)
+
+    def unlisten(self, wake: asyncio.Event) -> None:
+        self._listeners.discard(wake)
+
+    def _signal(self) -> None:
+        self.generation += 1
+        self._committed.set()
+        self._committed = asyncio.Event()
+        for wake in self._listeners:
+            wake.set()
+
     def committed_elsewhere(self) -> None:
         """Wake consumers after events were committed by another writer of
         this process in its own transaction (a transactional outbox, such as
         memory writes on the application database)."""
-        self.generation += 1
-        self._committed.set()
-        self._committed = asyncio.Event()
+        self._signal()
 
     async def wait_for_commit(self, within: float) -> None:
         """Return after the next commit, or after ``within`` seconds."""
@@ -228,10 +242,8 @@ class EventBus:
                         pending.future.set_result(results[start:end])
                     start = end
                 self.commits += 1
-                self.generation += 1
                 self.published += sum(not r.duplicate for r in results)
-                self._committed.set()
-                self._committed = asyncio.Event()
+                self._signal()
             finally:
                 self._queued -= count
                 for _ in batch:

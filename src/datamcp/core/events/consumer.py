@@ -12,9 +12,9 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 from datamcp.core.events.bus import EventBus
+from datamcp.core.events.model import Event
 from datamcp.core.events.subscriptions import Delivery, Subscription, SubscriptionService
 
 LEASE_BATCH = 100
@@ -41,15 +41,19 @@ class Consumer:
         self._poll = poll_interval
         self._in_flight: set[int] = set()
         self._acks: list[int] = []
-        self._room = asyncio.Event()
+        #: Set by acks, nacks, grants and (while iterating) commits: one
+        #: event to wait on, so a wait creates no tasks or futures.
+        self._wake = asyncio.Event()
         self._seen_generation = -1
         self._full_look = 0.0
+        #: Events read by this consumer's rounds and not yet leased.
+        self._known: dict[int, Event] = {}
 
     def grant(self, credits: int) -> None:
         """Allow ``credits`` more unacknowledged deliveries."""
         if credits > 0:
             self._credits += credits
-            self._room.set()
+            self._wake.set()
 
     async def ack(self, seqs: Sequence[int]) -> None:
         self._acks.extend(seqs)
@@ -62,56 +66,53 @@ class Consumer:
 
     def _settle(self, seqs: Sequence[int]) -> None:
         self._in_flight.difference_update(seqs)
-        self._room.set()
+        self._wake.set()
 
     async def deliveries(self) -> AsyncIterator[Delivery]:
         """Deliveries as they become available, forever (cancel to stop)."""
-        while True:
-            # Taken before the round trip, so an ack or a commit that lands
-            # during it wakes the next round at once.
-            self._room.clear()
-            committed = self._bus.next_commit()
-            room = self._credits - len(self._in_flight)
-            acks, self._acks = self._acks, []
-            batch: list[Delivery] = []
-            if room > 0 or acks:
-                # Skip reading the store when this process committed nothing since
-                # the last look; look anyway every poll interval, for commits made
-                # by other processes.
-                generation, now = self._bus.generation, time.monotonic()
-                unchanged = (
-                    generation == self._seen_generation and now - self._full_look < self._poll
-                )
-                if not unchanged:
-                    self._seen_generation, self._full_look = generation, now
-                try:
-                    batch = await self._service.cycle(
-                        self.subscription,
-                        self.id,
-                        min(max(room, 0), LEASE_BATCH),
-                        acks,
-                        store_unchanged=unchanged,
+        self._bus.listen(self._wake)
+        try:
+            while True:
+                # Cleared before the round trip, so an ack or a commit that
+                # lands during it wakes the next round at once.
+                self._wake.clear()
+                room = self._credits - len(self._in_flight)
+                acks, self._acks = self._acks, []
+                batch: list[Delivery] = []
+                if room > 0 or acks:
+                    # Skip reading the store when this process committed nothing
+                    # since the last look; look anyway every poll interval, for
+                    # commits made by other processes.
+                    generation, now = self._bus.generation, time.monotonic()
+                    unchanged = (
+                        generation == self._seen_generation and now - self._full_look < self._poll
                     )
-                except BaseException:
-                    self._acks[:0] = acks  # not durable yet: keep them for the next try
-                    raise
-            for delivery in batch:
-                self._in_flight.add(delivery.event.seq)
-                yield delivery
-            if batch and len(batch) == min(room, LEASE_BATCH):
-                continue  # there may be more right away
-            if self._room.is_set() or (room > 0 and committed.is_set()):
-                continue
-            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._room.wait())]
-            if room > 0:
-                waits.append(asyncio.ensure_future(committed.wait()))
-            try:
-                await asyncio.wait(waits, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await w
+                    if not unchanged:
+                        self._seen_generation, self._full_look = generation, now
+                    try:
+                        batch = await self._service.cycle(
+                            self.subscription,
+                            self.id,
+                            min(max(room, 0), LEASE_BATCH),
+                            acks,
+                            store_unchanged=unchanged,
+                            known=self._known,
+                        )
+                    except BaseException:
+                        self._acks[:0] = acks  # not durable yet: keep them for the next try
+                        raise
+                for delivery in batch:
+                    self._in_flight.add(delivery.event.seq)
+                    yield delivery
+                if batch and len(batch) == min(room, LEASE_BATCH):
+                    continue  # there may be more right away
+                if self._wake.is_set():
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._poll):
+                        await self._wake.wait()
+        finally:
+            self._bus.unlisten(self._wake)
 
     async def flush(self) -> None:
         """Make recorded acks durable now."""
@@ -125,5 +126,6 @@ class Consumer:
 
     async def close(self) -> None:
         """Flush acks, then give unacknowledged deliveries back at once."""
+        self._bus.unlisten(self._wake)
         await self.flush()
         await self._service.release(self.subscription, self.id)

@@ -29,6 +29,8 @@ NAME_MAX = 128
 MATERIALISE_BATCH = 1000
 #: Pages a consumer round trip materialises at most (bounds one transaction).
 MAX_PAGES_PER_CYCLE = 20
+#: Events a consumer keeps read but not yet leased (beyond it, they are read again).
+KNOWN_MAX = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +187,7 @@ class SubscriptionService:
         acks: Sequence[int],
         *,
         store_unchanged: bool = False,
+        known: dict[int, Event] | None = None,
     ) -> list[Delivery]:
         """One consumer round trip in one transaction: drop the ``acks``,
         materialise new events, bury exhausted leases, lease up to ``limit``.
@@ -192,20 +195,23 @@ class SubscriptionService:
         Doing it in one transaction keeps a live subscription at one commit per
         round instead of three, which is what keeps delivery latency low.
         ``store_unchanged`` (nothing committed since this subscription last
-        looked) skips reading the store.
+        looked) skips reading the store. ``known`` is the caller's cache of
+        events it has read (events never change once stored): a claimed
+        event found there, or read by this round's materialisation, is not
+        read again. It is filled with what this round read and not leased.
         """
         now = self._clock()
+        cache: dict[int, Event] = {} if known is None else known
         async with self._uow() as tx:
             if acks:
                 await tx.events.delete_deliveries(sub.id, list(acks))
             claimed: list[tuple[int, int]] = []
-            found: dict[int, Event] = {}
             if limit > 0:
                 more = not store_unchanged
                 for _ in range(MAX_PAGES_PER_CYCLE):
                     if not more:
                         break
-                    _, more = await self._materialise(tx, sub)
+                    _, more = await self._materialise(tx, sub, cache)
                 claimed, exhausted = await tx.events.claim(
                     sub.id,
                     now=now,
@@ -219,30 +225,41 @@ class SubscriptionService:
                     await tx.events.bury(
                         sub.id, exhausted, "visibility timeout expired on the last attempt", now
                     )
-                if claimed:
-                    found = await tx.events.by_seqs([seq for seq, _ in claimed])
+                    for seq in exhausted:
+                        cache.pop(seq, None)
+                missing = [seq for seq, _ in claimed if seq not in cache]
+                if missing:
+                    cache.update(await tx.events.by_seqs(missing))
             await tx.commit()
-        return [Delivery(found[seq], attempt) for seq, attempt in claimed if seq in found]
+        found = [(cache.pop(seq, None), attempt) for seq, attempt in claimed]
+        if len(cache) > KNOWN_MAX:
+            cache.clear()
+        return [Delivery(event, attempt) for event, attempt in found if event is not None]
 
-    async def _materialise(self, tx: UnitOfWork, sub: Subscription) -> tuple[int, bool]:
+    async def _materialise(
+        self, tx: UnitOfWork, sub: Subscription, read: dict[int, Event] | None = None
+    ) -> tuple[int, bool]:
         """One page of materialisation; returns (deliveries added, more pages left).
+        The matching events go into ``read`` when given.
 
         Safe to run concurrently for one subscription (several consumers or
         processes): deliveries are inserted ignoring duplicates and the cursor
         only moves forward.
         """
-        cursor = await tx.events.cursor(sub.id)
+        cursor, batch = await tx.events.read_after_cursor(sub.id, sub.tenant, MATERIALISE_BATCH)
         if cursor is None:
             raise NotFound(
                 f"subscription {sub.name!r} was deleted", reason="SUBSCRIPTION_NOT_FOUND"
             )
-        batch = await tx.events.read(sub.tenant, cursor, MATERIALISE_BATCH)
         if not batch:
             return 0, False
-        wanted = [(e.seq, e.subject) for e in batch if sub.filter.matches(e)]
-        await tx.events.add_deliveries(sub.id, wanted)
+        matched = [e for e in batch if sub.filter.matches(e)]
+        await tx.events.add_deliveries(sub.id, [(e.seq, e.subject) for e in matched])
         await tx.events.advance_cursor(sub.id, batch[-1].seq)
-        return len(wanted), len(batch) == MATERIALISE_BATCH
+        if read is not None:
+            for e in matched:
+                read[e.seq] = e
+        return len(matched), len(batch) == MATERIALISE_BATCH
 
     async def ack(self, sub: Subscription, seqs: Sequence[int]) -> int:
         async with self._uow() as tx:
