@@ -35,6 +35,12 @@ def _dump(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def _result(task: Task) -> str | None:
+    if task.result is None:
+        return None
+    return task.result_json if task.result_json is not None else _dump(task.result)
+
+
 def _row(task: Task) -> dict[str, Any]:
     error = task.error
     return {
@@ -42,7 +48,7 @@ def _row(task: Task) -> dict[str, Any]:
         "tenant": task.tenant,
         "capability": task.capability,
         "agent_id": task.agent_id,
-        "input": _dump(task.input),
+        "input": task.input_json if task.input_json is not None else _dump(task.input),
         "priority": task.priority,
         "deadline": task.deadline,
         "timeout": task.timeout,
@@ -56,7 +62,7 @@ def _row(task: Task) -> dict[str, Any]:
         "pinned": int(task.pinned),
         "progress": task.progress,
         "progress_message": task.progress_message,
-        "result": None if task.result is None else _dump(task.result),
+        "result": _result(task),
         "error_reason": error.reason if error else None,
         "error_message": error.message if error else None,
         "error_retryable": int(error.retryable) if error else None,
@@ -65,6 +71,26 @@ def _row(task: Task) -> dict[str, Any]:
         "started_at": task.started_at,
         "ended_at": task.ended_at,
     }
+
+
+def _changes(task: Task) -> tuple[Any, ...]:
+    """The ``_MUTABLE`` columns of a task, in that order (a save writes only
+    these, so the input is not encoded again)."""
+    error = task.error
+    return (
+        task.agent_id,
+        int(task.state),
+        task.attempts,
+        task.progress,
+        task.progress_message,
+        _result(task),
+        error.reason if error else None,
+        error.message if error else None,
+        int(error.retryable) if error else None,
+        task.updated_at,
+        task.started_at,
+        task.ended_at,
+    )
 
 
 def _task(row: Any) -> Task:
@@ -117,10 +143,12 @@ class SqlTaskRepository:
     async def insert(self, batch: Sequence[Task], owner: str) -> None:
         if not batch:
             return
-        rows = [{**_row(t), "owner": owner} for t in batch]
+        rows = [_row(t) for t in batch]
+        for row in rows:
+            row["owner"] = owner
         if self._sqlite:
             await self._conn.exec_driver_sql(
-                _SQLITE_INSERT, [tuple(r[c] for c in _COLUMNS) for r in rows]
+                _SQLITE_INSERT, [tuple(map(row.__getitem__, _COLUMNS)) for row in rows]
             )
             return
         stmt = postgresql.insert(tasks).on_conflict_do_nothing(index_elements=["id"])
@@ -129,11 +157,8 @@ class SqlTaskRepository:
     async def save(self, batch: Sequence[Task]) -> None:
         if not batch:
             return
-        rows = [_row(t) for t in batch]
         if self._sqlite:
-            await self._conn.exec_driver_sql(
-                _SQLITE_SAVE, [(*(r[n] for n in _MUTABLE), r["id"]) for r in rows]
-            )
+            await self._conn.exec_driver_sql(_SQLITE_SAVE, [(*_changes(t), t.id) for t in batch])
             return
         stmt = (
             update(tasks)
@@ -141,7 +166,8 @@ class SqlTaskRepository:
             .values({name: bindparam(name) for name in _MUTABLE})
         )
         await self._conn.execute(
-            stmt, [{"task_id": r["id"], **{n: r[n] for n in _MUTABLE}} for r in rows]
+            stmt,
+            [{"task_id": t.id, **dict(zip(_MUTABLE, _changes(t), strict=True))} for t in batch],
         )
 
     async def get(self, tenant: str, task_id: str) -> Task | None:

@@ -17,7 +17,8 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+import types
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,9 @@ class TaskPolicy:
     instance_retention: float = RETENTION
 
 
+_Outcome = tuple[TaskState, Any, TaskError | None]
+
+
 @dataclass(eq=False, slots=True)
 class _Live:
     """A task this process owns and has not finished."""
@@ -93,7 +97,7 @@ class _Live:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     watchers: set[asyncio.Queue[Task]] = field(default_factory=set)
     runner: asyncio.Task[None] | None = None
-    inner: asyncio.Task[Any] | None = None
+    inner: asyncio.Future[Any] | None = None
     timer: asyncio.TimerHandle | None = None
     cancel_requested: bool = False
     progress_at: float = 0.0
@@ -349,7 +353,7 @@ class AgentManager:
             Unavailable: the store cannot be written.
         """
         now = self._clock()
-        timeout, capability = self._validate(spec, wait_limit)
+        timeout, capability, input_json = self._validate(spec, wait_limit)
         task_id = task_id_for(tenant, spec.request_id)
         known = self._live.get(task_id)
         if known is not None:
@@ -377,31 +381,62 @@ class AgentManager:
             parent=parent,
             chain=chain,
             depth=depth,
+            input_json=input_json,
         )
         live = _Live(task)
         self._live[task_id] = live
-        insert = self._bus.publish(
-            [self._event(task, "task.submitted")], [Write(self._insert, task)]
-        )
+        # The task is placed before it is stored, and stored as placed: one
+        # insert (RUNNING or QUEUED) and one commit carry task.submitted and,
+        # when an agent is free, task.started (see docs/architecture.md).
+        events = [self._event(task, "task.submitted", now=now)]
+        by_agent, target = live.target
+        slot = self.registry.select(target, by_agent=by_agent, exclude=chain)
+        if slot is not None:
+            self._claim(live, slot, now)
+            events.append(self._event(live.task, "task.started", now=now))
+        else:
+            live.task = task.evolve(state=TaskState.QUEUED)
+        insert = self._bus.publish(events, [Write(self._insert, live.task)])
         if not wait_stored:
             live.stored = asyncio.ensure_future(insert)
             live.stored.add_done_callback(_log_failure)
-            self._place(live)
+            self._placed(live, slot)
             return live.task, False
         try:
-            (result,) = await insert
+            result = (await insert)[0]
         except BaseException:
-            self._live.pop(task_id, None)
+            self._unclaim(live, slot)
             raise
         if result.duplicate:  # another replica stored it first
-            self._live.pop(task_id, None)
+            self._unclaim(live, slot)
             async with self._uow() as tx:
                 stored = await tx.tasks.get(tenant, task_id)
             if stored is None:
                 raise Unavailable("task submission raced with a delete; retry")
             return stored, True
-        self._place(live)
+        self._placed(live, slot)
         return live.task, False
+
+    def _placed(self, live: _Live, slot: AgentSlot | None) -> None:
+        """Run a new task on the slot it claimed, or queue it (already QUEUED)."""
+        if live.task.state.final:  # cancelled while its insert was on the way
+            if slot is not None:
+                slot.in_flight -= 1
+                self._drain(slot)
+            return
+        if slot is not None:
+            self._notify(live)
+            self._launch(live, slot)
+        else:
+            self._enqueue(live)
+
+    def _unclaim(self, live: _Live, slot: AgentSlot | None) -> None:
+        """Undo a submission that was not stored: forget it, free its slot."""
+        self._live.pop(live.task.id, None)
+        if slot is not None:
+            slot.in_flight -= 1
+            if not self._stopping:
+                self._drain(slot)
 
     def new_task(
         self,
@@ -415,6 +450,7 @@ class AgentManager:
         parent: Task | None = None,
         chain: tuple[str, ...] = (),
         depth: int = 0,
+        input_json: str | None = None,
     ) -> Task:
         """A PENDING task for a validated spec (see :meth:`_validate`)."""
         return Task(
@@ -440,10 +476,12 @@ class AgentManager:
             parent_task_id=parent.id if parent else "",
             depth=depth,
             chain=chain,
+            input_json=input_json,
         )
 
-    def _validate(self, spec: TaskSpec, wait_limit: float | None) -> tuple[float, str]:
-        """Check everything before storing; returns (timeout, capability to run)."""
+    def _validate(self, spec: TaskSpec, wait_limit: float | None) -> tuple[float, str, str | None]:
+        """Check everything before storing; returns (timeout, capability to run,
+        the input as JSON)."""
         p = self.policy
         bad: list[FieldViolation] = []
         capability = spec.capability
@@ -496,22 +534,25 @@ class AgentManager:
                     f"{where} leaves {timeout:.3f}s; must be {p.min_timeout}s to {p.max_timeout}s",
                 )
             )
-        try:
-            size = len(json.dumps(spec.input, separators=(",", ":")).encode())
-        except (TypeError, ValueError):
-            bad.append(FieldViolation("task.input", "must be JSON"))
-        else:
-            if size > p.max_input_bytes:
-                bad.append(
-                    FieldViolation(
-                        "task.input", f"{size} bytes is over the {p.max_input_bytes}-byte limit"
-                    )
-                )
+        input_json = self._input_json(spec.input, bad)
         if not bad and cap is not None:
             bad.extend(self._schemas.violations(cap, spec.input, "task.input"))
         if bad:
             raise InvalidArgument("invalid task; nothing was stored", bad, reason="INVALID_TASK")
-        return timeout, capability
+        return timeout, capability, input_json
+
+    def _input_json(self, value: Any, bad: list[FieldViolation]) -> str | None:
+        """The input as compact JSON (stored as is), or None with a violation."""
+        try:
+            encoded = json.dumps(value, separators=(",", ":"))
+        except (TypeError, ValueError):
+            bad.append(FieldViolation("task.input", "must be JSON"))
+            return None
+        size = len(encoded)  # ASCII: json.dumps escapes everything else
+        limit = self.policy.max_input_bytes
+        if size > limit:
+            bad.append(FieldViolation("task.input", f"{size} bytes is over the {limit}-byte limit"))
+        return encoded
 
     # --- placement ------------------------------------------------------------------
 
@@ -525,6 +566,10 @@ class AgentManager:
         if live.task.state is not TaskState.QUEUED:
             live.task = live.task.evolve(state=TaskState.QUEUED, updated_at=self._clock())
             self._record(live, None)
+        self._enqueue(live)
+
+    def _enqueue(self, live: _Live) -> None:
+        """Put a QUEUED task in its target's heap until an agent has room."""
         heapq.heappush(
             self._queues.setdefault(live.target, []),
             (-live.task.priority, next(self._order), live.task.id),
@@ -571,7 +616,12 @@ class AgentManager:
             live.timer = None
 
     def _start(self, live: _Live, slot: AgentSlot) -> None:
-        now = self._clock()
+        self._claim(live, slot, self._clock())
+        self._record(live, "task.started")
+        self._launch(live, slot)
+
+    def _claim(self, live: _Live, slot: AgentSlot, now: float) -> None:
+        """Mark the task RUNNING on ``slot`` and take its room (not yet recorded)."""
         live.task = live.task.evolve(
             state=TaskState.RUNNING,
             attempts=live.task.attempts + 1,
@@ -580,8 +630,6 @@ class AgentManager:
             updated_at=now,
         )
         slot.in_flight += 1
-        self._record(live, "task.started")
-        self._launch(live, slot)
 
     def _launch(self, live: _Live, slot: AgentSlot) -> None:
         """Run a task marked RUNNING on ``slot`` (its in-flight count taken)."""
@@ -598,29 +646,9 @@ class AgentManager:
     # --- running --------------------------------------------------------------------
 
     async def _run(self, live: _Live, slot: AgentSlot) -> None:
-        task = live.task
-        ctx = _Context(self, live, slot.id)
         started = time.perf_counter()
-        inner = live.inner = asyncio.create_task(slot.runner.run(ctx, task.capability, task.input))
-        outcome: tuple[TaskState, Any, TaskError | None]
         try:
-            done, _ = await asyncio.wait({inner}, timeout=max(0.0, task.deadline - self._clock()))
-            if not done:
-                inner.cancel()
-                with contextlib.suppress(BaseException):
-                    await inner
-                outcome = (TaskState.TIMED_OUT, None, _timeout_error(task))
-            elif inner.cancelled():
-                outcome = (TaskState.CANCELLED, None, TaskError("CANCELLED", "cancelled"))
-            elif (exc := inner.exception()) is not None:
-                outcome = (TaskState.FAILED, None, self._task_error(exc, live))
-            else:
-                outcome = self._result(inner.result())
-        except asyncio.CancelledError:  # shutdown: stop() hands the task back
-            inner.cancel()
-            with contextlib.suppress(BaseException):
-                await inner
-            raise
+            outcome, result_json = await self._attempt(live, slot)
         finally:
             live.inner = None
             live.runner = None
@@ -645,14 +673,56 @@ class AgentManager:
         if state is TaskState.FAILED and error is not None and self._should_retry(live, error):
             self._retry_later(live, error)
             return
-        await self._finish(live, state, result=result, error=error)
+        await self._finish(live, state, result=result, error=error, result_json=result_json)
 
-    def _result(self, value: Any) -> tuple[TaskState, Any, TaskError | None]:
+    async def _attempt(self, live: _Live, slot: AgentSlot) -> tuple[_Outcome, str | None]:
+        """Run the agent once under the task deadline: (outcome, result as JSON)."""
+        task = live.task
+        remaining = task.deadline - self._clock()
+        if remaining <= 0:
+            return (TaskState.TIMED_OUT, None, _timeout_error(task)), None
+        # The agent's first step runs right here: an agent that answers
+        # without waiting (echo) needs no task of its own, nor a wait.
+        coro = slot.runner.run(_Context(self, live, slot.id), task.capability, task.input)
+        if type(coro) is not types.CoroutineType:
+            inner: asyncio.Future[Any] = asyncio.ensure_future(coro)
+        else:
+            try:
+                step = coro.send(None)
+            except StopIteration as stop:
+                return self._result(stop.value)
+            except asyncio.CancelledError:
+                return (TaskState.CANCELLED, None, TaskError("CANCELLED", "cancelled")), None
+            except Exception as exc:
+                return (TaskState.FAILED, None, self._task_error(exc, live)), None
+            inner = asyncio.ensure_future(_continue(coro, step))
+        live.inner = inner
         try:
-            json.dumps(value, separators=(",", ":"))
+            done, _ = await asyncio.wait({inner}, timeout=remaining)
+        except asyncio.CancelledError:  # shutdown: stop() hands the task back
+            inner.cancel()
+            with contextlib.suppress(BaseException):
+                await inner
+            raise
+        if not done:
+            inner.cancel()
+            with contextlib.suppress(BaseException):
+                await inner
+            return (TaskState.TIMED_OUT, None, _timeout_error(task)), None
+        if inner.cancelled():
+            return (TaskState.CANCELLED, None, TaskError("CANCELLED", "cancelled")), None
+        if (failure := inner.exception()) is not None:
+            return (TaskState.FAILED, None, self._task_error(failure, live)), None
+        return self._result(inner.result())
+
+    def _result(self, value: Any) -> tuple[_Outcome, str | None]:
+        """The outcome of a returned value, and the value as JSON."""
+        try:
+            encoded = json.dumps(value, separators=(",", ":"))
         except (TypeError, ValueError) as exc:
-            return (TaskState.FAILED, None, TaskError("BAD_RESULT", f"result is not JSON: {exc}"))
-        return (TaskState.SUCCEEDED, value, None)
+            error = TaskError("BAD_RESULT", f"result is not JSON: {exc}")
+            return (TaskState.FAILED, None, error), None
+        return (TaskState.SUCCEEDED, value, None), encoded
 
     def _task_error(self, exc: BaseException, live: _Live) -> TaskError:
         if isinstance(exc, AgentError):
@@ -698,14 +768,25 @@ class AgentManager:
         live.runner = asyncio.create_task(self._finish(live, state, result=result, error=error))
 
     async def _finish(
-        self, live: _Live, state: TaskState, *, result: Any = None, error: TaskError | None = None
+        self,
+        live: _Live,
+        state: TaskState,
+        *,
+        result: Any = None,
+        error: TaskError | None = None,
+        result_json: str | None = None,
     ) -> None:
         if live.task.state.final:
             return
         self._unqueue(live)
         now = self._clock()
         live.task = live.task.evolve(
-            state=state, result=result, error=error, ended_at=now, updated_at=now
+            state=state,
+            result=result,
+            result_json=result_json if result is not None else None,
+            error=error,
+            ended_at=now,
+            updated_at=now,
         )
         task = live.task
         for attempt in range(1, FINAL_WRITE_ATTEMPTS + 1):
@@ -759,7 +840,9 @@ class AgentManager:
         live.progress_count += 1
         self._record(live, "task.progress", f":{live.task.attempts}:{live.progress_count}")
 
-    def _event(self, task: Task, event_type: str, suffix: str = "") -> Event:
+    def _event(
+        self, task: Task, event_type: str, suffix: str = "", *, now: float | None = None
+    ) -> Event:
         data: dict[str, Any] = {
             "task_id": task.id,
             "capability": task.capability,
@@ -785,7 +868,7 @@ class AgentManager:
             type=event_type,
             data=data,
             subject=task.id,
-            time=self._clock(),
+            time=self._clock() if now is None else now,
             tenant=task.tenant,
             correlation_id=task.correlation_id,
         )
@@ -839,8 +922,11 @@ class AgentManager:
         live = self._live.get(task_id)
         if live is None or live.task.tenant != tenant:
             return await self.get(tenant, task_id)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(live.done.wait(), within)
+        if not live.done.is_set():
+            # asyncio.timeout, not wait_for: no extra task per waiting call.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(within):
+                    await live.done.wait()
         return live.task
 
     async def execute(
@@ -952,6 +1038,34 @@ class AgentManager:
             values[f"agent_{slot.id}_errors"] = float(slot.errors)
             values[f"agent_{slot.id}_load"] = float(slot.in_flight)
         return values
+
+
+class _Resume:
+    """Awaiting this continues a coroutine whose first step already ran
+    (it stopped at ``pending``), so a task can take over from there."""
+
+    __slots__ = ("_coro", "_pending")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
+        self._coro = coro
+        self._pending = pending
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        coro, pending = self._coro, self._pending
+        while True:
+            try:
+                yield pending
+            except BaseException as exc:  # cancellation: the agent decides
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            return (yield from coro.__await__())
+
+
+async def _continue(coro: Coroutine[Any, Any, Any], pending: Any) -> Any:
+    return await _Resume(coro, pending)
 
 
 def _timeout_error(task: Task) -> TaskError:

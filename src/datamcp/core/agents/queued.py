@@ -231,13 +231,19 @@ class QueuedTasks:
             )
         # The request id names the task across processes (see the module doc).
         spec = replace(spec, request_id=spec.request_id or f"queued:{uuid.uuid4().hex}")
-        timeout, capability = m._validate(spec, None)
+        timeout, capability, input_json = m._validate(spec, None)
         task_id = task_id_for(tenant, spec.request_id)
         stored = await self._stored(tenant, task_id)
         if stored is not None:
             return stored, True
         task = m.new_task(
-            tenant, spec, task_id=task_id, timeout=timeout, capability=capability, now=m._clock()
+            tenant,
+            spec,
+            task_id=task_id,
+            timeout=timeout,
+            capability=capability,
+            now=m._clock(),
+            input_json=input_json,
         )
         await queue.send(QueuedTask(tenant, replace(spec, capability=capability, timeout=timeout)))
         (result,) = await m._bus.publish(
@@ -306,12 +312,18 @@ class QueuedTasks:
         someone else holds it."""
         m = self._m
         try:
-            timeout, capability = m._validate(spec, None)
+            timeout, capability, input_json = m._validate(spec, None)
         except InvalidArgument as exc:
             return await self._fail_invalid(tenant, task_id, exc)
         now = m._clock()
         task = m.new_task(
-            tenant, spec, task_id=task_id, timeout=timeout, capability=capability, now=now
+            tenant,
+            spec,
+            task_id=task_id,
+            timeout=timeout,
+            capability=capability,
+            now=now,
+            input_json=input_json,
         )
         # The insert lands under an owner only this delivery knows, so the claim
         # in the same commit tells "my insert landed" from "stored before".

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from google.protobuf import struct_pb2, timestamp_pb2
+
 from datamcp.core.agents.agent import Capability
 from datamcp.core.agents.model import AuditRecord, Task, TaskSpec
 from datamcp.core.agents.registry import AgentSlot
@@ -31,24 +33,29 @@ def spec_from_proto(message: agents_pb2.TaskSpec) -> TaskSpec:
     )
 
 
-def task_to_proto(task: Task) -> agents_pb2.Task:
+def task_to_proto(task: Task, input_value: struct_pb2.Value | None = None) -> agents_pb2.Task:
+    """``input_value``: the request's input when ``task.input`` was made from
+    it (copied in C instead of rebuilt from ``task.input``)."""
     out = agents_pb2.Task(
         id=task.id,
         capability=task.capability,
         agent_id=task.agent_id,
         priority=task.priority,
-        deadline=timestamp(task.deadline),
         tenant=task.tenant,
         request_id=task.request_id,
         state=int(task.state),  # type: ignore[arg-type]
         attempts=task.attempts,
         max_attempts=task.max_attempts,
-        create_time=timestamp(task.created_at),
-        update_time=timestamp(task.updated_at),
         correlation_id=task.correlation_id,
         parent_task_id=task.parent_task_id,
     )
-    fill_value(out.input, task.input)
+    _set_time(out.deadline, task.deadline)
+    _set_time(out.create_time, task.created_at)
+    _set_time(out.update_time, task.updated_at)
+    if input_value is not None:
+        out.input.CopyFrom(input_value)
+    else:
+        fill_value(out.input, task.input)
     if task.progress or task.progress_message:
         out.progress.percent = task.progress
         out.progress.message = task.progress_message
@@ -59,10 +66,20 @@ def task_to_proto(task: Task) -> agents_pb2.Task:
         out.error.message = task.error.message
         out.error.retryable = task.error.retryable
     if task.started_at is not None:
-        out.start_time.CopyFrom(timestamp(task.started_at))
+        _set_time(out.start_time, task.started_at)
     if task.ended_at is not None:
-        out.end_time.CopyFrom(timestamp(task.ended_at))
+        _set_time(out.end_time, task.ended_at)
     return out
+
+
+def _set_time(field: timestamp_pb2.Timestamp, epoch_seconds: float) -> None:
+    """``field.CopyFrom(timestamp(epoch_seconds))`` without the extra message."""
+    field.seconds, field.nanos = divmod(int(epoch_seconds * 1e9), 1_000_000_000)
+
+
+def same_input(task: Task, spec: TaskSpec, message: agents_pb2.TaskSpec) -> struct_pb2.Value | None:
+    """The request's input Value when the task carries the input made from it."""
+    return message.input if task.input is spec.input and message.HasField("input") else None
 
 
 def capability_to_proto(cap: Capability) -> agents_pb2.Capability:

@@ -18,6 +18,7 @@ from datamcp.entrypoints.grpc.agent_convert import (
     agent_to_proto,
     audit_to_proto,
     hello_from_proto,
+    same_input,
     spec_from_proto,
     task_to_proto,
 )
@@ -57,16 +58,17 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.ExecuteTaskRequest, context: aio.ServicerContext
     ) -> agents_pb2.ExecuteTaskResponse:
         tenant = current_principal.get().tenant
-        task = await self._manager.execute(
-            tenant, spec_from_proto(request.task), wait_limit=_wait_limit(context)
-        )
+        spec = spec_from_proto(request.task)
+        task = await self._manager.execute(tenant, spec, wait_limit=_wait_limit(context))
         if not task.state.final:
             raise DeadlineExceeded(
                 f"task {task.id} is still {task.state.name}; follow it with WatchTask",
                 reason="TASK_NOT_FINISHED",
                 metadata={"task_id": task.id},
             )
-        return agents_pb2.ExecuteTaskResponse(task=task_to_proto(task))
+        return agents_pb2.ExecuteTaskResponse(
+            task=task_to_proto(task, same_input(task, spec, request.task))
+        )
 
     async def SubmitTask(
         self, request: agents_pb2.SubmitTaskRequest, context: aio.ServicerContext
@@ -82,7 +84,9 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
                 "unknown execution mode",
                 [FieldViolation("execution_mode", "EXECUTION_MODE_* values only")],
             )
-        return agents_pb2.SubmitTaskResponse(task=task_to_proto(task), duplicate=duplicate)
+        return agents_pb2.SubmitTaskResponse(
+            task=task_to_proto(task, same_input(task, spec, request.task)), duplicate=duplicate
+        )
 
     async def GetTask(
         self, request: agents_pb2.GetTaskRequest, context: aio.ServicerContext
