@@ -449,11 +449,14 @@ class RunManager:
         while True:
             live = self._live.get(run_id)
             changed = live.changed if live is not None else None
-            run = await self.get(tenant, run_id)
+            # A snapshot: get() may hand back the live run, which the runner
+            # keeps changing (even while this generator is suspended in its
+            # yield), so finality is judged on what was sent.
+            run = _snapshot(await self.get(tenant, run_id))
             key = (run.state, run.updated_at, run.rows_read, run.rows_written, run.rows_rejected)
             if key != last:
                 last = key
-                yield _snapshot(run)
+                yield run
             if run.state.final:
                 return
             wait = WATCH_POLL
