@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from datamcp.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from datamcp.core.events.model import Event
@@ -463,11 +463,13 @@ class SyncEngine:
 
     async def watch(self, tenant: str, run_id: str) -> AsyncIterator[SyncRun]:
         """The run now, then after each page, ending with its final state."""
+        # Finality is judged on the copy that was sent: the live run keeps
+        # changing while this generator is suspended in its yield.
         while True:
             live = self._live.get(run_id)
             if live is None:
-                yield await self.get_run(tenant, run_id)
                 run = await self.get_run(tenant, run_id)
+                yield run
                 if run.status.final:
                     return
                 await asyncio.sleep(0.5)  # owned by another process: poll
@@ -475,8 +477,9 @@ class SyncEngine:
             if live.run.tenant != tenant:
                 raise NotFound(f"no sync run {run_id!r}", reason="SYNC_RUN_NOT_FOUND")
             changed = live.changed
-            yield live.run
-            if live.run.status.final:
+            run = replace(live.run)
+            yield run
+            if run.status.final:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), 5.0)
