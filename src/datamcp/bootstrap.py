@@ -77,8 +77,8 @@ class App:
     agents: AgentManager
     remote: RemoteHub
     streams: StreamService
-    pipelines: PipelineService | None = None
-    memory: MemorySystem | None = None
+    pipelines: PipelineService
+    memory: MemorySystem
     #: Time-based work the schedule handler starts (services register here).
     due: DueWork = field(default_factory=DueWork)
 
@@ -193,15 +193,13 @@ class App:
     async def start(self) -> None:
         """Start background work (the event writer, retention, triggers)."""
         await self.events.bus.start()
-        if self.memory is not None:
-            await self.memory.start()
+        await self.memory.start()
         await self.agents.start()
         await self.router.start()
         for relay in self.relays:
             await relay.start()
         await self.streams.start()
-        if self.pipelines is not None:
-            await self.pipelines.start()
+        await self.pipelines.start()
 
     def _infrastructure_metrics(self) -> dict[str, float]:
         pool: Any = self.engine.pool
@@ -219,15 +217,13 @@ class App:
         return values
 
     async def close(self) -> None:
-        if self.pipelines is not None:
-            await self.pipelines.stop()
+        await self.pipelines.stop()
         await self.streams.stop()
         for relay in self.relays:
             await relay.stop()
         await self.router.stop()
         await self.agents.stop()
-        if self.memory is not None:
-            await self.memory.stop()
+        await self.memory.stop()
         if self.agents.queued_tasks.queue is not None:
             await self.agents.queued_tasks.queue.close()
         await self.events.bus.stop()
@@ -357,14 +353,11 @@ def _agent_manager(
     uow: Any,
     instance: Instance,
     *,
-    memory: MemoryPort | None = None,
-    pipelines: PipelinePort | None = None,
+    memory: MemoryPort,
+    pipelines: PipelinePort,
 ) -> AgentManager:
-    """The manager with the built-in agents and the plugins from config.
-
-    The ``memory`` and ``pipeline`` agents join when their services exist
-    (MemorySyncService and PipelineService will pass their ports here).
-    """
+    """The manager with the built-in agents (``memory`` and ``pipeline`` over
+    their services' ports) and the plugins from config."""
     a = settings.agents
     # TaskPolicy's fields are named after their agents.* settings.
     shared = {f.name: getattr(a, f.name) for f in fields(TaskPolicy) if hasattr(a, f.name)}
@@ -382,10 +375,8 @@ def _agent_manager(
         from datamcp.adapters.http_agent import HttpAgent
 
         manager.add_agent(HttpAgent({"apis": dict(a.http_apis)}))
-    if memory is not None:
-        manager.add_agent(MemoryAgent(memory))
-    if pipelines is not None:
-        manager.add_agent(PipelineAgent(pipelines))
+    manager.add_agent(MemoryAgent(memory))
+    manager.add_agent(PipelineAgent(pipelines))
     for plugin in load_plugins(a.plugins):
         manager.add_agent(plugin)
     return manager

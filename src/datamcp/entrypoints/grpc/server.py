@@ -100,29 +100,17 @@ def core_services(app: App, monitor: HealthMonitor, stopping: asyncio.Event) -> 
             AgentService(app.agents, app.remote),
             needs=("database", "event_bus"),
         ),
-        *(
-            [
-                Registration(
-                    service_name(memory_pb2, "MemorySyncService"),
-                    memory_pb2_grpc.add_MemorySyncServiceServicer_to_server,
-                    MemorySyncService(app.memory),
-                    needs=("database", "event_bus"),
-                )
-            ]
-            if app.memory is not None
-            else []
+        Registration(
+            service_name(memory_pb2, "MemorySyncService"),
+            memory_pb2_grpc.add_MemorySyncServiceServicer_to_server,
+            MemorySyncService(app.memory),
+            needs=("database", "event_bus"),
         ),
-        *(
-            [
-                Registration(
-                    service_name(pipelines_pb2, "PipelineService"),
-                    pipelines_pb2_grpc.add_PipelineServiceServicer_to_server,
-                    PipelineService(app.pipelines, app.streams),
-                    needs=("database", "event_bus"),
-                )
-            ]
-            if app.pipelines is not None
-            else []
+        Registration(
+            service_name(pipelines_pb2, "PipelineService"),
+            pipelines_pb2_grpc.add_PipelineServiceServicer_to_server,
+            PipelineService(app.pipelines, app.streams),
+            needs=("database", "event_bus"),
         ),
     ]
 

@@ -1,8 +1,8 @@
 """``memory``: agents store and recall context through the memory store.
 
-Defined against :class:`MemoryPort` so it can be wired when the
-MemorySyncService lands (bootstrap registers the agent only when a memory
-port exists). Records live under ``agents/<tenant>/<namespace>``.
+Defined against :class:`MemoryPort` (core never depends on the memory
+service; bootstrap passes it ``core.memory.service.AgentMemory``). Records
+live under ``agents/<tenant>/<namespace>``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """``pipeline``: runs a pipeline and answers with the run summary.
 
-Defined against :class:`PipelinePort` so it can be wired when the
-PipelineService lands (bootstrap registers the agent only when a pipeline
-port exists).
+Defined against :class:`PipelinePort` (bootstrap passes it
+``core.pipelines.service.AgentPort``).
 """
 
 from __future__ import annotations
