@@ -28,3 +28,8 @@ ANONYMOUS = Principal("anonymous", "default", frozenset({"admin"}), "none")
 
 current_principal: ContextVar[Principal] = ContextVar("current_principal", default=ANONYMOUS)
 current_request_id: ContextVar[str] = ContextVar("current_request_id", default="")
+
+
+def current_tenant() -> str:
+    """The tenant of the call being served."""
+    return current_principal.get().tenant

@@ -13,9 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from datamcp.adapters.aws.session import (
     AwsConfig,
@@ -36,6 +36,8 @@ DEFAULT_MAX_BATCH_BYTES = 256 * 1024
 #: MessageGroupId / MessageDeduplicationId: 1-128 printable ASCII, no spaces.
 FIFO_TOKEN_RE = re.compile(r"^[!-~]{1,128}$")
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
@@ -51,6 +53,16 @@ def fifo_token(raw: str) -> str:
     if FIFO_TOKEN_RE.match(raw):
         return raw
     return "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
+
+
+def batch_failures(response: Mapping[str, Any], batch: Sequence[T]) -> list[EntryFailure[T]]:
+    """The entries of a ``send_message_batch`` that SQS reports failed (entry
+    ids are their positions in ``batch``), in batch order."""
+    failed = sorted(response.get("Failed", ()), key=lambda f: int(f["Id"]))
+    return [
+        EntryFailure(batch[int(f["Id"])], str(f.get("Code")), not f.get("SenderFault"))
+        for f in failed
+    ]
 
 
 class SqsBroker:
@@ -118,8 +130,4 @@ class SqsBroker:
             QueueUrl=self._url,
             Entries=[{"Id": str(i), **e.message} for i, e in enumerate(batch)],
         )
-        failed = sorted(response.get("Failed", ()), key=lambda f: int(f["Id"]))
-        return [
-            EntryFailure(batch[int(f["Id"])], str(f.get("Code")), not f.get("SenderFault"))
-            for f in failed
-        ]
+        return batch_failures(response, batch)

@@ -19,7 +19,7 @@ from datamcp.adapters.aws.session import (
     SharedClient,
     send_with_retries,
 )
-from datamcp.adapters.aws.sqs import fifo_token
+from datamcp.adapters.aws.sqs import batch_failures, fifo_token
 from datamcp.core.agents.queued import QueuedTask
 from datamcp.core.errors import Unavailable
 from datamcp.core.resilience import RetryPolicy
@@ -79,7 +79,4 @@ class SqsTaskQueue:
     async def _send(self, batch: list[dict[str, Any]]) -> list[EntryFailure[dict[str, Any]]]:
         client = await self._client.get()
         response = await client.send_message_batch(QueueUrl=self._url, Entries=batch)
-        return [
-            EntryFailure(batch[int(f["Id"])], str(f.get("Code")), not f.get("SenderFault"))
-            for f in response.get("Failed", ())
-        ]
+        return batch_failures(response, batch)

@@ -9,7 +9,7 @@ from typing import Any
 
 from grpc import aio
 
-from datamcp.core.context import current_principal
+from datamcp.core.context import current_tenant
 from datamcp.core.errors import FieldViolation, InvalidArgument
 from datamcp.core.memory.model import Record
 from datamcp.core.memory.system import MemorySystem
@@ -24,10 +24,6 @@ from datamcp.entrypoints.grpc.memory_convert import (
 from datamcp.entrypoints.grpc.values import from_value
 from datamcp.v1 import memory_pb2 as pb
 from datamcp.v1 import memory_pb2_grpc
-
-
-def _tenant() -> str:
-    return current_principal.get().tenant
 
 
 def _value(message: Any, field: str = "value") -> Any:
@@ -57,11 +53,13 @@ class MemorySyncService(memory_pb2_grpc.MemorySyncServiceServicer):
             ttl=ttl_seconds(request),
             expected_version=request.expected_version,
         )
-        record = await self._service.put(_tenant(), op, request.store)
+        record = await self._service.put(current_tenant(), op, request.store)
         return pb.PutResponse(record=self._out(record, request.store))
 
     async def Get(self, request: pb.GetRequest, context: aio.ServicerContext) -> pb.GetResponse:
-        record = await self._service.get(_tenant(), request.namespace, request.key, request.store)
+        record = await self._service.get(
+            current_tenant(), request.namespace, request.key, request.store
+        )
         return pb.GetResponse(record=self._out(record, request.store))
 
     async def Delete(
@@ -74,12 +72,12 @@ class MemorySyncService(memory_pb2_grpc.MemorySyncServiceServicer):
             delete=True,
             expected_version=request.expected_version,
         )
-        record = await self._service.put(_tenant(), op, request.store)
+        record = await self._service.put(current_tenant(), op, request.store)
         return pb.DeleteResponse(record=self._out(record, request.store))
 
     async def List(self, request: pb.ListRequest, context: aio.ServicerContext) -> pb.ListResponse:
         records, token = await self._service.list_records(
-            _tenant(),
+            current_tenant(),
             request.namespace_prefix,
             size=request.page_size,
             token=request.page_token,
@@ -94,7 +92,7 @@ class MemorySyncService(memory_pb2_grpc.MemorySyncServiceServicer):
         self, request: pb.SearchRequest, context: aio.ServicerContext
     ) -> pb.SearchResponse:
         records, token = await self._service.search(
-            _tenant(),
+            current_tenant(),
             request.namespace_prefix,
             tags=list(request.tags),
             metadata=dict(request.metadata),
@@ -133,14 +131,14 @@ class MemorySyncService(memory_pb2_grpc.MemorySyncServiceServicer):
                 violations.extend(exc.violations)
         if violations:
             raise InvalidArgument("invalid entries", violations, reason="INVALID_MEMORY_WRITE")
-        records = await self._service.write(_tenant(), ops, request.store)
+        records = await self._service.write(current_tenant(), ops, request.store)
         return pb.BatchPutResponse(records=[self._out(r, request.store) for r in records])
 
     async def GetHistory(
         self, request: pb.GetHistoryRequest, context: aio.ServicerContext
     ) -> pb.GetHistoryResponse:
         versions = await self._service.history(
-            _tenant(),
+            current_tenant(),
             request.namespace,
             request.key,
             size=request.page_size,
@@ -153,14 +151,14 @@ class MemorySyncService(memory_pb2_grpc.MemorySyncServiceServicer):
     ) -> AsyncIterator[pb.WatchChangesResponse]:
         store = self._service.store(request.store).id
         async for record in self._service.watch(
-            _tenant(), request.namespace_prefix, request.from_sequence, request.store
+            current_tenant(), request.namespace_prefix, request.from_sequence, request.store
         ):
             yield pb.WatchChangesResponse(record=record_to_proto(record, store))
 
     async def ListStores(
         self, request: pb.ListStoresRequest, context: aio.ServicerContext
     ) -> pb.ListStoresResponse:
-        tenant = _tenant()
+        tenant = current_tenant()
         stores = self._service.stores
         primary = self._service.store()
 
@@ -192,33 +190,35 @@ class MemorySyncService(memory_pb2_grpc.MemorySyncServiceServicer):
         self, request: pb.SynchronizeRequest, context: aio.ServicerContext
     ) -> pb.SynchronizeResponse:
         run = await self._sync.synchronize(
-            _tenant(), sync_request(request), wait=not request.background
+            current_tenant(), sync_request(request), wait=not request.background
         )
         return pb.SynchronizeResponse(run=run_to_proto(run))
 
     async def WatchSyncRun(
         self, request: pb.WatchSyncRunRequest, context: aio.ServicerContext
     ) -> AsyncIterator[pb.WatchSyncRunResponse]:
-        async for run in self._sync.watch(_tenant(), request.sync_id):
+        async for run in self._sync.watch(current_tenant(), request.sync_id):
             yield pb.WatchSyncRunResponse(run=run_to_proto(run))
 
     async def GetSyncRun(
         self, request: pb.GetSyncRunRequest, context: aio.ServicerContext
     ) -> pb.GetSyncRunResponse:
-        run = await self._sync.get_run(_tenant(), request.sync_id)
+        run = await self._sync.get_run(current_tenant(), request.sync_id)
         return pb.GetSyncRunResponse(run=run_to_proto(run))
 
     async def ListSyncRuns(
         self, request: pb.ListSyncRunsRequest, context: aio.ServicerContext
     ) -> pb.ListSyncRunsResponse:
-        runs, token = await self._sync.list_runs(_tenant(), request.page_size, request.page_token)
+        runs, token = await self._sync.list_runs(
+            current_tenant(), request.page_size, request.page_token
+        )
         return pb.ListSyncRunsResponse(runs=[run_to_proto(r) for r in runs], next_page_token=token)
 
     async def ListConflicts(
         self, request: pb.ListConflictsRequest, context: aio.ServicerContext
     ) -> pb.ListConflictsResponse:
         conflicts, token = await self._sync.list_conflicts(
-            _tenant(),
+            current_tenant(),
             conflict_status(request.status),
             request.namespace_prefix,
             request.page_size,
@@ -235,7 +235,7 @@ class MemorySyncService(memory_pb2_grpc.MemorySyncServiceServicer):
         if request.HasField("value"):
             value_json = json.dumps(from_value(request.value), separators=(",", ":"))
         conflict, record = await self._sync.resolve(
-            _tenant(), request.conflict_id, version=request.version, value_json=value_json
+            current_tenant(), request.conflict_id, version=request.version, value_json=value_json
         )
         return pb.ResolveConflictResponse(
             conflict=conflict_to_proto(conflict),

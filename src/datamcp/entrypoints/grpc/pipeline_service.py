@@ -9,7 +9,7 @@ from typing import Any
 
 from grpc import aio
 
-from datamcp.core.context import current_principal
+from datamcp.core.context import current_tenant
 from datamcp.core.errors import FieldViolation, InvalidArgument
 from datamcp.core.pipelines.model import RunState
 from datamcp.core.pipelines.service import PipelineService as CorePipelineService
@@ -26,10 +26,6 @@ from datamcp.v1 import pipelines_pb2 as pb
 from datamcp.v1 import pipelines_pb2_grpc
 
 
-def _tenant() -> str:
-    return current_principal.get().tenant
-
-
 class PipelineService(StreamJobMethods, pipelines_pb2_grpc.PipelineServiceServicer):
     def __init__(self, pipelines: CorePipelineService, streams: Any) -> None:
         self.pipelines = pipelines
@@ -39,21 +35,21 @@ class PipelineService(StreamJobMethods, pipelines_pb2_grpc.PipelineServiceServic
         self, request: pb.CreatePipelineRequest, context: aio.ServicerContext
     ) -> pb.CreatePipelineResponse:
         pipeline = await self.pipelines.create(
-            _tenant(), definition_from(request), request.name, request.description
+            current_tenant(), definition_from(request), request.name, request.description
         )
         return pb.CreatePipelineResponse(pipeline=pipeline_to_proto(pipeline))
 
     async def GetPipeline(
         self, request: pb.GetPipelineRequest, context: aio.ServicerContext
     ) -> pb.GetPipelineResponse:
-        pipeline = await self.pipelines.get(_tenant(), request.id)
+        pipeline = await self.pipelines.get(current_tenant(), request.id)
         return pb.GetPipelineResponse(pipeline=pipeline_to_proto(pipeline))
 
     async def ListPipelines(
         self, request: pb.ListPipelinesRequest, context: aio.ServicerContext
     ) -> pb.ListPipelinesResponse:
         items, token = await self.pipelines.list_pipelines(
-            _tenant(), request.page_size, request.page_token
+            current_tenant(), request.page_size, request.page_token
         )
         return pb.ListPipelinesResponse(
             pipelines=[pipeline_to_proto(p) for p in items], next_page_token=token
@@ -63,7 +59,7 @@ class PipelineService(StreamJobMethods, pipelines_pb2_grpc.PipelineServiceServic
         self, request: pb.UpdatePipelineRequest, context: aio.ServicerContext
     ) -> pb.UpdatePipelineResponse:
         pipeline = await self.pipelines.update(
-            _tenant(),
+            current_tenant(),
             request.id,
             definition_from(request),
             description=request.description,
@@ -74,14 +70,14 @@ class PipelineService(StreamJobMethods, pipelines_pb2_grpc.PipelineServiceServic
     async def DeletePipeline(
         self, request: pb.DeletePipelineRequest, context: aio.ServicerContext
     ) -> pb.DeletePipelineResponse:
-        await self.pipelines.delete(_tenant(), request.id)
+        await self.pipelines.delete(current_tenant(), request.id)
         return pb.DeletePipelineResponse()
 
     async def ValidatePipeline(
         self, request: pb.ValidatePipelineRequest, context: aio.ServicerContext
     ) -> pb.ValidatePipelineResponse:
         result = await self.pipelines.validate(
-            _tenant(),
+            current_tenant(),
             definition_from(request),
             preview_rows=request.preview_rows,
             params=from_struct(request.params) if request.HasField("params") else None,
@@ -103,7 +99,7 @@ class PipelineService(StreamJobMethods, pipelines_pb2_grpc.PipelineServiceServic
         self, request: pb.RunPipelineRequest, context: aio.ServicerContext
     ) -> pb.RunPipelineResponse:
         run, duplicate = await self.pipelines.run(
-            _tenant(),
+            current_tenant(),
             request.id,
             params=from_struct(request.params) if request.HasField("params") else None,
             request_id=request.request_id,
@@ -114,7 +110,9 @@ class PipelineService(StreamJobMethods, pipelines_pb2_grpc.PipelineServiceServic
     async def GetRun(
         self, request: pb.GetRunRequest, context: aio.ServicerContext
     ) -> pb.GetRunResponse:
-        run, rejects = await self.pipelines.get_run(_tenant(), request.id, request.reject_limit)
+        run, rejects = await self.pipelines.get_run(
+            current_tenant(), request.id, request.reject_limit
+        )
         return pb.GetRunResponse(
             run=run_to_proto(run), rejects=[reject_to_proto(r) for r in rejects]
         )
@@ -128,7 +126,7 @@ class PipelineService(StreamJobMethods, pipelines_pb2_grpc.PipelineServiceServic
                 "unknown run state", [FieldViolation("states", "RUN_STATE_* values only")]
             )
         runs, token = await self.pipelines.list_runs(
-            _tenant(),
+            current_tenant(),
             pipeline=request.pipeline,
             states=states,
             page_size=request.page_size,
@@ -139,11 +137,11 @@ class PipelineService(StreamJobMethods, pipelines_pb2_grpc.PipelineServiceServic
     async def CancelRun(
         self, request: pb.CancelRunRequest, context: aio.ServicerContext
     ) -> pb.CancelRunResponse:
-        run = await self.pipelines.cancel_run(_tenant(), request.id)
+        run = await self.pipelines.cancel_run(current_tenant(), request.id)
         return pb.CancelRunResponse(run=run_to_proto(run))
 
     async def WatchRun(
         self, request: pb.WatchRunRequest, context: aio.ServicerContext
     ) -> AsyncIterator[pb.WatchRunResponse]:
-        async for run in self.pipelines.watch_run(_tenant(), request.id):
+        async for run in self.pipelines.watch_run(current_tenant(), request.id):
             yield pb.WatchRunResponse(run=run_to_proto(run))
