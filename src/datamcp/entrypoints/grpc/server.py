@@ -1,7 +1,8 @@
 """The mesh server: one ``grpc.aio`` server hosting every service.
 
-It wires the interceptors (OpenTelemetry outermost, then the entry
-interceptor), the standard ``grpc.health.v1`` servicer fed by the health
+It wraps every service's handlers once at registration (OpenTelemetry
+outermost, then the entry; see ``wrapping.py`` for why there are no grpc
+interceptors), the standard ``grpc.health.v1`` servicer fed by the health
 monitor, reflection for every service, TLS, and graceful shutdown:
 NOT_SERVING first, then new calls refused, in-flight calls given the grace.
 """
@@ -17,19 +18,20 @@ from typing import Any
 import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from datamcp import __version__
 from datamcp.bootstrap import App
 from datamcp.core.errors import ConfigError
 from datamcp.core.health import HealthMonitor, HealthReport
 from datamcp.entrypoints.grpc.agent_service import AgentService
+from datamcp.entrypoints.grpc.entry import OPEN_PREFIXES, Entry
 from datamcp.entrypoints.grpc.event_service import EventService
 from datamcp.entrypoints.grpc.health_service import HealthService
-from datamcp.entrypoints.grpc.interceptor import OPEN_PREFIXES, EntryInterceptor
 from datamcp.entrypoints.grpc.memory_service import MemorySyncService
 from datamcp.entrypoints.grpc.pipeline_service import PipelineService
-from datamcp.entrypoints.grpc.tracing import PerMethodTracingInterceptor
+from datamcp.entrypoints.grpc.tracing import MethodTracing
+from datamcp.entrypoints.grpc.wrapping import WrappingRegistrar
 from datamcp.observability import tracing
 from datamcp.v1 import (
     agents_pb2,
@@ -71,7 +73,7 @@ class Registration:
     """A service to host: its full name, how to add it, and the components it needs."""
 
     name: str
-    add: Callable[[Any, aio.Server], None]
+    add: Callable[[Any, WrappingRegistrar], None]
     servicer: Any
     needs: tuple[str, ...] = ()
 
@@ -145,12 +147,14 @@ class MeshServer:
     def _build(self) -> aio.Server:
         s = self.app.settings.server
         provider = self.tracer_provider
-        interceptors = [
-            PerMethodTracingInterceptor(
-                provider, OPEN_PREFIXES + UNTRACED_STREAMS, self.app.settings.tracing.sample_ratio
-            ),
-            EntryInterceptor(self.app.authenticator, self.app.limiter, self.app.metrics),
-        ]
+        tracing_ = MethodTracing(
+            provider, OPEN_PREFIXES + UNTRACED_STREAMS, self.app.settings.tracing.sample_ratio
+        )
+        entry = Entry(self.app.authenticator, self.app.limiter, self.app.metrics)
+
+        def wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+            return tracing_.wrap(method, entry.wrap(method, handler))
+
         options = [
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.max_receive_message_length", s.max_message_bytes),
@@ -165,20 +169,23 @@ class MeshServer:
             ("grpc.so_reuseport", 0),
         ]
         server = aio.server(
-            interceptors=interceptors,
             options=options,
             maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
             compression=_COMPRESSION[s.compression],
         )
+        registrar = WrappingRegistrar(server, wrap)
         for registration in self.registrations:
-            registration.add(registration.servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            registration.add(registration.servicer, registrar)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         names = [r.name for r in self.registrations]
         names += [
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
-        reflection.enable_server_reflection(names, server)
+        # enable_server_reflection would register on the server itself.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(names), registrar
+        )
         return server
 
     def _bind(self, server: aio.Server) -> int:

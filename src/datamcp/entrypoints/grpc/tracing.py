@@ -2,10 +2,11 @@
 
 Two things keep the library's aio server interceptor off the hot path:
 
-- It re-runs its filter and rebuilds a wrapped handler on every call, although
-  what it builds depends only on the method (its span reads the method name
-  from the call details and everything else from the per-call context). This
-  adapter asks the library once per method and reuses the handler.
+- As a grpc interceptor it re-runs its filter and rebuilds a wrapped handler
+  on every call, although what it builds depends only on the method (its span
+  reads the method name from the call details and everything else from the
+  per-call context). Here the library's span wrappers are applied once per
+  method, when the service is registered (``wrapping.py``).
 - Its per-call wrapper costs about as much as the span it records, even when
   the span is not sampled. So the head-sampling decision is made here, before
   the wrapper: a call carrying a W3C ``traceparent`` follows its caller's
@@ -24,8 +25,9 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import nullcontext
+from functools import partial
 from typing import Any
 from urllib.parse import unquote
 
@@ -51,7 +53,7 @@ from opentelemetry.semconv._incubating.attributes.rpc_attributes import (
     RPC_SYSTEM,
 )
 
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
+from datamcp.entrypoints.grpc.wrapping import rebuild
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +180,24 @@ def caller_sampled(metadata: Sequence[tuple[str, str | bytes]] | None) -> bool |
     return None
 
 
-class PerMethodTracingInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+class _Details:
+    """The call details the library's wrappers read: only the method name."""
+
+    __slots__ = ("invocation_metadata", "method")
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.invocation_metadata: tuple[Any, ...] = ()
+
+
+class MethodTracing:
     """OpenTelemetry server spans for every method except ``untraced`` prefixes.
 
     Health and reflection are excluded: the health ``Watch`` writes through
-    ``context.write``, which the library's context wrapper breaks.
+    ``context.write``, which the library's context wrapper breaks. ``wrap``
+    runs once per method at registration (see ``wrapping.py``); a call then
+    only makes the sampling decision, and unsampled calls go straight to the
+    wrapped behavior.
     """
 
     def __init__(
@@ -195,34 +210,52 @@ class PerMethodTracingInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             provider,
             schema_url="https://opentelemetry.io/schemas/1.11.0",
         )
-        self._inner = _CheaperAioServerInterceptor(tracer)
+        self._library = _CheaperAioServerInterceptor(tracer)
         self._untraced = untraced
         self._ratio = sample_ratio
         self._random = random.random
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    def _sampled(self, details: grpc.HandlerCallDetails) -> bool:
-        if self._ratio >= 1.0:
-            return True
-        decided = caller_sampled(details.invocation_metadata)
+    def _sampled(self, context: aio.ServicerContext) -> bool:
+        decided = caller_sampled(context.invocation_metadata())
         if decided is not None:
             return decided
         return self._random() < self._ratio
 
-    async def intercept_service(
-        self, continuation: Continuation, details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method = details.method
-        if handler is None or method.startswith(self._untraced) or not self._sampled(details):
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` with the library's span around it (per the sampling)."""
+        if method.startswith(self._untraced):
             return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
+        details = _Details(method)
+        if handler.response_streaming:
+            return rebuild(handler, partial(self._stream, details))
+        return rebuild(handler, partial(self._unary, details))
 
-        async def known(_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-            return handler
+    def _unary(
+        self, details: _Details, behavior: Callable[..., Awaitable[Any]]
+    ) -> Callable[..., Awaitable[Any]]:
+        traced = self._library._intercept_aio_server_unary(behavior, details)
+        if self._ratio >= 1.0:
+            return traced
+        sampled = self._sampled
 
-        traced = await self._inner.intercept_service(known, details)  # type: ignore[no-untyped-call]
-        self._wrapped[method] = (handler, traced)
-        return traced
+        async def sampling(request: Any, context: aio.ServicerContext) -> Any:
+            if sampled(context):
+                return await traced(request, context)
+            return await behavior(request, context)
+
+        return sampling
+
+    def _stream(
+        self, details: _Details, behavior: Callable[..., AsyncIterator[Any]]
+    ) -> Callable[..., AsyncIterator[Any]]:
+        traced = self._library._intercept_aio_server_stream(behavior, details)  # type: ignore[no-untyped-call]
+        if self._ratio >= 1.0:
+            return traced  # type: ignore[no-any-return]
+        sampled = self._sampled
+
+        async def sampling(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            chosen = traced if sampled(context) else behavior
+            async for response in chosen(request, context):
+                yield response
+
+        return sampling

@@ -1,8 +1,8 @@
-"""The entry interceptor: authentication, authorization, rate limiting, request
-ids, metrics and error mapping for every call, in one wrapper.
+"""The entry: authentication, authorization, rate limiting, request ids,
+metrics and error mapping for every call, in one wrapper per method.
 
-One interceptor instead of four keeps the per-call overhead to a single
-wrapped coroutine; wrapped handlers are built once per method and cached.
+The wrapper is built once per method when the service is registered (see
+``wrapping.py``), so a call pays one extra coroutine frame for all of it.
 The standard health and reflection services stay open and are not wrapped
 (the health ``Watch`` writes through ``context.write``, which wrappers break).
 """
@@ -14,6 +14,7 @@ import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import grpc
@@ -25,6 +26,7 @@ from datamcp.core.errors import DataMCPError, FieldViolation, InvalidArgument
 from datamcp.core.metrics import MetricsRegistry
 from datamcp.core.ratelimit import KeyedRateLimiter
 from datamcp.entrypoints.grpc.errors import internal_status, status_code, to_status
+from datamcp.entrypoints.grpc.wrapping import rebuild
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,9 @@ def _malformed() -> InvalidArgument:
     )
 
 
-class EntryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+class Entry:
+    """Wraps each method's handler with the entry's per-call work."""
+
     def __init__(
         self,
         authenticator: Authenticator,
@@ -77,23 +81,18 @@ class EntryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         self._limiter = limiter
         self._metrics = metrics
         self._auth_enabled = authenticator.enabled
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method = details.method
-        if handler is None or method.startswith(OPEN_PREFIXES):
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` behind the entry; open services are returned as they are."""
+        if method.startswith(OPEN_PREFIXES):
             return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(method, handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        request_streaming = bool(handler.request_streaming)
+        behavior: Callable[[Callable[..., Any]], Callable[..., Any]]
+        if handler.response_streaming:
+            behavior = partial(self._stream, method, streaming_request=request_streaming)
+        else:
+            behavior = partial(self._unary, method, streaming_request=request_streaming)
+        return rebuild(handler, behavior, _safe_deserializer(handler.request_deserializer))
 
     def _admit(self, method: str, roles: tuple[str, ...], context: aio.ServicerContext) -> None:
         """Set the call's request id and principal, or raise why it may not proceed."""
@@ -139,27 +138,6 @@ class EntryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             current = context.code()
             code = current.name if isinstance(current, grpc.StatusCode) else (code or "UNKNOWN")
         self._metrics.record_call(method, code, (time.perf_counter() - start) * 1000.0)
-
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        parse = _safe_deserializer(handler.request_deserializer)
-        serialize = handler.response_serializer
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary, streaming_request=False), parse, serialize
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(method, handler.stream_unary, streaming_request=True), parse, serialize
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(method, handler.unary_stream, streaming_request=False),
-                parse,
-                serialize,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._stream(method, handler.stream_stream, streaming_request=True), parse, serialize
-        )
 
     def _unary(
         self, method: str, inner: Callable[..., Awaitable[Any]], *, streaming_request: bool
@@ -210,7 +188,7 @@ class _Call:
 
     __slots__ = ("context", "entry", "method", "start")
 
-    def __init__(self, entry: EntryInterceptor, method: str, context: aio.ServicerContext) -> None:
+    def __init__(self, entry: Entry, method: str, context: aio.ServicerContext) -> None:
         self.entry = entry
         self.method = method
         self.context = context
