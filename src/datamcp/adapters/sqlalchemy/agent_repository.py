@@ -140,12 +140,14 @@ class SqlTaskRepository:
         self._conn = conn
         self._sqlite = conn.dialect.name == "sqlite"
 
-    async def insert(self, batch: Sequence[Task], owner: str) -> None:
+    async def insert(self, batch: Sequence[tuple[Task, str]]) -> None:
         if not batch:
             return
-        rows = [_row(t) for t in batch]
-        for row in rows:
+        rows = []
+        for task, owner in batch:
+            row = _row(task)
             row["owner"] = owner
+            rows.append(row)
         if self._sqlite:
             await self._conn.exec_driver_sql(
                 _SQLITE_INSERT, [tuple(map(row.__getitem__, _COLUMNS)) for row in rows]

@@ -874,7 +874,8 @@ class AgentManager:
         )
 
     async def _apply_insert(self, tx: UnitOfWork, tasks: Sequence[Task]) -> None:
-        await tx.tasks.insert(tasks, self._instance.id)
+        me = self._instance.id
+        await tx.tasks.insert([(task, me) for task in tasks])
 
     # --- queries and control ---------------------------------------------------------
 

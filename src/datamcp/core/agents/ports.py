@@ -9,8 +9,9 @@ from datamcp.core.agents.model import AuditRecord, Task, TaskState
 
 
 class TaskRepository(Protocol):
-    async def insert(self, tasks: Sequence[Task], owner: str) -> None:
-        """Store new tasks; a task whose id is already stored is left as it is."""
+    async def insert(self, rows: Sequence[tuple[Task, str]]) -> None:
+        """Store new tasks, each under its owner, in one statement; a task
+        whose id is already stored is left as it is."""
         ...
 
     async def save(self, tasks: Sequence[Task]) -> None:
