@@ -6,7 +6,20 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, case, delete, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Float,
+    String,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -26,6 +39,90 @@ _SQLITE_INSERT = (
 def _insert_ignoring_duplicates(conn: AsyncConnection, table: Any) -> Any:
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table).on_conflict_do_nothing()
+
+
+# --- statements of the hot paths, built once ------------------------------------------
+# A statement built per call costs its construction and its cache-key walk on
+# every execution (~85 us of a ~185 us SQLite statement, measured); one built
+# once with bind parameters memoizes its cache key and costs neither.
+
+
+def _claim_statement(ordered: bool) -> Any:
+    """Lease visible deliveries that head their subject (see ``claim``)."""
+    d = deliveries.c
+    # Aliases keep the subqueries from correlating to the UPDATE's own table.
+    cand = deliveries.alias("cand")
+    earlier = deliveries.alias("earlier")
+    pick = select(cand.c.seq).where(
+        cand.c.subscription_id == bindparam("sub_id"), cand.c.visible_at <= bindparam("now")
+    )
+    if ordered:
+        blocked = (
+            exists()
+            .where(
+                earlier.c.subscription_id == cand.c.subscription_id,
+                earlier.c.subject == cand.c.subject,
+                earlier.c.seq < cand.c.seq,
+            )
+            .correlate(cand)
+        )
+        pick = pick.where((cand.c.subject == "") | ~blocked)
+    pick = pick.order_by(cand.c.seq).limit(bindparam("limit"))
+    # Rows with no attempts left are not leased, only reported (their
+    # consumer comes back NULL) so the caller can bury them. The visibility
+    # re-check makes the claim atomic between competitors.
+    live = d.attempts < bindparam("max_attempts")
+    return (
+        update(deliveries)
+        .where(
+            d.subscription_id == bindparam("sub_id"),
+            d.seq.in_(pick),
+            d.visible_at <= bindparam("now"),
+        )
+        .values(
+            visible_at=case((live, bindparam("until", type_=Float)), else_=d.visible_at),
+            consumer=case((live, bindparam("consumer", type_=String)), else_=None),
+            attempts=case((live, d.attempts + 1), else_=d.attempts),
+        )
+        .returning(d.seq, d.attempts, d.consumer)
+    )
+
+
+def _read_after_cursor_statement(all_tenants: bool) -> Any:
+    """The subscription's cursor and the events after it, in one statement."""
+    s, e = subscriptions.c, events.c
+    joined = e.seq > s.cursor
+    if not all_tenants:
+        joined = and_(joined, e.tenant == bindparam("tenant"))
+    return (
+        select(s.cursor.label("sub_cursor"), events)
+        .select_from(subscriptions.outerjoin(events, joined))
+        .where(s.id == bindparam("sub_id"))
+        .order_by(e.seq)
+        .limit(bindparam("limit"))
+    )
+
+
+_EXISTING = select(events.c.id, events.c.seq).where(
+    events.c.tenant == bindparam("tenant"), events.c.id.in_(bindparam("ids", expanding=True))
+)
+_BY_SEQS = select(events).where(events.c.seq.in_(bindparam("seqs", expanding=True)))
+_MAX_SEQ = select(func.max(events.c.seq))
+_ADVANCE_CURSOR = (
+    update(subscriptions)
+    .where(subscriptions.c.id == bindparam("sub_id"), subscriptions.c.cursor < bindparam("seq"))
+    .values(cursor=bindparam("seq"))
+)
+_DELETE_DELIVERIES = delete(deliveries).where(
+    deliveries.c.subscription_id == bindparam("sub_id"),
+    deliveries.c.seq.in_(bindparam("seqs", expanding=True)),
+)
+_CLAIM = {ordered: _claim_statement(ordered) for ordered in (True, False)}
+_READ_AFTER_CURSOR = {every: _read_after_cursor_statement(every) for every in (True, False)}
+_ADD_DELIVERIES = {
+    "postgresql": postgresql.insert(deliveries).on_conflict_do_nothing(),
+    "sqlite": sqlite.insert(deliveries).on_conflict_do_nothing(),
+}
 
 
 def _event(row: Any) -> Event:
@@ -67,9 +164,7 @@ class SqlEventRepository:
     async def existing(self, tenant: str, ids: Sequence[str]) -> dict[str, int]:
         if not ids:
             return {}
-        rows = await self._conn.execute(
-            select(events.c.id, events.c.seq).where(events.c.tenant == tenant, events.c.id.in_(ids))
-        )
+        rows = await self._conn.execute(_EXISTING, {"tenant": tenant, "ids": list(ids)})
         return {row.id: row.seq for row in rows}
 
     async def append(self, batch: Sequence[Event], stored_at: float) -> list[int]:
@@ -171,19 +266,11 @@ class SqlEventRepository:
     ) -> tuple[int | None, list[Event]]:
         """The subscription's cursor and up to ``limit`` events after it, in
         one statement (``None`` when the subscription does not exist)."""
-        s, e = subscriptions.c, events.c
-        joined = and_(e.seq > s.cursor)
-        if tenant != ALL_TENANTS:
-            joined = and_(joined, e.tenant == tenant)
-        rows = (
-            await self._conn.execute(
-                select(s.cursor.label("sub_cursor"), events)
-                .select_from(subscriptions.outerjoin(events, joined))
-                .where(s.id == subscription_id)
-                .order_by(e.seq)
-                .limit(limit)
-            )
-        ).all()
+        every = tenant == ALL_TENANTS
+        params: dict[str, Any] = {"sub_id": subscription_id, "limit": limit}
+        if not every:
+            params["tenant"] = tenant
+        rows = (await self._conn.execute(_READ_AFTER_CURSOR[every], params)).all()
         if not rows:
             return None, []
         return int(rows[0].sub_cursor), [_event(row) for row in rows if row.seq is not None]
@@ -191,11 +278,11 @@ class SqlEventRepository:
     async def by_seqs(self, seqs: Sequence[int]) -> dict[int, Event]:
         if not seqs:
             return {}
-        rows = await self._conn.execute(select(events).where(events.c.seq.in_(seqs)))
+        rows = await self._conn.execute(_BY_SEQS, {"seqs": list(seqs)})
         return {row.seq: _event(row) for row in rows}
 
     async def max_seq(self, tenant: str | None = None) -> int:
-        query = select(func.max(events.c.seq))
+        query = _MAX_SEQ
         if tenant is not None:
             query = query.where(events.c.tenant == tenant)
         return int((await self._conn.execute(query)).scalar() or 0)
@@ -278,11 +365,7 @@ class SqlEventRepository:
         return None if value is None else int(value)
 
     async def advance_cursor(self, subscription_id: str, seq: int) -> None:
-        await self._conn.execute(
-            update(subscriptions)
-            .where(subscriptions.c.id == subscription_id, subscriptions.c.cursor < seq)
-            .values(cursor=seq)
-        )
+        await self._conn.execute(_ADVANCE_CURSOR, {"sub_id": subscription_id, "seq": seq})
 
     async def stats(self, sub: Subscription, now: float) -> SubscriptionStats:
         d = deliveries.c
@@ -311,7 +394,7 @@ class SqlEventRepository:
         if not items:
             return
         await self._conn.execute(
-            _insert_ignoring_duplicates(self._conn, deliveries),
+            _ADD_DELIVERIES[self._conn.dialect.name],
             [
                 {
                     "subscription_id": subscription_id,
@@ -344,44 +427,17 @@ class SqlEventRepository:
         (seq, attempt number) of what was leased, and the seqs found with
         no attempts left (for the dead letters).
         """
-        d = deliveries.c
-        # One statement: pick the candidates and lease them. Aliases keep the
-        # subqueries from correlating to the UPDATE's own table.
-        cand = deliveries.alias("cand")
-        earlier = deliveries.alias("earlier")
-        pick = select(cand.c.seq).where(
-            cand.c.subscription_id == subscription_id, cand.c.visible_at <= now
-        )
-        if ordered:
-            blocked = (
-                exists()
-                .where(
-                    earlier.c.subscription_id == cand.c.subscription_id,
-                    earlier.c.subject == cand.c.subject,
-                    earlier.c.seq < cand.c.seq,
-                )
-                .correlate(cand)
-            )
-            pick = pick.where((cand.c.subject == "") | ~blocked)
-        pick = pick.order_by(cand.c.seq).limit(limit)
-        # Rows with no attempts left are not leased, only reported (their
-        # consumer comes back NULL) so the caller can bury them. The
-        # visibility re-check makes the claim atomic between competitors.
-        live = d.attempts < max_attempts
         rows = (
             await self._conn.execute(
-                update(deliveries)
-                .where(
-                    d.subscription_id == subscription_id,
-                    d.seq.in_(pick),
-                    d.visible_at <= now,
-                )
-                .values(
-                    visible_at=case((live, until), else_=d.visible_at),
-                    consumer=case((live, consumer), else_=None),
-                    attempts=case((live, d.attempts + 1), else_=d.attempts),
-                )
-                .returning(d.seq, d.attempts, d.consumer)
+                _CLAIM[ordered],
+                {
+                    "sub_id": subscription_id,
+                    "now": now,
+                    "until": until,
+                    "consumer": consumer,
+                    "limit": limit,
+                    "max_attempts": max_attempts,
+                },
             )
         ).all()
         claimed = sorted((row.seq, row.attempts) for row in rows if row.consumer is not None)
@@ -402,9 +458,7 @@ class SqlEventRepository:
         if not seqs:
             return 0
         result = await self._conn.execute(
-            delete(deliveries).where(
-                deliveries.c.subscription_id == subscription_id, deliveries.c.seq.in_(seqs)
-            )
+            _DELETE_DELIVERIES, {"sub_id": subscription_id, "seqs": list(seqs)}
         )
         return int(result.rowcount or 0)
 
