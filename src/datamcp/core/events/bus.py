@@ -125,7 +125,10 @@ class EventBus:
         pending = _Pending(list(events), writes, future)
         self._queue.put_nowait(pending)
         self._queued += pending.size
-        return await asyncio.shield(future)
+        # No shield needed: a caller cancelled while waiting cancels only its
+        # future; the queued publish still commits (the writer skips setting
+        # a result on a done future).
+        return await future
 
     def next_commit(self) -> asyncio.Event:
         """An event set by the next commit. Take it *before* looking at the
