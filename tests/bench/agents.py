@@ -20,12 +20,15 @@ raised to 100,000, on 127.0.0.1. Clients are separate processes.
    ``SubmitTask`` with 128 calls outstanding; the clock runs from the first
    submission until a ``ListTasks`` poll (every 20 ms, after the last
    submission returned) finds no task PENDING, QUEUED or RUNNING. Then every
-   measured task is checked to have SUCCEEDED. Target: >= 2,000 tasks/s.
+   measured task is checked to have SUCCEEDED. Two runs, each on its own
+   fresh server; the best valid one is compared, as with ExecuteTask (noise
+   on this shared machine only makes a run slower; single runs spread
+   +-15%). Target: >= 2,000 tasks/s.
 
 Time is bounded at every step (server start 15 s; each ExecuteTask client
 warm-up + window + its 30 s call deadline + 10 s; the SubmitTask client 15 s
 warm-up + 60 s budget + 20 s check + 10 s; server stop 5 s); a normal run
-takes about 90 s with the defaults.
+takes about 110 s with the defaults.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ IN_FLIGHT = 128
 SUBMIT_BUDGET = 60.0
 """Seconds the measured submissions and their completion may take."""
 ROUNDS = 3
+SUBMIT_ROUNDS = 2
 CONCURRENCY = 64
 CHANNELS = 2
 QPS_TARGET = 0.6
@@ -130,24 +134,25 @@ def run(config: BenchConfig) -> Mapping[str, Any]:
                     result = _measure_execute(servers[side], config, key)
                     runs[side].append(result)
                     print(f"  {_row(f'run {round_}', side, result)}", flush=True)
-        # A fresh server: its task table holds only this run's tasks.
-        with full_server(Path(tmp) / "submit", api_key, extra_toml=AGENTS_TOML) as server:
-            submit = _measure_submit(server, tasks, api_key)
+        submits: list[SubmitResult] = []
+        for round_ in range(1, SUBMIT_ROUNDS + 1):
+            # A fresh server: its task table holds only this run's tasks.
+            workdir = Path(tmp) / f"submit-{round_}"
+            with full_server(workdir, api_key, extra_toml=AGENTS_TOML) as server:
+                submits.append(_measure_submit(server, tasks, api_key))
+            print(f"  submit run {round_}: {submits[-1].tasks_per_s:,.1f} tasks/s", flush=True)
 
     best = {side: max(results, key=lambda r: r.qps) for side, results in runs.items()}
     valid = all(r.calls and not r.errors for r in (*runs["bare"], *runs["full"]))
     qps = Ratio(_ratio(best["full"].qps, best["bare"].qps), QPS_TARGET, True, valid)
     p99 = Ratio(_ratio(best["full"].p99_ms, best["bare"].p99_ms), P99_TARGET, False, valid)
-    submit_ok = (
-        submit.complete
-        and not submit.errors
-        and not submit.failed
-        and submit.succeeded == submit.tasks
-    )
+    valid_submits = [r for r in submits if _submit_ok(r)]
+    submit = max(valid_submits or submits, key=lambda r: r.tasks_per_s)
+    submit_ok = bool(valid_submits)
     throughput = Ratio(submit.tasks_per_s, TASKS_PER_S_TARGET, True, submit_ok)
     _print_execute(best, qps, p99)
     _print_submit(submit, throughput)
-    _warn(runs, submit)
+    _warn(runs, submits)
 
     data: dict[str, Any] = {
         "section": NAME,
@@ -170,6 +175,7 @@ def run(config: BenchConfig) -> Mapping[str, Any]:
             "warmup_tasks": WARMUP_TASKS,
             "budget": SUBMIT_BUDGET,
             **asdict(submit),
+            "runs": [asdict(r) for r in submits],
         },
         "targets": {
             "execute_full_over_bare_qps": qps.to_dict(),
@@ -257,7 +263,11 @@ def _print_submit(r: SubmitResult, throughput: Ratio) -> None:
     print(f"\n  {'tasks/s':14}      {throughput.describe()}", flush=True)
 
 
-def _warn(runs: Mapping[str, list[LoadResult]], submit: SubmitResult) -> None:
+def _submit_ok(r: SubmitResult) -> bool:
+    return r.complete and not r.errors and not r.failed and r.succeeded == r.tasks
+
+
+def _warn(runs: Mapping[str, list[LoadResult]], submits: list[SubmitResult]) -> None:
     for side, results in runs.items():
         errors = sum(r.errors for r in results)
         if errors:
@@ -269,18 +279,20 @@ def _warn(runs: Mapping[str, list[LoadResult]], submit: SubmitResult) -> None:
                 f"ExecuteTask on the {side} server ended {errors} calls with errors {codes}; "
                 "the comparison is not valid until every call returns a SUCCEEDED task"
             )
-    if submit.errors or submit.warmup_errors or submit.failed or submit.unfinished:
-        warn(
-            f"SubmitTask failed {submit.errors} calls {submit.error_codes} "
-            f"(+{submit.warmup_errors} in the warm-up), {submit.failed} tasks failed "
-            f"{submit.failed_states} and {submit.unfinished} were unfinished at the check; "
-            "the throughput figure is not valid"
-        )
-    elif not submit.complete:
-        warn(
-            f"only {submit.succeeded:,} of {submit.tasks:,} tasks succeeded within the "
-            f"{SUBMIT_BUDGET:g} s budget; the throughput figure is not valid"
-        )
+    for i, submit in enumerate(submits, 1):
+        if submit.errors or submit.warmup_errors or submit.failed or submit.unfinished:
+            warn(
+                f"SubmitTask run {i} failed {submit.errors} calls {submit.error_codes} "
+                f"(+{submit.warmup_errors} in the warm-up), {submit.failed} tasks failed "
+                f"{submit.failed_states} and {submit.unfinished} were unfinished at the "
+                "check; that run's throughput figure is not valid"
+            )
+        elif not submit.complete:
+            warn(
+                f"SubmitTask run {i}: only {submit.succeeded:,} of {submit.tasks:,} tasks "
+                f"succeeded within the {SUBMIT_BUDGET:g} s budget; that run's throughput "
+                "figure is not valid"
+            )
 
 
 if __name__ == "__main__":
