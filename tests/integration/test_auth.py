@@ -183,3 +183,41 @@ async def test_rs256_with_jwks_file_selects_key_by_kid(tmp_path: Path) -> None:
                     await whoami(S(), metadata=bearer(token))
                 assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
                 assert rich_details(err.value)["ErrorInfo"].reason == reason
+
+
+def _every_method() -> list[tuple[str, bool, bool]]:
+    """(full method name, client streaming, server streaming) of every datamcp.v1 RPC."""
+    from datamcp.v1 import agents_pb2, events_pb2, memory_pb2, pipelines_pb2
+
+    modules = (agents_pb2, events_pb2, health_pb2, memory_pb2, pipelines_pb2)
+    return [
+        (f"/{service.full_name}/{m.name}", m.client_streaming, m.server_streaming)
+        for module in modules
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for m in service.methods
+    ]
+
+
+async def test_every_method_is_served_behind_the_entry(tmp_path: Path) -> None:
+    """Each service's handlers are wrapped once at registration and served from
+    one table: every method must be found (not UNIMPLEMENTED) and refused
+    without credentials, streaming ones included."""
+    methods = _every_method()
+    assert len(methods) > 50
+    identity = bytes
+    async with running_server(make_settings(tmp_path, **auth_overrides())) as srv:
+        async with srv.channel() as channel:
+            for method, client_streaming, server_streaming in methods:
+                kwargs = {"request_serializer": identity, "response_deserializer": identity}
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    if client_streaming and server_streaming:
+                        call = channel.stream_stream(method, **kwargs)(iter(()), timeout=10)
+                        await call.read()
+                    elif client_streaming:
+                        await channel.stream_unary(method, **kwargs)(iter(()), timeout=10)
+                    elif server_streaming:
+                        await channel.unary_stream(method, **kwargs)(b"", timeout=10).read()
+                    else:
+                        await channel.unary_unary(method, **kwargs)(b"", timeout=10)
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, method
+                assert rich_details(err.value)["ErrorInfo"].reason == "MISSING_CREDENTIALS"
