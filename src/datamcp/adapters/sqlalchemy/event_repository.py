@@ -36,9 +36,17 @@ _SQLITE_INSERT = (
 )
 
 
+_IGNORING_DUPLICATES: dict[tuple[str, str], Any] = {}
+
+
 def _insert_ignoring_duplicates(conn: AsyncConnection, table: Any) -> Any:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing()
+    """INSERT .. ON CONFLICT DO NOTHING for ``table``, built once per dialect."""
+    key = (conn.dialect.name, table.name)
+    statement = _IGNORING_DUPLICATES.get(key)
+    if statement is None:
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        statement = _IGNORING_DUPLICATES[key] = dialect.insert(table).on_conflict_do_nothing()
+    return statement
 
 
 # --- statements of the hot paths, built once ------------------------------------------
@@ -119,10 +127,6 @@ _DELETE_DELIVERIES = delete(deliveries).where(
 )
 _CLAIM = {ordered: _claim_statement(ordered) for ordered in (True, False)}
 _READ_AFTER_CURSOR = {every: _read_after_cursor_statement(every) for every in (True, False)}
-_ADD_DELIVERIES = {
-    "postgresql": postgresql.insert(deliveries).on_conflict_do_nothing(),
-    "sqlite": sqlite.insert(deliveries).on_conflict_do_nothing(),
-}
 
 
 def _event(row: Any) -> Event:
@@ -394,7 +398,7 @@ class SqlEventRepository:
         if not items:
             return
         await self._conn.execute(
-            _ADD_DELIVERIES[self._conn.dialect.name],
+            _insert_ignoring_duplicates(self._conn, deliveries),
             [
                 {
                     "subscription_id": subscription_id,
