@@ -10,6 +10,7 @@ from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from datamcp.adapters.sqlalchemy.sqlite_driver import SqliteDriver
 from datamcp.adapters.sqlalchemy.tables import audit_records, tasks
 from datamcp.core.agents.model import AuditRecord, Task, TaskError, TaskState
 
@@ -138,7 +139,7 @@ _SQLITE_SAVE = f"UPDATE tasks SET {', '.join(f'{n} = ?' for n in _MUTABLE)} WHER
 class SqlTaskRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
-        self._sqlite = conn.dialect.name == "sqlite"
+        self._lite = SqliteDriver(conn) if conn.dialect.name == "sqlite" else None
 
     async def insert(self, batch: Sequence[tuple[Task, str]]) -> None:
         if not batch:
@@ -148,8 +149,8 @@ class SqlTaskRepository:
             row = _row(task)
             row["owner"] = owner
             rows.append(row)
-        if self._sqlite:
-            await self._conn.exec_driver_sql(
+        if self._lite is not None:
+            await self._lite.execute_many(
                 _SQLITE_INSERT, [tuple(map(row.__getitem__, _COLUMNS)) for row in rows]
             )
             return
@@ -159,8 +160,8 @@ class SqlTaskRepository:
     async def save(self, batch: Sequence[Task]) -> None:
         if not batch:
             return
-        if self._sqlite:
-            await self._conn.exec_driver_sql(_SQLITE_SAVE, [(*_changes(t), t.id) for t in batch])
+        if self._lite is not None:
+            await self._lite.execute_many(_SQLITE_SAVE, [(*_changes(t), t.id) for t in batch])
             return
         stmt = (
             update(tasks)

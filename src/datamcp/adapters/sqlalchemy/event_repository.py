@@ -23,6 +23,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from datamcp.adapters.sqlalchemy.sqlite_driver import (
+    Prepared,
+    SqliteDriver,
+    in_json_list,
+    json_list,
+)
 from datamcp.adapters.sqlalchemy.tables import dead_letters, deliveries, events, subscriptions
 from datamcp.core.events.model import ALL_TENANTS, Event, EventFilter
 from datamcp.core.events.subscriptions import DeadLetter, Subscription, SubscriptionStats
@@ -128,6 +134,31 @@ _DELETE_DELIVERIES = delete(deliveries).where(
 _CLAIM = {ordered: _claim_statement(ordered) for ordered in (True, False)}
 _READ_AFTER_CURSOR = {every: _read_after_cursor_statement(every) for every in (True, False)}
 
+# SQLite runs the same statements in one driver trip each (``sqlite_driver``),
+# with IN lists passed as one JSON array.
+_LITE_EXISTING = Prepared(
+    select(events.c.id, events.c.seq).where(
+        events.c.tenant == bindparam("tenant"), events.c.id.in_(in_json_list("ids"))
+    )
+)
+_LITE_BY_SEQS = Prepared(select(events).where(events.c.seq.in_(in_json_list("seqs"))))
+_LITE_MAX_SEQ = Prepared(_MAX_SEQ)
+_LITE_ADVANCE_CURSOR = Prepared(_ADVANCE_CURSOR)
+_LITE_DELETE_DELIVERIES = Prepared(
+    delete(deliveries).where(
+        deliveries.c.subscription_id == bindparam("sub_id"),
+        deliveries.c.seq.in_(in_json_list("seqs")),
+    )
+)
+_LITE_ADD_DELIVERY = (
+    "INSERT INTO deliveries (subscription_id, seq, subject, attempts, visible_at) "
+    "VALUES (?, ?, ?, 0, 0.0) ON CONFLICT DO NOTHING"
+)
+_LITE_CLAIM = {ordered: Prepared(statement) for ordered, statement in _CLAIM.items()}
+_LITE_READ_AFTER_CURSOR = {
+    every: Prepared(statement) for every, statement in _READ_AFTER_CURSOR.items()
+}
+
 
 def _event(row: Any) -> Event:
     return Event(
@@ -162,12 +193,16 @@ def _subscription(row: Any) -> Subscription:
 class SqlEventRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
+        self._lite = SqliteDriver(conn) if conn.dialect.name == "sqlite" else None
 
     # --- events -------------------------------------------------------------------
 
     async def existing(self, tenant: str, ids: Sequence[str]) -> dict[str, int]:
         if not ids:
             return {}
+        if self._lite is not None:
+            found = await self._lite.rows(_LITE_EXISTING, {"tenant": tenant, "ids": json_list(ids)})
+            return {row.id: row.seq for row in found}
         rows = await self._conn.execute(_EXISTING, {"tenant": tenant, "ids": list(ids)})
         return {row.id: row.seq for row in rows}
 
@@ -175,8 +210,8 @@ class SqlEventRepository:
         """Insert events (ids known not to exist); returns their seqs in order."""
         if not batch:
             return []
-        if self._conn.dialect.name == "sqlite":
-            return await self._append_sqlite(batch, stored_at)
+        if self._lite is not None:
+            return await self._append_sqlite(self._lite, batch, stored_at)
         # Subscriptions read "events after my cursor". With concurrent writers
         # (replicas), a later seq could commit before an earlier one and a
         # reader in between would skip the earlier one for good. Appends take
@@ -203,56 +238,39 @@ class SqlEventRepository:
         )
         return [row.seq for row in result]
 
-    async def _append_sqlite(self, batch: Sequence[Event], stored_at: float) -> list[int]:
-        """One driver-level executemany (SQLite cannot batch ordered RETURNING,
-        and per-row parameter processing was a measured hot spot). The write
+    async def _append_sqlite(
+        self, lite: SqliteDriver, batch: Sequence[Event], stored_at: float
+    ) -> list[int]:
+        """One executemany (SQLite cannot batch ordered RETURNING). The write
         lock is held from the insert to the commit, so the new rows'
         AUTOINCREMENT seqs are the last ``len(batch)`` ones."""
-        if len(batch) == 1:
-            # The common case at low rates: one plain execute, whose rowid is
-            # the seq, saves the max(seq) read (a hop to the driver thread).
-            (e,) = batch
-            result = await self._conn.exec_driver_sql(
-                _SQLITE_INSERT,
-                (
-                    e.tenant,
-                    e.id,
-                    e.source,
-                    e.type,
-                    e.subject,
-                    e.time,
-                    e.datacontenttype,
-                    e.data_json(),
-                    e.correlation_id,
-                    e.traceparent,
-                    stored_at,
-                ),
+        rows = [
+            (
+                e.tenant,
+                e.id,
+                e.source,
+                e.type,
+                e.subject,
+                e.time,
+                e.datacontenttype,
+                e.data_json(),
+                e.correlation_id,
+                e.traceparent,
+                stored_at,
             )
-            if result.lastrowid:
-                return [int(result.lastrowid)]
-            last = await self.max_seq()
-            return [last]
-        await self._conn.exec_driver_sql(
-            _SQLITE_INSERT,
-            [
-                (
-                    e.tenant,
-                    e.id,
-                    e.source,
-                    e.type,
-                    e.subject,
-                    e.time,
-                    e.datacontenttype,
-                    e.data_json(),
-                    e.correlation_id,
-                    e.traceparent,
-                    stored_at,
-                )
-                for e in batch
-            ],
-        )
-        last = await self.max_seq()
-        return list(range(last - len(batch) + 1, last + 1))
+            for e in batch
+        ]
+        if len(rows) == 1:
+            # The common case at low rates: the rowid of one plain insert is
+            # its seq, which saves reading max(seq).
+            rowid = await lite.insert(_SQLITE_INSERT, rows[0])
+            if rowid:
+                return [rowid]
+        else:
+            await lite.execute_many(_SQLITE_INSERT, rows)
+        (last,) = await lite.rows(_LITE_MAX_SEQ, {})
+        top = int(last[0] or 0)
+        return list(range(top - len(rows) + 1, top + 1))
 
     async def read(
         self, tenant: str, after_seq: int, limit: int, since_time: float | None = None
@@ -274,7 +292,10 @@ class SqlEventRepository:
         params: dict[str, Any] = {"sub_id": subscription_id, "limit": limit}
         if not every:
             params["tenant"] = tenant
-        rows = (await self._conn.execute(_READ_AFTER_CURSOR[every], params)).all()
+        if self._lite is not None:
+            rows = await self._lite.rows(_LITE_READ_AFTER_CURSOR[every], params)
+        else:
+            rows = (await self._conn.execute(_READ_AFTER_CURSOR[every], params)).all()
         if not rows:
             return None, []
         return int(rows[0].sub_cursor), [_event(row) for row in rows if row.seq is not None]
@@ -282,6 +303,9 @@ class SqlEventRepository:
     async def by_seqs(self, seqs: Sequence[int]) -> dict[int, Event]:
         if not seqs:
             return {}
+        if self._lite is not None:
+            found = await self._lite.rows(_LITE_BY_SEQS, {"seqs": json_list(seqs)})
+            return {row.seq: _event(row) for row in found}
         rows = await self._conn.execute(_BY_SEQS, {"seqs": list(seqs)})
         return {row.seq: _event(row) for row in rows}
 
@@ -369,6 +393,9 @@ class SqlEventRepository:
         return None if value is None else int(value)
 
     async def advance_cursor(self, subscription_id: str, seq: int) -> None:
+        if self._lite is not None:
+            await self._lite.run(_LITE_ADVANCE_CURSOR, {"sub_id": subscription_id, "seq": seq})
+            return
         await self._conn.execute(_ADVANCE_CURSOR, {"sub_id": subscription_id, "seq": seq})
 
     async def stats(self, sub: Subscription, now: float) -> SubscriptionStats:
@@ -396,6 +423,11 @@ class SqlEventRepository:
 
     async def add_deliveries(self, subscription_id: str, items: Sequence[tuple[int, str]]) -> None:
         if not items:
+            return
+        if self._lite is not None:
+            await self._lite.execute_many(
+                _LITE_ADD_DELIVERY, [(subscription_id, seq, subject) for seq, subject in items]
+            )
             return
         await self._conn.execute(
             _insert_ignoring_duplicates(self._conn, deliveries),
@@ -431,19 +463,18 @@ class SqlEventRepository:
         (seq, attempt number) of what was leased, and the seqs found with
         no attempts left (for the dead letters).
         """
-        rows = (
-            await self._conn.execute(
-                _CLAIM[ordered],
-                {
-                    "sub_id": subscription_id,
-                    "now": now,
-                    "until": until,
-                    "consumer": consumer,
-                    "limit": limit,
-                    "max_attempts": max_attempts,
-                },
-            )
-        ).all()
+        params = {
+            "sub_id": subscription_id,
+            "now": now,
+            "until": until,
+            "consumer": consumer,
+            "limit": limit,
+            "max_attempts": max_attempts,
+        }
+        if self._lite is not None:
+            rows = await self._lite.rows(_LITE_CLAIM[ordered], params)
+        else:
+            rows = (await self._conn.execute(_CLAIM[ordered], params)).all()
         claimed = sorted((row.seq, row.attempts) for row in rows if row.consumer is not None)
         exhausted = sorted(row.seq for row in rows if row.consumer is None)
         return claimed, exhausted
@@ -461,6 +492,10 @@ class SqlEventRepository:
     async def delete_deliveries(self, subscription_id: str, seqs: Sequence[int]) -> int:
         if not seqs:
             return 0
+        if self._lite is not None:
+            return await self._lite.run(
+                _LITE_DELETE_DELIVERIES, {"sub_id": subscription_id, "seqs": json_list(seqs)}
+            )
         result = await self._conn.execute(
             _DELETE_DELIVERIES, {"sub_id": subscription_id, "seqs": list(seqs)}
         )
