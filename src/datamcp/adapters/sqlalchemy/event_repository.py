@@ -292,6 +292,7 @@ class SqlEventRepository:
         params: dict[str, Any] = {"sub_id": subscription_id, "limit": limit}
         if not every:
             params["tenant"] = tenant
+        rows: Sequence[Any]
         if self._lite is not None:
             rows = await self._lite.rows(_LITE_READ_AFTER_CURSOR[every], params)
         else:
@@ -471,6 +472,7 @@ class SqlEventRepository:
             "limit": limit,
             "max_attempts": max_attempts,
         }
+        rows: Sequence[Any]
         if self._lite is not None:
             rows = await self._lite.rows(_LITE_CLAIM[ordered], params)
         else:

@@ -62,12 +62,9 @@ class Prepared:
             (name, _REQUIRED if binds[name].required else binds[name].effective_value)
             for name in compiled.positiontup or ()
         )
-        columns: Sequence[str] = ()
-        if isinstance(statement, Select):
-            columns = list(statement.selected_columns.keys())
-        elif getattr(statement, "_returning", ()):
-            columns = list(statement.exported_columns.keys())
-        self.row = namedtuple("Row", columns) if columns else None  # type: ignore[misc]  # noqa: PYI024
+        # A SELECT's columns, or a DML statement's RETURNING ones (none without).
+        columns = list(statement.exported_columns.keys())
+        self.row: Any = namedtuple("Row", columns) if columns else None
 
     def parameters(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
         out = []
