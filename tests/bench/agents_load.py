@@ -38,7 +38,7 @@ from google.protobuf import struct_pb2
 from grpc import aio
 
 from datamcp.v1 import agents_pb2
-from tests.bench.common import API_KEY_ENV, run_client
+from tests.bench.common import API_KEY_ENV, freeze_client_heap, run_client
 from tests.bench.load import (
     CONNECT_TIMEOUT,
     START_SLACK,
@@ -456,6 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     api_key = os.environ.get(API_KEY_ENV)
     metadata = (("authorization", f"ApiKey {api_key}"),) if api_key else ()
+    freeze_client_heap()
     result: LoadResult | SubmitResult
     if args.mode == "execute":
         result = asyncio.run(

@@ -44,7 +44,7 @@ from google.protobuf import json_format
 from grpc import aio
 
 from datamcp.v1 import events_pb2, events_pb2_grpc
-from tests.bench.common import API_KEY_ENV, run_client
+from tests.bench.common import API_KEY_ENV, freeze_client_heap, run_client
 from tests.bench.event_data import LATENCY_TYPE, bench_event
 from tests.bench.load import CONNECT_TIMEOUT, percentile
 
@@ -528,6 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     api_key = os.environ.get(API_KEY_ENV)
     metadata = (("authorization", f"ApiKey {api_key}"),) if api_key else ()
+    freeze_client_heap()
     result: ThroughputResult | LatencyResult
     if args.mode == "throughput":
         result = asyncio.run(

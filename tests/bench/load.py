@@ -28,7 +28,7 @@ from typing import Any
 from grpc import aio
 
 from datamcp.v1 import health_pb2
-from tests.bench.common import API_KEY_ENV, run_client
+from tests.bench.common import API_KEY_ENV, freeze_client_heap, run_client
 
 METHOD = "/datamcp.v1.HealthService/GetHealthReport"
 """The key travels in the environment, not argv, so ``ps`` does not show it."""
@@ -235,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     api_key = os.environ.get(API_KEY_ENV)
     metadata = (("authorization", f"ApiKey {api_key}"),) if api_key else ()
+    freeze_client_heap()
     result = asyncio.run(
         generate_load(
             args.target,

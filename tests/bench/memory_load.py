@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from datamcp.entrypoints.grpc.values import to_value
 from datamcp.v1 import memory_pb2
-from tests.bench.common import API_KEY_ENV
+from tests.bench.common import API_KEY_ENV, freeze_client_heap
 from tests.bench.load import CallSpec, generate_load
 
 PUT = "/datamcp.v1.MemorySyncService/Put"
@@ -36,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     api_key = os.environ.get(API_KEY_ENV)
     metadata = (("authorization", f"ApiKey {api_key}"),) if api_key else ()
+    freeze_client_heap()
     request = memory_pb2.PutRequest(
         namespace="bench/put", key="bench-key", value=to_value({"text": "context", "n": 1})
     ).SerializeToString()

@@ -44,7 +44,7 @@ from grpc import aio
 from datamcp.entrypoints.grpc.values import to_struct
 from datamcp.v1 import events_pb2, events_pb2_grpc, pipelines_pb2_grpc
 from datamcp.v1 import streams_pb2 as pb
-from tests.bench.common import API_KEY_ENV, run_client
+from tests.bench.common import API_KEY_ENV, freeze_client_heap, run_client
 from tests.bench.load import CONNECT_TIMEOUT
 
 KEYS = 100
@@ -312,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     api_key = os.environ.get(API_KEY_ENV)
     md: Metadata = (("authorization", f"ApiKey {api_key}"),) if api_key else ()
+    freeze_client_heap()
     result = asyncio.run(
         run(
             args.target,

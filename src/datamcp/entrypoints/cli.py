@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import getpass
 import logging
 import signal
@@ -78,9 +79,26 @@ async def _run_server(settings: Settings) -> int:
     except ConfigError:
         await app.close()
         raise
+    _freeze_startup_heap()
     await stop.wait()
     await server.stop()
     return 0
+
+
+def _freeze_startup_heap() -> None:
+    """Hide what start-up built from the garbage collector.
+
+    Modules, protobuf descriptors, SQLAlchemy metadata and the app live as
+    long as the process, yet every full (oldest-generation) collection
+    walked all of them: under load that was a ~50 ms pause a few times a
+    minute, the whole tail of event delivery latency (p99 36-66 ms at 1,000
+    events/s; 9 ms with the start-up heap frozen). ``gc.freeze`` moves them
+    to a permanent generation, so later collections scan only objects made
+    since. The cost: start-up garbage in reference cycles that only a later
+    collection would have found is kept, hence the collection first.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
