@@ -45,6 +45,37 @@ async def test_publish_is_idempotent_by_id(tmp_path: Path, database_url: str) ->
     assert stored[0].tenant == "default" and stored[0].HasField("time")
 
 
+async def test_republished_ids_keep_their_sequence_in_batches_and_under_concurrency(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with running_server(make_settings(tmp_path, database_url)) as srv, srv.channel() as ch:
+        stub = events_pb2_grpc.EventServiceStub(ch)
+        first = await stub.PublishBatch(
+            events_pb2.PublishBatchRequest(events=[cloud_event(id_=f"e{i}") for i in (1, 2)])
+        )
+        mixed = await stub.PublishBatch(
+            events_pb2.PublishBatchRequest(
+                events=[cloud_event(id_=i) for i in ("e2", "e3", "e1", "e3", "e4")]
+            )
+        )
+        same = [cloud_event(id_="racer") for _ in range(20)]
+        raced = await asyncio.gather(
+            *(stub.Publish(events_pb2.PublishRequest(event=e)) for e in same)
+        )
+        single_again = await stub.Publish(events_pb2.PublishRequest(event=cloud_event(id_="e4")))
+        stored = await _replay(stub)
+    seq = {r.id: r.sequence for r in first.results}
+    got = [(r.id, r.duplicate) for r in mixed.results]
+    assert got == [("e2", True), ("e3", False), ("e1", True), ("e3", True), ("e4", False)]
+    seq.update({r.id: r.sequence for r in mixed.results if not r.duplicate})
+    assert all(r.sequence == seq[r.id] for r in mixed.results)
+    assert sorted(r.duplicate for r in raced) == [False] + [True] * 19
+    assert len({r.sequence for r in raced}) == 1
+    assert single_again.duplicate and single_again.sequence == seq["e4"]
+    assert [e.id for e in stored] == ["e1", "e2", "e3", "e4", "racer"]
+    assert [e.sequence for e in stored][:4] == [seq[i] for i in ("e1", "e2", "e3", "e4")]
+
+
 async def test_batch_is_all_or_nothing_with_field_violations(
     tmp_path: Path, database_url: str
 ) -> None:

@@ -15,7 +15,6 @@ from sqlalchemy import (
     delete,
     exists,
     func,
-    insert,
     or_,
     select,
     update,
@@ -36,9 +35,22 @@ from datamcp.core.events.subscriptions import DeadLetter, Subscription, Subscrip
 #: Advisory lock key serialising event appends on PostgreSQL ("dmcpevts").
 _APPEND_LOCK = 0x646D63706576747
 
+_EVENT_COLUMNS = (
+    "tenant",
+    "id",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "datacontenttype",
+    "data",
+    "correlation_id",
+    "traceparent",
+    "stored_at",
+)
 _SQLITE_INSERT = (
-    "INSERT INTO events (tenant, id, source, type, subject, time, datacontenttype, data, "
-    "correlation_id, traceparent, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_EVENT_COLUMNS))})"
 )
 
 
@@ -132,6 +144,11 @@ _DELETE_DELIVERIES = delete(deliveries).where(
     deliveries.c.seq.in_(bindparam("seqs", expanding=True)),
 )
 _CLAIM = {ordered: _claim_statement(ordered) for ordered in (True, False)}
+_PG_APPEND = (
+    postgresql.insert(events)
+    .on_conflict_do_nothing(index_elements=["tenant", "id"])
+    .returning(events.c.tenant, events.c.id, events.c.seq)
+)
 _READ_AFTER_CURSOR = {every: _read_after_cursor_statement(every) for every in (True, False)}
 
 # SQLite runs the same statements in one driver trip each (``sqlite_driver``),
@@ -143,6 +160,12 @@ _LITE_EXISTING = Prepared(
 )
 _LITE_BY_SEQS = Prepared(select(events).where(events.c.seq.in_(in_json_list("seqs"))))
 _LITE_MAX_SEQ = Prepared(_MAX_SEQ)
+_LITE_APPEND_ONE = Prepared(
+    sqlite.insert(events)
+    .values({name: bindparam(name) for name in _EVENT_COLUMNS})
+    .on_conflict_do_nothing(index_elements=["tenant", "id"])
+    .returning(events.c.seq)
+)
 _LITE_ADVANCE_CURSOR = Prepared(_ADVANCE_CURSOR)
 _LITE_DELETE_DELIVERIES = Prepared(
     delete(deliveries).where(
@@ -158,6 +181,23 @@ _LITE_CLAIM = {ordered: Prepared(statement) for ordered, statement in _CLAIM.ite
 _LITE_READ_AFTER_CURSOR = {
     every: Prepared(statement) for every, statement in _READ_AFTER_CURSOR.items()
 }
+
+
+def _row(e: Event, stored_at: float) -> tuple[Any, ...]:
+    """An event's column values, in ``_EVENT_COLUMNS`` order."""
+    return (
+        e.tenant,
+        e.id,
+        e.source,
+        e.type,
+        e.subject,
+        e.time,
+        e.datacontenttype,
+        e.data_json(),
+        e.correlation_id,
+        e.traceparent,
+        stored_at,
+    )
 
 
 def _event(row: Any) -> Event:
@@ -206,71 +246,51 @@ class SqlEventRepository:
         rows = await self._conn.execute(_EXISTING, {"tenant": tenant, "ids": list(ids)})
         return {row.id: row.seq for row in rows}
 
-    async def append(self, batch: Sequence[Event], stored_at: float) -> list[int]:
-        """Insert events (ids known not to exist); returns their seqs in order."""
+    async def append(self, batch: Sequence[Event], stored_at: float) -> list[int | None]:
+        """Store the events not stored yet; each one's seq, None for those
+        already stored ((tenant, id) distinct within ``batch``)."""
         if not batch:
             return []
+        rows = [_row(e, stored_at) for e in batch]
         if self._lite is not None:
-            return await self._append_sqlite(self._lite, batch, stored_at)
+            return await self._append_sqlite(self._lite, batch, rows)
         # Subscriptions read "events after my cursor". With concurrent writers
         # (replicas), a later seq could commit before an earlier one and a
         # reader in between would skip the earlier one for good. Appends take
         # turns, so events commit in seq order. (SQLite writers always do.)
         await self._conn.execute(select(func.pg_advisory_xact_lock(_APPEND_LOCK)))
-        rows = [
-            {
-                "tenant": e.tenant,
-                "id": e.id,
-                "source": e.source,
-                "type": e.type,
-                "subject": e.subject,
-                "time": e.time,
-                "datacontenttype": e.datacontenttype,
-                "data": e.data_json(),
-                "correlation_id": e.correlation_id,
-                "traceparent": e.traceparent,
-                "stored_at": stored_at,
-            }
-            for e in batch
-        ]
         result = await self._conn.execute(
-            insert(events).returning(events.c.seq, sort_by_parameter_order=True), rows
+            _PG_APPEND, [dict(zip(_EVENT_COLUMNS, row, strict=True)) for row in rows]
         )
-        return [row.seq for row in result]
+        stored = {(r.tenant, r.id): r.seq for r in result}
+        return [stored.get((e.tenant, e.id)) for e in batch]
 
     async def _append_sqlite(
-        self, lite: SqliteDriver, batch: Sequence[Event], stored_at: float
-    ) -> list[int]:
-        """One executemany (SQLite cannot batch ordered RETURNING). The write
-        lock is held from the insert to the commit, so the new rows'
-        AUTOINCREMENT seqs are the last ``len(batch)`` ones."""
-        rows = [
-            (
-                e.tenant,
-                e.id,
-                e.source,
-                e.type,
-                e.subject,
-                e.time,
-                e.datacontenttype,
-                e.data_json(),
-                e.correlation_id,
-                e.traceparent,
-                stored_at,
-            )
-            for e in batch
-        ]
+        self, lite: SqliteDriver, batch: Sequence[Event], rows: list[tuple[Any, ...]]
+    ) -> list[int | None]:
         if len(rows) == 1:
-            # The common case at low rates: the rowid of one plain insert is
-            # its seq, which saves reading max(seq).
-            rowid = await lite.insert(_SQLITE_INSERT, rows[0])
-            if rowid:
-                return [rowid]
-        else:
-            await lite.execute_many(_SQLITE_INSERT, rows)
+            # The common case at low rates: one statement that skips a stored
+            # id and returns the new seq, in one trip to the driver.
+            found = await lite.rows(
+                _LITE_APPEND_ONE, dict(zip(_EVENT_COLUMNS, rows[0], strict=True))
+            )
+            return [found[0].seq if found else None]
+        # SQLite cannot return rows from executemany: look up the stored ids
+        # first. The write lock is held from the insert to the commit, so the
+        # new rows' AUTOINCREMENT seqs are the last ``len(fresh)`` ones.
+        known: dict[tuple[str, str], int] = {}
+        for tenant in {e.tenant for e in batch}:
+            ids = [e.id for e in batch if e.tenant == tenant]
+            known.update(
+                ((tenant, i), seq) for i, seq in (await self.existing(tenant, ids)).items()
+            )
+        fresh = [row for e, row in zip(batch, rows, strict=True) if (e.tenant, e.id) not in known]
+        if not fresh:
+            return [None] * len(batch)
+        await lite.execute_many(_SQLITE_INSERT, fresh)
         (last,) = await lite.rows(_LITE_MAX_SEQ, {})
-        top = int(last[0] or 0)
-        return list(range(top - len(rows) + 1, top + 1))
+        seqs = iter(range(int(last[0] or 0) - len(fresh) + 1, int(last[0] or 0) + 1))
+        return [None if (e.tenant, e.id) in known else next(seqs) for e in batch]
 
     async def read(
         self, tenant: str, after_seq: int, limit: int, since_time: float | None = None

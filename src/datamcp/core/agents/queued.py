@@ -471,9 +471,8 @@ class QueuedTasks:
             for claim in group:
                 claim.task = won.get(claim.task_id)
         running: list[Task] = []
-        # Per won claim, its events in order, and whether each may already be
-        # stored (a sender's task.submitted); only those are looked up.
-        ordered: list[tuple[Event, bool]] = []
+        # Per won claim, its events in order.
+        ordered: list[Event] = []
         for claim in first.values():
             task, slot = claim.task, claim.slot
             if task is None:
@@ -481,24 +480,20 @@ class QueuedTasks:
             if slot is not None and task.state is TaskState.RUNNING:
                 # Our RUNNING insert (a queue-owned row is always PENDING).
                 claim.started = True
-                ordered.extend((e, False) for e in claim.inserted_events)
+                ordered.extend(claim.inserted_events)
                 continue
-            ordered.append((m._event(task, "task.submitted"), True))
+            ordered.append(m._event(task, "task.submitted"))
             if slot is None or not _fits(task, slot, claim.now):
                 continue
             claim.task = task = _running(task, slot, claim.now)
             claim.started = True
             running.append(task)
-            ordered.append((m._event(task, "task.started"), False))
+            ordered.append(m._event(task, "task.started"))
         if running:
             await tx.tasks.save(running)
-        known: set[tuple[str, str]] = set()
-        for tenant in {e.tenant for e, maybe in ordered if maybe}:
-            ids = [e.id for e, maybe in ordered if maybe and e.tenant == tenant]
-            known.update((tenant, i) for i in await tx.events.existing(tenant, ids))
-        fresh = [e for e, _ in ordered if (e.tenant, e.id) not in known]
-        if fresh:
-            await tx.events.append(fresh, m._clock())
+        # A redelivered message's task.submitted may be stored already:
+        # append skips what is.
+        await tx.events.append(ordered, m._clock())
 
     async def _stored(self, tenant: str, task_id: str) -> Task | None:
         async with self._m.uow() as tx:

@@ -253,35 +253,35 @@ class EventBus:
                     self._queue.task_done()
 
     async def _commit(self, events: list[Event], writes: list[Write]) -> list[PublishResult]:
+        # The first of a repeated (tenant, id) in one batch is the one stored.
+        firsts: dict[tuple[str, str], Event] = {}
+        for e in events:
+            firsts.setdefault((e.tenant, e.id), e)
+        fresh = list(firsts.values())
         async with self._uow() as tx:
             if writes:
                 await _apply(tx, writes)
-            known: dict[tuple[str, str], int] = {}
-            chosen = [e for e in events if not e.generated_id]
-            for tenant in {e.tenant for e in chosen}:
-                ids = [e.id for e in chosen if e.tenant == tenant]
-                for event_id, seq in (await tx.events.existing(tenant, ids)).items():
-                    known[(tenant, event_id)] = seq
-            fresh: list[Event] = []
-            firsts: set[tuple[str, str]] = set()
-            for e in events:
-                key = (e.tenant, e.id)
-                if key not in known and key not in firsts:
-                    firsts.add(key)
-                    fresh.append(e)
             seqs = await tx.events.append(fresh, self._clock())
+            # Already stored (an idempotent re-publish): find where.
+            stored: dict[tuple[str, str], int] = {}
+            for tenant in {e.tenant for e, seq in zip(fresh, seqs, strict=True) if seq is None}:
+                ids = [
+                    e.id
+                    for e, seq in zip(fresh, seqs, strict=True)
+                    if seq is None and e.tenant == tenant
+                ]
+                stored.update(
+                    ((tenant, i), s) for i, s in (await tx.events.existing(tenant, ids)).items()
+                )
             await tx.commit()
-        assigned = {(e.tenant, e.id): seq for e, seq in zip(fresh, seqs, strict=True)}
+        new = {(e.tenant, e.id): seq for e, seq in zip(fresh, seqs, strict=True) if seq is not None}
         results: list[PublishResult] = []
         for e in events:
             key = (e.tenant, e.id)
-            if key in known:
-                results.append(PublishResult(e, known[key], True))
-            elif key in firsts:
-                firsts.discard(key)
-                results.append(PublishResult(e, assigned[key], False))
-            else:  # the same id twice in one batch: the first one wins
-                results.append(PublishResult(e, assigned[key], True))
+            if key in new and firsts[key] is e:
+                results.append(PublishResult(e, new[key], False))
+            else:  # stored before, or the same id earlier in this batch
+                results.append(PublishResult(e, new.get(key) or stored[key], True))
         return results
 
 

@@ -30,7 +30,12 @@ class EventRepository(Protocol):
     """Durable storage of events, subscriptions, deliveries and dead letters."""
 
     async def existing(self, tenant: str, ids: Sequence[str]) -> dict[str, int]: ...
-    async def append(self, batch: Sequence[Event], stored_at: float) -> list[int]: ...
+    async def append(self, batch: Sequence[Event], stored_at: float) -> list[int | None]:
+        """Store the events whose (tenant, id) is not stored yet; each one's
+        seq, or None for those already stored. (tenant, id) must be distinct
+        within ``batch``."""
+        ...
+
     async def read(
         self, tenant: str, after_seq: int, limit: int, since_time: float | None = None
     ) -> list[Event]: ...

@@ -258,7 +258,7 @@ class JobRunner:
             await tx.streams.checkpoint(cp)
             if deliveries:
                 await tx.events.delete_deliveries(sub.id, [d.event.seq for d in deliveries])
-            await _append_once(tx, job.tenant, events, now)
+            await _append_once(tx, events, now)
             await tx.commit()
         engine.mark_checkpointed()
 
@@ -347,15 +347,10 @@ class JobRunner:
         )
 
 
-async def _append_once(tx: UnitOfWork, tenant: str, events: list[Event], now: float) -> None:
+async def _append_once(tx: UnitOfWork, events: list[Event], now: float) -> None:
     """Append the events whose ids are not stored yet (idempotent publish,
     inside the caller's transaction)."""
-    if not events:
-        return
-    known = await tx.events.existing(tenant, [e.id for e in events])
-    fresh, seen = [], set(known)
+    fresh: dict[str, Event] = {}
     for e in events:
-        if e.id not in seen:
-            seen.add(e.id)
-            fresh.append(e)
-    await tx.events.append(fresh, now)
+        fresh.setdefault(e.id, e)
+    await tx.events.append(list(fresh.values()), now)
