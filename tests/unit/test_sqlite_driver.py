@@ -86,3 +86,8 @@ async def test_driver_errors_are_sqlalchemys(engine) -> None:  # type: ignore[no
 def test_a_missing_parameter_is_named() -> None:
     with pytest.raises(KeyError, match="limit"):
         BY_IDS.parameters({"ids": "[]"})
+
+
+def test_an_expanding_in_list_is_refused_at_preparation() -> None:
+    with pytest.raises(ValueError, match="in_json_list"):
+        Prepared(select(items.c.id).where(items.c.id.in_([1, 2])))

@@ -10,12 +10,32 @@ from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from datamcp.adapters.sqlalchemy.sqlite_driver import SqliteDriver
+from datamcp.adapters.sqlalchemy.sqlite_driver import (
+    Prepared,
+    SqliteDriver,
+    in_json_list,
+    json_list,
+)
 from datamcp.adapters.sqlalchemy.tables import audit_records, tasks
 from datamcp.core.agents.model import AuditRecord, Task, TaskError, TaskState
 
 _FINAL = [int(s) for s in TaskState if s.final]
+_FINAL_JSON = json_list(_FINAL)
 _COLUMNS = [c.name for c in tasks.c]
+
+
+def _adopt_statement(by_id: bool) -> Prepared:
+    """SQLite: take over the unfinished tasks of the owners (among the ids)."""
+    where = and_(
+        tasks.c.owner.in_(in_json_list("from_owners")),
+        tasks.c.state.not_in(in_json_list("final")),
+    )
+    if by_id:
+        where = and_(tasks.c.id.in_(in_json_list("ids")), where)
+    return Prepared(update(tasks).where(where).values(owner=bindparam("owner")).returning(*tasks.c))
+
+
+_LITE_ADOPT = {by_id: _adopt_statement(by_id) for by_id in (True, False)}
 _MUTABLE = (
     "agent_id",
     "state",
@@ -215,6 +235,20 @@ class SqlTaskRepository:
     async def adopt(
         self, owner: str, from_owners: Sequence[str], ids: Sequence[str] = ()
     ) -> list[Task]:
+        rows: Sequence[Any]
+        if self._lite is not None:
+            # By primary key when ids are given: a claim of known tasks reads
+            # no other row.
+            rows = await self._lite.rows(
+                _LITE_ADOPT[bool(ids)],
+                {
+                    "owner": owner,
+                    "from_owners": json_list(from_owners),
+                    "ids": json_list(ids),
+                    "final": _FINAL_JSON,
+                },
+            )
+            return sorted((_task(r) for r in rows), key=lambda t: (-t.priority, t.created_at))
         where = and_(tasks.c.owner.in_(list(from_owners)), tasks.c.state.not_in(_FINAL))
         if ids:  # by primary key: a claim of known tasks reads no other row
             where = and_(tasks.c.id.in_(list(ids)), where)

@@ -57,6 +57,10 @@ class Prepared:
     def __init__(self, statement: Any) -> None:
         compiled = statement.compile(dialect=_DIALECT)
         self.sql: str = compiled.string
+        if "POSTCOMPILE" in self.sql:
+            raise ValueError(
+                "an expanding IN list cannot be prepared; use in_json_list(): " + self.sql
+            )
         binds = compiled.binds
         self._params = tuple(
             (name, _REQUIRED if binds[name].required else binds[name].effective_value)
