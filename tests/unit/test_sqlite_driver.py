@@ -59,13 +59,13 @@ async def test_rows_are_named_and_in_lists_take_any_length(engine) -> None:  # t
 async def test_driver_statements_share_the_unit_of_works_transaction(engine) -> None:  # type: ignore[no-untyped-def]
     async with engine.connect() as conn:
         tx = await conn.begin()
-        assert await SqliteDriver(conn).insert(INSERT, (7, "seven")) == 7
+        assert await SqliteDriver(conn).execute(INSERT, (7, "seven")) == 1
         await tx.rollback()
     async with engine.connect() as conn:
         assert (await conn.execute(select(items.c.id))).all() == []
     async with engine.connect() as conn:
         tx = await conn.begin()
-        await SqliteDriver(conn).insert(INSERT, (8, "eight"))
+        await SqliteDriver(conn).execute(INSERT, (8, "eight"))
         await tx.commit()
     async with engine.connect() as conn:
         assert (await conn.execute(select(items.c.id))).scalars().all() == [8]
@@ -74,9 +74,9 @@ async def test_driver_statements_share_the_unit_of_works_transaction(engine) -> 
 async def test_driver_errors_are_sqlalchemys(engine) -> None:  # type: ignore[no-untyped-def]
     async with engine.begin() as conn:
         lite = SqliteDriver(conn)
-        await lite.insert(INSERT, (1, "one"))
+        await lite.execute(INSERT, (1, "one"))
         with pytest.raises(IntegrityError):
-            await lite.insert(INSERT, (2, "one"))
+            await lite.execute(INSERT, (2, "one"))
         with pytest.raises(IntegrityError):
             await lite.execute_many(INSERT, [(3, "three"), (1, "again")])
         with pytest.raises(OperationalError):

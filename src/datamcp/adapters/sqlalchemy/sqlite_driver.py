@@ -96,12 +96,7 @@ class SqliteDriver:
 
     async def rows(self, prepared: Prepared, values: Mapping[str, Any]) -> list[Any]:
         """All result rows, as named tuples of the statement's columns."""
-        params = prepared.parameters(values)
-        raw = await self._driver()
-        try:
-            rows = await raw.execute_fetchall(prepared.sql, params)
-        except sqlite3.Error as exc:
-            raise _translated(prepared.sql, params, exc) from exc
+        rows = await self._call("execute_fetchall", prepared.sql, prepared.parameters(values))
         make = prepared.row
         return [make._make(r) for r in rows] if make is not None else list(rows)
 
@@ -110,30 +105,20 @@ class SqliteDriver:
         return await self.execute(prepared.sql, prepared.parameters(values))
 
     async def execute(self, sql: str, params: Sequence[Any]) -> int:
-        raw = await self._driver()
-        try:
-            cursor = await raw.execute(sql, params)
-        except sqlite3.Error as exc:
-            raise _translated(sql, params, exc) from exc
-        return int(cursor.rowcount)
-
-    async def insert(self, sql: str, params: Sequence[Any]) -> int:
-        """Execute one INSERT; returns its rowid (0 if no row was inserted)."""
-        raw = await self._driver()
-        try:
-            cursor = await raw.execute(sql, params)
-        except sqlite3.Error as exc:
-            raise _translated(sql, params, exc) from exc
-        return int(cursor.lastrowid or 0) if cursor.rowcount else 0
+        """Execute one statement without results; returns the rows it changed."""
+        return int((await self._call("execute", sql, params)).rowcount)
 
     async def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         """One statement over many parameter rows; returns the rows it changed."""
+        return int((await self._call("executemany", sql, rows)).rowcount)
+
+    async def _call(self, method: str, sql: str, params: Any) -> Any:
+        """One aiosqlite call (one trip to its thread), errors as SQLAlchemy's."""
         raw = await self._driver()
         try:
-            cursor = await raw.executemany(sql, rows)
+            return await getattr(raw, method)(sql, params)
         except sqlite3.Error as exc:
-            raise _translated(sql, rows, exc) from exc
-        return int(cursor.rowcount)
+            raise _translated(sql, params, exc) from exc
 
 
 def _translated(sql: str, params: Any, exc: sqlite3.Error) -> DBAPIError:
