@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -246,9 +246,9 @@ class SqlEventRepository:
         rows = await self._conn.execute(_EXISTING, {"tenant": tenant, "ids": list(ids)})
         return {row.id: row.seq for row in rows}
 
-    async def append(self, batch: Sequence[Event], stored_at: float) -> list[int | None]:
-        """Store the events not stored yet; each one's seq, None for those
-        already stored ((tenant, id) distinct within ``batch``)."""
+    async def append(self, batch: Sequence[Event], stored_at: float) -> list[tuple[int, bool]]:
+        """Store the events not stored yet; per event its seq and whether this
+        call stored it ((tenant, id) distinct within ``batch``)."""
         if not batch:
             return []
         rows = [_row(e, stored_at) for e in batch]
@@ -262,35 +262,53 @@ class SqlEventRepository:
         result = await self._conn.execute(
             _PG_APPEND, [dict(zip(_EVENT_COLUMNS, row, strict=True)) for row in rows]
         )
-        stored = {(r.tenant, r.id): r.seq for r in result}
-        return [stored.get((e.tenant, e.id)) for e in batch]
+        new = {(r.tenant, r.id): r.seq for r in result}
+        return await self._with_stored(batch, new)
 
     async def _append_sqlite(
         self, lite: SqliteDriver, batch: Sequence[Event], rows: list[tuple[Any, ...]]
-    ) -> list[int | None]:
+    ) -> list[tuple[int, bool]]:
         if len(rows) == 1:
             # The common case at low rates: one statement that skips a stored
             # id and returns the new seq, in one trip to the driver.
             found = await lite.rows(
                 _LITE_APPEND_ONE, dict(zip(_EVENT_COLUMNS, rows[0], strict=True))
             )
-            return [found[0].seq if found else None]
+            e = batch[0]
+            return await self._with_stored(batch, {(e.tenant, e.id): found[0].seq} if found else {})
         # SQLite cannot return rows from executemany: look up the stored ids
         # first. The write lock is held from the insert to the commit, so the
         # new rows' AUTOINCREMENT seqs are the last ``len(fresh)`` ones.
+        known = await self._stored(batch)
+        fresh = [row for e, row in zip(batch, rows, strict=True) if (e.tenant, e.id) not in known]
+        seqs: Iterator[int] = iter(())
+        if fresh:
+            await lite.execute_many(_SQLITE_INSERT, fresh)
+            (last,) = await lite.rows(_LITE_MAX_SEQ, {})
+            top = int(last[0] or 0)
+            seqs = iter(range(top - len(fresh) + 1, top + 1))
+        return [
+            (known[key], False) if (key := (e.tenant, e.id)) in known else (next(seqs), True)
+            for e in batch
+        ]
+
+    async def _with_stored(
+        self, batch: Sequence[Event], new: dict[tuple[str, str], int]
+    ) -> list[tuple[int, bool]]:
+        """``append``'s answer from the seqs it stored: the others' looked up."""
+        known = await self._stored([e for e in batch if (e.tenant, e.id) not in new])
+        return [
+            (new[key], True) if (key := (e.tenant, e.id)) in new else (known[key], False)
+            for e in batch
+        ]
+
+    async def _stored(self, batch: Sequence[Event]) -> dict[tuple[str, str], int]:
+        """The seqs of the events of ``batch`` already stored, by (tenant, id)."""
         known: dict[tuple[str, str], int] = {}
         for tenant in {e.tenant for e in batch}:
             ids = [e.id for e in batch if e.tenant == tenant]
-            known.update(
-                ((tenant, i), seq) for i, seq in (await self.existing(tenant, ids)).items()
-            )
-        fresh = [row for e, row in zip(batch, rows, strict=True) if (e.tenant, e.id) not in known]
-        if not fresh:
-            return [None] * len(batch)
-        await lite.execute_many(_SQLITE_INSERT, fresh)
-        (last,) = await lite.rows(_LITE_MAX_SEQ, {})
-        seqs = iter(range(int(last[0] or 0) - len(fresh) + 1, int(last[0] or 0) + 1))
-        return [None if (e.tenant, e.id) in known else next(seqs) for e in batch]
+            known.update(((tenant, i), s) for i, s in (await self.existing(tenant, ids)).items())
+        return known
 
     async def read(
         self, tenant: str, after_seq: int, limit: int, since_time: float | None = None

@@ -241,17 +241,11 @@ class SqlStoreTx:
         transaction (only when the store is the application database)."""
         if not self._outbox:
             return False
-        repo = SqlEventRepository(self._conn)
-        known: set[tuple[str, str]] = set()
-        for tenant in {e.tenant for e in events}:
-            ids = [e.id for e in events if e.tenant == tenant]
-            known.update((tenant, i) for i in await repo.existing(tenant, ids))
-        fresh: list[Event] = []
+        # append skips ids already stored; a repeat within the batch is dropped here.
+        fresh: dict[tuple[str, str], Event] = {}
         for e in events:
-            if (e.tenant, e.id) not in known:
-                known.add((e.tenant, e.id))
-                fresh.append(e)
-        await repo.append(fresh, time.time())
+            fresh.setdefault((e.tenant, e.id), e)
+        await SqlEventRepository(self._conn).append(list(fresh.values()), time.time())
         return True
 
     async def get_many(

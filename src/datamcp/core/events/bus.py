@@ -257,31 +257,18 @@ class EventBus:
         firsts: dict[tuple[str, str], Event] = {}
         for e in events:
             firsts.setdefault((e.tenant, e.id), e)
-        fresh = list(firsts.values())
         async with self._uow() as tx:
             if writes:
                 await _apply(tx, writes)
-            seqs = await tx.events.append(fresh, self._clock())
-            # Already stored (an idempotent re-publish): find where.
-            stored: dict[tuple[str, str], int] = {}
-            for tenant in {e.tenant for e, seq in zip(fresh, seqs, strict=True) if seq is None}:
-                ids = [
-                    e.id
-                    for e, seq in zip(fresh, seqs, strict=True)
-                    if seq is None and e.tenant == tenant
-                ]
-                stored.update(
-                    ((tenant, i), s) for i, s in (await tx.events.existing(tenant, ids)).items()
-                )
+            stored = await tx.events.append(list(firsts.values()), self._clock())
             await tx.commit()
-        new = {(e.tenant, e.id): seq for e, seq in zip(fresh, seqs, strict=True) if seq is not None}
+        where = dict(zip(firsts, stored, strict=True))
         results: list[PublishResult] = []
         for e in events:
             key = (e.tenant, e.id)
-            if key in new and firsts[key] is e:
-                results.append(PublishResult(e, new[key], False))
-            else:  # stored before, or the same id earlier in this batch
-                results.append(PublishResult(e, new.get(key) or stored[key], True))
+            seq, new = where[key]
+            # A duplicate: stored before, or the same id earlier in this batch.
+            results.append(PublishResult(e, seq, not (new and firsts[key] is e)))
         return results
 
 

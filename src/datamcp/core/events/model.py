@@ -47,8 +47,6 @@ class Event:
     seq: int = 0
     #: The data as JSON text, when already serialised (validation does it once).
     data_text: str = field(default="", compare=False, repr=False)
-    #: True when the server chose the id: it cannot already be stored.
-    generated_id: bool = field(default=False, compare=False, repr=False)
 
     def data_json(self) -> str:
         return self.data_text or json.dumps(self.data, separators=(",", ":"))
@@ -134,7 +132,6 @@ def new_event(
         correlation_id=correlation_id,
         traceparent=traceparent,
         data_text=text,
-        generated_id=id is None,
     )
 
 

@@ -30,10 +30,10 @@ class EventRepository(Protocol):
     """Durable storage of events, subscriptions, deliveries and dead letters."""
 
     async def existing(self, tenant: str, ids: Sequence[str]) -> dict[str, int]: ...
-    async def append(self, batch: Sequence[Event], stored_at: float) -> list[int | None]:
-        """Store the events whose (tenant, id) is not stored yet; each one's
-        seq, or None for those already stored. (tenant, id) must be distinct
-        within ``batch``."""
+    async def append(self, batch: Sequence[Event], stored_at: float) -> list[tuple[int, bool]]:
+        """Store the events whose (tenant, id) is not stored yet. Per event
+        its seq and whether this call stored it (False: stored before).
+        (tenant, id) must be distinct within ``batch``."""
         ...
 
     async def read(
