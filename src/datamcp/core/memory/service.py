@@ -38,10 +38,13 @@ from datamcp.core.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
+    echo,
+    store_failure,
 )
 from datamcp.core.events.model import Event
 from datamcp.core.memory.clock import HybridClock, join
 from datamcp.core.memory.model import (
+    MAX_TTL,
     PutOp,
     Record,
     check_key,
@@ -51,7 +54,7 @@ from datamcp.core.memory.model import (
     in_prefix,
 )
 from datamcp.core.memory.ports import MemoryStore
-from datamcp.core.paging import bad_token, decode, encode, page_size
+from datamcp.core.paging import Fits, bad_token, decode, encode, fill, page_size
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +162,7 @@ class MemoryService:
         state = self._states.get(store_id or self.primary_id)
         if state is None:
             raise NotFound(
-                f"no memory store {store_id!r} (known: {', '.join(sorted(self._states))})",
+                f"no memory store {echo(store_id)!r} (known: {', '.join(sorted(self._states))})",
                 reason="STORE_NOT_FOUND",
                 metadata={"store": store_id, "field": field_name},
             )
@@ -215,8 +218,12 @@ class MemoryService:
                             "(memory.max_value_bytes)",
                         )
                     )
-        if ttl is not None and ttl <= 0:
-            bad.append(FieldViolation(f"{field_prefix}ttl", "must be positive when given"))
+        if ttl is not None and not 0 < ttl <= MAX_TTL:  # also NaN
+            bad.append(
+                FieldViolation(
+                    f"{field_prefix}ttl", "when given, more than 0s and at most 100 years"
+                )
+            )
         if bad:
             raise InvalidArgument("invalid memory write", bad, reason="INVALID_MEMORY_WRITE")
         return PutOp(
@@ -269,9 +276,7 @@ class MemoryService:
                 done, events, durable = await self._commit(state, jobs)
             except Exception as exc:
                 log.warning("memory store write failed", exc_info=exc)
-                error = Unavailable(
-                    f"memory store {state.store.id} unavailable: {type(exc).__name__}: {exc}"
-                )
+                error = store_failure(exc, f"memory store {state.store.id}")
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(error)
@@ -502,9 +507,16 @@ class MemoryService:
         token: str = "",
         store_id: str = "",
         include_deleted: bool = False,
+        fits: Fits | None = None,
     ) -> tuple[list[Record], str]:
         return await self._search(
-            tenant, prefix, size, token, store_id=store_id, live_only=not include_deleted
+            tenant,
+            prefix,
+            size,
+            token,
+            store_id=store_id,
+            live_only=not include_deleted,
+            fits=fits,
         )
 
     async def search(
@@ -518,6 +530,7 @@ class MemoryService:
         size: int = 0,
         token: str = "",
         store_id: str = "",
+        fits: Fits | None = None,
     ) -> tuple[list[Record], str]:
         return await self._search(
             tenant,
@@ -528,6 +541,7 @@ class MemoryService:
             tags=tags,
             metadata=dict(metadata or {}),
             text=text,
+            fits=fits,
         )
 
     async def _search(
@@ -542,9 +556,11 @@ class MemoryService:
         tags: Sequence[str] = (),
         metadata: dict[str, str] | None = None,
         text: str = "",
+        fits: Fits | None = None,
     ) -> tuple[list[Record], str]:
         """A page of matches, filtered by the store (so a page is full while
-        matches remain); the token is the last (namespace, key) returned."""
+        matches remain) and cut where ``fits`` says (see ``paging.fill``);
+        the token is the last (namespace, key) returned."""
         check_namespace(prefix, "namespace_prefix", prefix=True)
         limit = page_size(size)
         store = self.store(store_id)
@@ -559,11 +575,21 @@ class MemoryService:
             metadata=metadata,
             text_contains=text.lower(),
         )
-        return page, encode(list(page[-1].ident)) if len(page) == limit else ""
+        page, more = fill(page, len(page) == limit, fits)
+        return page, encode(list(page[-1].ident)) if more and page else ""
 
     async def history(
-        self, tenant: str, namespace: str, key: str, *, size: int = 0, store_id: str = ""
+        self,
+        tenant: str,
+        namespace: str,
+        key: str,
+        *,
+        size: int = 0,
+        store_id: str = "",
+        fits: Fits | None = None,
     ) -> list[Record]:
+        """The current version then older ones, newest first: at most
+        ``size``, and no more than ``fits`` takes (see ``paging.fill``)."""
         check_namespace(namespace)
         check_key(key)
         limit = page_size(size)
@@ -576,7 +602,7 @@ class MemoryService:
                 metadata={"namespace": namespace, "key": key},
             )
         older = await store.history(tenant, namespace, key, limit - 1) if limit > 1 else []
-        return [current, *older]
+        return fill([current, *older], False, fits)[0]
 
     async def watch(
         self, tenant: str, prefix: str, from_seq: int, store_id: str = ""
