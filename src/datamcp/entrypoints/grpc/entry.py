@@ -3,12 +3,18 @@ metrics and error mapping for every call, in one wrapper per method.
 
 The wrapper is built once per method when the service is registered (see
 ``wrapping.py``), so a call pays one extra coroutine frame for all of it.
-The standard health and reflection services stay open and are not wrapped
-(the health ``Watch`` writes through ``context.write``, which wrappers break).
+The standard health and reflection services stay open: no credentials, and
+only their streams are wrapped (to end them at shutdown).
+
+Long-lived calls (any method that streams requests or responses) are
+tracked (``live.py``): at shutdown :meth:`Entry.end_streams` ends them at
+once with UNAVAILABLE.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import os
 import random
@@ -18,6 +24,8 @@ from functools import partial
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from grpc import aio
 
 from datamcp.core.auth import Authenticator
@@ -26,6 +34,7 @@ from datamcp.core.errors import DataMCPError, FieldViolation, InvalidArgument
 from datamcp.core.metrics import MetricsRegistry
 from datamcp.core.ratelimit import KeyedRateLimiter
 from datamcp.entrypoints.grpc.errors import internal_status, status_code, to_status
+from datamcp.entrypoints.grpc.live import LiveCall, LiveCalls, shutting_down
 from datamcp.entrypoints.grpc.wrapping import rebuild
 
 log = logging.getLogger(__name__)
@@ -68,6 +77,58 @@ def _malformed() -> InvalidArgument:
     )
 
 
+_STRING = FieldDescriptor.TYPE_STRING
+_MESSAGE = FieldDescriptor.TYPE_MESSAGE
+
+
+def _nul_field(message: Message, prefix: str = "") -> str | None:
+    """The path of the first text field holding a NUL character, if any.
+
+    No store takes NUL in text (PostgreSQL refuses it) and no name, id or
+    path has one, so it is refused for every RPC here, before any service
+    sees it. JSON data (Struct, Value) may hold it: it is escaped when
+    stored.
+    """
+    for field, value in message.ListFields():
+        name = f"{prefix}{field.name}"
+        if field.type == _STRING:
+            items = value if field.is_repeated else (value,)
+            if any("\x00" in item for item in items):
+                return name
+        elif field.type == _MESSAGE:
+            inner = field.message_type
+            assert inner is not None
+            if inner.GetOptions().map_entry:
+                for key, item in value.items():
+                    if isinstance(key, str) and "\x00" in key:
+                        return name
+                    if isinstance(item, str):
+                        if "\x00" in item:
+                            return f"{name}[{key!r}]"[:200]
+                    elif isinstance(item, Message) and (found := _nul_field(item, f"{name}.")):
+                        return found
+            elif inner.file.package == "google.protobuf":
+                continue
+            elif field.is_repeated:
+                for i, item in enumerate(value):
+                    if found := _nul_field(item, f"{name}[{i}]."):
+                        return found
+            elif found := _nul_field(value, f"{name}."):
+                return found
+    return None
+
+
+def _checked_text(request: Any) -> Any:
+    found = _nul_field(request) if isinstance(request, Message) else None
+    if found is not None:
+        raise InvalidArgument(
+            "a text field holds a NUL character",
+            [FieldViolation(found, "must not contain NUL (\\x00) characters")],
+            reason="INVALID_CHARACTERS",
+        )
+    return request
+
+
 class Entry:
     """Wraps each method's handler with the entry's per-call work."""
 
@@ -81,18 +142,63 @@ class Entry:
         self._limiter = limiter
         self._metrics = metrics
         self._auth_enabled = authenticator.enabled
+        self.live = LiveCalls()
+
+    def end_streams(self) -> None:
+        """End every long-lived call now, each with UNAVAILABLE (the server
+        is shutting down; clients reconnect elsewhere). Calls that start
+        later end the same way as soon as they start."""
+        self.live.end_all()
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """``handler`` behind the entry; open services are returned as they are."""
-        if method.startswith(OPEN_PREFIXES):
-            return handler
+        """``handler`` behind the entry; of open services only streams are
+        wrapped (to end them at shutdown), the rest is returned as it is."""
         request_streaming = bool(handler.request_streaming)
+        if method.startswith(OPEN_PREFIXES):
+            return self._open(handler)
         behavior: Callable[[Callable[..., Any]], Callable[..., Any]]
         if handler.response_streaming:
             behavior = partial(self._stream, method, streaming_request=request_streaming)
         else:
             behavior = partial(self._unary, method, streaming_request=request_streaming)
         return rebuild(handler, behavior, _safe_deserializer(handler.request_deserializer))
+
+    def _open(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """An open service's method: undecodable requests are INVALID_ARGUMENT
+        (not UNKNOWN naming a parser exception) and streams end with
+        UNAVAILABLE at shutdown; nothing else is added."""
+        deserializer = _safe_deserializer(handler.request_deserializer)
+        if handler.request_streaming or handler.response_streaming:
+            return rebuild(
+                handler, partial(self._closable, streaming=handler.request_streaming), deserializer
+            )
+        return rebuild(handler, _parsed, deserializer)
+
+    def _closable(self, inner: Callable[..., Any], *, streaming: bool) -> Callable[..., Any]:
+        if not inspect.isasyncgenfunction(inner):
+            return _parsed(inner)
+        live = self.live
+
+        async def stream(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            if request is _MALFORMED:
+                await _abort(context, to_status(_malformed()))
+            if streaming:
+                request = _parsed_requests(request, context)
+            call = live.open()
+            try:
+                async for response in inner(request, context):
+                    call.sending = True
+                    yield response
+                    call.sent()
+            except (asyncio.CancelledError, Exception) as exc:
+                ended = call.ended_here() if isinstance(exc, asyncio.CancelledError) else call.ended
+                if ended:
+                    await _abort(context, to_status(shutting_down(), current_request_id.get()))
+                raise
+            finally:
+                live.close(call)
+
+        return stream
 
     def _admit(self, method: str, roles: tuple[str, ...], context: aio.ServicerContext) -> None:
         """Set the call's request id and principal, or raise why it may not proceed."""
@@ -149,6 +255,7 @@ class Entry:
             # on the path every unary call takes.
             start = time.perf_counter()
             code: str | None = "OK"
+            call = self.live.open() if streaming_request else None
             try:
                 self._admit(method, roles, context)
                 return await inner(_validated(request, streaming_request), context)
@@ -159,10 +266,15 @@ class Entry:
                 code = _code_of(exc)
                 await self._fail(context, exc, method)
                 raise
-            except BaseException:
+            except asyncio.CancelledError:
                 code = "CANCELLED"
+                if call is not None and call.ended_here():
+                    code = "UNAVAILABLE"
+                    await self._fail(context, shutting_down(), method)
                 raise
             finally:
+                if call is not None:
+                    self.live.close(call)
                 self._record(method, context, code, start)
 
         return behavior
@@ -173,45 +285,57 @@ class Entry:
         roles = self._auth.required_roles(method)
 
         async def behavior(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-            async with _Call(self, method, context):
+            async with _Call(self, method, context) as call:
                 self._admit(method, roles, context)
                 async for response in inner(_validated(request, streaming_request), context):
+                    call.sending = True
                     yield response
+                    call.sent()
 
         return behavior
 
 
 class _Call:
-    """One call's bookkeeping: maps what escapes the handler to a status and
-    records the outcome in the metrics. A class, not a generator-based
-    context manager, because it runs on every call."""
+    """One streaming call's bookkeeping: tracks it (to end it at shutdown),
+    maps what escapes the handler to a status, and records the outcome in
+    the metrics. A class, not a generator-based context manager, because it
+    runs on every call."""
 
-    __slots__ = ("context", "entry", "method", "start")
+    __slots__ = ("context", "entry", "live", "method", "start")
 
     def __init__(self, entry: Entry, method: str, context: aio.ServicerContext) -> None:
         self.entry = entry
         self.method = method
         self.context = context
         self.start = time.perf_counter()
+        self.live: LiveCall | None = None
 
-    async def __aenter__(self) -> None:
-        return None
+    async def __aenter__(self) -> LiveCall:
+        self.live = self.entry.live.open()
+        return self.live
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
         code: str | None = "OK"
+        assert self.live is not None
         try:
             if exc is None:
                 return
             if isinstance(exc, aio.AbortError):
                 code = None  # the handler aborted; the context knows the code
             elif isinstance(exc, Exception):
+                if self.live.ended:  # whatever it was: what ended it was the shutdown
+                    exc = shutting_down()
                 code = _code_of(exc)
                 await self.entry._fail(self.context, exc, self.method)
+            elif isinstance(exc, asyncio.CancelledError) and self.live.ended_here():
+                code = "UNAVAILABLE"
+                await self.entry._fail(self.context, shutting_down(), self.method)
             else:
                 code = "CANCELLED"
         finally:
+            self.entry.live.close(self.live)
             self.entry._record(self.method, self.context, code, self.start)
 
 
@@ -225,7 +349,7 @@ def _validated(request: Any, streaming_request: bool) -> Any:
         return _checked(request)
     if request is _MALFORMED:
         raise _malformed()
-    return request
+    return _checked_text(request)
 
 
 async def _abort(context: aio.ServicerContext, status: grpc.Status) -> None:
@@ -234,8 +358,29 @@ async def _abort(context: aio.ServicerContext, status: grpc.Status) -> None:
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
+def _parsed(inner: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """An open unary method: an undecodable request is INVALID_ARGUMENT."""
+
+    async def call(request: Any, context: aio.ServicerContext) -> Any:
+        if request is _MALFORMED:
+            await _abort(context, to_status(_malformed()))
+        return await inner(request, context)
+
+    return call
+
+
+async def _parsed_requests(
+    requests: AsyncIterator[Any], context: aio.ServicerContext
+) -> AsyncIterator[Any]:
+    """An open stream's requests, aborting at an undecodable one."""
+    async for item in requests:
+        if item is _MALFORMED:
+            await _abort(context, to_status(_malformed()))
+        yield item
+
+
 async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
     async for request in requests:
         if request is _MALFORMED:
             raise _malformed()
-        yield request
+        yield _checked_text(request)
