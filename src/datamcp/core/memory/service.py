@@ -21,7 +21,6 @@ minting store means no concurrent tombstones to conflict).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -30,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from typing import Any
 
-from datamcp.core.background import cancel_and_wait
+from datamcp.core.background import cancel_and_wait, wait_at_most
 from datamcp.core.errors import (
     Conflict,
     DataMCPError,
@@ -623,8 +622,7 @@ class MemoryService:
                 yield record
             moved, cursor = last != cursor, last
             if not moved:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), 1.0)
+                await wait_at_most(changed, 1.0)
 
 
 def _position(token: str) -> tuple[str, str] | None:

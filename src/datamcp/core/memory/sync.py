@@ -23,6 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from datamcp.core.background import wait_at_most
 from datamcp.core.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -489,8 +490,7 @@ class SyncEngine:
             yield run
             if run.status.final:
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), 5.0)
+            await wait_at_most(changed, 5.0)
 
     async def list_conflicts(
         self,

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from datamcp.core.background import wait_at_most
 from datamcp.core.events.bus import EventBus
 from datamcp.core.events.model import Event, new_event
 from datamcp.core.events.subscriptions import Delivery, Subscription, SubscriptionService
@@ -170,8 +171,7 @@ class JobRunner:
                             raise Fenced(job.id)
                         await tx.commit()
                     renewed = now
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stored.wait(), self._poll)
+                await wait_at_most(stored, self._poll)
                 continue
             before = counters.copy()
             late = self._apply(job, engine, deliveries, counters)
