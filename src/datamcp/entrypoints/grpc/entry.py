@@ -191,7 +191,10 @@ class Entry:
                     yield response
                     call.sent()
             except (asyncio.CancelledError, Exception) as exc:
-                ended = call.ended_here() if isinstance(exc, asyncio.CancelledError) else call.ended
+                if isinstance(exc, asyncio.CancelledError):
+                    ended = call.ended_here()
+                else:
+                    ended = call.exiting = call.ended
                 if ended:
                     await _abort(context, to_status(shutting_down(), current_request_id.get()))
                 raise
@@ -326,6 +329,7 @@ class _Call:
                 code = None  # the handler aborted; the context knows the code
             elif isinstance(exc, Exception):
                 if self.live.ended:  # whatever it was: what ended it was the shutdown
+                    self.live.exiting = True
                     exc = shutting_down()
                 code = _code_of(exc)
                 await self.entry._fail(self.context, exc, self.method)

@@ -35,14 +35,20 @@ def shutting_down() -> Unavailable:
 class LiveCall:
     """One long-lived call: its task and whether grpc is sending for it."""
 
-    __slots__ = ("ended", "sending", "task")
+    __slots__ = ("ended", "exiting", "sending", "task")
 
     def __init__(self, task: asyncio.Task[Any]) -> None:
         self.task = task
         self.sending = False
         self.ended = False
+        self.exiting = False  # answering UNAVAILABLE: leave it be
 
     def end(self) -> None:
+        """Ask the call to end. Asking again cancels again, unless the call is
+        answering already: a handler may have swallowed the first
+        cancellation (``asyncio.wait_for`` on Python 3.11 can)."""
+        if self.exiting:
+            return
         self.ended = True
         if not self.sending:
             self.task.cancel()
@@ -55,6 +61,7 @@ class LiveCall:
         """
         self.sending = False
         if self.ended:
+            self.exiting = True
             raise shutting_down()
 
     def ended_here(self) -> bool:
@@ -62,7 +69,9 @@ class LiveCall:
         cancellation is taken back, so the call can still answer)."""
         if not self.ended:
             return False
-        self.task.uncancel()
+        self.exiting = True
+        while self.task.uncancel():
+            pass
         return True
 
 

@@ -278,8 +278,11 @@ class MeshServer:
             # in-flight unary calls use the grace.
             stopped = asyncio.ensure_future(self._server.stop(grace))
             await asyncio.sleep(0)
-            if self.entry is not None:
+            while self.entry is not None and not stopped.done():
+                # Again while any is left: a handler may have swallowed the
+                # cancellation (or been sending when it came).
                 self.entry.end_streams()
+                await asyncio.wait({stopped}, timeout=0.5)
             await stopped
         await self.app.close()
         self.tracer_provider.shutdown()
