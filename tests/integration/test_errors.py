@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2, message_factory, timestamp_pb2
+from google.protobuf import duration_pb2, message_factory, struct_pb2, timestamp_pb2
 from sqlalchemy import text
 
 from datamcp.entrypoints.grpc.server import hosted_services
@@ -29,9 +29,12 @@ from datamcp.v1 import (
     health_pb2,
     memory_pb2,
     memory_pb2_grpc,
+    pipelines_pb2_grpc,
+    streams_pb2,
 )
 from tests.events_client import Subscriber, cloud_event
 from tests.probe import S, probe_call, probe_registration
+from tests.streams_client import job_spec
 from tests.support import make_settings, rich_details, running_server
 
 
@@ -459,3 +462,61 @@ async def test_list_pages_are_bounded_by_bytes(tmp_path: Path, database_url: str
     assert sum(found) == 21 and len(found) > 1, found  # 20 keys in big/, 1 in hist/
     assert 1 <= len(history.versions) < 20
     assert sum(dead) == 20 and len(dead) > 1, dead
+
+
+async def test_pushed_records_out_of_range_are_refused_one_by_one(
+    tmp_path: Path, database_url: str
+) -> None:
+    """An event time past year 9999 once made a stream job fail at every
+    step from then on (an int64 overflow in its window table), with the
+    exception's class name as its last_error; NaN was stored as is."""
+    async with running_server(make_settings(tmp_path, database_url)) as srv, srv.channel() as ch:
+        stub = pipelines_pb2_grpc.PipelineServiceStub(ch)
+        created = await stub.CreateStreamJob(
+            streams_pb2.CreateStreamJobRequest(
+                job=streams_pb2.StreamJob(name="j", spec=job_spec(size=60))
+            )
+        )
+        job_id = created.job.id
+        records = [
+            {"k": "a", "t": 1e300, "v": 1},
+            {"k": "a", "t": 100, "v": 1, "note": float("nan")},
+            {"k": "a", "t": 100, "v": 2},
+            {"k": "a", "t": -1e17, "v": 3},
+        ]
+        structs = []
+        for record in records:
+            struct = struct_pb2.Struct()
+            for key, item in record.items():
+                fill_value(struct.fields[key], item)
+            structs.append(struct)
+
+        async def push() -> Any:
+            yield streams_pb2.PushRecordsRequest(job_id=job_id, records=structs)
+
+        summary = await stub.PushRecords(push())
+        bad_spec = job_spec(size=60)
+        bad_spec.window.size.CopyFrom(duration_pb2.Duration(seconds=60, nanos=-5))
+        spec_error = await _refused(
+            stub.CreateStreamJob(
+                streams_pb2.CreateStreamJobRequest(
+                    job=streams_pb2.StreamJob(name="k", spec=bad_spec)
+                )
+            )
+        )
+        for _ in range(50):
+            job = (await stub.GetStreamJob(streams_pb2.GetStreamJobRequest(id=job_id))).job
+            if job.counters.records_accepted:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # a few more steps: none may fail
+        job = (await stub.GetStreamJob(streams_pb2.GetStreamJobRequest(id=job_id))).job
+    assert (summary.accepted, summary.rejected) == (1, 3)
+    assert [r.field for r in summary.rejections] == [
+        "records[0].t",
+        "records[1].note",
+        "records[3].t",
+    ]
+    assert "job.spec.window.size" in _violations(spec_error)
+    assert job.counters.records_accepted == 1
+    assert job.last_error == ""
