@@ -25,9 +25,10 @@ import grpc
 from google.protobuf import descriptor, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from hypothesis import strategies as st
+
+from tests.support import rich_details
 
 F = FieldDescriptor
 
@@ -406,25 +407,16 @@ FORBIDDEN = {
 
 def caller_text(error: grpc.RpcError) -> list[str]:
     """Every piece of text the caller sees in an error: the message and the
-    strings inside the google.rpc.Status details."""
-    texts = [error.details() or ""]  # type: ignore[attr-defined]
+    strings inside the google.rpc.Status details.
+
+    Raises:
+        ValueError: the details do not decode or disagree with the status.
+    """
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    if status is None:
-        return texts
-    texts.append(status.message)
-    for detail in status.details:
-        for cls in (
-            error_details_pb2.ErrorInfo,
-            error_details_pb2.BadRequest,
-            error_details_pb2.QuotaFailure,
-            error_details_pb2.PreconditionFailure,
-            error_details_pb2.ResourceInfo,
-            error_details_pb2.DebugInfo,
-        ):
-            if detail.Is(cls.DESCRIPTOR):
-                message = cls()
-                detail.Unpack(message)
-                texts.append(str(message))
+    texts = [error.details() or ""]  # type: ignore[attr-defined]
+    if status is not None:
+        texts.append(status.message)
+    texts.extend(str(message) for message in rich_details(error).values())
     return texts
 
 
