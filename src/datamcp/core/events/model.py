@@ -205,6 +205,7 @@ class EventFilter:
                 subject an event could not have.
         """
         bad: list[FieldViolation] = []
+        message = "invalid event filter"
         if len(types) > MAX_FILTER_TYPES:
             bad.append(FieldViolation(f"{prefix}types", f"at most {MAX_FILTER_TYPES} patterns"))
         for pattern in types:
@@ -212,13 +213,14 @@ class EventFilter:
                 validate_pattern(pattern, f"{prefix}types")
             except InvalidArgument as exc:
                 bad.extend(exc.violations)
+                message = exc.message
                 break
         if not _plain(source, MAX_SOURCE):
             bad.append(FieldViolation(f"{prefix}source", f"at most {MAX_SOURCE} characters"))
         if not _plain(subject, MAX_SUBJECT):
             bad.append(FieldViolation(f"{prefix}subject", f"at most {MAX_SUBJECT} characters"))
         if bad:
-            raise InvalidArgument("invalid event filter", bad, reason="INVALID_FILTER")
+            raise InvalidArgument(message, bad, reason="INVALID_FILTER")
         return cls(tuple(types), source, subject)
 
     def matches(self, event: Event) -> bool:

@@ -24,8 +24,6 @@ from functools import partial
 from typing import Any
 
 import grpc
-from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message
 from grpc import aio
 
 from datamcp.core.auth import Authenticator
@@ -35,6 +33,7 @@ from datamcp.core.metrics import MetricsRegistry
 from datamcp.core.ratelimit import KeyedRateLimiter
 from datamcp.entrypoints.grpc.errors import internal_status, status_code, to_status
 from datamcp.entrypoints.grpc.live import LiveCall, LiveCalls, shutting_down
+from datamcp.entrypoints.grpc.nul import refuse_nul
 from datamcp.entrypoints.grpc.wrapping import rebuild
 
 log = logging.getLogger(__name__)
@@ -77,58 +76,6 @@ def _malformed() -> InvalidArgument:
     )
 
 
-_STRING = FieldDescriptor.TYPE_STRING
-_MESSAGE = FieldDescriptor.TYPE_MESSAGE
-
-
-def _nul_field(message: Message, prefix: str = "") -> str | None:
-    """The path of the first text field holding a NUL character, if any.
-
-    No store takes NUL in text (PostgreSQL refuses it) and no name, id or
-    path has one, so it is refused for every RPC here, before any service
-    sees it. JSON data (Struct, Value) may hold it: it is escaped when
-    stored.
-    """
-    for field, value in message.ListFields():
-        name = f"{prefix}{field.name}"
-        if field.type == _STRING:
-            items = value if field.is_repeated else (value,)
-            if any("\x00" in item for item in items):
-                return name
-        elif field.type == _MESSAGE:
-            inner = field.message_type
-            assert inner is not None
-            if inner.GetOptions().map_entry:
-                for key, item in value.items():
-                    if isinstance(key, str) and "\x00" in key:
-                        return name
-                    if isinstance(item, str):
-                        if "\x00" in item:
-                            return f"{name}[{key!r}]"[:200]
-                    elif isinstance(item, Message) and (found := _nul_field(item, f"{name}.")):
-                        return found
-            elif inner.file.package == "google.protobuf":
-                continue
-            elif field.is_repeated:
-                for i, item in enumerate(value):
-                    if found := _nul_field(item, f"{name}[{i}]."):
-                        return found
-            elif found := _nul_field(value, f"{name}."):
-                return found
-    return None
-
-
-def _checked_text(request: Any) -> Any:
-    found = _nul_field(request) if isinstance(request, Message) else None
-    if found is not None:
-        raise InvalidArgument(
-            "a text field holds a NUL character",
-            [FieldViolation(found, "must not contain NUL (\\x00) characters")],
-            reason="INVALID_CHARACTERS",
-        )
-    return request
-
-
 class Entry:
     """Wraps each method's handler with the entry's per-call work."""
 
@@ -151,8 +98,7 @@ class Entry:
         self.live.end_all()
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """``handler`` behind the entry; of open services only streams are
-        wrapped (to end them at shutdown), the rest is returned as it is."""
+        """``handler`` behind the entry (open services: see :meth:`_open`)."""
         request_streaming = bool(handler.request_streaming)
         if method.startswith(OPEN_PREFIXES):
             return self._open(handler)
@@ -175,6 +121,7 @@ class Entry:
         return rebuild(handler, _parsed, deserializer)
 
     def _closable(self, inner: Callable[..., Any], *, streaming: bool) -> Callable[..., Any]:
+        """An open service's stream (a generator), tracked like ours."""
         if not inspect.isasyncgenfunction(inner):
             return _parsed(inner)
         live = self.live
@@ -353,7 +300,7 @@ def _validated(request: Any, streaming_request: bool) -> Any:
         return _checked(request)
     if request is _MALFORMED:
         raise _malformed()
-    return _checked_text(request)
+    return refuse_nul(request)
 
 
 async def _abort(context: aio.ServicerContext, status: grpc.Status) -> None:
@@ -387,4 +334,4 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
     async for request in requests:
         if request is _MALFORMED:
             raise _malformed()
-        yield _checked_text(request)
+        yield refuse_nul(request)
