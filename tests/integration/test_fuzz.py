@@ -65,7 +65,7 @@ settings.register_profile(
 FUZZ = settings.get_profile(f"fuzz-{PROFILE}")
 
 UNARY_TIMEOUT = 5.0
-STREAM_TIMEOUT = 0.5
+STREAM_TIMEOUT = 0.3
 
 #: RPCs with a known defect in an area another change owns: the fuzz run
 #: must still find it (strict), until that change fixes it. Each has its
