@@ -24,7 +24,7 @@ def spec_from_proto(message: agents_pb2.TaskSpec) -> TaskSpec:
     return TaskSpec(
         capability=message.capability,
         agent_id=message.agent_id,
-        input=from_value(message.input) if message.HasField("input") else None,
+        input=from_value(message.input, "task.input") if message.HasField("input") else None,
         priority=message.priority,
         timeout=message.timeout.ToNanoseconds() / 1e9 if message.HasField("timeout") else None,
         request_id=message.request_id,
@@ -95,8 +95,12 @@ def capability_from_proto(message: agents_pb2.Capability) -> Capability:
     return Capability(
         message.name,
         message.description,
-        from_struct(message.input_schema) if message.HasField("input_schema") else None,
-        from_struct(message.output_schema) if message.HasField("output_schema") else None,
+        from_struct(message.input_schema, "input_schema")
+        if message.HasField("input_schema")
+        else None,
+        from_struct(message.output_schema, "output_schema")
+        if message.HasField("output_schema")
+        else None,
     )
 
 

@@ -137,7 +137,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
             current_principal.get().tenant,
             request.source_agent_id,
             request.target,
-            from_value(request.input) if request.HasField("input") else None,
+            from_value(request.input, "input") if request.HasField("input") else None,
             limit=timeout,
             correlation_id=request.correlation_id,
         )
@@ -235,7 +235,9 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
                 p = message.progress
                 await remote.progress(p.task_id, p.percent, p.message)
             elif kind == "result":
-                remote.result(message.result.task_id, from_value(message.result.output))
+                remote.result(
+                    message.result.task_id, from_value(message.result.output, "result.output")
+                )
             elif kind == "failure":
                 f = message.failure
                 remote.failure(f.task_id, f.reason, f.message, f.retryable)
