@@ -8,7 +8,7 @@ from datamcp.core.agents.agent import Capability
 from datamcp.core.agents.model import AuditRecord, Task, TaskSpec
 from datamcp.core.agents.registry import AgentSlot
 from datamcp.core.agents.remote import Hello
-from datamcp.entrypoints.grpc.convert import duration, timestamp
+from datamcp.entrypoints.grpc.convert import duration, duration_seconds, timestamp
 from datamcp.entrypoints.grpc.values import fill_value, from_struct, from_value, to_struct
 from datamcp.v1 import agents_pb2
 
@@ -26,7 +26,9 @@ def spec_from_proto(message: agents_pb2.TaskSpec) -> TaskSpec:
         agent_id=message.agent_id,
         input=from_value(message.input, "task.input") if message.HasField("input") else None,
         priority=message.priority,
-        timeout=message.timeout.ToNanoseconds() / 1e9 if message.HasField("timeout") else None,
+        timeout=duration_seconds(message.timeout, "task.timeout")
+        if message.HasField("timeout")
+        else None,
         request_id=message.request_id,
         max_attempts=message.max_attempts,
         correlation_id=message.correlation_id,

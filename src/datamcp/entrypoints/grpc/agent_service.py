@@ -22,7 +22,7 @@ from datamcp.entrypoints.grpc.agent_convert import (
     spec_from_proto,
     task_to_proto,
 )
-from datamcp.entrypoints.grpc.convert import duration, timestamp
+from datamcp.entrypoints.grpc.convert import duration, duration_seconds, timestamp
 from datamcp.entrypoints.grpc.values import from_value, to_value
 from datamcp.v1 import agents_pb2, agents_pb2_grpc
 
@@ -129,7 +129,9 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
     async def SendAgentRequest(
         self, request: agents_pb2.SendAgentRequestRequest, context: aio.ServicerContext
     ) -> agents_pb2.SendAgentRequestResponse:
-        timeout = request.timeout.ToNanoseconds() / 1e9 if request.HasField("timeout") else None
+        timeout = (
+            duration_seconds(request.timeout, "timeout") if request.HasField("timeout") else None
+        )
         limit = _wait_limit(context)
         if limit is not None:
             timeout = min(timeout, limit) if timeout is not None else limit

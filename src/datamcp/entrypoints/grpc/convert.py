@@ -73,6 +73,16 @@ def seconds_of(
     )
 
 
+def duration_seconds(d: duration_pb2.Duration, field: str) -> float:
+    """A request's Duration in seconds when the core checks its range (a
+    task timeout, a TTL): only its form is checked here.
+
+    Raises:
+        InvalidArgument: nanos out of range or of another sign than seconds.
+    """
+    return seconds_of(d, field, minimum=-math.inf, maximum=math.inf)
+
+
 def _span(seconds: float) -> str:
     if seconds >= 86_400 * 365:
         return f"{seconds / (86_400 * 365.25):g} years"

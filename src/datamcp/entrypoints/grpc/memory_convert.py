@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from datamcp.core.errors import FieldViolation, InvalidArgument
@@ -15,7 +14,7 @@ from datamcp.core.memory.model import (
     SyncRequest,
     SyncRun,
 )
-from datamcp.entrypoints.grpc.convert import duration, seconds_of, timestamp
+from datamcp.entrypoints.grpc.convert import duration, duration_seconds, timestamp
 from datamcp.entrypoints.grpc.values import fill_value
 from datamcp.v1 import memory_pb2 as pb
 
@@ -127,5 +126,4 @@ def ttl_seconds(message: Any, prefix: str = "") -> float | None:
     """A Put's time to live in seconds (None: never expires)."""
     if not message.HasField("ttl"):
         return None
-    # The range is the core's to say (MemoryService.op): any well-formed one here.
-    return seconds_of(message.ttl, f"{prefix}ttl", minimum=-math.inf, maximum=math.inf)
+    return duration_seconds(message.ttl, f"{prefix}ttl")  # range: MemoryService.op

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from google.protobuf import duration_pb2
 
 from datamcp.core.errors import FieldViolation, InvalidArgument
@@ -18,7 +16,7 @@ from datamcp.core.streams.model import (
     Window,
     WindowKind,
 )
-from datamcp.entrypoints.grpc.convert import duration, seconds_of, timestamp
+from datamcp.entrypoints.grpc.convert import duration, duration_seconds, timestamp
 from datamcp.entrypoints.grpc.values import from_value, to_value
 from datamcp.v1 import streams_pb2
 
@@ -40,7 +38,7 @@ _FUNCTION_OUT = {v: k for k, v in _FUNCTION.items()}
 
 def _ms(d: duration_pb2.Duration, field: str) -> int:
     """A well-formed Duration in milliseconds (the range is the core's to say)."""
-    return int(seconds_of(d, field, minimum=-math.inf, maximum=math.inf) * 1000)
+    return int(duration_seconds(d, field) * 1000)
 
 
 def spec_from_proto(spec: streams_pb2.StreamJobSpec, prefix: str = "job.spec.") -> StreamSpec:
