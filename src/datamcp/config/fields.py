@@ -128,6 +128,13 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("agents.heartbeat_interval", "float", 10.0, "seconds between remote agent heartbeats"),
     Field(
+        "agents.grants",
+        "json",
+        [],
+        "remote agents shared beyond the tenant that connects them: list of {agent = NAME, "
+        'owner = TENANT, tenants = [TENANT, ...] or ["*"]}',
+    ),
+    Field(
         "agents.plugins",
         "json",
         [],

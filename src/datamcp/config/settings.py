@@ -142,6 +142,8 @@ class AgentSettings:
     recovery: str = "retry"
     remote_disconnect: str = "requeue"
     heartbeat_interval: float = 10.0
+    #: Each {agent, owner, tenants}: see ``core.agents.remote.Grant``.
+    grants: tuple[Mapping[str, Any], ...] = ()
     plugins: tuple[str, ...] = ()
     sql_connections: Mapping[str, str] = field(default_factory=dict)
     sql_row_limit: int = 1000
@@ -573,6 +575,25 @@ def _brokers(r: _Reader) -> tuple[Mapping[str, Any], ...]:
     return brokers
 
 
+def _grants(r: _Reader) -> tuple[Mapping[str, Any], ...]:
+    grants = _tables(r, "agents.grants")
+    for i, g in enumerate(grants):
+        tenants = g.get("tenants")
+        if (
+            set(g) != {"agent", "owner", "tenants"}
+            or not all(isinstance(g[k], str) and g[k] for k in ("agent", "owner"))
+            or not isinstance(tenants, list)
+            or not tenants
+            or not all(isinstance(t, str) and t for t in tenants)
+        ):
+            r.fail(
+                "agents.grants",
+                f'entry {i}: expected {{agent = "name", owner = "tenant", '
+                'tenants = ["tenant", ...]}',
+            )
+    return grants
+
+
 def _agents(r: _Reader) -> AgentSettings:
     plugins = r.raw["agents.plugins"]
     if not isinstance(plugins, list) or not all(isinstance(p, str) and ":" in p for p in plugins):
@@ -607,6 +628,7 @@ def _agents(r: _Reader) -> AgentSettings:
         recovery=r.str_("agents.recovery", ("retry", "fail")),
         remote_disconnect=r.str_("agents.remote_disconnect", ("requeue", "fail")),
         heartbeat_interval=r.number("agents.heartbeat_interval", 0.01),
+        grants=_grants(r),
         plugins=tuple(plugins),
         sql_connections=dict(sql),
         sql_row_limit=r.number("agents.sql_row_limit", 1, int),
