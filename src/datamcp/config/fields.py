@@ -76,10 +76,17 @@ FIELDS: tuple[Field, ...] = (
     Field("auth.jwt.roles_claim", "str", "roles", "claim holding roles (list or spaced string)"),
     Field("auth.jwt.leeway", "float", 30.0, "clock skew tolerance in seconds"),
     Field(
+        "auth.jwt.default_tenant",
+        "str",
+        None,
+        "tenant of tokens without the tenant claim (unset: such tokens are refused)",
+    ),
+    Field(
         "auth.method_roles",
         "json",
-        {"/datamcp.v1.HealthService/GetMetrics": ["admin", "operator"]},
-        "map of full method (or /package.Service/*) to roles, any of which grants access",
+        {},
+        "map of full method (or /package.Service/*) to roles, any of which grants access; "
+        "added to the built-in table (GetMetrics: admin, operator)",
     ),
     Field("rate_limit.enabled", "bool", True, "token bucket per principal"),
     Field("rate_limit.rate", "float", 200.0, "tokens per second per principal"),
