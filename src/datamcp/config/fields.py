@@ -95,7 +95,7 @@ FIELDS: tuple[Field, ...] = (
     Field("events.max_event_bytes", "int", 256 * 1024, "largest event data (JSON bytes)"),
     Field("events.max_batch", "int", 1000, "most events in one PublishBatch"),
     Field("events.retention_age", "float", 7 * 86400.0, "seconds events are kept; 0 = forever"),
-    Field("events.retention_count", "int", 0, "most events kept; 0 = no limit"),
+    Field("events.retention_count", "int", 0, "most events kept per tenant; 0 = no limit"),
     Field("events.max_attempts", "int", 5, "default deliveries before dead-lettering"),
     Field("events.visibility_timeout", "float", 30.0, "default seconds a delivery is leased"),
     Field(
