@@ -34,15 +34,13 @@ from tests.tenancy.probes import Row
 from tests.tenancy.snapshot import snapshot
 from tests.tenancy.world import World
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
 
 #: RPCs that hold no tenant's data: process health and process-wide metrics
 #: (operator-only), answered alike to every caller.
 TENANT_FREE = {
     "HealthService/GetHealthReport": "process health, the same for every caller",
     "HealthService/WatchHealth": "process health, the same for every caller",
-    "HealthService/GetMetrics": "process-wide counters, operators only",
+    "HealthService/GetMetrics": "process-wide counters (and agent ids), operators only",
 }
 
 KINDS = (
@@ -79,6 +77,7 @@ async def world(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Async
         yield w
 
 
+@pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize("row", [r.param() for r in ROWS])
 async def test_globex_cannot_reach_acme(world: World, row: Row) -> None:
     before = None if row.acme_acts else await snapshot(world)

@@ -25,10 +25,15 @@ E = events_pb2
 
 async def _publish_acme_ids(w: World) -> list[Message]:
     """acme's event ids are globex's own ids: stored for globex (or found
-    among globex's own), never answered with acme's event."""
-    one = await w.b.events.Publish(E.PublishRequest(event=cloud_event("globex.made", id_="evt-0")))
+    among globex's own), never answered with acme's event. The envelope's
+    tenant field is output only: naming acme there changes nothing."""
+    one = await w.b.events.Publish(
+        E.PublishRequest(event=cloud_event("globex.made", id_="evt-0", tenant="acme"))
+    )
     batch = await w.b.events.PublishBatch(
-        E.PublishBatchRequest(events=[cloud_event("globex.made", id_=f"evt-{i}") for i in range(3)])
+        E.PublishBatchRequest(
+            events=[cloud_event("globex.made", id_=f"evt-{i}", tenant="acme") for i in range(3)]
+        )
     )
     acme_seqs = {int(s) for s in w.ids["event_seqs"].split(",")}
     assert one.sequence not in acme_seqs and one.id == "evt-0"
