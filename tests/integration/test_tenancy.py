@@ -34,7 +34,6 @@ from tests.tenancy.probes import Row
 from tests.tenancy.snapshot import snapshot
 from tests.tenancy.world import World
 
-
 #: RPCs that hold no tenant's data: process health and process-wide metrics
 #: (operator-only), answered alike to every caller.
 TENANT_FREE = {
