@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 from google.protobuf.message import Message
 
 from datamcp.entrypoints.grpc.values import from_value, to_value
@@ -40,7 +41,18 @@ async def _list_agents(w: World) -> list[Message]:
     return [every, by_capability]
 
 
+#: How globex may be refused acme's agents: as if they did not exist.
+REFUSED = (
+    NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.PERMISSION_DENIED,
+)
+
+
 async def _execute_on_acme_agent(w: World) -> list[Message]:
+    """acme's capability and acme's agent id, and the capabilities an unknown
+    one's error lists, are unknown to globex."""
     out = []
     for spec in (
         task_spec(A_CAPABILITY, "globex", timeout=5),
@@ -49,9 +61,13 @@ async def _execute_on_acme_agent(w: World) -> list[Message]:
         try:
             out.append(await w.b.agents.ExecuteTask(A.ExecuteTaskRequest(task=spec), timeout=10))
         except grpc.RpcError as exc:
-            assert exc.code() in (NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION), exc.details()
+            assert exc.code() in REFUSED, exc.details()
     for answer in out:
         assert answer.task.state != A.TASK_STATE_SUCCEEDED, answer.task
+    with pytest.raises(grpc.RpcError) as err:
+        spec = task_spec("globex.nothing", "globex", timeout=5)
+        await w.b.agents.ExecuteTask(A.ExecuteTaskRequest(task=spec), timeout=10)
+    assert A_CAPABILITY not in str(err.value.details())
     return out
 
 
@@ -64,7 +80,7 @@ async def _send_as_acme_agent(w: World) -> list[Message]:
         try:
             out.append(await w.b.agents.SendAgentRequest(request, timeout=10))
         except grpc.RpcError as exc:
-            assert exc.code() in (NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION), exc.details()
+            assert exc.code() in REFUSED, exc.details()
     for answer in out:
         assert answer.task.state != A.TASK_STATE_SUCCEEDED, answer.task
     return out
@@ -135,17 +151,22 @@ async def _acme_work_stays_with_acme(w: World) -> list[Message]:
 async def _builtin_names_are_reserved(w: World) -> list[Message]:
     """globex's agent may not take the built-in 'echo': refused at connect,
     or at least never handed acme's echo tasks."""
+    agent = RemoteAgentClient(w.b, "echo", ["echo"], answer="from globex")
     try:
-        async with RemoteAgentClient(w.b, "echo", ["echo"], answer="from globex") as agent:
-            for _ in range(4):
-                done = await w.a.agents.ExecuteTask(
-                    A.ExecuteTaskRequest(task=task_spec("echo", A_SECRET)), timeout=30
-                )
-                assert from_value(done.task.result) == A_SECRET
-            assert not agent.assignments, "acme's echo task reached globex's agent"
-    except grpc.RpcError as exc:
-        assert exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
-    await settle(w)
+        await agent.__aenter__()
+    except grpc.RpcError as exc:  # refused at connect
+        assert exc.code() in REFUSED, exc.details()
+        return []
+    try:
+        for _ in range(4):
+            done = await w.a.agents.ExecuteTask(
+                A.ExecuteTaskRequest(task=task_spec("echo", A_SECRET)), timeout=30
+            )
+            assert from_value(done.task.result) == A_SECRET
+        assert not agent.assignments, "acme's echo task reached globex's agent"
+    finally:
+        await agent.__aexit__(None, None, None)
+        await settle(w)
     return []
 
 
