@@ -5,19 +5,15 @@ a second page, whose token globex then replays)."""
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import asyncpg
-from sqlalchemy.engine import make_url
 
 from datamcp.config.settings import Settings
 from datamcp.entrypoints.grpc.values import to_struct, to_value
 from datamcp.v1 import agents_pb2, events_pb2, memory_pb2, pipelines_pb2, streams_pb2
 from tests.agent_plugins import PLUGINS
-from tests.conftest import pg_dsn_or_skip
+from tests.conftest import fresh_pg_database
 from tests.events_client import Subscriber, cloud_event
 from tests.streams_client import job_spec
 from tests.support import (
@@ -61,22 +57,8 @@ async def database(backend: str, tmp: Path) -> AsyncIterator[str]:
     if backend == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp / 'data' / 'datamcp.db'}"
         return
-    dsn = make_url(pg_dsn_or_skip()).set(drivername="postgresql")
-    admin = dsn.render_as_string(hide_password=False)
-    name = f"datamcp_tenancy_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield dsn.set(database=name).render_as_string(hide_password=False)
-    finally:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+    async with fresh_pg_database() as url:
+        yield url
 
 
 def settings_for(tmp: Path, database_url: str) -> Settings:

@@ -77,13 +77,18 @@ async def _subscribe_acme_name(w: World) -> list[Message]:
     return []
 
 
-async def _delete_same_name(w: World) -> list[Message]:
-    """globex deletes its own shared-sub; acme's stays (the snapshot)."""
+async def _open_own_shared_sub(w: World) -> None:
+    """globex's own subscription of acme's name (created if missing)."""
     sub = Subscriber(w.b.channel, w.b.metadata)
     try:
         await sub.open(SHARED_SUB, ["acme.*"], earliest=True)
     finally:
         sub.close()
+
+
+async def _delete_same_name(w: World) -> list[Message]:
+    """globex deletes its own shared-sub; acme's stays (the snapshot)."""
+    await _open_own_shared_sub(w)
     dropped = await w.b.events.DeleteSubscription(
         E.DeleteSubscriptionRequest(subscription=SHARED_SUB)
     )
@@ -106,11 +111,7 @@ async def _replay(w: World) -> list[Message]:
 
 async def _own_dead_letters(w: World) -> list[Message]:
     """acme's page token and acme's dead sequence on globex's own subscription."""
-    sub = Subscriber(w.b.channel, w.b.metadata)
-    try:
-        await sub.open(SHARED_SUB, ["acme.*"], earliest=True)
-    finally:
-        sub.close()
+    await _open_own_shared_sub(w)
     listed = await w.b.events.ListDeadLetters(
         E.ListDeadLettersRequest(subscription=SHARED_SUB, page_token=w.tokens["ListDeadLetters"])
     )
