@@ -76,10 +76,17 @@ FIELDS: tuple[Field, ...] = (
     Field("auth.jwt.roles_claim", "str", "roles", "claim holding roles (list or spaced string)"),
     Field("auth.jwt.leeway", "float", 30.0, "clock skew tolerance in seconds"),
     Field(
+        "auth.jwt.default_tenant",
+        "str",
+        None,
+        "tenant of tokens without the tenant claim (unset: such tokens are refused)",
+    ),
+    Field(
         "auth.method_roles",
         "json",
-        {"/datamcp.v1.HealthService/GetMetrics": ["admin", "operator"]},
-        "map of full method (or /package.Service/*) to roles, any of which grants access",
+        {},
+        "map of full method (or /package.Service/*) to roles, any of which grants access; "
+        "added to the built-in table (GetMetrics: admin, operator)",
     ),
     Field("rate_limit.enabled", "bool", True, "token bucket per principal"),
     Field("rate_limit.rate", "float", 200.0, "tokens per second per principal"),
@@ -88,7 +95,7 @@ FIELDS: tuple[Field, ...] = (
     Field("events.max_event_bytes", "int", 256 * 1024, "largest event data (JSON bytes)"),
     Field("events.max_batch", "int", 1000, "most events in one PublishBatch"),
     Field("events.retention_age", "float", 7 * 86400.0, "seconds events are kept; 0 = forever"),
-    Field("events.retention_count", "int", 0, "most events kept; 0 = no limit"),
+    Field("events.retention_count", "int", 0, "most events kept per tenant; 0 = no limit"),
     Field("events.max_attempts", "int", 5, "default deliveries before dead-lettering"),
     Field("events.visibility_timeout", "float", 30.0, "default seconds a delivery is leased"),
     Field(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from datamcp.config.fields import BY_KEY, FIELDS
+from datamcp.core.context import valid_tenant
 from datamcp.core.errors import ConfigError
 
 
@@ -40,6 +41,8 @@ class JwtSettings:
     tenant_claim: str = "tenant"
     roles_claim: str = "roles"
     leeway: float = 30.0
+    #: Tenant of tokens without the tenant claim; None refuses such tokens.
+    default_tenant: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -410,9 +413,13 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             tenant_claim=r.str_("auth.jwt.tenant_claim"),
             roles_claim=r.str_("auth.jwt.roles_claim"),
             leeway=r.number("auth.jwt.leeway"),
+            default_tenant=r.opt_str("auth.jwt.default_tenant"),
         ),
         method_roles=_method_roles(r),
     )
+    default_tenant = auth.jwt.default_tenant
+    if default_tenant is not None and not valid_tenant(default_tenant):
+        r.fail("auth.jwt.default_tenant", "1-128 letters, digits, - _ .")
     secret = auth.jwt.hs256_secret
     if secret is not None and len(secret) < 32:
         r.fail("auth.jwt.hs256_secret", "use at least 32 characters (a random secret)")
@@ -511,7 +518,7 @@ def _api_keys(r: _Reader) -> tuple[ApiKey, ...]:
             continue
         assert isinstance(item, dict)
         tenant = str(item.get("tenant", "default"))
-        if not tenant or not all(c.isalnum() or c in "-_." for c in tenant):
+        if not valid_tenant(tenant):
             r.fail("auth.api_keys", f"entry {i}: tenant must be letters, digits, - _ .")
             continue
         roles = item.get("roles", [])

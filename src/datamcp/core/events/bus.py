@@ -194,8 +194,8 @@ class EventBus:
             cursor = page[-1].seq
 
     async def prune(self) -> int:
-        """Apply retention now: drop events past the age or count limit that no
-        pending delivery or dead letter still needs. Returns how many."""
+        """Apply retention now: drop events past the age or the per-tenant count
+        limit that no pending delivery or dead letter still needs. Returns how many."""
         age, count, _ = self._retention
         older_than = self._clock() - age if age else None
         async with self._uow() as tx:
