@@ -10,7 +10,6 @@ from datamcp.entrypoints.grpc.values import from_value, to_value
 from datamcp.v1 import agents_pb2
 from tests.tenancy.probes import (
     NOT_FOUND,
-    REMOTE_AGENTS,
     Row,
     answers,
     not_found,
@@ -179,13 +178,11 @@ async def _globex_agent_hidden_from_acme(w: World) -> list[Message]:
 
 
 AGENT_ROWS = [
-    Row("AgentService/ListAgents", ("agents",), "all and by acme's capability", _list_agents,
-        REMOTE_AGENTS),
+    Row("AgentService/ListAgents", ("agents",), "all and by acme's capability", _list_agents),
     Row("AgentService/GetAgent", ("agents",), "acme's remote agent id",
-        not_found(lambda w: w.b.agents.GetAgent(A.GetAgentRequest(id=w.ids["agent"]))),
-        REMOTE_AGENTS),
+        not_found(lambda w: w.b.agents.GetAgent(A.GetAgentRequest(id=w.ids["agent"])))),
     Row("AgentService/ExecuteTask", ("agents",), "acme's capability and pinned to acme's agent",
-        _execute_on_acme_agent, REMOTE_AGENTS),
+        _execute_on_acme_agent),
     Row("AgentService/ExecuteTask", ("tasks",), "acme's request_id", _request_id_is_per_tenant),
     Row("AgentService/SubmitTask", ("tasks",), "acme's request_id", _request_id_is_per_tenant),
     Row("AgentService/ExecuteTask", ("memory records", "pipelines"),
@@ -216,7 +213,7 @@ AGENT_ROWS = [
     Row("AgentService/SendAgentRequest", ("audit records",), "globex's own call is globex's",
         _own_audit_record),
     Row("AgentService/SendAgentRequest", ("agents",), "as acme's agent and to acme's capability",
-        _send_as_acme_agent, REMOTE_AGENTS),
+        _send_as_acme_agent),
     Row("AgentService/ListAuditRecords", ("audit records",), "all and acme's page token",
         answers(
             lambda w: w.b.agents.ListAuditRecords(A.ListAuditRecordsRequest(page_size=1000)),
@@ -234,9 +231,9 @@ AGENT_ROWS = [
             ),
         )),
     Row("AgentService/Connect", ("agents", "tasks"), "globex's agent offers acme's capability",
-        _acme_work_stays_with_acme, REMOTE_AGENTS, acme_acts=True),
+        _acme_work_stays_with_acme, acme_acts=True),
     Row("AgentService/Connect", ("agents", "tasks"), "globex's agent takes built-in echo",
-        _builtin_names_are_reserved, REMOTE_AGENTS, acme_acts=True),
+        _builtin_names_are_reserved, acme_acts=True),
     Row("AgentService/Connect", ("agents",), "globex's agent is hidden from acme",
-        _globex_agent_hidden_from_acme, REMOTE_AGENTS),
+        _globex_agent_hidden_from_acme),
 ]  # fmt: skip

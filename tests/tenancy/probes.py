@@ -21,7 +21,6 @@ from tests.tenancy.world import World, collect
 Probe = Callable[[World], Awaitable[list[Message]]]
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 
-REMOTE_AGENTS = "remote agents cross tenants (lead)"
 DATA_ROOTS = "pipeline file paths are shared by every tenant (pipelines owner)"
 
 
