@@ -202,8 +202,9 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "pipelines.data_roots",
         "json",
-        [],
-        "directories pipeline file sources and destinations are confined to",
+        None,
+        "directories pipeline file sources and destinations are confined to; "
+        "default DATA_DIR/files (created at start); [] turns file access off",
     ),
     Field(
         "pipelines.sql_connections",

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from datamcp.config.fields import FIELDS
-from datamcp.config.settings import Settings, load_settings
+from datamcp.config.settings import Settings, default_data_root, load_settings
 from datamcp.core.errors import ConfigError, Unavailable
 from datamcp.observability.logging import configure_logging
 
@@ -75,6 +75,9 @@ async def _run_server(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    for root in settings.pipelines.data_roots:
+        if root == default_data_root(settings.data_dir):
+            root.mkdir(parents=True, exist_ok=True)
     try:
         app = await App.create(settings)
     except Unavailable as exc:
