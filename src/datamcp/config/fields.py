@@ -1,7 +1,7 @@
 """The table of every setting: its dotted key, type, default, env var and flag.
 
 One table drives the config file, the ``DATAMCP_*`` environment variables, the
-command-line flags and the README's configuration reference, so the four can
+command-line flags and the configuration reference (docs/configuration.md), so the four can
 never disagree. Precedence, lowest first: default, config file, environment,
 flag.
 """
@@ -255,7 +255,7 @@ BY_KEY: dict[str, Field] = {f.key: f for f in FIELDS}
 
 
 def markdown_table() -> str:
-    """The README's configuration reference (``python -m datamcp.config.fields``)."""
+    """The configuration reference of docs/configuration.md (``python -m datamcp.config.fields``)."""
     rows = ["| key (TOML) | env var | flag | default | meaning |", "|---|---|---|---|---|"]
     for f in FIELDS:
         if f.default is None:

@@ -303,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(_invoke(args))
-    except UsageError as exc:
+    except (UsageError, ValueError) as exc:  # ValueError: the SDK refused an argument
         print(f"datamcp: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     except RPCError as exc:
