@@ -348,7 +348,6 @@ class EventsClient:
         """
         open_ = events_pb2.SubscribeRequest.Open(
             subscription=subscription,
-            filter=_filter(types, source, subject),
             max_in_flight=max_in_flight,
             start_position=(
                 events_pb2.START_POSITION_EARLIEST
@@ -357,6 +356,8 @@ class EventsClient:
             ),
             max_attempts=max_attempts,
         )
+        if types or source or subject:  # no filter: open an existing subscription as it is
+            open_.filter.CopyFrom(_filter(types, source, subject))
         if visibility_timeout is not None:
             fill_duration(open_.visibility_timeout, visibility_timeout)
         return Subscription(
