@@ -7,7 +7,6 @@ builds the whole parser from these modules without loading the SDK.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import enum
 import json
@@ -299,6 +298,8 @@ async def _invoke(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run a client verb: connect, call, print; typed errors become exit codes."""
+    import asyncio
+
     from datamcp_client.errors import RPCError
 
     try:

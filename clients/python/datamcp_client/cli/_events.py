@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import secrets
 from typing import TYPE_CHECKING, Any
 
 from datamcp_client.cli._common import (
@@ -70,6 +69,8 @@ async def _publish(args: argparse.Namespace, client: Client, out: Output) -> int
 
 async def _tail(args: argparse.Namespace, client: Client, out: Output) -> int:
     """Follow events until interrupted, acking each one printed."""
+    import secrets
+
     name = args.subscription or f"tail-{secrets.token_hex(4)}"
     subscription = client.events.subscribe(
         name,
