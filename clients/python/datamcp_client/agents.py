@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from datamcp.v1 import agents_pb2, agents_pb2_grpc
 from datamcp_client._rpc import (
@@ -55,66 +56,164 @@ class TaskError:
     retryable: bool
 
 
-@dataclass(frozen=True, slots=True)
+_UNSET: Any = object()
+_TIMES = ("create_time", "update_time", "start_time", "end_time", "deadline")
+
+
 class Task:
-    """A task as the server last reported it. ``input`` and ``result`` are plain JSON."""
+    """A task as the server last reported it. ``input`` and ``result`` are plain JSON.
 
-    id: str
-    capability: str
-    agent_id: str
-    state: TaskState
-    input: JSON
-    result: JSON
-    error: TaskError | None
-    priority: int
-    attempts: int
-    max_attempts: int
-    progress_percent: float
-    progress_message: str
-    request_id: str
-    correlation_id: str
-    parent_task_id: str
-    tenant: str
-    create_time: datetime | None
-    update_time: datetime | None
-    start_time: datetime | None
-    end_time: datetime | None
-    deadline: datetime | None
+    A read-only view over the answer: fields are converted when first read
+    (and kept), so a caller that only looks at ``state`` and ``result`` pays
+    for nothing else.
+    """
 
-    @property
-    def done(self) -> bool:
-        return self.state.done
+    __slots__ = ("_input", "_result", "_t")
 
-    @property
-    def succeeded(self) -> bool:
-        return self.state is TaskState.SUCCEEDED
+    def __init__(self, proto: agents_pb2.Task) -> None:
+        self._t = proto
+        self._input: JSON = _UNSET
+        self._result: JSON = _UNSET
 
     @classmethod
     def from_proto(cls, t: agents_pb2.Task) -> Task:
-        error = t.error if t.HasField("error") else None
-        return cls(
-            id=t.id,
-            capability=t.capability,
-            agent_id=t.agent_id,
-            state=_STATES[t.state],
-            input=from_value(t.input),
-            result=from_value(t.result) if t.HasField("result") else None,
-            error=TaskError(error.reason, error.message, error.retryable) if error else None,
-            priority=t.priority,
-            attempts=t.attempts,
-            max_attempts=t.max_attempts,
-            progress_percent=t.progress.percent,
-            progress_message=t.progress.message,
-            request_id=t.request_id,
-            correlation_id=t.correlation_id,
-            parent_task_id=t.parent_task_id,
-            tenant=t.tenant,
-            create_time=to_datetime(t.create_time),
-            update_time=to_datetime(t.update_time),
-            start_time=to_datetime(t.start_time),
-            end_time=to_datetime(t.end_time),
-            deadline=to_datetime(t.deadline),
-        )
+        return cls(t)
+
+    def to_proto(self) -> agents_pb2.Task:
+        return self._t
+
+    @property
+    def id(self) -> str:
+        return self._t.id
+
+    @property
+    def capability(self) -> str:
+        return self._t.capability
+
+    @property
+    def agent_id(self) -> str:
+        return self._t.agent_id
+
+    @property
+    def state(self) -> TaskState:
+        return _STATES[self._t.state]
+
+    @property
+    def done(self) -> bool:
+        return self._t.state >= agents_pb2.TASK_STATE_SUCCEEDED
+
+    @property
+    def succeeded(self) -> bool:
+        return self._t.state == agents_pb2.TASK_STATE_SUCCEEDED
+
+    @property
+    def input(self) -> JSON:
+        if self._input is _UNSET:
+            self._input = from_value(self._t.input)
+        return self._input
+
+    @property
+    def result(self) -> JSON:
+        """The result of a succeeded task (None otherwise)."""
+        if self._result is _UNSET:
+            t = self._t
+            self._result = from_value(t.result) if t.HasField("result") else None
+        return self._result
+
+    @property
+    def error(self) -> TaskError | None:
+        if not self._t.HasField("error"):
+            return None
+        e = self._t.error
+        return TaskError(e.reason, e.message, e.retryable)
+
+    @property
+    def priority(self) -> int:
+        return self._t.priority
+
+    @property
+    def attempts(self) -> int:
+        return self._t.attempts
+
+    @property
+    def max_attempts(self) -> int:
+        return self._t.max_attempts
+
+    @property
+    def progress_percent(self) -> float:
+        return self._t.progress.percent
+
+    @property
+    def progress_message(self) -> str:
+        return self._t.progress.message
+
+    @property
+    def request_id(self) -> str:
+        return self._t.request_id
+
+    @property
+    def correlation_id(self) -> str:
+        return self._t.correlation_id
+
+    @property
+    def parent_task_id(self) -> str:
+        return self._t.parent_task_id
+
+    @property
+    def tenant(self) -> str:
+        return self._t.tenant
+
+    @property
+    def create_time(self) -> datetime | None:
+        return to_datetime(self._t.create_time)
+
+    @property
+    def update_time(self) -> datetime | None:
+        return to_datetime(self._t.update_time)
+
+    @property
+    def start_time(self) -> datetime | None:
+        return to_datetime(self._t.start_time)
+
+    @property
+    def end_time(self) -> datetime | None:
+        return to_datetime(self._t.end_time)
+
+    @property
+    def deadline(self) -> datetime | None:
+        return to_datetime(self._t.deadline)
+
+    FIELDS = (
+        "id",
+        "capability",
+        "agent_id",
+        "state",
+        "input",
+        "result",
+        "error",
+        "priority",
+        "attempts",
+        "max_attempts",
+        "progress_percent",
+        "progress_message",
+        "request_id",
+        "correlation_id",
+        "parent_task_id",
+        "tenant",
+        *_TIMES,
+    )
+    """The attributes, in order (what ``to_dict`` and the CLI show)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Task) and other._t == self._t
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Task(id={self.id!r}, capability={self.capability!r}, state={self.state.name})"
 
 
 _STATES = {s.value: s for s in TaskState}

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 from grpc import aio
 
@@ -35,35 +35,94 @@ from datamcp_client.errors import from_rpc_error
 DEFAULT_SOURCE = "/datamcp-client"
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A stored CloudEvent. ``data`` is plain JSON."""
+_UNSET: Any = object()
 
-    id: str
-    type: str
-    source: str
-    subject: str
-    data: JSON
-    time: datetime | None
-    sequence: int
-    tenant: str
-    correlation_id: str
-    traceparent: str
+
+class Event:
+    """A stored CloudEvent. ``data`` is plain JSON.
+
+    A read-only view over the message: ``data`` and ``time`` are converted
+    when first read, so a consumer that only acks pays for nothing else.
+    """
+
+    __slots__ = ("_data", "_e")
+
+    FIELDS = (
+        "id",
+        "type",
+        "source",
+        "subject",
+        "data",
+        "time",
+        "sequence",
+        "tenant",
+        "correlation_id",
+        "traceparent",
+    )
+
+    def __init__(self, proto: events_pb2.CloudEvent) -> None:
+        self._e = proto
+        self._data: JSON = _UNSET
 
     @classmethod
     def from_proto(cls, e: events_pb2.CloudEvent) -> Event:
-        return cls(
-            id=e.id,
-            type=e.type,
-            source=e.source,
-            subject=e.subject,
-            data=from_value(e.data),
-            time=to_datetime(e.time),
-            sequence=e.sequence,
-            tenant=e.tenant,
-            correlation_id=e.correlation_id,
-            traceparent=e.traceparent,
-        )
+        return cls(e)
+
+    def to_proto(self) -> events_pb2.CloudEvent:
+        return self._e
+
+    @property
+    def id(self) -> str:
+        return self._e.id
+
+    @property
+    def type(self) -> str:
+        return self._e.type
+
+    @property
+    def source(self) -> str:
+        return self._e.source
+
+    @property
+    def subject(self) -> str:
+        return self._e.subject
+
+    @property
+    def data(self) -> JSON:
+        if self._data is _UNSET:
+            self._data = from_value(self._e.data)
+        return self._data
+
+    @property
+    def time(self) -> datetime | None:
+        return to_datetime(self._e.time)
+
+    @property
+    def sequence(self) -> int:
+        return self._e.sequence
+
+    @property
+    def tenant(self) -> str:
+        return self._e.tenant
+
+    @property
+    def correlation_id(self) -> str:
+        return self._e.correlation_id
+
+    @property
+    def traceparent(self) -> str:
+        return self._e.traceparent
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Event) and other._e == self._e
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Event(sequence={self.sequence}, type={self.type!r}, subject={self.subject!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -146,6 +146,8 @@ def key_values(items: Iterable[str], what: str, *, as_json: bool = False) -> dic
 
 def plain(value: Any) -> Any:
     """SDK values as JSON data: dataclasses as objects, times as RFC 3339, enums by name."""
+    if hasattr(value, "to_dict") and not isinstance(value, type):
+        return plain(value.to_dict())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
             f.name: plain(getattr(value, f.name))
