@@ -2,8 +2,8 @@
 
 One full server (``datamcp serve``, API-key auth, SQLite) and one client
 process (``tests.bench.sdk_load``) that alternates the same work through the
-raw generated stubs and through the SDK, best of ``BENCH_SDK_ROUNDS`` (3)
-rounds per side:
+raw generated stubs and through the SDK (the order alternating), best of
+``BENCH_SDK_ROUNDS`` (6) rounds per side:
 
 1. ``BENCH_SDK_CALLS`` (500) sequential ``ExecuteTask(echo)`` calls;
 2. a subscribe + ack loop over 1,000 events (``BENCH_SDK_EVENTS``) published
@@ -35,7 +35,7 @@ def _env_int(name: str, default: int) -> int:
 
 
 def run(config: BenchConfig) -> dict[str, Any]:
-    rounds = _env_int("BENCH_SDK_ROUNDS", 3)
+    rounds = _env_int("BENCH_SDK_ROUNDS", 6)
     calls = _env_int("BENCH_SDK_CALLS", 500)
     events = _env_int("BENCH_SDK_EVENTS", 1000)
     api_key = new_api_key()
