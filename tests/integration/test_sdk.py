@@ -184,7 +184,9 @@ async def test_memory_sync_between_two_stores(tmp_path: Path) -> None:
         await client.memory.put("n", "k", "edge", store="edge")
         manual = await client.memory.sync(strategy="manual")
         assert manual.conflicts_pending == 1
-        conflict = [c async for c in client.memory.conflicts()][0]
+        conflicts = [c async for c in client.memory.conflicts()]
+        assert len(conflicts) == 1
+        conflict = conflicts[0]
         _, record = await client.memory.resolve(conflict.id, value="both")
         assert record.value == "both"
         found = [r.key async for r in client.memory.search("agents", text="ship")]

@@ -277,11 +277,16 @@ class Subscription:
 
     async def _write(self, request: events_pb2.SubscribeRequest) -> None:
         assert self._call is not None
+        # One write at a time on a stream (deliveries may be acked from
+        # several tasks); acquire/release rather than `async with`, which
+        # adds two coroutine frames to every ack.
+        await self._lock.acquire()
         try:
-            async with self._lock:
-                await self._call.write(request)
+            await self._call.write(request)
         except aio.AioRpcError as exc:
             raise from_rpc_error(exc) from exc
+        finally:
+            self._lock.release()
 
     async def flow(self, credits: int) -> None:
         """Allow ``credits`` more unacknowledged deliveries."""
