@@ -255,7 +255,7 @@ BY_KEY: dict[str, Field] = {f.key: f for f in FIELDS}
 
 
 def markdown_table() -> str:
-    """The configuration reference of docs/configuration.md (``python -m datamcp.config.fields``)."""
+    """The table of docs/configuration.md (``python -m datamcp.config.fields``)."""
     rows = ["| key (TOML) | env var | flag | default | meaning |", "|---|---|---|---|---|"]
     for f in FIELDS:
         if f.default is None:
