@@ -30,11 +30,12 @@ from datamcp.v1 import agents_pb2, agents_pb2_grpc, events_pb2, events_pb2_grpc
 from tests.bench.common import API_KEY_ENV, freeze_client_heap
 
 INPUT = {"order": 42, "items": [1, 2, 3], "note": "bench"}
+CHUNK = 25  # ExecuteTask calls per side before switching
 
 
-async def _timed(work: Callable[[], Awaitable[None]]) -> tuple[float, float]:
+async def _timed(work: Awaitable[None]) -> tuple[float, float]:
     cpu, wall = time.process_time(), time.perf_counter()
-    await work()
+    await work
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
@@ -57,6 +58,24 @@ def new_events(kind: str, count: int) -> list[events_pb2.CloudEvent]:
     return batch
 
 
+async def alternate(
+    sides: dict[str, Callable[[int], Awaitable[None]]], calls: int, round_: int
+) -> dict[str, list[float]]:
+    """Run ``calls`` per side in short alternating chunks, so both sides see the
+    same load on a shared machine; answers each side's summed CPU and wall."""
+    totals = {side: [0.0, 0.0] for side in sides}
+    order = list(sides.items())
+    done = 0
+    while done < calls:
+        count = min(CHUNK, calls - done)
+        for side, work in order if (round_ + done // CHUNK) % 2 == 0 else order[::-1]:
+            cpu, wall = await _timed(work(count))
+            totals[side][0] += cpu
+            totals[side][1] += wall
+        done += count
+    return totals
+
+
 async def main(target: str, rounds: int, calls: int, events: int) -> dict[str, object]:
     metadata = (("authorization", f"ApiKey {os.environ[API_KEY_ENV]}"),)
     channel = aio.insecure_channel(target)
@@ -64,8 +83,8 @@ async def main(target: str, rounds: int, calls: int, events: int) -> dict[str, o
     bus = events_pb2_grpc.EventServiceStub(channel)
     client = await datamcp_client.Client.connect(target, api_key=os.environ[API_KEY_ENV])
 
-    async def raw_execute() -> None:
-        for _ in range(calls):
+    async def raw_execute(count: int) -> None:
+        for _ in range(count):
             value = struct_pb2.Value()
             value.struct_value.update(INPUT)
             request = agents_pb2.ExecuteTaskRequest(
@@ -76,8 +95,8 @@ async def main(target: str, rounds: int, calls: int, events: int) -> dict[str, o
             reply = await agents.ExecuteTask(request, metadata=metadata, timeout=30)
             assert reply.task.state == agents_pb2.TASK_STATE_SUCCEEDED
 
-    async def sdk_execute() -> None:
-        for _ in range(calls):
+    async def sdk_execute(count: int) -> None:
+        for _ in range(count):
             task = await client.agents.execute("echo", INPUT)
             assert task.state is datamcp_client.TaskState.SUCCEEDED and task.result
 
@@ -120,8 +139,8 @@ async def main(target: str, rounds: int, calls: int, events: int) -> dict[str, o
 
         return run
 
-    await raw_execute()  # warm both paths (connections, caches)
-    await sdk_execute()
+    await raw_execute(CHUNK)  # warm both paths (connections, caches)
+    await sdk_execute(CHUNK)
     freeze_client_heap()
     best: dict[str, list[float]] = {}
 
@@ -131,14 +150,14 @@ async def main(target: str, rounds: int, calls: int, events: int) -> dict[str, o
         best[key] = [min(old[0], cpu), min(old[1], wall)]
 
     for r in range(rounds):
-        order = [("raw", raw_execute), ("sdk", sdk_execute)]
-        for side, work in order if r % 2 == 0 else order[::-1]:
-            keep(f"execute_{side}", *await _timed(work))
+        totals = await alternate({"raw": raw_execute, "sdk": sdk_execute}, calls, r)
+        for side, (cpu, wall) in totals.items():
+            keep(f"execute_{side}", cpu, wall)
         makers = [("raw", raw_subscribe), ("sdk", sdk_subscribe)]
         for side, make in makers if r % 2 == 0 else makers[::-1]:
             kind = f"bench.sdk.{side}{r}"
             await publish(kind)
-            keep(f"subscribe_{side}", *await _timed(make(f"bench-{side}-{r}", kind)))
+            keep(f"subscribe_{side}", *await _timed(make(f"bench-{side}-{r}", kind)()))
     await client.close()
     await channel.close()
     return {"calls": calls, "events": events, "rounds": rounds, "best": best}
