@@ -1,7 +1,7 @@
 """The table of every setting: its dotted key, type, default, env var and flag.
 
 One table drives the config file, the ``DATAMCP_*`` environment variables, the
-command-line flags and the README's configuration reference, so the four can
+command-line flags and the configuration reference (docs/configuration.md), so the four can
 never disagree. Precedence, lowest first: default, config file, environment,
 flag.
 """
@@ -216,8 +216,9 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "pipelines.data_roots",
         "json",
-        [],
-        "directories pipeline file sources and destinations are confined to",
+        None,
+        "directories pipeline file sources and destinations are confined to; "
+        "default DATA_DIR/files (created at start); [] turns file access off",
     ),
     Field(
         "pipelines.sql_connections",
@@ -268,7 +269,7 @@ BY_KEY: dict[str, Field] = {f.key: f for f in FIELDS}
 
 
 def markdown_table() -> str:
-    """The README's configuration reference (``python -m datamcp.config.fields``)."""
+    """The table of docs/configuration.md (``python -m datamcp.config.fields``)."""
     rows = ["| key (TOML) | env var | flag | default | meaning |", "|---|---|---|---|---|"]
     for f in FIELDS:
         if f.default is None:

@@ -456,7 +456,7 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             brokers=_brokers(r),
         ),
         agents=_agents(r),
-        pipelines=_pipelines(r),
+        pipelines=_pipelines(r, data_dir),
         streams=StreamSettings(
             lease=r.number("streams.lease", 0.5),
             poll_interval=r.number("streams.poll_interval", 0.01),
@@ -721,8 +721,15 @@ def _memory(r: _Reader) -> MemorySettings:
     )
 
 
-def _pipelines(r: _Reader) -> PipelineSettings:
+def default_data_root(data_dir: Path) -> Path:
+    """Where pipelines read and write files when ``pipelines.data_roots`` is not set."""
+    return data_dir / "files"
+
+
+def _pipelines(r: _Reader, data_dir: Path) -> PipelineSettings:
     roots = r.raw["pipelines.data_roots"]
+    if roots is None:  # not configured: one confined root inside the data dir
+        roots = [str(default_data_root(data_dir))]
     if not isinstance(roots, list) or not all(isinstance(p, str) and p for p in roots):
         r.fail("pipelines.data_roots", "expected a list of directories")
         roots = []
