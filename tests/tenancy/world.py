@@ -8,14 +8,12 @@ no answer to globex may carry."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf import duration_pb2, json_format
 from google.protobuf.message import Message
 from grpc import aio
@@ -30,6 +28,7 @@ from datamcp.v1 import (
     memory_pb2_grpc,
     pipelines_pb2_grpc,
 )
+from tests.remote_agent import PyRemoteAgent
 from tests.support import (
     RunningServer,
 )
@@ -86,71 +85,11 @@ class Client:
         self.health = Bound(health_pb2_grpc.HealthServiceStub(self.channel), md)
 
 
-class RemoteAgentClient:
-    """A remote agent over AgentService.Connect: heartbeats, records every
-    assignment it receives and answers it with ``answer``."""
-
-    def __init__(
-        self,
-        client: Client,
-        name: str,
-        capabilities: Sequence[str],
-        *,
-        answer: Any = None,
-        weight: int = 1,
-    ) -> None:
-        self.client = client
-        self.hello = agents_pb2.ConnectRequest.Hello(
-            name=name,
-            capabilities=[agents_pb2.Capability(name=c) for c in capabilities],
-            max_concurrency=10,
-            weight=weight,
-        )
-        self.answer = answer
-        self.agent_id = ""
-        self.assignments: list[agents_pb2.ConnectResponse.Assignment] = []
-        self._outbox: asyncio.Queue[agents_pb2.ConnectRequest | None] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._call: Any = None
-
-    async def _requests(self) -> AsyncIterator[agents_pb2.ConnectRequest]:
-        yield agents_pb2.ConnectRequest(hello=self.hello)
-        while (message := await self._outbox.get()) is not None:
-            yield message
-
-    async def __aenter__(self) -> RemoteAgentClient:
-        self._call = self.client.agents.Connect(self._requests())
-        first = await asyncio.wait_for(self._call.read(), 10)
-        self.agent_id = first.welcome.agent_id
-        self._tasks = [asyncio.create_task(self._serve()), asyncio.create_task(self._beat())]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._outbox.put_nowait(None)
-        self._call.cancel()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-
-    async def _beat(self) -> None:
-        while True:
-            await asyncio.sleep(0.3)
-            self._outbox.put_nowait(
-                agents_pb2.ConnectRequest(heartbeat=agents_pb2.ConnectRequest.Heartbeat())
-            )
-
-    async def _serve(self) -> None:
-        with contextlib.suppress(grpc.RpcError, asyncio.CancelledError):
-            while (message := await self._call.read()) is not aio.EOF:
-                if message.WhichOneof("kind") != "assignment":
-                    continue
-                work = message.assignment
-                self.assignments.append(work)
-                result = agents_pb2.ConnectRequest.Result(
-                    task_id=work.task_id, output=to_value(self.answer)
-                )
-                self._outbox.put_nowait(agents_pb2.ConnectRequest(result=result))
+def RemoteAgentClient(
+    client: Client, name: str, capabilities: Sequence[str], **options: Any
+) -> PyRemoteAgent:
+    """A remote agent connected with ``client``'s credentials."""
+    return PyRemoteAgent(client.channel, client.metadata, name, capabilities, **options)
 
 
 @dataclass
@@ -159,7 +98,7 @@ class World:
     tmp: Path
     a: Client
     b: Client
-    a_agent: RemoteAgentClient
+    a_agent: PyRemoteAgent
     #: Ids of acme's resources, by kind.
     ids: dict[str, str] = field(default_factory=dict)
     #: Strings only acme's data holds: no answer to globex may contain one.
