@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from datamcp.core.errors import FieldViolation, InvalidArgument, echo
+from datamcp.core.errors import FieldViolation, InvalidArgument, clip
 
 #: Lower-case dotted names of at least two segments: ``pipeline.run.succeeded``.
 TYPE_RE = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)+$")
@@ -162,7 +162,7 @@ def _plain(text: str, limit: int) -> bool:
 def validate_pattern(pattern: str, field_name: str = "types") -> None:
     if len(pattern) > MAX_TYPE or not PATTERN_RE.match(pattern):
         raise InvalidArgument(
-            f"invalid type pattern {echo(pattern)!r}",
+            f"invalid type pattern {clip(pattern)!r}",
             [
                 FieldViolation(
                     field_name, f"exact type, prefix ending in '.*', or '*'; up to {MAX_TYPE} chars"

@@ -37,8 +37,7 @@ from datamcp.core.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
-    echo,
-    store_failure,
+    clip,
 )
 from datamcp.core.events.model import Event
 from datamcp.core.memory.clock import HybridClock, join
@@ -161,7 +160,7 @@ class MemoryService:
         state = self._states.get(store_id or self.primary_id)
         if state is None:
             raise NotFound(
-                f"no memory store {echo(store_id)!r} (known: {', '.join(sorted(self._states))})",
+                f"no memory store {clip(store_id)!r} (known: {', '.join(sorted(self._states))})",
                 reason="STORE_NOT_FOUND",
                 metadata={"store": store_id, "field": field_name},
             )
@@ -272,35 +271,49 @@ class MemoryService:
                 jobs.append(job)
                 count += len(job.ops)
             try:
-                done, events, durable = await self._commit(state, jobs)
-            except Exception as exc:
-                log.warning("memory store write failed", exc_info=exc)
-                error = store_failure(exc, f"memory store {state.store.id}")
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(error)
-            else:
-                written: list[Record] = []
-                for job, result in zip(jobs, done, strict=True):
-                    if job.future.done():
-                        continue
-                    if isinstance(result, BaseException):
-                        job.future.set_exception(result)
-                    else:
-                        job.future.set_result(result)
-                        written.extend(result)
-                if written:
-                    self.writes += len(written)
-                    state.notify()
-                if events:
-                    if durable:
-                        if self._committed is not None:
-                            self._committed()
-                    elif self._publish is not None:
-                        self.spawn(self._publish(events), "memory events")
+                await self._settle(state, jobs)
             finally:
                 for _ in jobs:
                     state.queue.task_done()
+
+    async def _settle(self, state: _StoreState, jobs: list[_Job]) -> None:
+        """Commit ``jobs`` and answer each. A commit that fails for anything
+        but an outage is retried in halves until the offending job fails
+        alone: one caller's write never fails another's (the event bus does
+        the same)."""
+        try:
+            done, events, durable = await self._commit(state, jobs)
+        except Unavailable as exc:
+            log.warning("memory store write failed", exc_info=exc)
+            _fail(jobs, exc)
+            return
+        except Exception as exc:
+            if len(jobs) > 1:
+                middle = len(jobs) // 2
+                await self._settle(state, jobs[:middle])
+                await self._settle(state, jobs[middle:])
+                return
+            log.error("a memory write could not be stored", exc_info=exc)
+            _fail(jobs, exc)
+            return
+        written: list[Record] = []
+        for job, result in zip(jobs, done, strict=True):
+            if job.future.done():
+                continue
+            if isinstance(result, BaseException):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
+                written.extend(result)
+        if written:
+            self.writes += len(written)
+            state.notify()
+        if events:
+            if durable:
+                if self._committed is not None:
+                    self._committed()
+            elif self._publish is not None:
+                self.spawn(self._publish(events), "memory events")
 
     async def _commit(
         self, state: _StoreState, jobs: list[_Job]
@@ -658,3 +671,9 @@ class AgentMemory:
 
 
 __all__ = ["AgentMemory", "MemoryService", "dumps"]
+
+
+def _fail(jobs: list[_Job], exc: BaseException) -> None:
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(exc)

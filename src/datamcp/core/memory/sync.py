@@ -29,7 +29,7 @@ from datamcp.core.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
-    echo,
+    clip,
 )
 from datamcp.core.events.model import Event
 from datamcp.core.instances import Instance, is_gone
@@ -124,7 +124,7 @@ class SyncEngine:
         for i, store_id in enumerate(stores):
             if store_id not in known:
                 raise NotFound(
-                    f"no memory store {echo(store_id)!r} (known: {', '.join(known)})",
+                    f"no memory store {clip(store_id)!r} (known: {', '.join(known)})",
                     reason="STORE_NOT_FOUND",
                     metadata={"store": store_id, "field": f"stores[{i}]"},
                 )
@@ -136,7 +136,7 @@ class SyncEngine:
             )
         for i, store_id in enumerate(req.priority):
             if store_id not in known:
-                bad.append(FieldViolation(f"priority[{i}]", f"unknown store {echo(store_id)!r}"))
+                bad.append(FieldViolation(f"priority[{i}]", f"unknown store {clip(store_id)!r}"))
         if req.mode not in (SyncMode.INCREMENTAL, SyncMode.FULL):
             bad.append(FieldViolation("mode", "incremental or full"))
         try:
@@ -456,7 +456,7 @@ class SyncEngine:
         run = await self.find_run(tenant, run_id)
         if run is None:
             raise NotFound(
-                f"no sync run {echo(run_id)!r}",
+                f"no sync run {clip(run_id)!r}",
                 reason="SYNC_RUN_NOT_FOUND",
                 metadata={"sync_id": run_id},
             )
@@ -484,7 +484,7 @@ class SyncEngine:
                 await asyncio.sleep(0.5)  # owned by another process: poll
                 continue
             if live.run.tenant != tenant:
-                raise NotFound(f"no sync run {echo(run_id)!r}", reason="SYNC_RUN_NOT_FOUND")
+                raise NotFound(f"no sync run {clip(run_id)!r}", reason="SYNC_RUN_NOT_FOUND")
             changed = live.changed
             run = replace(live.run)
             yield run
@@ -523,7 +523,7 @@ class SyncEngine:
         conflict = await self.ledger.get_conflict(tenant, conflict_id_)
         if conflict is None:
             raise NotFound(
-                f"no conflict {echo(conflict_id_)!r}",
+                f"no conflict {clip(conflict_id_)!r}",
                 reason="CONFLICT_NOT_FOUND",
                 metadata={"conflict_id": conflict_id_},
             )

@@ -12,7 +12,7 @@ from typing import Any
 from grpc import aio
 
 from datamcp.core.context import current_tenant
-from datamcp.core.errors import DataMCPError, FieldViolation, InvalidArgument, store_failure
+from datamcp.core.errors import DataMCPError, FieldViolation, InvalidArgument
 from datamcp.core.memory.model import Record
 from datamcp.core.memory.system import MemorySystem
 from datamcp.entrypoints.grpc.convert import Packer, page_bytes
@@ -196,11 +196,10 @@ class MemorySyncService(memory_pb2_grpc.MemorySyncServiceServicer):
                     out.lag = max(lags)
                 out.healthy = True
             except Exception as exc:
-                failure = store_failure(exc, f"memory store {store.id}")
                 out.healthy = False
-                if isinstance(failure, DataMCPError):
-                    out.error = failure.message
-                else:
+                if isinstance(exc, DataMCPError):  # an outage, as the store translated it
+                    out.error = exc.message
+                else:  # the text of anything else is for the log, not the caller
                     error_id = os.urandom(6).hex()
                     log.warning(
                         "memory store stats failed", exc_info=exc, extra={"error_id": error_id}
