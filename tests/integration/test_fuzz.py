@@ -84,7 +84,7 @@ KNOWN: dict[str, tuple[tuple[str, ...], str]] = {
         f"/datamcp.v1.AgentService/{name}": (
             ("postgresql",),
             "agents: a task correlation_id over 128 characters is not refused at the edge; "
-            "PostgreSQL refuses the row and the failed group commit answers UNAVAILABLE",
+            "PostgreSQL refuses the row (VARCHAR(128)) and the call answers INTERNAL",
         )
         for name in ("ExecuteTask", "SubmitTask")
     },
