@@ -98,7 +98,7 @@ class App:
         engine = create_engine(settings.database_url)
         instance = Instance.for_this_process(__version__)
         try:
-            await migrate.upgrade(engine)
+            await _schema(settings, engine)
             await instances.register(lambda: SqlUnitOfWork(engine), instance)
         except Exception as exc:
             await engine.dispose()
@@ -183,12 +183,17 @@ class App:
             memory=memory,
             pipelines=pipelines,
         )
-        metrics.add_section_provider("pipelines", pipelines.metrics)
-        app.due.register("memory.sync", memory.scheduler.fire_due)
-        metrics.add_section_provider("memory", memory.metrics)
-        metrics.add_section_provider("infrastructure", app._infrastructure_metrics)
-        metrics.add_section_provider("agents", agents.metrics)
+        app._wire()
         return app
+
+    def _wire(self) -> None:
+        """Metrics sections, and the due work a schedule tick starts."""
+        metrics, memory, pipelines = self.metrics, self.memory, self.pipelines
+        metrics.add_section_provider("pipelines", pipelines.metrics)
+        metrics.add_section_provider("memory", memory.metrics)
+        metrics.add_section_provider("infrastructure", self._infrastructure_metrics)
+        metrics.add_section_provider("agents", self.agents.metrics)
+        self.due.register("memory.sync", memory.scheduler.fire_due)
 
     async def start(self) -> None:
         """Start background work (the event writer, retention, triggers)."""
@@ -233,6 +238,47 @@ class App:
         await self.engine.dispose()
 
 
+async def _schema(settings: Settings, engine: AsyncEngine) -> None:
+    """Migrate at start (``database_migrate = auto``) or only check (``verify``)."""
+    if settings.database_migrate == "auto":
+        await migrate.upgrade(engine)
+    else:
+        await migrate.verify(engine)
+
+
+async def migrate_database(settings: Settings) -> list[str]:
+    """The deployment's migration step (``datamcp db upgrade``, the migration
+    Job and function): the application schema, then the schema of every memory
+    store, each under its database's schema lock. Returns what was done, one
+    line per database.
+
+    Raises:
+        Unavailable: a database cannot be reached or its lock was not free.
+        ConfigError: a memory store database belongs to another store.
+    """
+    engine = create_engine(settings.database_url)
+    try:
+        outcome = await migrate.upgrade(engine)
+        done = [outcome.describe()]
+        app_url = normalise_url(settings.database_url)
+        for c in _store_configs(settings):
+            shared = normalise_url(c.url) == app_url
+            store_engine = engine if shared else create_engine(c.url)
+            store = SqlMemoryStore(c.id, store_engine, owns_engine=not shared)
+            try:
+                await store.open(create=True)
+            finally:
+                await store.close()
+            done.append(f"memory store {c.id}: schema ready")
+        return done
+    finally:
+        await engine.dispose()
+
+
+def _store_configs(settings: Settings) -> tuple[MemoryStoreSettings, ...]:
+    return settings.memory.stores or (MemoryStoreSettings("primary", settings.database_url, True),)
+
+
 async def _memory(
     settings: Settings, engine: AsyncEngine, bus: EventBus, instance: Instance, uow: Any
 ) -> MemorySystem:
@@ -242,7 +288,7 @@ async def _memory(
     stores configured there is one, ``primary``, in the application database.
     """
     m = settings.memory
-    configs = m.stores or (MemoryStoreSettings("primary", settings.database_url, True),)
+    configs = _store_configs(settings)
     app_url = normalise_url(settings.database_url)
     stores: list[SqlMemoryStore] = []
     try:
@@ -253,7 +299,7 @@ async def _memory(
                 c.id, store_engine, primary=c.primary, owns_engine=not shared, outbox=shared
             )
             stores.append(store)
-            await store.open()
+            await store.open(create=settings.database_migrate == "auto")
     except Exception as exc:
         for store in stores:
             await store.close()

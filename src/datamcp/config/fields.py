@@ -43,6 +43,13 @@ FIELDS: tuple[Field, ...] = (
         "(postgresql://... uses asyncpg)",
         "--database-url",
     ),
+    Field(
+        "database_migrate",
+        "str",
+        "auto",
+        "auto: apply migrations at start (under a database lock) | verify: only check the "
+        "schema is current (the deployment runs `datamcp db upgrade`; no DDL rights needed)",
+    ),
     Field("insecure", "bool", False, "allow a non-loopback bind without auth", "--insecure"),
     Field("server.shutdown_grace", "float", 10.0, "seconds in-flight calls get on SIGTERM"),
     Field("server.drain_delay", "float", 0.0, "seconds NOT_SERVING shows before calls are refused"),

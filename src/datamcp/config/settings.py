@@ -216,6 +216,7 @@ class LoggingSettings:
 class Settings:
     data_dir: Path = Path(".datamcp")
     database_url: str = ""
+    database_migrate: str = "auto"
     server: ServerSettings = field(default_factory=ServerSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -423,6 +424,7 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
     settings = Settings(
         data_dir=data_dir,
         database_url=database_url,
+        database_migrate=r.str_("database_migrate", ("auto", "verify")),
         server=server,
         tls=tls,
         auth=auth,
