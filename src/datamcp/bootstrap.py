@@ -11,7 +11,7 @@ import contextlib
 import os
 import resource
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -93,6 +93,7 @@ class App:
             ConfigError: an auth key file cannot be loaded.
             Unavailable: the database cannot be reached or migrated.
         """
+        settings = await resolve_database(settings)
         authenticator = Authenticator(settings.auth)
         triggers = [Trigger.from_config(t) for t in settings.events.triggers]
         engine = create_engine(settings.database_url)
@@ -238,6 +239,29 @@ class App:
         await self.engine.dispose()
 
 
+async def resolve_database(settings: Settings) -> Settings:
+    """``settings`` with the database URL read from ``database_url_secret``
+    when one is set (AWS is imported only then).
+
+    Raises:
+        Unavailable: the secret cannot be read.
+        ConfigError: it holds no usable URL.
+    """
+    if not settings.database_url_secret:
+        return settings
+    from datamcp.adapters.aws.secrets import read_database_url
+
+    url = await read_database_url(settings.database_url_secret)
+    if not url.startswith(("sqlite", "postgresql", "postgres")):
+        raise ConfigError(
+            [
+                f"database_url_secret: {settings.database_url_secret} holds a URL that is not "
+                "sqlite:/// or postgresql://"
+            ]
+        )
+    return replace(settings, database_url=url)
+
+
 async def _schema(settings: Settings, engine: AsyncEngine) -> None:
     """Migrate at start (``database_migrate = auto``) or only check (``verify``)."""
     if settings.database_migrate == "auto":
@@ -256,6 +280,7 @@ async def migrate_database(settings: Settings) -> list[str]:
         Unavailable: a database cannot be reached or its lock was not free.
         ConfigError: a memory store database belongs to another store.
     """
+    settings = await resolve_database(settings)
     engine = create_engine(settings.database_url)
     try:
         outcome = await migrate.upgrade(engine)

@@ -44,6 +44,13 @@ FIELDS: tuple[Field, ...] = (
         "--database-url",
     ),
     Field(
+        "database_url_secret",
+        "str",
+        None,
+        "ARN of a Secrets Manager secret or SSM parameter holding the database URL (or an "
+        "RDS-style JSON secret); read once at start, replaces database_url",
+    ),
+    Field(
         "database_migrate",
         "str",
         "auto",

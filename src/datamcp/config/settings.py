@@ -20,6 +20,12 @@ from typing import Any
 from datamcp.config.fields import BY_KEY, FIELDS
 from datamcp.core.errors import ConfigError
 
+#: Where ``database_url_secret`` may point: a Secrets Manager secret or an SSM parameter.
+SECRET_ARN = re.compile(
+    r"^arn:aws[a-z-]*:(secretsmanager:[a-z0-9-]+:\d{12}:secret:[\w/+=.@-]+"
+    r"|ssm:[a-z0-9-]+:\d{12}:parameter/[\w/.-]+)$"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class ApiKey:
@@ -216,6 +222,7 @@ class LoggingSettings:
 class Settings:
     data_dir: Path = Path(".datamcp")
     database_url: str = ""
+    database_url_secret: str | None = None
     database_migrate: str = "auto"
     server: ServerSettings = field(default_factory=ServerSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
@@ -421,9 +428,17 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             f"refusing to bind {server.host} without authentication: configure API keys "
             "or JWT, bind a loopback address, or pass --insecure",
         )
+    url_secret = r.opt_str("database_url_secret")
+    if url_secret is not None and not SECRET_ARN.match(url_secret):
+        r.fail(
+            "database_url_secret",
+            "expected arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME or "
+            "arn:aws:ssm:REGION:ACCOUNT:parameter/NAME",
+        )
     settings = Settings(
         data_dir=data_dir,
         database_url=database_url,
+        database_url_secret=url_secret,
         database_migrate=r.str_("database_migrate", ("auto", "verify")),
         server=server,
         tls=tls,
