@@ -161,6 +161,7 @@ class App:
             )
             router.register_action(SYNC_ACTION, sync_action(memory.sync))
             agents.queued_tasks.queue = _task_queue(settings)
+            agents.queued_tasks.max_timeout = settings.agents.task_queue_max_timeout
             router.register_action(SUBMIT_TASK, submit_task_action(agents))
             router.validate()
         except ConfigError:

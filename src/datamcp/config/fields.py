@@ -176,6 +176,13 @@ FIELDS: tuple[Field, ...] = (
     Field("agents.task_queue_region", "str", None, "task queue region; default AWS_REGION"),
     Field("agents.task_queue_endpoint_url", "str", None, "task queue endpoint (moto, LocalStack)"),
     Field(
+        "agents.task_queue_max_timeout",
+        "float",
+        45.0,
+        "longest task timeout queued mode accepts (the tasks function's timeout less its "
+        "hand-back margin and start-up); also the timeout of queued tasks that give none",
+    ),
+    Field(
         "streams.lease",
         "float",
         15.0,
@@ -260,6 +267,7 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("tracing.otlp_endpoint", "str", "http://127.0.0.1:4317", "OTLP gRPC endpoint"),
     Field("tracing.service_name", "str", "datamcp", "service.name resource attribute"),
+
     Field("logging.level", "str", "INFO", "DEBUG | INFO | WARNING | ERROR"),
     Field("logging.format", "str", "json", "json | text"),
 )

@@ -156,6 +156,7 @@ class AgentSettings:
     task_queue_url: str | None = None
     task_queue_region: str | None = None
     task_queue_endpoint_url: str | None = None
+    task_queue_max_timeout: float = 45.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +348,12 @@ class _Reader:
         if value is None or value == "":
             return None
         return self.str_(key)
+
+    def queue_url(self, key: str) -> str | None:
+        value = self.opt_str(key)
+        if value is not None and not value.startswith(("https://", "http://")):
+            self.fail(key, "expected an SQS queue URL (https://sqs.<region>...)")
+        return value
 
     def path(self, key: str, must_exist: bool = False) -> Path | None:
         value = self.opt_str(key)
@@ -629,12 +636,11 @@ def _agents(r: _Reader) -> AgentSettings:
         sql_row_limit=r.number("agents.sql_row_limit", 1, int),
         http_apis=dict(apis),
         profile_roots=tuple(Path(p) for p in roots),
-        task_queue_url=r.opt_str("agents.task_queue_url"),
+        task_queue_url=r.queue_url("agents.task_queue_url"),
         task_queue_region=r.opt_str("agents.task_queue_region"),
         task_queue_endpoint_url=r.opt_str("agents.task_queue_endpoint_url"),
+        task_queue_max_timeout=r.number("agents.task_queue_max_timeout", 0.001),
     )
-    if settings.task_queue_url and not settings.task_queue_url.startswith(("https://", "http://")):
-        r.fail("agents.task_queue_url", "expected an SQS queue URL (https://sqs.<region>...)")
     if settings.default_timeout > settings.max_timeout:
         r.fail("agents.default_timeout", "must not exceed agents.max_timeout")
     return settings
