@@ -1,12 +1,19 @@
 """``handlers.schedule.handler``: an EventBridge schedule tick starts due work.
 
-Every service with time-based work registers it on ``App.due`` (pipelines
-with a cron schedule, memory syncs); each tick runs them all, or only those
-named in the event's ``work`` list (a schedule's input, or the ``detail`` of
-a scheduled rule), with the tick's own time as "now", so a retried tick
-starts the same slot again, which the services make a no-op. With nothing
-registered the answer is simply that nothing was due. A failing service
-fails the invocation (after the others ran) so EventBridge retries it.
+Every service with time-based work registers it on ``App.due``: cron memory
+syncs (``memory.sync``) and pipeline cron schedules (``pipelines``), what the
+servers' own schedulers fire. Each tick runs them all, or only those named in
+the event's ``work`` list (a schedule's input, or the ``detail`` of a
+scheduled rule). Every slot is claimed in the database before it starts, so a
+retried or overlapping tick (another container, or the servers) starts
+nothing twice. Memory syncs take the tick's own time as "now"; pipelines
+fire the slots their stored next fire time says are due.
+
+The work a tick started is waited for within the invocation (a container is
+frozen once it answers); what is still running then is stopped (a pipeline
+run ends FAILED ``SERVER_STOPPED``, a sync INTERRUPTED and resumes from its
+checkpoints) and counted in ``stopped``. A failing service fails the
+invocation (after the others ran) so it is retried.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ def handler(event: Any, context: _runtime.LambdaContext | None) -> dict[str, Any
             "time": now,
             "due": {r.name: r.started for r in results if not r.error},
             "errors": {r.name: r.error for r in results if r.error},
+            "stopped": await app.due.settle(_runtime.remaining(deadline)),
             "unfinished_tasks": await app.agents.queued_tasks.settle(_runtime.remaining(deadline)),
         }
 

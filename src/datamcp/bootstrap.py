@@ -189,13 +189,30 @@ class App:
         return app
 
     def _wire(self) -> None:
-        """Metrics sections, and the due work a schedule tick starts."""
+        """Metrics sections, and the due work a schedule tick starts: what the
+        servers' own schedulers fire (cron memory syncs, pipeline schedules)."""
         metrics, memory, pipelines = self.metrics, self.memory, self.pipelines
         metrics.add_section_provider("pipelines", pipelines.metrics)
         metrics.add_section_provider("memory", memory.metrics)
         metrics.add_section_provider("infrastructure", self._infrastructure_metrics)
         metrics.add_section_provider("agents", self.agents.metrics)
-        self.due.register("memory.sync", memory.scheduler.fire_due)
+
+        async def pipeline_schedules(_now: float) -> int:
+            # Due slots are the stored next fire times; each is claimed once.
+            return await pipelines.fire_due()
+
+        self.due.register(
+            "memory.sync",
+            memory.scheduler.fire_due,
+            running=lambda: memory.sync.running,
+            stop=memory.sync.stop,
+        )
+        self.due.register(
+            "pipelines",
+            pipeline_schedules,
+            running=lambda: pipelines.runs.running,
+            stop=pipelines.runs.stop,
+        )
 
     async def start(self) -> None:
         """Start background work (the event writer, retention, triggers)."""
