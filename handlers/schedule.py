@@ -13,7 +13,8 @@ The work a tick started is waited for within the invocation (a container is
 frozen once it answers); what is still running then is stopped (a pipeline
 run ends FAILED ``SERVER_STOPPED``, a sync INTERRUPTED and resumes from its
 checkpoints) and counted in ``stopped``. A failing service fails the
-invocation (after the others ran) so it is retried.
+invocation (after the others ran) so it is retried; a tick that can never
+work (malformed, naming unknown work) goes once to the dead-letter queue.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from handlers import _runtime
+from datamcp.core.errors import InvalidArgument
+from handlers import _failures, _runtime, _telemetry
 from handlers.events import parse_time
 
 if TYPE_CHECKING:
@@ -33,14 +35,23 @@ class DueWorkFailed(RuntimeError):
     """Some due work failed to start; the message lists which and why."""
 
 
+@_telemetry.observed("schedule", _runtime.local_context)
 def handler(event: Any, context: _runtime.LambdaContext | None) -> dict[str, Any]:
-    if not isinstance(event, Mapping):
-        raise ValueError("a schedule event is a JSON object")
-    only = _work(event)
-    now = parse_time(event.get("time")) or time.time()
+    try:
+        if not isinstance(event, Mapping):
+            raise ValueError("a schedule event is a JSON object")
+        only = _work(event)
+        now = parse_time(event.get("time")) or time.time()
+    except ValueError as exc:
+        return _failures.refuse(event, exc, context)
 
     async def work(app: App, deadline: float) -> dict[str, Any]:
-        results = await app.due.run(now, only)
+        try:
+            results = await app.due.run(now, only)
+        except InvalidArgument as exc:  # unknown due work: no retry will know it
+            return await _failures.give_up(app, event, exc, context)
+        failed = sum(1 for r in results if r.error)
+        _telemetry.count(processed=len(results) - failed, failed=failed)
         return {
             "time": now,
             "due": {r.name: r.started for r in results if not r.error},
@@ -50,7 +61,7 @@ def handler(event: Any, context: _runtime.LambdaContext | None) -> dict[str, Any
         }
 
     summary = _runtime.invoke(work, context)
-    if summary["errors"]:
+    if summary.get("errors"):
         raise DueWorkFailed(f"due work failed: {summary['errors']}")
     return summary
 

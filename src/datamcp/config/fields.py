@@ -267,7 +267,13 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("tracing.otlp_endpoint", "str", "http://127.0.0.1:4317", "OTLP gRPC endpoint"),
     Field("tracing.service_name", "str", "datamcp", "service.name resource attribute"),
-
+    Field(
+        "serverless.dead_letter_queue_url",
+        "str",
+        None,
+        "Lambda handlers: SQS queue that records (or events) failing for good are sent to once, "
+        "instead of being retried",
+    ),
     Field("logging.level", "str", "INFO", "DEBUG | INFO | WARNING | ERROR"),
     Field("logging.format", "str", "json", "json | text"),
 )

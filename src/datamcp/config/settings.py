@@ -214,6 +214,13 @@ class TracingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerlessSettings:
+    """What only the Lambda handlers read."""
+
+    dead_letter_queue_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingSettings:
     level: str = "INFO"
     format: str = "json"
@@ -236,6 +243,7 @@ class Settings:
     streams: StreamSettings = field(default_factory=StreamSettings)
     memory: MemorySettings = field(default_factory=MemorySettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    serverless: ServerlessSettings = field(default_factory=ServerlessSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
 
@@ -484,6 +492,9 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             sample_ratio=r.number("tracing.sample_ratio", 0.0),
             otlp_endpoint=r.str_("tracing.otlp_endpoint"),
             service_name=r.str_("tracing.service_name"),
+        ),
+        serverless=ServerlessSettings(
+            dead_letter_queue_url=r.queue_url("serverless.dead_letter_queue_url"),
         ),
         logging=LoggingSettings(
             level=r.str_("logging.level", ("debug", "info", "warning", "error")).upper(),
