@@ -17,29 +17,34 @@ raced on ``CREATE TABLE alembic_version`` and all but one failed.
 
 ``verify`` is the check for processes that must not change the schema (a
 database user without DDL rights): the deployment migrates once per release.
+It reads the revision table with plain SQL and the scripts' revision ids from
+their files: importing Alembic costs ~150 ms, a cold start that only
+verifies (every Lambda container) should not pay it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from datamcp.core.errors import FailedPrecondition, Unavailable
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,8 @@ class Outcome:
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = connection
@@ -147,6 +154,10 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> Outcome:
 
 
 def _upgrade(connection: Connection, revision: str) -> Outcome:
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
     cfg = alembic_config(connection)
     script = ScriptDirectory.from_config(cfg)
     head = script.get_current_head()
@@ -170,12 +181,11 @@ async def verify(engine: AsyncEngine) -> Outcome:
     """
 
     def check(connection: Connection) -> Outcome:
-        script = ScriptDirectory.from_config(alembic_config(connection))
-        head = script.get_current_head()
-        current = MigrationContext.configure(connection).get_current_revision()
+        head, known = script_revisions()
+        current = _stored_revision(connection)
         if current == head:
             return Outcome(current, current, head, "current")
-        if current is not None and not _known(script, current):
+        if current is not None and current not in known:
             return Outcome(current, current, head, "ahead")
         raise FailedPrecondition(
             f"the database schema is at {current or 'no revision (empty)'}; this release "
@@ -192,15 +202,42 @@ async def verify(engine: AsyncEngine) -> Outcome:
 
 
 def _known(script: ScriptDirectory, revision: str) -> bool:
+    from alembic.util import CommandError
+
     try:
         return script.get_revision(revision) is not None
     except CommandError:
         return False
 
 
-async def current_revision(engine: AsyncEngine) -> str | None:
-    def read(connection: Connection) -> str | None:
-        return MigrationContext.configure(connection).get_current_revision()
+_REVISION = re.compile(r"""^revision\s*=\s*["']([^"']+)["']""", re.MULTILINE)
+_DOWN = re.compile(r"""^down_revision\s*=\s*["']([^"']+)["']""", re.MULTILINE)
 
+
+@functools.cache
+def script_revisions() -> tuple[str, frozenset[str]]:
+    """(head, every revision) of the migration scripts, from their text."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        source = path.read_text()
+        found = _REVISION.search(source)
+        if found:
+            revisions.add(found.group(1))
+        parents.update(m.group(1) for m in _DOWN.finditer(source))
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise RuntimeError(f"migration scripts have {len(heads)} heads: {sorted(heads)}")
+    return heads.pop(), frozenset(revisions)
+
+
+def _stored_revision(connection: Connection) -> str | None:
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    value = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    return None if value is None else str(value)
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as conn:
-        return await conn.run_sync(read)
+        return await conn.run_sync(_stored_revision)
