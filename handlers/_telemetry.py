@@ -6,8 +6,10 @@
   invocation's ``_X_AMZN_TRACE_ID``), and from the invocation's context
   ``cold_start``, ``function_name``, ``function_request_id`` (the context's
   ``aws_request_id``), ``function_arn`` and ``function_memory_size``; the
-  ``extra`` fields a log call passes come along as keys. The runtime's own
-  root handler is replaced, so nothing is logged twice.
+  ``extra`` fields a log call passes come along as keys. The formatter is
+  put on the root logger at the first invocation, replacing the runtime's
+  own root handler, so nothing is logged twice; importing a handler changes
+  no logging (a process that only imports one, a test run, keeps its own).
 - **Metrics**: CloudWatch Embedded Metric Format, flushed once per
   invocation, namespace ``DataMCP`` (``POWERTOOLS_METRICS_NAMESPACE``),
   dimensions ``service`` and ``handler``: ``RecordsProcessed``,
@@ -35,7 +37,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 F = TypeVar("F", bound=Callable[..., Any])
 
 NAMESPACE = "DataMCP"
-SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "datamcp")
+#: Also the name of Powertools' own logger: it must not be an ancestor of the
+#: mesh's loggers (``datamcp.*``), or their records would stop there.
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "datamcp-lambda")
 logger = Logger(service=SERVICE, use_rfc3339=True)
 metrics = Metrics(
     namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", NAMESPACE), service=SERVICE
@@ -46,8 +50,7 @@ _RUNTIME_HANDLER = "LambdaLoggerHandler"  # awslambdaric's root handler
 def install(level: str = "INFO") -> None:
     """Send every log record through the Powertools formatter (idempotent)."""
     ours = logger.registered_handler
-    # Records reach the formatter once: through the root logger, or through
-    # Powertools' own logger (named after the service), which then stops.
+    # Powertools' own logger has this handler too: its records stop there.
     logging.getLogger(logger.service).propagate = False
     root = logging.getLogger()
     root.handlers[:] = [
@@ -91,11 +94,10 @@ def observed(handler_name: str, local_context: Callable[[], Any]) -> Callable[[F
 
         @functools.wraps(fn)
         def handler(event: Any, context: Any = None) -> Any:
+            if logger.registered_handler not in logging.getLogger().handlers:
+                install()
             return inner(event, context if context is not None else local_context())
 
         return handler  # type: ignore[return-value]
 
     return wrap
-
-
-install()
