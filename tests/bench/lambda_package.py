@@ -37,8 +37,9 @@ BATCH = 10
 COLD_RUNS = 3
 
 
-def _batch() -> dict[str, Any]:
-    tag = uuid.uuid4().hex
+def echo_batch(tag: str = "") -> dict[str, Any]:
+    """A 10-record SQS batch of echo tasks, new message ids each time."""
+    tag = tag or uuid.uuid4().hex
     return {
         "Records": [
             {
@@ -99,13 +100,13 @@ def _measure(tmp: Path, label: str, rounds: int, import_runs: int, **how: Any) -
         env["DATAMCP_LOGGING_LEVEL"] = "WARNING"
         with lambda_rie.emulated("handlers.tasks.handler", env, tmp / f"{label}.log", **how) as fn:
             started = time.perf_counter()
-            answer = fn.invoke(_batch())
+            answer = fn.invoke(echo_batch())
             cold.append((time.perf_counter() - started) * 1000)
             assert answer == {"batchItemFailures": []}, answer
             if run == 0:
                 for _ in range(rounds):
                     started = time.perf_counter()
-                    fn.invoke(_batch())
+                    fn.invoke(echo_batch())
                     warm.append((time.perf_counter() - started) * 1000)
     if "python" in how:
         python, paths, site = how["python"], [str(lambda_rie.ROOT)], True

@@ -139,20 +139,6 @@ def warm_batches(tmp: Path, rounds: int) -> dict[str, float]:
     from datamcp.core.agents.model import TaskSpec, TaskState
     from handlers import _runtime, tasks
 
-    def event(tag: str) -> dict[str, Any]:
-        return {
-            "Records": [
-                {
-                    "messageId": f"{tag}-{i}",
-                    "eventSource": "aws:sqs",
-                    "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:datamcp-tasks",
-                    "attributes": {"ApproximateReceiveCount": "1"},
-                    "body": json.dumps({"capability": "echo", "input": {"n": i, "tag": tag}}),
-                }
-                for i in range(BATCH)
-            ]
-        }
-
     async def core(tag: str) -> None:
         app = await _runtime.app()
         done = await asyncio.gather(
@@ -177,7 +163,7 @@ def warm_batches(tmp: Path, rounds: int) -> dict[str, float]:
         assert all(s is TaskState.SUCCEEDED for s in states)
 
     def timed_handler() -> float:
-        ev = event(uuid.uuid4().hex)
+        ev = lambda_package.echo_batch()
         started = time.perf_counter()
         answer = tasks.handler(ev, _runtime.LocalContext(60))
         elapsed = time.perf_counter() - started

@@ -12,15 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from datamcp.adapters.aws.session import (
-    AwsConfig,
-    EntryFailure,
-    SharedClient,
-    batches,
-    deliver,
-)
-from datamcp.adapters.aws.sqs import MAX_ENTRIES, batch_failures, fifo_token
-from datamcp.core.resilience import RetryPolicy
+from datamcp.adapters.aws.session import EntryFailure, batches, deliver
+from datamcp.adapters.aws.sqs import MAX_ENTRIES, SqsQueue, batch_failures, fifo_token
 
 #: SQS takes at most 10 attributes per message and 256 KiB per batch (the
 #: older limit, which every queue and emulator accepts).
@@ -36,21 +29,8 @@ class Letter:
     group: str = ""
 
 
-class SqsDeadLetters:
-    def __init__(
-        self,
-        queue_url: str,
-        *,
-        region: str,
-        max_attempts: int = 4,
-        base_delay: float = 0.05,
-        max_delay: float = 1.0,
-    ) -> None:
-        self.name = f"sqs:{queue_url.rstrip('/').rsplit('/', 1)[-1]}"
-        self.fifo = queue_url.endswith(".fifo")
-        self._url = queue_url
-        self._client = SharedClient("sqs", AwsConfig(region))
-        self._retry = RetryPolicy(max_attempts, base_delay, max_delay)
+class SqsDeadLetters(SqsQueue):
+    """Sends letters in batches of 10 (or 256 KiB), retrying what SQS says may pass later."""
 
     async def send(self, letters: Sequence[Letter]) -> list[tuple[str, str]]:
         """Send every letter; returns (id, error code) of those that could not be."""
@@ -62,9 +42,6 @@ class SqsDeadLetters:
         )
         failed = await deliver(chunks, self._send, self._retry, stop_on_failure=False)
         return too_big + [(lt.id, code) for (lt, _), code in failed]
-
-    async def close(self) -> None:
-        await self._client.close()
 
     def _message(self, letter: Letter) -> dict[str, Any]:
         attributes = {
