@@ -29,7 +29,7 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from handlers import _telemetry
 
@@ -194,8 +194,3 @@ def shutdown() -> None:
         current.run_until_complete(current.shutdown_asyncgens())
         current.close()
     _this.app, _this.loop, _this.heartbeat_at, _this.dead_letters = None, None, 0.0, None
-
-
-def describe(exc: BaseException) -> dict[str, Any]:
-    """A failure as log fields: the core's reason when it has one."""
-    return {"error": f"{type(exc).__name__}: {exc}", "reason": getattr(exc, "reason", "")}
