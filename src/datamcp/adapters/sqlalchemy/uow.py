@@ -1,6 +1,12 @@
 """The SQLAlchemy unit of work: one connection, one transaction, rolled back
 unless committed.
 
+Database errors leave a unit of work as the core's errors where the core
+must tell them apart: a lost or refused connection (or a busy SQLite file)
+is ``Unavailable``, a value the database will not store is
+``InvalidArgument``. Their text never carries SQL or parameters (the
+original stays chained as the cause, for the log).
+
 On SQLite, units of work in one process take turns (an asyncio lock per
 engine). SQLite has one writer at a time anyway; without the lock, pooled
 connections collide on its write lock and wait in its busy handler, which
@@ -15,6 +21,7 @@ import weakref
 from types import TracebackType
 from typing import Self
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
 from datamcp.adapters.sqlalchemy.agent_repository import SqlAuditRepository, SqlTaskRepository
@@ -22,6 +29,7 @@ from datamcp.adapters.sqlalchemy.event_repository import SqlEventRepository
 from datamcp.adapters.sqlalchemy.pipeline_repository import SqlPipelineRepository
 from datamcp.adapters.sqlalchemy.repositories import SqlInstanceRepository
 from datamcp.adapters.sqlalchemy.stream_repository import SqlStreamRepository
+from datamcp.core.errors import DataMCPError, InvalidArgument, Unavailable
 
 _SQLITE_LOCKS: weakref.WeakKeyDictionary[object, asyncio.Lock] = weakref.WeakKeyDictionary()
 
@@ -84,9 +92,14 @@ class SqlUnitOfWork:
         try:
             self._conn = await self._engine.connect()
             self._tx = await self._conn.begin()
-        except BaseException:
+        except BaseException as error:
+            if self._conn is not None:
+                await _quietly_close(self._conn)
+                self._conn = None
             if self._lock is not None:
                 self._lock.release()
+            if (core := translate(error)) is not None:
+                raise core from error
             raise
         self._instances = SqlInstanceRepository(self._conn)
         self._events = SqlEventRepository(self._conn)
@@ -105,10 +118,15 @@ class SqlUnitOfWork:
         try:
             if self._tx is not None and self._tx.is_active:
                 await self._tx.rollback()
+        except Exception as error:
+            if exc is None:  # otherwise the first error is the one to report
+                if (core := translate(error)) is not None:
+                    raise core from error
+                raise
         finally:
             try:
                 if self._conn is not None:
-                    await self._conn.close()
+                    await _quietly_close(self._conn)
             finally:
                 self._conn = self._tx = None
                 if self._lock is not None:
@@ -118,6 +136,8 @@ class SqlUnitOfWork:
             self._audit = None
             self._pipelines = None
             self._streams = None
+        if exc is not None and (core := translate(exc)) is not None:
+            raise core from exc
 
     async def commit(self) -> None:
         assert self._tx is not None, "commit outside 'async with'"
@@ -126,3 +146,60 @@ class SqlUnitOfWork:
     async def rollback(self) -> None:
         assert self._tx is not None, "rollback outside 'async with'"
         await self._tx.rollback()
+
+
+#: SQLite result codes that mean the file, not the statement, is the trouble.
+_SQLITE_OUTAGES = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_IOERR",
+    "SQLITE_CANTOPEN",
+    "SQLITE_FULL",
+    "SQLITE_NOMEM",
+    "SQLITE_PROTOCOL",
+)
+#: SQLSTATE classes of connection trouble, resources, operator intervention
+#: (shutdown, crash recovery) and system errors.
+_PG_OUTAGES = ("08", "53", "57P", "58")
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether ``error`` means the database cannot be used right now (as
+    opposed to this statement or its data being wrong)."""
+    if isinstance(error, sa_exc.DisconnectionError | sa_exc.TimeoutError | OSError):
+        return True
+    if not isinstance(error, sa_exc.DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    orig = error.orig
+    sqlite_name = getattr(orig, "sqlite_errorname", None)
+    if sqlite_name is not None:
+        return str(sqlite_name).startswith(_SQLITE_OUTAGES)
+    state = str(getattr(orig, "sqlstate", None) or "")
+    if state:
+        return state.startswith(_PG_OUTAGES)
+    return isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
+
+
+def translate(error: BaseException) -> DataMCPError | None:
+    """The core error a database error means to callers, or None."""
+    if isinstance(error, DataMCPError):
+        return None
+    if is_outage(error):
+        return Unavailable(
+            "the database is unavailable; retry later", reason="DATABASE_UNAVAILABLE"
+        )
+    if isinstance(error, sa_exc.DataError):
+        return InvalidArgument(
+            "a value could not be stored (out of the database's range or encoding)",
+            reason="VALUE_NOT_STORABLE",
+        )
+    return None
+
+
+async def _quietly_close(conn: AsyncConnection) -> None:
+    try:
+        await conn.close()
+    except Exception:  # the connection is being abandoned anyway
+        return
