@@ -41,9 +41,11 @@ OUT = ROOT / ".build" / "lambda"
 #: Amazon Linux 2023 (python3.12 and later runtimes) has glibc 2.34.
 GLIBC = (2, 34)
 #: Required by the package but never imported by the handlers or what they
-#: reach: the gRPC server stack (grpc, protobuf and their instrumentation).
+#: reach: the gRPC server stack (grpc, protobuf and their instrumentation) and
+#: the command line's terminal output (rich).
 SERVER_ONLY = frozenset(
     {
+        "rich",
         "grpcio",
         "grpcio-health-checking",
         "grpcio-reflection",

@@ -33,7 +33,7 @@ from tests.unit.test_handlers_migrate import CloudFormation
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Imported by nothing the handlers reach (left out of the package).
-SERVER_ONLY = ("grpc", "google")  # grpcio*, protobuf, googleapis-common-protos
+SERVER_ONLY = ("grpc", "google", "rich")  # grpcio*, protobuf, googleapis-common-protos, CLI
 
 IMPORT_ALL = """
 import importlib, json, pkgutil, sys

@@ -103,13 +103,14 @@ def test_the_autoscaler_owns_the_replicas() -> None:
 
 
 def test_the_migration_job_runs_db_upgrade_with_the_servers_image() -> None:
-    from datamcp.entrypoints.cli import build_parser
+    from datamcp.entrypoints.cli import add_server_commands
+    from datamcp_client.cli import build_parser
 
     job = _manifest("migrate-job.yaml")["spec"]["template"]["spec"]
     (container,) = job["containers"]
     assert container["image"] == _container()["image"]
     assert container["command"] == ["datamcp"]
-    parsed = build_parser().parse_args(container["args"])
+    parsed = build_parser(add_server_commands).parse_args(container["args"])
     assert parsed.func.__name__ == "_db_upgrade"
     assert {e["name"] for e in container["env"]} <= SETTINGS
     assert job["restartPolicy"] == "OnFailure"
