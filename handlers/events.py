@@ -8,9 +8,14 @@ EventBridge's id and the detail as data. Every trigger (``events.triggers``)
 whose filter matches runs its action here, exactly as the servers' trigger
 consumers would: ``agent.submit_task`` (the task runs in this invocation),
 ``events.publish``, and ``pipeline.run`` / ``memory.sync`` when those
-services register them. Actions are idempotent per event id, so
-EventBridge's retries (the handler raises when an action fails) have their
-effect once.
+services register them. Actions are idempotent per event id, so retries
+(the handler raises when an action fails) have their effect once.
+
+EventBridge invokes the function asynchronously: a raised error goes through
+Lambda's retries and then the function's on-failure destination. An event
+that can never succeed (not an EventBridge event, an action with invalid
+input such as an unknown capability) is not retried: it goes once to the
+dead-letter queue and the invocation answers ``dead_lettered`` (``_failures``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from datamcp.core.events.model import Event
-from handlers import _runtime
+from handlers import _failures, _runtime, _telemetry
 
 if TYPE_CHECKING:
     from datamcp.bootstrap import App
@@ -28,12 +33,23 @@ if TYPE_CHECKING:
 MAX_ID = 128
 
 
+@_telemetry.observed("events", _runtime.local_context)
 def handler(event: Any, context: _runtime.LambdaContext | None) -> dict[str, Any]:
-    cause = to_event(event)
+    try:
+        cause = to_event(event)
+    except ValueError as exc:
+        return _failures.refuse(event, exc, context)
 
     async def work(app: App, deadline: float) -> dict[str, Any]:
-        ran = await app.router.dispatch(cause)
+        try:
+            ran = await app.router.dispatch(cause)
+        except Exception as exc:
+            if not _failures.permanent(exc):
+                _telemetry.count(failed=1)
+                raise
+            return await _failures.give_up(app, event, exc, context)
         unfinished = await app.agents.queued_tasks.settle(_runtime.remaining(deadline))
+        _telemetry.count(processed=1)
         return {
             "id": cause.id,
             "type": cause.type,

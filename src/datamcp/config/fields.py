@@ -43,6 +43,20 @@ FIELDS: tuple[Field, ...] = (
         "(postgresql://... uses asyncpg)",
         "--database-url",
     ),
+    Field(
+        "database_url_secret",
+        "str",
+        None,
+        "ARN of a Secrets Manager secret or SSM parameter holding the database URL (or an "
+        "RDS-style JSON secret); read once at start, replaces database_url",
+    ),
+    Field(
+        "database_migrate",
+        "str",
+        "auto",
+        "auto: apply migrations at start (under a database lock) | verify: only check the "
+        "schema is current (the deployment runs `datamcp db upgrade`; no DDL rights needed)",
+    ),
     Field("insecure", "bool", False, "allow a non-loopback bind without auth", "--insecure"),
     Field("server.shutdown_grace", "float", 10.0, "seconds in-flight calls get on SIGTERM"),
     Field("server.drain_delay", "float", 0.0, "seconds NOT_SERVING shows before calls are refused"),
@@ -176,6 +190,13 @@ FIELDS: tuple[Field, ...] = (
     Field("agents.task_queue_region", "str", None, "task queue region; default AWS_REGION"),
     Field("agents.task_queue_endpoint_url", "str", None, "task queue endpoint (moto, LocalStack)"),
     Field(
+        "agents.task_queue_max_timeout",
+        "float",
+        45.0,
+        "longest task timeout queued mode accepts (the tasks function's timeout less its "
+        "hand-back margin and start-up); also the timeout of queued tasks that give none",
+    ),
+    Field(
         "streams.lease",
         "float",
         15.0,
@@ -261,6 +282,13 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("tracing.otlp_endpoint", "str", "http://127.0.0.1:4317", "OTLP gRPC endpoint"),
     Field("tracing.service_name", "str", "datamcp", "service.name resource attribute"),
+    Field(
+        "serverless.dead_letter_queue_url",
+        "str",
+        None,
+        "Lambda handlers: SQS queue that records (or events) failing for good are sent to once, "
+        "instead of being retried",
+    ),
     Field("logging.level", "str", "INFO", "DEBUG | INFO | WARNING | ERROR"),
     Field("logging.format", "str", "json", "json | text"),
 )
