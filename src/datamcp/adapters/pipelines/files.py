@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from datamcp.core.pipelines.limits import shorten
 from datamcp.core.pipelines.ports import PermanentError, SourceBatch, WriteResult
 from datamcp.core.pipelines.rows import Batch, json_safe
 
@@ -43,6 +44,15 @@ def confine(path: str, roots: Sequence[Path], *, must_exist: bool) -> Path:
         raise PathRefused("no pipelines.data_roots are configured; file access is off")
     if not path or "\x00" in path:
         raise PathRefused("empty or invalid path")
+    try:
+        return _confine(path, roots, must_exist=must_exist)
+    except PathRefused:
+        raise
+    except (OSError, ValueError):  # a name too long for the file system, ...
+        raise PathRefused("not a usable path (too long, or a part is too long)") from None
+
+
+def _confine(path: str, roots: Sequence[Path], *, must_exist: bool) -> Path:
     real_roots = [Path(os.path.realpath(r)) for r in roots]
     candidates = [Path(path)] if os.path.isabs(path) else [r / path for r in real_roots]
     chosen: Path | None = None
@@ -50,15 +60,15 @@ def confine(path: str, roots: Sequence[Path], *, must_exist: bool) -> Path:
         real = Path(os.path.realpath(cand))
         inside = any(real == r or r in real.parents for r in real_roots)
         if not inside:
-            raise PathRefused(f"{path!r} is outside the data roots")
+            raise PathRefused(f"{shorten(path)!r} is outside the data roots")
         if real.is_file() or (not must_exist and chosen is None):
             if real.is_file():
                 return real
             chosen = real
     if must_exist or chosen is None:
-        raise PathRefused(f"{path!r}: no such file under the data roots")
+        raise PathRefused(f"{shorten(path)!r}: no such file under the data roots")
     if chosen.is_dir():
-        raise PathRefused(f"{path!r} is a directory")
+        raise PathRefused(f"{shorten(path)!r} is a directory")
     return chosen
 
 
@@ -154,17 +164,13 @@ class CsvSource:
         start = self._line
         rows: Batch | None = self._split(size) if self._plain else None
         split = rows is not None
-        broken: list[tuple[list[Any], str, int]] = []
         if rows is None:
-            try:
-                rows = list(itertools.islice(self._reader, size))
-            except csv.Error:
-                rows, broken = self._careful(size)
-        if not rows and not broken:
+            rows = self._careful(size)
+        if not rows:
             return None
-        self._line = start + len(rows) + len(broken)
+        self._line = start + len(rows)
         width = self._width
-        rejects = list(broken)
+        rejects: list[tuple[list[Any], str, int]] = []
         if len(set(map(len, rows))) > 1 or (rows and len(rows[0]) != width):
             good: Batch = []
             for n, r in enumerate(rows):
@@ -194,20 +200,36 @@ class CsvSource:
         d = self.delimiter
         return [ln.rstrip("\r\n").split(d) for ln in lines]
 
-    def _careful(self, size: int) -> tuple[Batch, list[tuple[list[Any], str, int]]]:
+    def _careful(self, size: int) -> Batch:
+        """Up to ``size`` rows from the csv module.
+
+        Raises:
+            PermanentError: a record the csv module cannot read (a field over
+                the size limit). The run fails: after such an error the
+                parser's place in the file is unknown (inside a quoted field,
+                maybe), so going on could turn the rest of that field into
+                rows; nothing read so far is dropped unaccounted.
+        """
         assert self._reader is not None
         rows: Batch = []
-        broken: list[tuple[list[Any], str, int]] = []
-        while len(rows) + len(broken) < size:
+        while len(rows) < size:
             try:
                 row = next(self._reader)
             except StopIteration:
                 break
             except csv.Error as exc:
-                broken.append(([], f"unreadable CSV: {exc}", self._line + len(rows) + len(broken)))
-                continue
+                number = self._line + len(rows) + 1
+                limit = csv.field_size_limit()
+                detail = (
+                    f"a field is larger than the {limit:,}-character limit"
+                    if "field limit" in str(exc)
+                    else f"unreadable CSV ({exc})"
+                )
+                raise PermanentError(
+                    f"{self.display}: record {number}: {detail}", "SOURCE_ERROR"
+                ) from None
             rows.append(row)
-        return rows, broken
+        return rows
 
     async def close(self) -> None:
         if self._file is not None:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import math
 import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -59,11 +60,43 @@ def _transient(exc: BaseException) -> bool:
     )
 
 
+_CLASS = re.compile(r"<class '[^']*'>:?\s*")
+_ARGUMENT = re.compile(r"invalid input for query argument \$(\d+):.*?(\((?:[^()]*)\))?$")
+
+
+def describe(exc: BaseException) -> str:
+    """The database's own words for a failure, for the caller: the first
+    line only, without the driver's class names, the statement or the
+    parameter values (a bound value can be another tenant's data in a
+    shared log, and is never needed to fix the query)."""
+    text = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
+    text = _CLASS.sub("", text.split("[SQL:")[0]).strip()
+    text = (text.splitlines() or [""])[0]
+    found = _ARGUMENT.match(text)
+    if found is not None:
+        why = f" {found.group(2)}" if found.group(2) else ""
+        return f"query parameter {found.group(1)} has a value the database cannot take{why}"
+    if text.startswith("Error binding parameter"):
+        return "a query parameter has a value the database cannot take"
+    return text[:300] or "the database refused the statement"
+
+
 def _fail(exc: BaseException, what: str, reason: str) -> Exception:
-    message = f"{what}: {str(getattr(exc, 'orig', exc) or exc).splitlines()[0][:500]}"
+    message = f"{what}: {describe(exc)}"
     if _transient(exc):
         return TransientError(message)
     return PermanentError(message, reason)
+
+
+def _bindable(name: str, value: Any) -> str | None:
+    """Why a parameter value cannot be bound to a query, or None."""
+    if value is None or isinstance(value, bool | str):
+        return None
+    if isinstance(value, int):
+        return None if -(2**63) <= value < 2**63 else f":{name} is outside the 64-bit range"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f":{name} is not a finite number"
+    return f":{name} must be a string, number, boolean or null, not a list or mapping"
 
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_][A-Za-z0-9_]*)")
@@ -96,14 +129,19 @@ class SqlSource:
                 "SOURCE_ERROR",
             )
         bound = {k: v for k, v in self.params.items() if k in names}
+        for name, value in bound.items():
+            problem = _bindable(name, value)
+            if problem is not None:
+                raise PermanentError(f"{self.display}: query parameter {problem}", "SOURCE_ERROR")
         try:
             self._engine = create_async_engine(self.url, pool_pre_ping=False)
             self._conn = await self._engine.connect()
+            # One transaction, begun before any statement (a statement first
+            # would autobegin one, and begin() would then refuse).
+            await self._conn.begin()
             if self._conn.dialect.name == "sqlite":
                 await self._conn.exec_driver_sql("PRAGMA query_only = ON")
-                await self._conn.begin()
             else:
-                await self._conn.begin()
                 await self._conn.exec_driver_sql("SET TRANSACTION READ ONLY")
             self._result = await self._conn.stream(sa.text(self.query), bound)
             self._columns = list(self._result.keys())
@@ -112,7 +150,12 @@ class SqlSource:
             raise _fail(exc, f"{self.display} query failed", "SOURCE_ERROR") from None
         except OSError as exc:
             await self.close()
-            raise TransientError(f"{self.display}: cannot connect: {exc}") from None
+            raise TransientError(f"{self.display}: cannot connect: {describe(exc)}") from None
+        except (ValueError, TypeError, OverflowError) as exc:  # the driver refused a value
+            await self.close()
+            raise PermanentError(
+                f"{self.display} query failed: {describe(exc)}", "SOURCE_ERROR"
+            ) from None
         return list(self._columns)
 
     async def read(self, size: int) -> SourceBatch | None:
@@ -120,7 +163,7 @@ class SqlSource:
             return None
         try:
             rows = await self._result.fetchmany(size)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, ValueError, TypeError, OverflowError) as exc:
             raise _fail(exc, f"{self.display} query failed", "SOURCE_ERROR") from None
         if not rows:
             return None

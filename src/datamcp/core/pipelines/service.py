@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 import uuid
@@ -33,6 +34,13 @@ from datamcp.core.events.api import EventsApi
 from datamcp.core.events.consumer import Consumer
 from datamcp.core.events.model import Event, EventFilter
 from datamcp.core.events.router import Action
+from datamcp.core.pipelines.limits import (
+    MAX_DESCRIPTION,
+    check_id,
+    check_json,
+    shorten,
+    text_problem,
+)
 from datamcp.core.pipelines.model import Pipeline, Reject, Run, RunState, Trigger, run_id_for
 from datamcp.core.pipelines.ports import Connectors, PermanentError, ReadContext, TransientError
 from datamcp.core.pipelines.rows import json_safe
@@ -158,6 +166,7 @@ class PipelineService:
             problems.append(FieldViolation("name", "required: " + NAME_HELP))
         elif not NAME_RE.match(doc.name):
             problems.append(FieldViolation("name", NAME_HELP))
+        problems += _description_problems(doc.description)
         problems += self.connectors.check(doc.spec)
         if problems:
             raise InvalidArgument("invalid pipeline", problems, reason="INVALID_PIPELINE")
@@ -185,13 +194,14 @@ class PipelineService:
         await self._sync_triggers(pipeline)
         return pipeline
 
-    async def get(self, tenant: str, id_or_name: str) -> Pipeline:
-        if not id_or_name:
-            raise InvalidArgument("id is required", [FieldViolation("id", "pipeline id or name")])
+    async def get(self, tenant: str, id_or_name: str, field: str = "id") -> Pipeline:
+        check_id(id_or_name, field)
         async with self._uow() as tx:
             pipeline = await tx.pipelines.get_pipeline(tenant, id_or_name)
         if pipeline is None:
-            raise NotFound(f"pipeline {id_or_name!r} not found", reason="PIPELINE_NOT_FOUND")
+            raise NotFound(
+                f"pipeline {shorten(id_or_name)!r} not found", reason="PIPELINE_NOT_FOUND"
+            )
         return pipeline
 
     async def list_pipelines(
@@ -217,6 +227,14 @@ class PipelineService:
     ) -> Pipeline:
         current = await self.get(tenant, id_or_name)
         doc = definition.document(current.name, description or current.description)
+        problems = _description_problems(doc.description)
+        if problems:
+            raise InvalidArgument("invalid description", problems, reason="INVALID_PIPELINE")
+        if expected_version < 0:
+            raise InvalidArgument(
+                "invalid expected_version",
+                [FieldViolation("expected_version", "a version number (0 = any)")],
+            )
         if doc.name != current.name:
             raise InvalidArgument(
                 "a pipeline cannot be renamed",
@@ -276,6 +294,8 @@ class PipelineService:
             raise InvalidArgument(
                 "invalid preview_rows", [FieldViolation("preview_rows", f"0 to {MAX_PREVIEW}")]
             )
+        if params is not None:
+            check_json(dict(params), "params")
         try:
             doc = definition.document()
         except InvalidArgument as exc:
@@ -311,10 +331,10 @@ class PipelineService:
         trigger: str = Trigger.MANUAL,
     ) -> tuple[Run, bool]:
         """Start a run; the same ``request_id`` always names the same run."""
-        if len(request_id) > 128:
-            raise InvalidArgument(
-                "request_id too long", [FieldViolation("request_id", "at most 128 characters")]
-            )
+        check_id(request_id, "request_id", required=False)
+        check_id(correlation_id, "correlation_id", required=False)
+        if params is not None:
+            check_json(dict(params), "params")
         pipeline = await self.get(tenant, id_or_name)
         run_id = run_id_for(tenant, request_id) if request_id else new_run_id()
         return await self.runs.submit(
@@ -334,6 +354,7 @@ class PipelineService:
                 "invalid reject_limit",
                 [FieldViolation("reject_limit", f"0 to {MAX_REJECTS_PAGE}")],
             )
+        check_id(run_id, "id")
         run = await self.runs.get(tenant, run_id)
         rejects: list[Reject] = []
         if reject_limit:
@@ -352,7 +373,7 @@ class PipelineService:
     ) -> tuple[list[Run], str]:
         size = paging.page_size(page_size)
         before = paging.keyset(page_token)
-        pipeline_id = (await self.get(tenant, pipeline)).id if pipeline else ""
+        pipeline_id = (await self.get(tenant, pipeline, "pipeline")).id if pipeline else ""
         async with self._uow() as tx:
             rows = await tx.pipelines.page_runs(
                 tenant, pipeline_id=pipeline_id, states=states, before=before, limit=size + 1
@@ -364,9 +385,11 @@ class PipelineService:
         return rows[:size], token
 
     async def cancel_run(self, tenant: str, run_id: str) -> Run:
+        check_id(run_id, "id")
         return await self.runs.cancel(tenant, run_id)
 
     def watch_run(self, tenant: str, run_id: str) -> AsyncIterator[Run]:
+        check_id(run_id, "id")
         return self.runs.watch(tenant, run_id)
 
     async def run_to_end(
@@ -509,12 +532,21 @@ class PipelineService:
 
     async def _run_for_event(self, pipeline: str, event: Event, params: Mapping[str, Any]) -> Run:
         merged = {**({"event": event.data} if event.data is not None else {}), **params}
+        request_id = f"event:{pipeline}:{event.id}"
+        if len(request_id) > 128 or text_problem(request_id) is not None:
+            # One run per (pipeline, event) still: a digest, never a cut
+            # (two long ids sharing a prefix are two events).
+            digest = hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest()
+            request_id = f"event:{digest}"
+        correlation_id = event.correlation_id or event.id
+        if text_problem(correlation_id, limit=128) is not None:
+            correlation_id = ""
         run, _ = await self.run(
             event.tenant,
             pipeline,
             params=merged,
-            request_id=f"event:{pipeline}:{event.id}"[:128],
-            correlation_id=event.correlation_id or event.id,
+            request_id=request_id,
+            correlation_id=correlation_id,
             trigger=Trigger.EVENT,
         )
         return run
@@ -539,6 +571,11 @@ class PipelineService:
             "runs_cancelled": float(r.cancelled),
             "rows_written": float(r.rows_written),
         }
+
+
+def _description_problems(description: str) -> list[FieldViolation]:
+    problem = text_problem(description, limit=MAX_DESCRIPTION, control=True)
+    return [] if problem is None else [FieldViolation("description", problem)]
 
 
 class AgentPort:

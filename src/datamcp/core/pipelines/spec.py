@@ -11,7 +11,6 @@ that need the source's columns are done when a run (or preview) binds.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +21,16 @@ from croniter import croniter
 
 from datamcp.core.errors import FieldViolation, InvalidArgument
 from datamcp.core.events.model import EventFilter
+from datamcp.core.pipelines.expr import MAX_LENGTH as MAX_EXPR
 from datamcp.core.pipelines.expr import ExprError, check_syntax
+from datamcp.core.pipelines.limits import (
+    MAX_QUERY,
+    MAX_SPEC_TEXT,
+    MAX_TEXT,
+    json_problems,
+    text_problem,
+    timeout_problem,
+)
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,127}$")
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -131,7 +139,16 @@ class _Checker:
             if key not in known:
                 self.fail(f"{path}.{key}", f"unknown field (known: {', '.join(known)})")
 
-    def string(self, raw: Mapping[str, Any], key: str, path: str, *, required: bool = False) -> str:
+    def string(
+        self,
+        raw: Mapping[str, Any],
+        key: str,
+        path: str,
+        *,
+        required: bool = False,
+        limit: int = MAX_TEXT,
+        control: bool = False,
+    ) -> str:
         value = raw.get(key)
         if value is None or value == "":
             if required:
@@ -139,6 +156,10 @@ class _Checker:
             return ""
         if not isinstance(value, str):
             self.fail(f"{path}.{key}", f"expected a string, got {_kind(value)}")
+            return ""
+        problem = text_problem(value, limit=limit, control=control)
+        if problem is not None:
+            self.fail(f"{path}.{key}", problem)
             return ""
         return value
 
@@ -179,6 +200,11 @@ class _Checker:
         if not isinstance(raw, list) or not all(isinstance(x, str) and x for x in raw):
             self.fail(path, "expected a list of column names")
             return []
+        for i, name in enumerate(raw):
+            problem = text_problem(name)
+            if problem is not None:
+                self.fail(f"{path}[{i}]", problem)
+                return []
         if len(set(raw)) != len(raw):
             self.fail(path, "names must not repeat")
         if ident:
@@ -195,6 +221,11 @@ class _Checker:
         ):
             self.fail(path, "expected a mapping of name: string")
             return {}
+        for k, v in raw.items():
+            problem = text_problem(k) or text_problem(v)
+            if problem is not None:
+                self.fail(f"{path}.{k[:64]}", problem)
+                return {}
         if values:
             for k, v in raw.items():
                 if v not in values:
@@ -202,13 +233,25 @@ class _Checker:
         return dict(raw)
 
     def expr(self, raw: Mapping[str, Any], key: str, path: str) -> str:
-        text = self.string(raw, key, path, required=True)
+        text = self.string(raw, key, path, required=True, limit=MAX_EXPR, control=True)
         if text:
             try:
                 check_syntax(text)
             except ExprError as exc:
                 self.fail(f"{path}.{key}", str(exc))
         return text
+
+    def event_filter(self, out: Mapping[str, Any], path: str) -> None:
+        """Checks ``types`` (patterns), ``source`` and ``subject`` of an event filter."""
+        for i, pattern in enumerate(out["types"]):
+            problem = text_problem(pattern, limit=256)
+            if problem is not None:
+                self.fail(f"{path}.types[{i}]", problem)
+                return
+        try:
+            EventFilter.build(out["types"], out["source"], out["subject"])
+        except InvalidArgument as exc:
+            self.fail(f"{path}.types", exc.message)
 
     def one_of(self, raw: Any, path: str, kinds: tuple[str, ...]) -> tuple[str, Any] | None:
         """A ``{kind: options}`` mapping with exactly one known kind."""
@@ -256,7 +299,7 @@ def _source(c: _Checker, raw: Any, path: str) -> Part | None:  # noqa: PLR0915
     elif kind == "sql":
         c.unknown(o, path, ("connection", "query", "params"))
         out["connection"] = c.string(o, "connection", path, required=True)
-        query = c.string(o, "query", path, required=True)
+        query = c.string(o, "query", path, required=True, limit=MAX_QUERY, control=True)
         if query and not re.match(r"^\s*(select|with)\b", query, re.IGNORECASE):
             c.fail(f"{path}.query", "only SELECT or WITH queries are allowed")
         out["query"] = query
@@ -286,10 +329,7 @@ def _source(c: _Checker, raw: Any, path: str) -> Part | None:  # noqa: PLR0915
         out["types"] = list(types)
         out["source"] = c.string(o, "source", path)
         out["subject"] = c.string(o, "subject", path)
-        try:
-            EventFilter.build(out["types"], out["source"], out["subject"])
-        except Exception as exc:
-            c.fail(f"{path}.types", str(exc))
+        c.event_filter(out, path)
     return Part(kind, out)
 
 
@@ -613,6 +653,12 @@ def _parse(c: _Checker, raw: Any) -> PipelineSpec | None:  # noqa: PLR0915
     if not isinstance(raw, Mapping):
         c.fail("spec", "expected a mapping with source, transforms and destination")
         return None
+    # Values anywhere in the spec (params, in_list values, cursors...) must
+    # survive JSON storage and protobuf Structs both ways.
+    for p in json_problems(raw, ""):
+        c.fail(p.field.lstrip("."), _json_hint(p.description))
+    if c.problems:
+        return None
     c.unknown(raw, "", _TOP)
     c.problems = [FieldViolation(p.field.lstrip("."), p.description) for p in c.problems]
     source = _source(c, raw.get("source"), "source") if "source" in raw else None
@@ -634,13 +680,15 @@ def _parse(c: _Checker, raw: Any) -> PipelineSpec | None:  # noqa: PLR0915
         t = _transform(c, item, f"transforms[{i}]")
         if t is not None:
             transforms.append(t)
-    schedule = c.string(raw, "schedule", "").strip()
+    schedule = c.string(raw, "schedule", "", limit=256).strip()
     if schedule and (len(schedule.split()) not in (5, 6) or not croniter.is_valid(schedule)):
         c.fail(
             "schedule",
             "expected a cron expression: 5 fields, for example '*/15 * * * *' "
             "(a 6th field, seconds, may follow)",
         )
+    elif schedule and _never_fires(schedule):
+        c.fail("schedule", "this cron expression never fires (a day that does not exist?)")
     triggers: list[dict[str, Any]] = []
     raw_tr = raw.get("triggers") or []
     if not isinstance(raw_tr, list):
@@ -664,30 +712,27 @@ def _parse(c: _Checker, raw: Any) -> PipelineSpec | None:  # noqa: PLR0915
             "source": c.string(m, "source", where),
             "subject": c.string(m, "subject", where),
         }
-        try:
-            EventFilter.build(trig["types"], trig["source"], trig["subject"])
-        except Exception as exc:
-            c.fail(f"{where}.types", str(exc))
+        c.event_filter(trig, where)
         triggers.append(trig)
     incremental = None
     if raw.get("incremental") is not None:
         m = c.mapping(raw["incremental"], "incremental")
         if m is not None:
             c.unknown(m, "incremental", ("column", "initial"))
+            initial = m.get("initial")
+            if not (initial is None or isinstance(initial, str | int | float)):
+                c.fail("incremental.initial", "expected a number or a string")
+                initial = None
             incremental = {
                 "column": c.string(m, "column", "incremental", required=True),
-                "initial": m.get("initial"),
+                "initial": initial,
             }
     timeout = raw.get("timeout", 0) or 0
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
-        c.fail("timeout", "expected seconds (a number > 0)")
+    problem = timeout_problem(timeout)
+    if problem is not None:
+        c.fail("timeout", problem)
         timeout = 0
     params = c.mapping(raw.get("params"), "params")
-    if params is not None:
-        try:
-            json.dumps(params)
-        except (TypeError, ValueError):
-            c.fail("params", "values must be JSON")
     batch_size = c.integer(raw, "batch_size", "", 0, 0, MAX_BATCH)
     max_rejects = c.integer(raw, "max_rejects", "", 0, 0, 2**62)
     c.problems = [FieldViolation(p.field.lstrip("."), p.description) for p in c.problems]
@@ -707,12 +752,32 @@ def _parse(c: _Checker, raw: Any) -> PipelineSpec | None:  # noqa: PLR0915
     )
 
 
+def _json_hint(description: str) -> str:
+    if "date is not" in description or "datetime is not" in description:
+        return "a date or time must be quoted text (YAML reads it as a date)"
+    return description
+
+
+def _never_fires(schedule: str) -> bool:
+    try:
+        croniter(schedule, 0.0).get_next(float)
+    except Exception:  # croniter's own errors: no next slot
+        return True
+    return False
+
+
 def load_text(text: str) -> Any:
     """Parse YAML (JSON is YAML too) with the safe loader.
 
     Raises:
-        InvalidArgument: the text is not YAML/JSON.
+        InvalidArgument: the text is not YAML/JSON, or is over 1 MiB.
     """
+    if len(text) > MAX_SPEC_TEXT:
+        raise InvalidArgument(
+            "spec_text is too long",
+            [FieldViolation("spec_text", f"at most {MAX_SPEC_TEXT} characters")],
+            reason="INVALID_PIPELINE",
+        )
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
