@@ -97,7 +97,7 @@ async def test_csv_field_over_the_size_limit_fails_the_run_never_drops_rows(
 ) -> None:
     s = stub(server)
     big = "y" * (17 * 1024 * 1024)
-    (tmp_path / "files" / "big.csv").write_text(f"a,b\n1,x\n2,{big}\n3,z\n")
+    (tmp_path / "files" / "big.csv").write_text(f"a,b\n1,x\n2,{big}\n3\n4,z\n")
     spec = {
         "name": "big",
         "source": {"csv": {"path": "big.csv"}},
@@ -106,7 +106,7 @@ async def test_csv_field_over_the_size_limit_fails_the_run_never_drops_rows(
     run = await run_to_end(s, spec)
     assert run.state == S.RUN_STATE_FAILED, (run.rows_read, run.rows_written)
     assert run.error.reason == "SOURCE_ERROR"
-    assert "record 3" in run.error.message and "limit" in run.error.message
+    assert "line 3" in run.error.message and "limit" in run.error.message
     db = sqlite3.connect(tmp_path / "out.db")
     try:
         assert db.execute("SELECT name FROM sqlite_master WHERE name = 'big'").fetchall() == []

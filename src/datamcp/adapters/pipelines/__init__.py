@@ -34,6 +34,9 @@ def build_pipeline_service(
         rejects_kept=p.rejects_kept,
         max_lookup_rows=p.max_lookup_rows,
         progress_every=p.progress_interval,
+        chunk_rows=p.chunk_rows,
+        memory_limit=p.memory_limit,
+        threads=p.threads,
     )
     policy = RunPolicy(
         run_timeout=p.run_timeout,

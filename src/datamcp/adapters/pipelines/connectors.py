@@ -11,14 +11,10 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from datamcp.adapters.http_agent import ApiConfig, _api_config
-from datamcp.adapters.pipelines.files import (
-    CsvSource,
-    FileDestination,
-    JsonlSource,
-    PathRefused,
-    confine,
-)
+from datamcp.adapters.pipelines.csv import CsvDestination, CsvSource
+from datamcp.adapters.pipelines.files import PathRefused, confine
 from datamcp.adapters.pipelines.http import HttpSource, make_guard
+from datamcp.adapters.pipelines.jsonl import JsonlDestination, JsonlSource
 from datamcp.adapters.pipelines.s3 import S3Destination, S3Settings, S3Source
 from datamcp.adapters.pipelines.sql import (
     SqlAlchemyTableDestination,
@@ -145,13 +141,20 @@ class PipelineConnectors:
             return CsvSource(
                 self._file(o["path"], where),
                 delimiter=o["delimiter"],
+                quote=o.get("quote", '"'),
+                escape=o.get("escape", ""),
+                null_values=o.get("null_values", []),
+                encoding=o.get("encoding", "utf-8"),
                 no_header=o["no_header"],
                 columns=o["columns"],
                 display=o["path"],
             )
         if part.kind == "jsonl":
             return JsonlSource(
-                self._file(o["path"], where), columns=o["columns"], display=o["path"]
+                self._file(o["path"], where),
+                columns=o["columns"],
+                encoding=o.get("encoding", "utf-8"),
+                display=o["path"],
             )
         if part.kind == "sql":
             params = {**ctx.params, **o["params"]}
@@ -196,7 +199,9 @@ class PipelineConnectors:
                 target = confine(o["path"], self.data_roots, must_exist=False)
             except PathRefused as exc:
                 raise PermanentError(f"{where}.path: {exc}", "PATH_REFUSED") from None
-            return FileDestination(target, part.kind, run_id, delimiter=o.get("delimiter", ","))
+            if part.kind == "csv":
+                return CsvDestination(target, run_id, delimiter=o.get("delimiter", ","))
+            return JsonlDestination(target, run_id)
         if part.kind == "s3":
             return S3Destination(self.s3, o, run_id)
         raise PermanentError(f"{where}: unknown destination kind", "INVALID_PIPELINE")

@@ -18,6 +18,7 @@ import aiohttp
 from datamcp.adapters.http_agent import ApiConfig, parse_retry_after, target_url
 from datamcp.core.agents.agent import AgentError
 from datamcp.core.errors import ResourceExhausted, Unavailable
+from datamcp.core.pipelines.frame import RowBatches
 from datamcp.core.pipelines.ports import PermanentError, SourceBatch, TransientError
 from datamcp.core.resilience import CallGuard
 
@@ -63,7 +64,7 @@ class HttpSource:
         self._session: aiohttp.ClientSession | None = None
         self._columns: list[str] = list(options.get("columns") or [])
         self._pending: list[dict[str, Any]] = []
-        self._pending_rejects: list[tuple[list[Any], str, int]] = []
+        self._pending_rejects: list[tuple[Any, str, int]] = []
         self._pages = 0
         self._done = False
         pag = options["pagination"]
@@ -71,10 +72,6 @@ class HttpSource:
         self._position: Any = pag["start"]
         self._cursor: str | None = None
         self._count = 0
-
-    @property
-    def text_columns(self) -> frozenset[str]:
-        return frozenset()
 
     async def open(self) -> list[str]:
         self._session = aiohttp.ClientSession(
@@ -93,6 +90,7 @@ class HttpSource:
                 for key in record:
                     seen.setdefault(str(key), None)
             self._columns = list(seen)
+        self._batches = RowBatches(self._columns)
         return list(self._columns)
 
     def _query(self) -> list[tuple[str, str]]:
@@ -167,7 +165,9 @@ class HttpSource:
             if isinstance(record, dict):
                 self._pending.append(record)
             else:
-                self._pending_rejects.append(([record], "record is not a JSON object", self._count))
+                self._pending_rejects.append(
+                    ({"_record": record}, "record is not a JSON object", self._count)
+                )
         if self._kind == "none" or not records:
             self._done = True
         elif self._kind == "page":
@@ -193,7 +193,8 @@ class HttpSource:
         take, self._pending = self._pending[:size], self._pending[size:]
         rejects, self._pending_rejects = self._pending_rejects, []
         cols = self._columns
-        return SourceBatch([[r.get(c) for c in cols] for r in take], rejects)
+        table, rejects = self._batches.table([[r.get(c) for c in cols] for r in take], rejects)
+        return SourceBatch(table, rejects)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from datamcp.adapters.pipelines.files import CsvSource, FileDestination, JsonlSource
+import pyarrow as pa
+
+from datamcp.adapters.pipelines.csv import CsvDestination, CsvSource
+from datamcp.adapters.pipelines.jsonl import JsonlDestination, JsonlSource
 from datamcp.core.pipelines.ports import PermanentError, SourceBatch, TransientError, WriteResult
-from datamcp.core.pipelines.rows import Batch
 
 
 class S3Settings:
@@ -49,8 +51,8 @@ class S3Source:
         self._inner: CsvSource | JsonlSource | None = None
 
     @property
-    def text_columns(self) -> frozenset[str]:
-        return self._inner.text_columns if self._inner is not None else frozenset()
+    def columnar(self) -> bool:
+        return isinstance(self._inner, CsvSource)
 
     async def open(self) -> list[str]:
         bucket, key = self.options["bucket"], self.options["key"]
@@ -71,6 +73,7 @@ class S3Source:
                 Path(self._temp),
                 delimiter=self.options["delimiter"],
                 columns=self.options["columns"],
+                null_values=self.options.get("null_values", []),
                 display=display,
             )
         return await self._inner.open()
@@ -92,13 +95,18 @@ class S3Destination:
         self.s3 = s3
         self.options = options
         self._dir = tempfile.mkdtemp(prefix="datamcp-s3-")
-        self._file = FileDestination(Path(self._dir) / "object", options["format"], run_id)
+        target = Path(self._dir) / "object"
+        self._file: CsvDestination | JsonlDestination = (
+            CsvDestination(target, run_id)
+            if options["format"] == "csv"
+            else JsonlDestination(target, run_id)
+        )
 
     async def open(self, columns: Sequence[str], types: Sequence[str]) -> None:
         await self._file.open(columns, types)
 
-    async def write(self, rows: Batch) -> WriteResult:
-        return await self._file.write(rows)
+    async def write(self, table: pa.Table) -> WriteResult:
+        return await self._file.write(table)
 
     async def commit(self) -> None:
         await self._file.commit()

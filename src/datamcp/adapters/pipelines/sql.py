@@ -16,26 +16,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import json
 import math
 import re
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from datamcp.adapters.pipelines.values import plain
+from datamcp.core.pipelines.frame import RowBatches
 from datamcp.core.pipelines.ports import (
     PermanentError,
     SourceBatch,
     TransientError,
     WriteResult,
 )
-from datamcp.core.pipelines.rows import CONVERTERS, Batch, CastError, json_safe
+
+Batch = list[list[Any]]
 
 
 def async_url(url: str) -> str:
@@ -114,10 +116,7 @@ class SqlSource:
         self._conn: AsyncConnection | None = None
         self._result: Any = None
         self._columns: list[str] = []
-
-    @property
-    def text_columns(self) -> frozenset[str]:
-        return frozenset()
+        self._batches: RowBatches | None = None
 
     async def open(self) -> list[str]:
         names = set(_PARAM.findall(self.query))
@@ -145,6 +144,7 @@ class SqlSource:
                 await self._conn.exec_driver_sql("SET TRANSACTION READ ONLY")
             self._result = await self._conn.stream(sa.text(self.query), bound)
             self._columns = list(self._result.keys())
+            self._batches = RowBatches(self._columns)
         except SQLAlchemyError as exc:
             await self.close()
             raise _fail(exc, f"{self.display} query failed", "SOURCE_ERROR") from None
@@ -167,7 +167,9 @@ class SqlSource:
             raise _fail(exc, f"{self.display} query failed", "SOURCE_ERROR") from None
         if not rows:
             return None
-        return SourceBatch([list(r) for r in rows])
+        assert self._batches is not None
+        table, rejects = self._batches.table([list(r) for r in rows], [])
+        return SourceBatch(table, rejects)
 
     async def close(self) -> None:
         if self._result is not None:
@@ -199,14 +201,13 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _sqlite_value(kind: str) -> Callable[[Any], Any] | None:
-    if kind == "timestamp":
-        return lambda v: v.isoformat() if isinstance(v, dt.datetime) else v
-    if kind == "json":
-        return lambda v: (
-            json.dumps(json_safe(v), separators=(",", ":")) if isinstance(v, dict | list) else v
-        )
-    return None
+def _rows(table: pa.Table, kinds: Sequence[str]) -> Batch:
+    cols = [c.to_pylist() for c in plain(table, kinds).columns]
+    return [list(r) for r in zip(*cols, strict=True)]
+
+
+def _row_dict(columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    return dict(zip(columns, row, strict=False))
 
 
 class SqliteTableDestination:
@@ -230,7 +231,8 @@ class SqliteTableDestination:
         self.stage = f"_stage_{table}_{run_id.replace('-', '')[:12]}"
         self._db: sqlite3.Connection | None = None
         self._sql = ""
-        self._fix: list[tuple[int, Callable[[Any], Any]]] = []
+        self._columns: list[str] = []
+        self._kinds: list[str] = []
         self._key_index: list[int] = []
 
     async def open(self, columns: Sequence[str], types: Sequence[str]) -> None:
@@ -298,7 +300,7 @@ class SqliteTableDestination:
                 f"UPDATE SET {updates}" if updates else "NOTHING"
             )
         self._sql = sql
-        self._fix = [(i, fn) for i, t in enumerate(types) if (fn := _sqlite_value(t)) is not None]
+        self._columns, self._kinds = columns, types
         self._key_index = [columns.index(k) for k in self.keys] if self.mode == "merge" else []
 
     def _frozen(self, existing: list[str], columns: list[str]) -> None:
@@ -317,28 +319,21 @@ class SqliteTableDestination:
             defs.append(f"PRIMARY KEY ({', '.join(_q(k) for k in self.keys)})")
         self._db.execute(f"CREATE TABLE {_q(name)} ({', '.join(defs)})")
 
-    async def write(self, rows: Batch) -> WriteResult:
-        return await asyncio.to_thread(self._write, rows)
+    async def write(self, table: pa.Table) -> WriteResult:
+        return await asyncio.to_thread(self._write, table)
 
-    def write_blocking(self, rows: Batch) -> WriteResult:
-        """``write`` for a caller already on a worker thread (the engine's
-        fast path reads, transforms and writes in one thread hop)."""
-        return self._write(rows)
-
-    def _write(self, rows: Batch) -> WriteResult:
+    def _write(self, table: pa.Table) -> WriteResult:
         assert self._db is not None
-        rejects: list[tuple[list[Any], str]] = []
+        rows = _rows(table, self._kinds)
+        rejects: list[tuple[dict[str, Any], str]] = []
         if self._key_index:
             good = []
             for r in rows:
                 if any(r[i] is None for i in self._key_index):
-                    rejects.append((r, "merge key is null"))
+                    rejects.append((_row_dict(self._columns, r), "merge key is null"))
                 else:
                     good.append(r)
             rows = good
-        for i, fn in self._fix:
-            for r in rows:
-                r[i] = fn(r[i])
         db = self._db
         try:
             db.execute("SAVEPOINT batch")
@@ -351,7 +346,7 @@ class SqliteTableDestination:
             raise _sqlite_fail(exc, "writing rows") from None
         return WriteResult(len(rows), rejects)
 
-    def _one_by_one(self, rows: Batch, rejects: list[tuple[list[Any], str]]) -> WriteResult:
+    def _one_by_one(self, rows: Batch, rejects: list[tuple[dict[str, Any], str]]) -> WriteResult:
         """A constraint broke in this batch: find the rows, reject them, keep the rest."""
         assert self._db is not None
         written = 0
@@ -360,7 +355,7 @@ class SqliteTableDestination:
                 self._db.execute(self._sql, r)
                 written += 1
             except sqlite3.IntegrityError as exc:
-                rejects.append((r, f"destination constraint: {exc}"))
+                rejects.append((_row_dict(self._columns, r), f"destination constraint: {exc}"))
             except sqlite3.Error as exc:
                 raise _sqlite_fail(exc, "writing rows") from None
         self._db.execute("RELEASE batch")
@@ -435,7 +430,7 @@ class SqlAlchemyTableDestination:
         self._conn: AsyncConnection | None = None
         self._target: sa.Table | None = None
         self._columns: list[str] = []
-        self._convert: list[Callable[[Any], Any]] = []
+        self._kinds: list[str] = []
         self._stmt: Any = None
 
     async def open(self, columns: Sequence[str], types: Sequence[str]) -> None:
@@ -495,7 +490,7 @@ class SqlAlchemyTableDestination:
             await self.abort()
             raise _fail(exc, "preparing the destination table", "DESTINATION_ERROR") from None
         self._target = target
-        self._convert = [CONVERTERS[t] for t in types]
+        self._kinds = list(types)
         if self.mode == "merge":
             from sqlalchemy.dialects import postgresql
 
@@ -509,19 +504,17 @@ class SqlAlchemyTableDestination:
         else:
             self._stmt = sa.insert(target)
 
-    async def write(self, rows: Batch) -> WriteResult:
+    async def write(self, table: pa.Table) -> WriteResult:
         assert self._conn is not None
-        rejects: list[tuple[list[Any], str]] = []
+        from datamcp.adapters.pipelines.values import python_rows
+
+        rejects: list[tuple[dict[str, Any], str]] = []
         records = []
-        cols, conv = self._columns, self._convert
-        for r in rows:
-            try:
-                record = {c: f(v) for c, f, v in zip(cols, conv, r, strict=True)}
-            except CastError as exc:
-                rejects.append((r, f"destination type: {exc}"))
-                continue
+        cols = self._columns
+        for r in python_rows(table, self._kinds):
+            record = dict(zip(cols, r, strict=True))
             if self.keys and any(record[k] is None for k in self.keys):
-                rejects.append((r, "key is null"))
+                rejects.append((record, "key is null"))
                 continue
             records.append(record)
         if not records:

@@ -34,6 +34,7 @@ from datamcp.core.events.api import EventsApi
 from datamcp.core.events.consumer import Consumer
 from datamcp.core.events.model import Event, EventFilter
 from datamcp.core.events.router import Action
+from datamcp.core.pipelines.frame import json_safe
 from datamcp.core.pipelines.limits import (
     MAX_DESCRIPTION,
     check_id,
@@ -43,7 +44,6 @@ from datamcp.core.pipelines.limits import (
 )
 from datamcp.core.pipelines.model import Pipeline, Reject, Run, RunState, Trigger, run_id_for
 from datamcp.core.pipelines.ports import Connectors, PermanentError, ReadContext, TransientError
-from datamcp.core.pipelines.rows import json_safe
 from datamcp.core.pipelines.runs import RunManager, new_run_id
 from datamcp.core.pipelines.spec import (
     NAME_HELP,
