@@ -16,11 +16,9 @@ from datamcp.adapters.pipelines.files import PathRefused, confine
 from datamcp.adapters.pipelines.http import HttpSource, make_guard
 from datamcp.adapters.pipelines.jsonl import JsonlDestination, JsonlSource
 from datamcp.adapters.pipelines.s3 import S3Destination, S3Settings, S3Source
-from datamcp.adapters.pipelines.sql import (
-    SqlAlchemyTableDestination,
-    SqliteTableDestination,
-    SqlSource,
-)
+from datamcp.adapters.pipelines.sql import SqlSource
+from datamcp.adapters.pipelines.sqlite_table import SqliteTableDestination
+from datamcp.adapters.pipelines.table import SqlAlchemyTableDestination
 from datamcp.core.errors import ConfigError, FieldViolation
 from datamcp.core.events.bus import EventBus
 from datamcp.core.pipelines.event_source import EventSource

@@ -71,6 +71,8 @@ class CsvSource:
         self._reader: Any = None
         self._width = 0
         self._done = False
+        self._names: list[str] = []
+        self._all: list[str] = []
 
     async def open(self) -> list[str]:
         return await asyncio.to_thread(self._open)
@@ -149,9 +151,21 @@ class CsvSource:
             buffer_size=2 * MAX_LINE,
         )
         pick = self.wanted or names
-        self._names = pick
-        self._rel = rel.select(*[duckdb.ColumnExpression(f"c{names.index(c)}") for c in pick])
+        self._all = names
+        self._base = rel
+        self.narrow(pick)
         return list(pick)
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        """Every column is text (a ``cast`` types it)."""
+        return {c: "string" for c in self._names}
+
+    def narrow(self, columns: Sequence[str]) -> None:
+        """Read only ``columns`` from here on (the others are not converted)."""
+        self._names = list(columns)
+        index = self._all.index
+        self._rel = self._base.select(*[duckdb.ColumnExpression(f"c{index(c)}") for c in columns])
 
     async def read(self, size: int) -> SourceBatch | None:
         return await asyncio.to_thread(self._read, size)

@@ -323,13 +323,21 @@ class Engine:
             lookups = await self.load_lookups(spec, ctx, con)
             columns = await source.open()
             size = self.read_size(spec, source)
-            batch = await source.read(size)
-            layout = _layout(columns, batch)
+            known: dict[str, str] | None = getattr(source, "kinds", None)
+            batch = None if known is not None else await source.read(size)
+            layout = _layout(columns, batch, known)
             try:
                 plan = await in_thread(self.plan, spec, con, layout, dict(ctx.params), lookups)
             except InvalidArgument as exc:
                 detail = "; ".join(f"{v.field}: {v.description}" for v in exc.violations)
                 raise PermanentError(f"{exc.message}: {detail}", "INVALID_PIPELINE") from None
+            if known is not None:
+                # Types known before reading (CSV: text): read only what the
+                # plan uses (the reader skips converting the other fields).
+                used = _used(plan)
+                keep = [c for c in columns if layout.phys[c] in used or c == ctx.cursor_column]
+                source.narrow(keep)  # type: ignore[attr-defined]
+                batch = await source.read(size)
             counters = [source_counters, *plan.counters, dest_counters]
             cursor = _Cursor(ctx, columns, layout)
             destination = self.connectors.destination(spec.destination, run_id)
@@ -389,8 +397,18 @@ class Engine:
 # ---- helpers ------------------------------------------------------------------------------
 
 
-def _layout(columns: Sequence[str], first: SourceBatch | None) -> Layout:
-    kinds = {c: "string" for c in columns}
+def _used(plan: _Plan) -> set[str]:
+    """Physical columns the plan reads or writes out."""
+    used = {plan.layout.phys[c] for c in plan.layout.cols}
+    for seg in plan.segments:
+        used |= seg.uses if isinstance(seg, Chain) else set(seg.columns)
+    return used
+
+
+def _layout(
+    columns: Sequence[str], first: SourceBatch | None, known: dict[str, str] | None = None
+) -> Layout:
+    kinds = dict(known) if known else {c: "string" for c in columns}
     if first is not None:
         schema = first.table.schema
         for c in columns:
@@ -400,7 +418,8 @@ def _layout(columns: Sequence[str], first: SourceBatch | None) -> Layout:
 
 
 def _physical(table: pa.Table, layout: Layout) -> pa.Table:
-    return table.select(layout.cols).rename_columns([layout.phys[c] for c in layout.cols])
+    cols = [c for c in layout.cols if c in table.column_names]
+    return table.select(cols).rename_columns([layout.phys[c] for c in cols])
 
 
 def _raw_row(columns: Sequence[str], raw: Any) -> dict[str, Any]:

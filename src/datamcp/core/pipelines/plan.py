@@ -17,6 +17,7 @@ first-wins dedupe, stable sorts and first-seen group order.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,19 +91,31 @@ class StageInfo:
     after_key: str = ""  # a column whose keys must be remembered after the batch
 
 
+_COLUMN = re.compile(r'"(_[^"]*)"')
+
+
+def columns_of(*exprs: Expr) -> set[str]:
+    """The physical columns an expression reads (from its rendering: only
+    our own ``_N`` names are double-quoted there)."""
+    return {name for e in exprs for name in _COLUMN.findall(str(e))}
+
+
 class Chain:
-    """Row-wise stages run as one relation per batch."""
+    """Row-wise stages run as one relation per batch. Only the columns the
+    stages read go through DuckDB; the others stay in the Arrow batch."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
         self.stages: list[StageInfo] = []
         self.steps: list[Step] = []
         self.after: list[Callable[[pa.Table], None]] = []
+        self.uses: set[str] = set()
 
     def run(self, table: pa.Table, sink: RejectSink) -> pa.Table:
         """The batch's rows alive after every stage (stage counters and
         rejects updated)."""
-        rel = self.con.from_arrow(table)
+        inputs = [c for c in table.column_names if c in self.uses or c == RID]
+        rel = self.con.from_arrow(table.select(inputs))
         rel = rel.select(
             StarExpression(),
             K(None).cast(duckdb.sqltypes.INTEGER).alias(AT),
@@ -110,7 +123,13 @@ class Chain:
         )
         for step in self.steps:
             rel = step(rel)
-        out = rel.to_arrow_table()
+        computed = rel.to_arrow_table()
+        if not computed.column(RID).equals(table.column(RID)):
+            computed = computed.sort_by(RID)
+        out = table
+        for name in computed.column_names:
+            if name not in table.column_names:
+                out = out.append_column(name, computed.column(name))
         at = out.column(AT)
         alive = pc.is_null(at)
         count = out.num_rows
@@ -133,7 +152,9 @@ class Chain:
         keep = rejected.slice(0, max(0, sink.room()))
         for row in keep.to_pylist():
             info = self.stages[row[AT]]
-            values = {c: row.get(info.before.phys[c]) for c in info.before.cols}
+            values = {
+                c: row[info.before.phys[c]] for c in info.before.cols if info.before.phys[c] in row
+            }
             sink.add(info.counters, row[WHY], values)
         rest = rejected.column(AT).slice(keep.num_rows)
         for k, info in enumerate(self.stages):
@@ -250,13 +271,16 @@ class PlanBuilder:
         name: str,
         values: Mapping[str, Expr] | None = None,
         errors: Sequence[tuple[Expr, Expr]] = (),
+        *,
         drop: Expr | None = None,
         prepare: Callable[[Rel], Rel] | None = None,
+        uses: Sequence[str] = (),
     ) -> StageInfo:
         """Adds a row-wise stage: new physical ``values``, rows rejected where
         an error condition holds (the first one's reason), rows dropped
         where ``drop`` holds; ``prepare`` (joins, windows) runs first and
-        must keep the rows in ``__rid`` order."""
+        must keep the rows in ``__rid`` order; ``uses`` names the columns
+        it reads."""
         chain = self.chain
         k = len(chain.stages)
         info = StageInfo(StageCounters(name), self.layout.copy())
@@ -265,13 +289,16 @@ class PlanBuilder:
         reason: Expr = K(None).cast(VARCHAR)
         for cond, why in reversed(errors):
             reason = when(cond, why, reason)
+        chain.uses |= set(uses) | columns_of(reason, *values.values())
+        if drop is not None:
+            chain.uses |= columns_of(drop)
 
         def step(rel: Rel) -> Rel:
             if prepare is not None:
                 rel = prepare(rel)
-            rel = rel.select(
-                StarExpression(), *[e.alias(p) for p, e in values.items()], reason.alias("__r")
-            )
+            if values:  # computed first: the error conditions may read them
+                rel = rel.select(StarExpression(), *[e.alias(p) for p, e in values.items()])
+            rel = rel.select(StarExpression(), reason.alias("__r"))
             alive = C(AT).isnull()
             stop = C("__r").isnotnull()
             if drop is not None:

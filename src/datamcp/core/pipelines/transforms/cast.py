@@ -43,12 +43,19 @@ def convert(source: Typed, target: str) -> tuple[Expr, Expr | None]:
         if target == "float":
             return s.try_cast(T.DOUBLE), F("concat", shown, K(" is not a number"))
         if target == "integer":
-            d = F("trim", s).try_cast(T.DOUBLE)
-            exact = F("trim", s).try_cast(T.BIGINT)
-            whole = d == F("trunc", d)
-            value = when(whole, coalesce(exact, d.try_cast(T.BIGINT)), K(None).cast(T.BIGINT))
+            exact = s.try_cast(T.BIGINT)
+            d = s.try_cast(T.DOUBLE)
+            # '3' and '3.0' are 3; '3.5' is not a whole number (DuckDB alone
+            # would round it); an exact cast first keeps big integers exact.
+            value = coalesce(
+                when(
+                    F("contains", s, K(".")) | F("contains", F("lower", s), K("e")),
+                    when(d == F("trunc", d), d.try_cast(T.BIGINT), K(None).cast(T.BIGINT)),
+                    exact,
+                ),
+            )
             reason = when(
-                notnull(d) & ~whole,
+                notnull(d) & (d != F("trunc", d)),
                 F("concat", shown, K(" is not a whole number")),
                 F("concat", shown, K(" is not an integer")),
             )
@@ -114,7 +121,7 @@ def build(b: PlanBuilder, o: Mapping[str, Any], path: str) -> None:
         values[phys] = value
         targets[col] = (phys, target)
         if reason is not None:
-            failed = notnull(source.expr) & isnull(value)
+            failed = notnull(source.expr) & isnull(C(phys))
             if source.kind == "string":
                 failed = failed & (F("trim", source.expr) != K(""))
             errors.append((failed, F("concat", K(f"cast {col}: "), reason)))

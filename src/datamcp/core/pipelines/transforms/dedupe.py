@@ -86,7 +86,13 @@ def seen_stage(
             all_errors.append((again, reason))
         else:
             drop = again if drop is None else drop | again
-    b.stage(path, errors=all_errors, drop=drop, prepare=prepare)
+    b.stage(
+        path,
+        errors=all_errors,
+        drop=drop,
+        prepare=prepare,
+        uses=[L.phys[n] for keys in keysets for n in keys],
+    )
 
     def remember(out: pa.Table) -> None:
         at = out.column(AT)

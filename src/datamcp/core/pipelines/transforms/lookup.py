@@ -75,7 +75,7 @@ def build(b: PlanBuilder, o: Mapping[str, Any], path: str) -> None:
         return rel.join(right, condition=cond, how="left").sort(C(RID))
 
     drop = C(matched).isnull() if o["how"] == "inner" else None
-    b.stage(path, drop=drop, prepare=prepare)
+    b.stage(path, drop=drop, prepare=prepare, uses=[L.phys[c] for c in o["on"]])
     for name in wanted:
         L.cols.append(name)
         L.phys[name] = lk.phys[name]
