@@ -184,13 +184,14 @@ class Barrier:
         self.columns = list(columns)
         self.counted = counted  # False: a row-wise stage counted the rows read
         self.created = False
+        self.partial: Callable[[Rel], Rel] = lambda r: r
         self.result: Callable[[Rel], Rel] = lambda r: r
 
     def push(self, table: pa.Table) -> None:
         if self.counted:
             self.counters.read += table.num_rows
             self.counters.written += table.num_rows
-        rel = self.con.from_arrow(table.select(self.columns))
+        rel = self.partial(self.con.from_arrow(table.select(self.columns)))
         if self.created:
             rel.insert_into(self.table)
         else:

@@ -11,8 +11,10 @@ from typing import Any
 import duckdb
 
 from datamcp.core.pipelines.checker import Checker
-from datamcp.core.pipelines.exprc import NUMERIC, C, Expr, F, K, notnull
+from datamcp.core.pipelines.exprc import NUMERIC, C, Expr, F, K, notnull, when
 from datamcp.core.pipelines.plan import RID, PlanBuilder, Rel
+
+T = duckdb.sqltypes
 
 KIND = "aggregate"
 OPS = ("count", "sum", "avg", "min", "max")
@@ -47,15 +49,21 @@ def parse(c: Checker, o: Any, path: str) -> dict[str, Any] | None:
     return {"group_by": group_by, "aggregations": aggs}
 
 
-def build(b: PlanBuilder, o: Mapping[str, Any], path: str) -> None:
+def build(b: PlanBuilder, o: Mapping[str, Any], path: str) -> None:  # noqa: PLR0915
+    """Each chunk is aggregated on its own (partials: counts, sums, min,
+    max, first row), the partials are merged at the end: memory holds one
+    partial row per group and chunk, not the rows."""
     L = b.layout
     group = b.need(o["group_by"], f"{path}.group_by")
     errors: list[tuple[Expr, Expr]] = []
-    outputs: list[tuple[str, Expr, str]] = []  # (name, aggregate, kind)
+    partials: list[Expr] = []  # per chunk
+    finals: list[tuple[str, Expr, str]] = []  # (output, merge of partials, kind)
     for n, a in enumerate(o["aggregations"]):
-        op, col = a["op"], a["column"]
+        op, col, name = a["op"], a["column"], a["output"]
+        p1, p2 = b.new_phys(), b.new_phys()
         if not col:
-            outputs.append((a["output"], F("count_star"), "integer"))
+            partials.append(F("count_star").alias(p1))
+            finals.append((name, F("sum", C(p1)).try_cast(T.BIGINT), "integer"))
             continue
         found = b.need([col], f"{path}.aggregations[{n}].column")
         if not found:
@@ -63,58 +71,56 @@ def build(b: PlanBuilder, o: Mapping[str, Any], path: str) -> None:
         e, kind = C(found[0]), L.kinds[col]
         if op in ("sum", "avg") and kind not in NUMERIC - {"boolean"}:
             why = F(
-                "concat",
-                K(f"aggregate: {op}({col}): '"),
-                e.cast(duckdb.sqltypes.VARCHAR),
-                K("' is not a number"),
+                "concat", K(f"aggregate: {op}({col}): '"), e.cast(T.VARCHAR), K("' is not a number")
             )
             errors.append((notnull(e), why))
+        number = e.try_cast(T.DOUBLE if kind == "float" or op == "avg" else T.BIGINT)
         if op == "count":
-            outputs.append((a["output"], F("count", e), "integer"))
-        elif op == "avg":
-            outputs.append((a["output"], F("avg", e.try_cast(duckdb.sqltypes.DOUBLE)), "float"))
+            partials.append(F("count", e).alias(p1))
+            finals.append((name, F("sum", C(p1)).try_cast(T.BIGINT), "integer"))
         elif op == "sum":
-            total = F(
-                "sum",
-                e.try_cast(duckdb.sqltypes.DOUBLE if kind == "float" else duckdb.sqltypes.BIGINT),
+            out = T.DOUBLE if kind == "float" else T.BIGINT
+            partials.append(F("sum", number).alias(p1))
+            finals.append(
+                (name, F("sum", C(p1)).try_cast(out), "float" if kind == "float" else "integer")
             )
-            out_kind = "float" if kind == "float" else "integer"
-            outputs.append(
-                (
-                    a["output"],
-                    total.try_cast(
-                        duckdb.sqltypes.DOUBLE if out_kind == "float" else duckdb.sqltypes.BIGINT
-                    ),
-                    out_kind,
-                )
+        elif op == "avg":
+            partials += [F("sum", number).alias(p1), F("count", number).alias(p2)]
+            total, count = F("sum", C(p1)), F("sum", C(p2))
+            finals.append(
+                (name, total / when(count == K(0), K(None), count).cast(T.DOUBLE), "float")
             )
         else:
-            outputs.append((a["output"], F(op, e), kind))
+            partials.append(F(op, e).alias(p1))
+            finals.append((name, F(op, C(p1)), kind))
     shared = b.stage(path, errors=errors).counters if errors else None
     group_names = [c for c in o["group_by"] if c in L.phys]
     needed = sorted(
         {*group, *(L.phys[a["column"]] for a in o["aggregations"] if a["column"] in L.phys)}
     )
     barrier = b.barrier(path, [*needed, RID], shared)
-    new_phys = {name: b.new_phys() for name, _e, _k in outputs}
+    first = b.new_phys()
+    keys = ", ".join(group)  # our own physical column names (never caller text)
+    exprs = [C(g) for g in group]
+
+    def partial(rel: Rel) -> Rel:
+        return rel.aggregate([*exprs, *partials, F("min", C(RID)).alias(first)], group_expr=keys)
+
+    new_phys = {name: b.new_phys() for name, _e, _k in finals}
 
     def result(rel: Rel) -> Rel:
-        first = b.new_phys()
-        exprs = [C(g) for g in group]
-        aggs = [agg.alias(new_phys[name]) for name, agg, _k in outputs]
-        # Groups named by our own physical column names (never caller text).
-        grouped = rel.aggregate(
-            [*exprs, *aggs, F("min", C(RID)).alias(first)], group_expr=", ".join(group)
-        )
+        merged = [e.alias(new_phys[name]) for name, e, _k in finals]
+        grouped = rel.aggregate([*exprs, *merged, F("min", C(first)).alias(first)], group_expr=keys)
         ordered = grouped.sort(C(first).asc())
-        return ordered.select(*exprs, *[C(new_phys[n]) for n, _e, _k in outputs])
+        return ordered.select(*exprs, *[C(new_phys[n]) for n, _e, _k in finals])
 
+    barrier.partial = partial
     barrier.result = result
     kinds = {c: L.kinds[c] for c in group_names}
     phys = {c: L.phys[c] for c in group_names}
-    for name, _e, kind in outputs:
+    for name, _e, kind in finals:
         kinds[name] = kind
         phys[name] = new_phys[name]
-    b.layout.cols = [*group_names, *(n for n, _e, _k in outputs)]
+    b.layout.cols = [*group_names, *(n for n, _e, _k in finals)]
     b.layout.phys = phys
     b.layout.kinds = kinds
