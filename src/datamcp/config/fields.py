@@ -230,7 +230,7 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "pipelines.memory_limit",
         "str",
-        "1GB",
+        "512MB",
         "memory per run for the columnar engine (DuckDB); sorts, aggregates, dedupe spill past it",
     ),
     Field("pipelines.threads", "int", 0, "engine threads per run (0 = one per core)"),

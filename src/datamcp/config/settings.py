@@ -166,7 +166,7 @@ class PipelineSettings:
     max_lookup_rows: int = 1_000_000
     schedule_tick: float = 1.0
     progress_interval: float = 1.0
-    memory_limit: str = "1GB"
+    memory_limit: str = "512MB"
     threads: int = 0
     chunk_rows: int = 100_000
     s3_region: str = "us-east-1"
@@ -736,5 +736,5 @@ def _memory_limit(r: Any) -> str:
     value = str(r.str_("pipelines.memory_limit")).strip()
     if not re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", value):
         r.fail("pipelines.memory_limit", "expected a size such as '512MB' or '2GB'")
-        return "1GB"
+        return "512MB"
     return value

@@ -73,6 +73,7 @@ class CsvSource:
         self._done = False
         self._names: list[str] = []
         self._all: list[str] = []
+        self._scan_con: Any = None
 
     async def open(self) -> list[str]:
         return await asyncio.to_thread(self._open)
@@ -132,10 +133,18 @@ class CsvSource:
         if self.threads:
             config["threads"] = self.threads
         self._con = duckdb.connect(":memory:", config=config)
-        rel = self._con.read_csv(
+        rel = self._scan(self._con, len(names))
+        pick = self.wanted or names
+        self._all = names
+        self._base = rel
+        self.narrow(pick)
+        return list(pick)
+
+    def _scan(self, con: duckdb.DuckDBPyConnection, width: int) -> duckdb.DuckDBPyRelation:
+        return con.read_csv(
             str(self.path),
             auto_detect=False,
-            columns={f"c{i}": "VARCHAR" for i in range(len(names))},
+            columns={f"c{i}": "VARCHAR" for i in range(width)},
             header=not self.no_header,
             sep=self.delimiter,
             quotechar=self.quote,
@@ -150,11 +159,33 @@ class CsvSource:
             max_line_size=MAX_LINE,
             buffer_size=2 * MAX_LINE,
         )
-        pick = self.wanted or names
-        self._all = names
-        self._base = rel
-        self.narrow(pick)
-        return list(pick)
+
+    def relation(
+        self, con: duckdb.DuckDBPyConnection, names: Mapping[str, str]
+    ) -> duckdb.DuckDBPyRelation:
+        """The scan as a relation on the engine's connection, the columns in
+        ``names`` (column -> new name) only: the engine runs its first
+        stages inside the scan. Read its rejects with ``scan_rejects``."""
+        self._scan_con = con
+        index = self._all.index
+        base = self._scan(con, len(self._all))
+        return base.select(
+            *[duckdb.ColumnExpression(f"c{index(c)}").alias(new) for c, new in names.items()]
+        )
+
+    def scan_error(self, exc: Exception) -> PermanentError:
+        """A reader failure as the run's error, in words for the caller."""
+        text = str(exc).splitlines()[0]
+        if "invalid state" in text:
+            text = (
+                "not a well-formed CSV file (mixed line endings, or a quote the "
+                "quote/escape options do not describe)"
+            )
+        return PermanentError(f"{self.display}: {text[:300]}", "SOURCE_ERROR")
+
+    def scan_rejects(self) -> list[tuple[Any, str, int]]:
+        """The records the relation's scan could not take (after it ran)."""
+        return self._rejects(self._scan_con)
 
     @property
     def kinds(self) -> dict[str, str]:
@@ -179,26 +210,19 @@ class CsvSource:
             batch = self._reader.read_next_batch()
         except StopIteration:
             self._done = True
-            rejects = self._rejects()
+            rejects = self._rejects(self._con)
             if not rejects:
                 return None
             empty = pa.table({c: pa.array([], pa.string()) for c in self._names})
             return SourceBatch(empty, rejects)
         except duckdb.Error as exc:
-            text = str(exc).splitlines()[0]
-            if "invalid state" in text:
-                text = (
-                    "not a well-formed CSV file (mixed line endings, or a quote the "
-                    "quote/escape options do not describe)"
-                )
-            raise PermanentError(f"{self.display}: {text[:300]}", "SOURCE_ERROR") from None
+            raise self.scan_error(exc) from None
         table = pa.Table.from_batches([batch]).rename_columns(self._names)
         return SourceBatch(table)
 
-    def _rejects(self) -> list[tuple[Any, str, int]]:
-        assert self._con is not None
+    def _rejects(self, con: duckdb.DuckDBPyConnection) -> list[tuple[Any, str, int]]:
         out: list[tuple[Any, str, int]] = []
-        rows = self._con.sql(
+        rows = con.sql(
             "SELECT line, arg_min(error_type::VARCHAR, coalesce(column_idx, 0)), "
             "any_value(csv_line) FROM reject_errors GROUP BY line ORDER BY line"
         ).fetchall()

@@ -38,6 +38,7 @@ from datamcp.core.pipelines.ports import (
     Source,
     SourceBatch,
 )
+from datamcp.core.pipelines.scan import scan
 from datamcp.core.pipelines.spec import Part, PipelineSpec
 from datamcp.core.pipelines.transforms import REGISTRY
 
@@ -101,7 +102,7 @@ class Engine:
         max_lookup_rows: int = 1_000_000,
         progress_every: float = 1.0,
         chunk_rows: int = 100_000,
-        memory_limit: str = "1GB",
+        memory_limit: str = "512MB",
         threads: int = 0,
     ) -> None:
         self.connectors = connectors
@@ -203,6 +204,20 @@ class Engine:
             elif seg.counted:
                 counters.append(seg.counters)
         return _Plan(b.segments, b.layout, counters)
+
+    @staticmethod
+    def _in_scan(plan: _Plan, source: Source, ctx: ReadContext) -> bool:
+        """Whether the first chain runs inside the source's scan: a source
+        that gives a relation, no cursor, and no stage that joins or numbers
+        rows (those stay chunked: their state is a spillable table, while a
+        window over the whole input is held in memory)."""
+        first = plan.segments[0]
+        return (
+            hasattr(source, "relation")
+            and not ctx.cursor_column
+            and isinstance(first, Chain)
+            and not first.windowed
+        )
 
     # ---- one chunk through the plan ----------------------------------------------------
 
@@ -337,7 +352,8 @@ class Engine:
                 used = _used(plan)
                 keep = [c for c in columns if layout.phys[c] in used or c == ctx.cursor_column]
                 source.narrow(keep)  # type: ignore[attr-defined]
-                batch = await source.read(size)
+                if not self._in_scan(plan, source, ctx):
+                    batch = await source.read(size)
             counters = [source_counters, *plan.counters, dest_counters]
             cursor = Cursor(ctx, columns, layout)
             destination = self.connectors.destination(spec.destination, run_id)
@@ -355,6 +371,20 @@ class Engine:
                     for row, reason in result.rejects:
                         sink.add(dest_counters, reason, row)
 
+            if self._in_scan(plan, source, ctx):
+                await source.close()  # its own reader is not needed: the scan runs here
+                await scan(
+                    plan.segments,
+                    source,
+                    {c: layout.phys[c] for c in keep},
+                    sink,
+                    source_counters,
+                    in_thread=in_thread,
+                    write=write,
+                    progress=progress,
+                    chunk_rows=self.chunk_rows,
+                )
+                batch = None
             while batch is not None:
                 for raw, reason, number in batch.rejects:
                     source_counters.read += 1

@@ -110,26 +110,41 @@ class Chain:
         self.steps: list[Step] = []
         self.after: list[Callable[[pa.Table], None]] = []
         self.uses: set[str] = set()
+        self.windowed = False  # a stage joins or numbers rows (lookup, dedupe, unique)
 
     def run(self, table: pa.Table, sink: RejectSink) -> pa.Table:
         """The batch's rows alive after every stage (stage counters and
         rejects updated)."""
         inputs = [c for c in table.column_names if c in self.uses or c == RID]
-        rel = self.con.from_arrow(table.select(inputs))
-        rel = rel.select(
-            StarExpression(),
-            K(None).cast(duckdb.sqltypes.INTEGER).alias(AT),
-            K(None).cast(VARCHAR).alias(WHY),
-        )
-        for step in self.steps:
-            rel = step(rel)
-        computed = rel.to_arrow_table()
+        rel = self.start(self.con.from_arrow(table.select(inputs)))
+        computed = self.apply(rel).to_arrow_table()
         if not computed.column(RID).equals(table.column(RID)):
             computed = computed.sort_by(RID)
         out = table
         for name in computed.column_names:
             if name not in table.column_names:
                 out = out.append_column(name, computed.column(name))
+        for hook in self.after:
+            hook(out)
+        return self.account(out, sink)
+
+    def apply(self, rel: Rel) -> Rel:
+        """The stages over ``rel`` (which has the status columns)."""
+        for step in self.steps:
+            rel = step(rel)
+        return rel
+
+    def start(self, rel: Rel) -> Rel:
+        """``rel`` with the status columns every row starts with."""
+        return rel.select(
+            StarExpression(),
+            K(None).cast(duckdb.sqltypes.INTEGER).alias(AT),
+            K(None).cast(VARCHAR).alias(WHY),
+        )
+
+    def account(self, out: pa.Table, sink: RejectSink) -> pa.Table:
+        """Counts and rejects of rows that went through the stages; the
+        rows still alive, without the status columns."""
         at = out.column(AT)
         alive = pc.is_null(at)
         count = out.num_rows
@@ -140,8 +155,6 @@ class Chain:
             info.counters.written += count
         if count != out.num_rows:
             self._rejects(out, sink)
-        for hook in self.after:
-            hook(out)
         return out.filter(alive).drop_columns([AT, WHY])
 
     def _rejects(self, out: pa.Table, sink: RejectSink) -> None:
@@ -197,6 +210,14 @@ class Barrier:
         else:
             rel.create(self.table)
             self.created = True
+
+    def push_relation(self, rel: Rel, rows: int) -> None:
+        """All the barrier's input at once, as a relation of ``rows`` rows."""
+        if self.counted:
+            self.counters.read += rows
+            self.counters.written += rows
+        self.partial(rel.select(*[C(c) for c in self.columns])).create(self.table)
+        self.created = True
 
     def finish(self, rows_per_batch: int) -> Iterator[pa.Table]:
         self.counters.written = 0
@@ -283,6 +304,7 @@ class PlanBuilder:
         must keep the rows in ``__rid`` order; ``uses`` names the columns
         it reads."""
         chain = self.chain
+        chain.windowed |= prepare is not None
         k = len(chain.stages)
         info = StageInfo(StageCounters(name), self.layout.copy())
         chain.stages.append(info)
