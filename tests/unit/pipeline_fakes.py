@@ -9,6 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
+import datamcp.adapters.pipelines  # noqa: F401 - registers the source and destination kinds
 from datamcp.core.errors import FieldViolation
 from datamcp.core.pipelines.engine import Engine, Progress
 from datamcp.core.pipelines.frame import RowBatches

@@ -29,6 +29,7 @@ import duckdb
 import pyarrow as pa
 
 from datamcp.adapters.pipelines.values import plain
+from datamcp.core.pipelines.checker import Checker, char, delimiter, file_options, null_values
 from datamcp.core.pipelines.ports import PermanentError, SourceBatch, WriteResult
 
 MAX_LINE = 16 * 1024 * 1024
@@ -310,3 +311,66 @@ class CsvDestination:
             self._file = None
         with contextlib.suppress(OSError):
             os.unlink(self.temp)
+
+
+# ---- the ``csv`` kind ---------------------------------------------------------------------
+
+KIND = "csv"
+SOURCE_OPTIONS = ("path", "delimiter", "quote", "escape", "null_values", "encoding")
+
+
+def parse_source(c: Checker, raw: Any, path: str) -> dict[str, Any] | None:
+    o = file_options(c, raw, path)
+    if o is None:
+        return None
+    c.unknown(o, path, (*SOURCE_OPTIONS, "no_header", "columns"))
+    out: dict[str, Any] = {
+        "path": c.string(o, "path", path, required=True),
+        "columns": c.names(o.get("columns"), f"{path}.columns"),
+        "encoding": c.choice(o, "encoding", path, ENCODINGS),
+        "delimiter": delimiter(c, o, path),
+        "quote": char(c, o, "quote", path, '"'),
+        "null_values": null_values(c, o, path),
+        "no_header": c.boolean(o, "no_header", path),
+    }
+    out["escape"] = char(c, o, "escape", path, out["quote"])
+    if out["quote"] == out["delimiter"]:
+        c.fail(f"{path}.quote", "must differ from the delimiter")
+    if out["no_header"] and not out["columns"]:
+        c.fail(f"{path}.columns", "required when no_header is true")
+    return out
+
+
+def parse_destination(c: Checker, raw: Any, path: str) -> dict[str, Any] | None:
+    o = file_options(c, raw, path)
+    if o is None:
+        return None
+    c.unknown(o, path, ("path", "delimiter"))
+    return {"path": c.string(o, "path", path, required=True), "delimiter": delimiter(c, o, path)}
+
+
+def check_source(connectors: Any, o: Mapping[str, Any], path: str, problems: list[Any]) -> None:
+    connectors.check_path(o["path"], f"{path}.path", problems)
+
+
+check_destination = check_source
+
+
+def source(connectors: Any, o: Mapping[str, Any], ctx: Any, where: str) -> CsvSource:
+    return CsvSource(
+        connectors.file(o["path"], where),
+        delimiter=o["delimiter"],
+        quote=o.get("quote", '"'),
+        escape=o.get("escape", ""),
+        null_values=o.get("null_values", []),
+        encoding=o.get("encoding", "utf-8"),
+        no_header=o["no_header"],
+        columns=o["columns"],
+        display=o["path"],
+    )
+
+
+def destination(connectors: Any, o: Mapping[str, Any], run_id: str, where: str) -> CsvDestination:
+    return CsvDestination(
+        connectors.target(o["path"], where), run_id, delimiter=o.get("delimiter", ",")
+    )

@@ -17,7 +17,8 @@ import aiohttp
 
 from datamcp.adapters.http_agent import ApiConfig, parse_retry_after, target_url
 from datamcp.core.agents.agent import AgentError
-from datamcp.core.errors import ResourceExhausted, Unavailable
+from datamcp.core.errors import FieldViolation, ResourceExhausted, Unavailable
+from datamcp.core.pipelines.checker import Checker
 from datamcp.core.pipelines.frame import RowBatches
 from datamcp.core.pipelines.ports import PermanentError, SourceBatch, TransientError
 from datamcp.core.resilience import CallGuard
@@ -200,3 +201,63 @@ class HttpSource:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+# ---- the ``http`` kind --------------------------------------------------------------------
+
+KIND = "http"
+
+
+def parse_source(c: Checker, raw: Any, path: str) -> dict[str, Any] | None:
+    o = c.mapping(raw, path)
+    if o is None:
+        return None
+    c.unknown(o, path, ("api", "path", "query", "records", "pagination", "columns"))
+    return {
+        "api": c.string(o, "api", path, required=True),
+        "path": c.string(o, "path", path),
+        "query": c.str_map(o.get("query"), f"{path}.query"),
+        "records": c.string(o, "records", path),
+        "pagination": _pagination(c, o.get("pagination"), f"{path}.pagination"),
+        "columns": c.names(o.get("columns"), f"{path}.columns"),
+    }
+
+
+def _pagination(c: Checker, raw: Any, path: str) -> dict[str, Any]:
+    o = c.mapping(raw, path) or {}
+    c.unknown(
+        o, path, ("type", "param", "size_param", "page_size", "start", "cursor_path", "max_pages")
+    )
+    kind = c.choice(o, "type", path, ("none", "page", "offset", "cursor"))
+    out = {
+        "type": kind,
+        "param": c.string(o, "param", path)
+        or {"page": "page", "offset": "offset", "cursor": "cursor"}.get(kind, ""),
+        "size_param": c.string(o, "size_param", path),
+        "page_size": c.integer(o, "page_size", path, 100, 1, 10_000),
+        "start": c.integer(o, "start", path, 1 if kind == "page" else 0, 0, 2**62),
+        "cursor_path": c.string(o, "cursor_path", path),
+        "max_pages": c.integer(o, "max_pages", path, 10_000, 1, 1_000_000),
+    }
+    if kind == "cursor" and not out["cursor_path"]:
+        c.fail(f"{path}.cursor_path", "required for cursor pagination")
+    return out
+
+
+def check_source(connectors: Any, o: Mapping[str, Any], path: str, problems: list[Any]) -> None:
+    if o["api"] not in connectors.apis:
+        known = ", ".join(sorted(connectors.apis)) or "none configured"
+        problems.append(
+            FieldViolation(
+                f"{path}.api", f"unknown API {o['api']!r} (pipelines.http_apis: {known})"
+            )
+        )
+
+
+def source(connectors: Any, o: Mapping[str, Any], ctx: Any, where: str) -> HttpSource:
+    api = connectors.apis.get(o["api"])
+    if api is None:
+        raise PermanentError(f"{where}.api: unknown API {o['api']!r}", "INVALID_PIPELINE")
+    return HttpSource(
+        api, connectors.guards[api.name], o, budget=connectors.http_budget, display=where
+    )

@@ -11,13 +11,14 @@ import contextlib
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from datamcp.adapters.pipelines.values import plain, python_rows
+from datamcp.core.pipelines.checker import Checker, file_options
 from datamcp.core.pipelines.frame import RowBatches, json_safe
 from datamcp.core.pipelines.ports import PermanentError, SourceBatch, WriteResult
 
@@ -164,3 +165,48 @@ class JsonlDestination:
             self._file = None
         with contextlib.suppress(OSError):
             os.unlink(self.temp)
+
+
+# ---- the ``jsonl`` kind -------------------------------------------------------------------
+
+KIND = "jsonl"
+
+
+def parse_source(c: Checker, raw: Any, path: str) -> dict[str, Any] | None:
+    o = file_options(c, raw, path)
+    if o is None:
+        return None
+    c.unknown(o, path, ("path", "columns", "encoding"))
+    return {
+        "path": c.string(o, "path", path, required=True),
+        "columns": c.names(o.get("columns"), f"{path}.columns"),
+        "encoding": c.choice(o, "encoding", path, ("utf-8", "utf-16", "latin-1")),
+    }
+
+
+def parse_destination(c: Checker, raw: Any, path: str) -> dict[str, Any] | None:
+    o = file_options(c, raw, path)
+    if o is None:
+        return None
+    c.unknown(o, path, ("path",))
+    return {"path": c.string(o, "path", path, required=True)}
+
+
+def check_source(connectors: Any, o: Mapping[str, Any], path: str, problems: list[Any]) -> None:
+    connectors.check_path(o["path"], f"{path}.path", problems)
+
+
+check_destination = check_source
+
+
+def source(connectors: Any, o: Mapping[str, Any], ctx: Any, where: str) -> JsonlSource:
+    return JsonlSource(
+        connectors.file(o["path"], where),
+        columns=o["columns"],
+        encoding=o.get("encoding", "utf-8"),
+        display=o["path"],
+    )
+
+
+def destination(connectors: Any, o: Mapping[str, Any], run_id: str, where: str) -> JsonlDestination:
+    return JsonlDestination(connectors.target(o["path"], where), run_id)

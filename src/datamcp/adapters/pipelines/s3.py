@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from datamcp.adapters.pipelines.csv import CsvDestination, CsvSource
 from datamcp.adapters.pipelines.jsonl import JsonlDestination, JsonlSource
+from datamcp.core.pipelines.checker import Checker, delimiter, file_format, null_values
 from datamcp.core.pipelines.ports import PermanentError, SourceBatch, TransientError, WriteResult
 
 
@@ -129,3 +130,45 @@ class S3Destination:
                 os.unlink(os.path.join(self._dir, name))
         with contextlib.suppress(OSError):
             os.rmdir(self._dir)
+
+
+# ---- the ``s3`` kind ----------------------------------------------------------------------
+
+KIND = "s3"
+
+
+def parse_source(c: Checker, raw: Any, path: str) -> dict[str, Any] | None:
+    o = c.mapping(raw, path)
+    if o is None:
+        return None
+    c.unknown(o, path, ("bucket", "key", "format", "delimiter", "columns", "null_values"))
+    key = c.string(o, "key", path, required=True)
+    return {
+        "bucket": c.string(o, "bucket", path, required=True),
+        "key": key,
+        "format": file_format(c, o, path, key),
+        "delimiter": delimiter(c, o, path),
+        "null_values": null_values(c, o, path),
+        "columns": c.names(o.get("columns"), f"{path}.columns"),
+    }
+
+
+def parse_destination(c: Checker, raw: Any, path: str) -> dict[str, Any] | None:
+    o = c.mapping(raw, path)
+    if o is None:
+        return None
+    c.unknown(o, path, ("bucket", "key", "format"))
+    key = c.string(o, "key", path, required=True)
+    return {
+        "bucket": c.string(o, "bucket", path, required=True),
+        "key": key,
+        "format": file_format(c, o, path, key),
+    }
+
+
+def source(connectors: Any, o: Mapping[str, Any], ctx: Any, where: str) -> S3Source:
+    return S3Source(connectors.s3, dict(o))
+
+
+def destination(connectors: Any, o: Mapping[str, Any], run_id: str, where: str) -> S3Destination:
+    return S3Destination(connectors.s3, dict(o), run_id)

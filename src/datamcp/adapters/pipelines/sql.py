@@ -25,7 +25,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from datamcp.core.pipelines.checker import Checker
 from datamcp.core.pipelines.frame import RowBatches
+from datamcp.core.pipelines.limits import MAX_QUERY
 from datamcp.core.pipelines.ports import (
     PermanentError,
     SourceBatch,
@@ -185,3 +187,34 @@ class SqlSource:
 
 def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+# ---- the ``sql`` kind ---------------------------------------------------------------------
+
+KIND = "sql"
+
+
+def parse_source(c: Checker, raw: Any, path: str) -> dict[str, Any] | None:
+    o = c.mapping(raw, path)
+    if o is None:
+        return None
+    c.unknown(o, path, ("connection", "query", "params"))
+    query = c.string(o, "query", path, required=True, limit=MAX_QUERY, control=True)
+    if query and not re.match(r"^\s*(select|with)\b", query, re.IGNORECASE):
+        c.fail(f"{path}.query", "only SELECT or WITH queries are allowed")
+    return {
+        "connection": c.string(o, "connection", path, required=True),
+        "query": query,
+        "params": dict(c.mapping(o.get("params"), f"{path}.params") or {}),
+    }
+
+
+def check_source(connectors: Any, o: Mapping[str, Any], path: str, problems: list[Any]) -> None:
+    connectors.check_connection(o["connection"], f"{path}.connection", problems)
+
+
+def source(connectors: Any, o: Mapping[str, Any], ctx: Any, where: str) -> SqlSource:
+    params = {**ctx.params, **o["params"]}
+    if ctx.cursor_column:
+        params.setdefault("cursor", ctx.cursor)
+    return SqlSource(connectors.url(o["connection"], where), o["query"], params, display=where)

@@ -8,17 +8,20 @@ leaves the table exactly as it was."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from datamcp.adapters.pipelines.sql import _fail, async_url
 from datamcp.adapters.pipelines.sql import quote as _q
+from datamcp.adapters.pipelines.sqlite_table import SqliteTableDestination
 from datamcp.adapters.pipelines.values import python_rows
+from datamcp.core.pipelines.checker import IDENT_RE, Checker
 from datamcp.core.pipelines.ports import PermanentError, WriteResult
 
 _SA_TYPES: dict[str, Any] = {
@@ -184,3 +187,54 @@ def _existing_columns(conn: sa.Connection, table: str) -> list[Any]:
     if not inspector.has_table(table):
         return []
     return [sa.Column(c["name"], c["type"]) for c in inspector.get_columns(table)]
+
+
+# ---- the ``table`` kind -------------------------------------------------------------------
+
+KIND = "table"
+
+
+def parse_destination(c: Checker, raw: Any, path: str) -> dict[str, Any] | None:
+    o = c.mapping(raw, path)
+    if o is None:
+        return None
+    c.unknown(o, path, ("connection", "table", "mode", "keys", "contract"))
+    table = c.string(o, "table", path, required=True)
+    if table and not IDENT_RE.match(table):
+        c.fail(f"{path}.table", "letters, digits and _ only, starting with a letter or _")
+    out = {
+        "connection": c.string(o, "connection", path, required=True),
+        "table": table,
+        "mode": c.choice(o, "mode", path, ("append", "replace", "merge")),
+        "keys": c.names(o.get("keys"), f"{path}.keys", ident=True),
+        "contract": c.choice(o, "contract", path, ("evolve", "freeze")),
+    }
+    if out["mode"] == "merge" and not out["keys"]:
+        c.fail(f"{path}.keys", "required for mode merge (the primary key)")
+    return out
+
+
+def check_destination(
+    connectors: Any, o: Mapping[str, Any], path: str, problems: list[Any]
+) -> None:
+    connectors.check_connection(o["connection"], f"{path}.connection", problems)
+
+
+def destination(connectors: Any, o: Mapping[str, Any], run_id: str, where: str) -> Any:
+    """SQLite through ADBC (``sqlite_table``), any other database here."""
+    url = connectors.url(o["connection"], where)
+    kw: dict[str, Any] = {
+        "mode": o["mode"],
+        "keys": o["keys"],
+        "contract": o["contract"],
+        "run_id": run_id,
+    }
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        if not u.database or u.database == ":memory:":
+            raise PermanentError(
+                f"{where}: an in-memory SQLite database cannot be a destination",
+                "INVALID_PIPELINE",
+            )
+        return SqliteTableDestination(u.database, o["table"], **kw)
+    return SqlAlchemyTableDestination(url, o["table"], **kw)

@@ -178,3 +178,39 @@ def long_form(o: Any) -> Any:
     if isinstance(o, Mapping) and set(o) == {"columns"} and isinstance(o["columns"], Mapping):
         return o["columns"]
     return o
+
+
+def file_options(c: Checker, raw: Any, path: str) -> Mapping[str, Any] | None:
+    """A file kind's options: a mapping, or the shorthand ``kind: path``."""
+    return c.mapping({"path": raw} if isinstance(raw, str) else raw, path)
+
+
+def delimiter(c: Checker, o: Mapping[str, Any], path: str) -> str:
+    return char(c, o, "delimiter", path, ",")
+
+
+def char(c: Checker, o: Mapping[str, Any], key: str, path: str, default: str) -> str:
+    value = c.string(o, key, path) or default
+    if len(value) != 1 or value in "\r\n":
+        c.fail(f"{path}.{key}", "must be one character (not a line break)")
+        return default
+    return value
+
+
+def null_values(c: Checker, o: Mapping[str, Any], path: str) -> list[str]:
+    raw = o.get("null_values", [])
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw) or len(raw) > 32:
+        c.fail(f"{path}.null_values", "expected a list of texts read as null (at most 32)")
+        return []
+    return list(raw)
+
+
+def file_format(c: Checker, o: Mapping[str, Any], path: str, key: str) -> str:
+    """``csv`` or ``jsonl``: given, or from the object key's extension."""
+    value = c.string(o, "format", path)
+    if not value:
+        value = "jsonl" if key.endswith((".jsonl", ".ndjson", ".json")) else "csv"
+    if value not in ("csv", "jsonl"):
+        c.fail(f"{path}.format", "must be csv or jsonl")
+        return "csv"
+    return value

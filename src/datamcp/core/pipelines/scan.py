@@ -50,6 +50,10 @@ async def scan(
         )
     except duckdb.InvalidInputException as exc:  # the file, not the plan
         raise source.scan_error(exc) from None
+    except OSError as exc:  # the same, through Arrow's stream reader
+        if "CSV" not in str(exc):
+            raise
+        raise source.scan_error(exc) from None
 
 
 async def _scan(

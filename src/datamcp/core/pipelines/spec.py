@@ -21,17 +21,15 @@ from croniter import croniter
 
 from datamcp.core.errors import FieldViolation, InvalidArgument
 from datamcp.core.events.model import EventFilter
-from datamcp.core.pipelines.checker import IDENT_RE, Checker
+from datamcp.core.pipelines import kinds
+from datamcp.core.pipelines.checker import Checker
 from datamcp.core.pipelines.limits import (
-    MAX_QUERY,
     MAX_SPEC_TEXT,
     json_problems,
     timeout_problem,
 )
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,127}$")
-SOURCE_KINDS = ("csv", "jsonl", "sql", "http", "s3", "events")
-DESTINATION_KINDS = ("table", "csv", "jsonl", "s3")
 MAX_BATCH = 100_000
 MAX_TRANSFORMS = 100
 
@@ -101,133 +99,18 @@ class Document:
 # ---- sources ----------------------------------------------------------------------
 
 
-def _source(c: Checker, raw: Any, path: str) -> Part | None:  # noqa: PLR0915
-    picked = c.one_of(raw, path, SOURCE_KINDS)
+def _source(c: Checker, raw: Any, path: str) -> Part | None:
+    return _part(c, raw, path, kinds.SOURCES, "parse_source")
+
+
+def _part(c: Checker, raw: Any, path: str, registry: Mapping[str, Any], parse: str) -> Part | None:
+    """A ``{kind: options}`` of a registered source or destination kind."""
+    picked = c.one_of(raw, path, tuple(registry))
     if picked is None:
         return None
     kind, options = picked
-    path = f"{path}.{kind}"
-    if kind in ("csv", "jsonl") and isinstance(options, str):
-        options = {"path": options}
-    o = c.mapping(options, path)
-    if o is None:
-        return None
-    out: dict[str, Any] = {}
-    if kind in ("csv", "jsonl"):
-        known = ("path", "delimiter", "no_header", "columns", "null_values", "quote", "escape")
-        c.unknown(
-            o, path, (*known, "encoding") if kind == "csv" else ("path", "columns", "encoding")
-        )
-        out["path"] = c.string(o, "path", path, required=True)
-        out["columns"] = c.names(o.get("columns"), f"{path}.columns")
-        out["encoding"] = c.choice(o, "encoding", path, ("utf-8", "utf-16", "latin-1"))
-        if kind == "csv":
-            _csv_options(c, o, path, out)
-            out["no_header"] = c.boolean(o, "no_header", path)
-            if out["no_header"] and not out["columns"]:
-                c.fail(f"{path}.columns", "required when no_header is true")
-    elif kind == "sql":
-        c.unknown(o, path, ("connection", "query", "params"))
-        out["connection"] = c.string(o, "connection", path, required=True)
-        query = c.string(o, "query", path, required=True, limit=MAX_QUERY, control=True)
-        if query and not re.match(r"^\s*(select|with)\b", query, re.IGNORECASE):
-            c.fail(f"{path}.query", "only SELECT or WITH queries are allowed")
-        out["query"] = query
-        params = c.mapping(o.get("params"), f"{path}.params")
-        out["params"] = dict(params or {})
-    elif kind == "http":
-        c.unknown(o, path, ("api", "path", "query", "records", "pagination", "columns"))
-        out["api"] = c.string(o, "api", path, required=True)
-        out["path"] = c.string(o, "path", path)
-        out["query"] = c.str_map(o.get("query"), f"{path}.query")
-        out["records"] = c.string(o, "records", path)
-        out["pagination"] = _pagination(c, o.get("pagination"), f"{path}.pagination")
-        out["columns"] = c.names(o.get("columns"), f"{path}.columns")
-    elif kind == "s3":
-        c.unknown(o, path, ("bucket", "key", "format", "delimiter", "columns", "null_values"))
-        out["bucket"] = c.string(o, "bucket", path, required=True)
-        out["key"] = c.string(o, "key", path, required=True)
-        out["format"] = _format(c, o, path, out["key"])
-        out["delimiter"] = _delimiter(c, o, path)
-        out["null_values"] = _null_values(c, o, path)
-        out["columns"] = c.names(o.get("columns"), f"{path}.columns")
-    else:  # events
-        c.unknown(o, path, ("types", "source", "subject"))
-        types = o.get("types", [])
-        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
-            c.fail(f"{path}.types", "expected a list of event types")
-            types = []
-        out["types"] = list(types)
-        out["source"] = c.string(o, "source", path)
-        out["subject"] = c.string(o, "subject", path)
-        c.event_filter(out, path)
-    return Part(kind, out)
-
-
-def _csv_options(c: Checker, o: Mapping[str, Any], path: str, out: dict[str, Any]) -> None:
-    out["delimiter"] = _delimiter(c, o, path)
-    out["quote"] = _char(c, o, "quote", path, '"')
-    out["escape"] = _char(c, o, "escape", path, out["quote"])
-    out["null_values"] = _null_values(c, o, path)
-    if out["quote"] == out["delimiter"]:
-        c.fail(f"{path}.quote", "must differ from the delimiter")
-
-
-def _char(c: Checker, o: Mapping[str, Any], key: str, path: str, default: str) -> str:
-    value = c.string(o, key, path) or default
-    if len(value) != 1 or value in "\r\n":
-        c.fail(f"{path}.{key}", "must be one character (not a line break)")
-        return default
-    return value
-
-
-def _null_values(c: Checker, o: Mapping[str, Any], path: str) -> list[str]:
-    raw = o.get("null_values", [])
-    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw) or len(raw) > 32:
-        c.fail(f"{path}.null_values", "expected a list of texts read as null (at most 32)")
-        return []
-    return list(raw)
-
-
-def _delimiter(c: Checker, o: Mapping[str, Any], path: str) -> str:
-    value = c.string(o, "delimiter", path) or ","
-    if len(value) != 1:
-        c.fail(f"{path}.delimiter", "must be one character")
-        return ","
-    return value
-
-
-def _format(c: Checker, o: Mapping[str, Any], path: str, key: str) -> str:
-    value = c.string(o, "format", path)
-    if not value:
-        value = "jsonl" if key.endswith((".jsonl", ".ndjson", ".json")) else "csv"
-    if value not in ("csv", "jsonl"):
-        c.fail(f"{path}.format", "must be csv or jsonl")
-        return "csv"
-    return value
-
-
-def _pagination(c: Checker, raw: Any, path: str) -> dict[str, Any]:
-    o = c.mapping(raw, path) or {}
-    c.unknown(
-        o,
-        path,
-        ("type", "param", "size_param", "page_size", "start", "cursor_path", "max_pages"),
-    )
-    kind = c.choice(o, "type", path, ("none", "page", "offset", "cursor"))
-    out = {
-        "type": kind,
-        "param": c.string(o, "param", path)
-        or {"page": "page", "offset": "offset", "cursor": "cursor"}.get(kind, ""),
-        "size_param": c.string(o, "size_param", path),
-        "page_size": c.integer(o, "page_size", path, 100, 1, 10_000),
-        "start": c.integer(o, "start", path, 1 if kind == "page" else 0, 0, 2**62),
-        "cursor_path": c.string(o, "cursor_path", path),
-        "max_pages": c.integer(o, "max_pages", path, 10_000, 1, 1_000_000),
-    }
-    if kind == "cursor" and not out["cursor_path"]:
-        c.fail(f"{path}.cursor_path", "required for cursor pagination")
-    return out
+    out = getattr(registry[kind], parse)(c, options, f"{path}.{kind}")
+    return None if out is None else Part(kind, out)
 
 
 # ---- transforms ------------------------------------------------------------------
@@ -248,40 +131,7 @@ def _transform(c: Checker, raw: Any, path: str) -> Part | None:
 
 
 def _destination(c: Checker, raw: Any, path: str) -> Part | None:
-    picked = c.one_of(raw, path, DESTINATION_KINDS)
-    if picked is None:
-        return None
-    kind, options = picked
-    path = f"{path}.{kind}"
-    if kind in ("csv", "jsonl") and isinstance(options, str):
-        options = {"path": options}
-    o = c.mapping(options, path)
-    if o is None:
-        return None
-    out: dict[str, Any] = {}
-    if kind == "table":
-        c.unknown(o, path, ("connection", "table", "mode", "keys", "contract"))
-        out["connection"] = c.string(o, "connection", path, required=True)
-        table = c.string(o, "table", path, required=True)
-        if table and not IDENT_RE.match(table):
-            c.fail(f"{path}.table", "letters, digits and _ only, starting with a letter or _")
-        out["table"] = table
-        out["mode"] = c.choice(o, "mode", path, ("append", "replace", "merge"))
-        out["keys"] = c.names(o.get("keys"), f"{path}.keys", ident=True)
-        out["contract"] = c.choice(o, "contract", path, ("evolve", "freeze"))
-        if out["mode"] == "merge" and not out["keys"]:
-            c.fail(f"{path}.keys", "required for mode merge (the primary key)")
-    elif kind in ("csv", "jsonl"):
-        c.unknown(o, path, ("path", "delimiter") if kind == "csv" else ("path",))
-        out["path"] = c.string(o, "path", path, required=True)
-        if kind == "csv":
-            out["delimiter"] = _delimiter(c, o, path)
-    else:
-        c.unknown(o, path, ("bucket", "key", "format"))
-        out["bucket"] = c.string(o, "bucket", path, required=True)
-        out["key"] = c.string(o, "key", path, required=True)
-        out["format"] = _format(c, o, path, out["key"])
-    return Part(kind, out)
+    return _part(c, raw, path, kinds.DESTINATIONS, "parse_destination")
 
 
 # ---- whole spec ------------------------------------------------------------------
