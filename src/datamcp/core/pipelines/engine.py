@@ -25,7 +25,6 @@ import duckdb
 import pyarrow as pa
 
 from datamcp.core.errors import InvalidArgument
-from datamcp.core.pipelines.exprc import C, K
 from datamcp.core.pipelines.frame import kind_of
 from datamcp.core.pipelines.incremental import Cursor
 from datamcp.core.pipelines.model import Reject, StageCounters
@@ -39,8 +38,8 @@ from datamcp.core.pipelines.ports import (
     SourceBatch,
 )
 from datamcp.core.pipelines.scan import scan
-from datamcp.core.pipelines.spec import Part, PipelineSpec
-from datamcp.core.pipelines.transforms import REGISTRY
+from datamcp.core.pipelines.spec import PipelineSpec
+from datamcp.core.pipelines.transforms import REGISTRY, lookup
 
 
 @dataclass(slots=True)
@@ -136,44 +135,10 @@ class Engine:
     async def load_lookups(
         self, spec: PipelineSpec, ctx: ReadContext, con: duckdb.DuckDBPyConnection
     ) -> dict[int, tuple[str, Layout]]:
-        """Each lookup source into a DuckDB table (first row of a key wins
-        is applied by the lookup stage's join order: rows keep ``__rid``)."""
-        out: dict[int, tuple[str, Layout]] = {}
-        plain = ReadContext(ctx.tenant, ctx.params)
-        for n, part in enumerate(spec.transforms):
-            if part.kind != "lookup":
-                continue
-            kind, options = next(iter(part.options["source"].items()))
-            where = f"transforms[{n}].lookup.source"
-            source = self.connectors.source(Part(kind, options), plain, where)
-            table = f"__lookup{n}"
-            try:
-                columns = await source.open()
-                phys = {c: f"_L{n}_{i}" for i, c in enumerate(columns)}
-                kinds = {c: "string" for c in columns}
-                count = 0
-                while (batch := await source.read(self.batch_size)) is not None:
-                    t = batch.table
-                    if count == 0:
-                        kinds = {c: kind_of(t.schema.field(c)) for c in columns}
-                    renamed = t.select(columns).rename_columns([phys[c] for c in columns])
-                    await asyncio.to_thread(_store_lookup, con, table, renamed, count, count == 0)
-                    count += t.num_rows
-                    if count > self.max_lookup_rows:
-                        raise PermanentError(
-                            f"{where}: more than {self.max_lookup_rows} lookup rows",
-                            reason="LOOKUP_TOO_LARGE",
-                        )
-                if count == 0:
-                    empty = pa.table({phys[c]: pa.array([], pa.string()) for c in columns})
-                    await asyncio.to_thread(_store_lookup, con, table, empty, 0, True)
-                out[n] = (
-                    await asyncio.to_thread(_first_per_key, con, table, spec, n, phys),
-                    Layout(list(columns), phys, kinds),
-                )
-            finally:
-                await source.close()
-        return out
+        """Each lookup transform's source in a DuckDB table, by its index."""
+        return await lookup.load(
+            spec, ctx, con, self.connectors, batch_size=self.batch_size, limit=self.max_lookup_rows
+        )
 
     def plan(
         self,
@@ -470,33 +435,3 @@ def _rows(plan: _Plan, tables: list[pa.Table], engine: Engine) -> list[list[Any]
         out = engine._output(plan, t)
         rows += [list(r.values()) for r in out.to_pylist()]
     return rows
-
-
-def _store_lookup(
-    con: duckdb.DuckDBPyConnection, table: str, t: pa.Table, offset: int, first: bool
-) -> None:
-    t = t.append_column("__lrid", pa.array(range(offset, offset + t.num_rows), pa.int64()))
-    rel = con.from_arrow(t)
-    if first:
-        rel.create(table)
-    else:
-        rel.insert_into(table)
-
-
-def _first_per_key(
-    con: duckdb.DuckDBPyConnection, table: str, spec: PipelineSpec, n: int, phys: dict[str, str]
-) -> str:
-    """A view of the lookup table with one row per key (the first)."""
-    on = [phys[c] for c in spec.transforms[n].options["on"].values() if c in phys]
-    if not on:
-        return table
-    from duckdb import FunctionExpression, StarExpression
-
-    rn = FunctionExpression("row_number").over(
-        partition_by=[C(c) for c in on], order_by=[C("__lrid")]
-    )
-    first = f"{table}_first"
-    con.table(table).select(StarExpression(), rn.alias("__n")).filter(C("__n") == K(1)).select(
-        StarExpression(exclude=["__n"])
-    ).create(first)
-    return first

@@ -4,14 +4,20 @@ adds columns from another source, read once per run into a DuckDB table
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
 import duckdb
+import pyarrow as pa
+from duckdb import FunctionExpression, StarExpression
 
 from datamcp.core.pipelines.checker import Checker
 from datamcp.core.pipelines.exprc import C, Expr, K
-from datamcp.core.pipelines.plan import RID, PlanBuilder, Rel
+from datamcp.core.pipelines.frame import kind_of
+from datamcp.core.pipelines.plan import RID, Layout, PlanBuilder, Rel
+from datamcp.core.pipelines.ports import Connectors, PermanentError, ReadContext
+from datamcp.core.pipelines.spec import Part, PipelineSpec
 
 KIND = "lookup"
 
@@ -80,3 +86,84 @@ def build(b: PlanBuilder, o: Mapping[str, Any], path: str) -> None:
         L.cols.append(name)
         L.phys[name] = lk.phys[name]
         L.kinds[name] = lk.kinds[name]
+
+
+async def load(
+    spec: PipelineSpec,
+    ctx: ReadContext,
+    con: duckdb.DuckDBPyConnection,
+    connectors: Connectors,
+    *,
+    batch_size: int,
+    limit: int,
+) -> dict[int, tuple[str, Layout]]:
+    """Each lookup transform's source read once per run into a DuckDB table
+    (the first row of a key kept), by the transform's index.
+
+    Raises:
+        PermanentError: reason ``LOOKUP_TOO_LARGE`` past ``limit`` rows.
+    """
+    out: dict[int, tuple[str, Layout]] = {}
+    plain = ReadContext(ctx.tenant, ctx.params)
+    for n, part in enumerate(spec.transforms):
+        if part.kind != "lookup":
+            continue
+        kind, options = next(iter(part.options["source"].items()))
+        where = f"transforms[{n}].lookup.source"
+        source = connectors.source(Part(kind, options), plain, where)
+        table = f"__lookup{n}"
+        try:
+            columns = await source.open()
+            phys = {c: f"_L{n}_{i}" for i, c in enumerate(columns)}
+            kinds = {c: "string" for c in columns}
+            count = 0
+            while (batch := await source.read(batch_size)) is not None:
+                t = batch.table
+                if count == 0:
+                    kinds = {c: kind_of(t.schema.field(c)) for c in columns}
+                renamed = t.select(columns).rename_columns([phys[c] for c in columns])
+                await asyncio.to_thread(_store_lookup, con, table, renamed, count, count == 0)
+                count += t.num_rows
+                if count > limit:
+                    raise PermanentError(
+                        f"{where}: more than {limit} lookup rows",
+                        reason="LOOKUP_TOO_LARGE",
+                    )
+            if count == 0:
+                empty = pa.table({phys[c]: pa.array([], pa.string()) for c in columns})
+                await asyncio.to_thread(_store_lookup, con, table, empty, 0, True)
+            out[n] = (
+                await asyncio.to_thread(_first_per_key, con, table, spec, n, phys),
+                Layout(list(columns), phys, kinds),
+            )
+        finally:
+            await source.close()
+    return out
+
+
+def _store_lookup(
+    con: duckdb.DuckDBPyConnection, table: str, t: pa.Table, offset: int, first: bool
+) -> None:
+    t = t.append_column("__lrid", pa.array(range(offset, offset + t.num_rows), pa.int64()))
+    rel = con.from_arrow(t)
+    if first:
+        rel.create(table)
+    else:
+        rel.insert_into(table)
+
+
+def _first_per_key(
+    con: duckdb.DuckDBPyConnection, table: str, spec: PipelineSpec, n: int, phys: dict[str, str]
+) -> str:
+    """A view of the lookup table with one row per key (the first)."""
+    on = [phys[c] for c in spec.transforms[n].options["on"].values() if c in phys]
+    if not on:
+        return table
+    rn = FunctionExpression("row_number").over(
+        partition_by=[C(c) for c in on], order_by=[C("__lrid")]
+    )
+    first = f"{table}_first"
+    con.table(table).select(StarExpression(), rn.alias("__n")).filter(C("__n") == K(1)).select(
+        StarExpression(exclude=["__n"])
+    ).create(first)
+    return first
