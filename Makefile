@@ -1,27 +1,43 @@
 # DataMCP mesh. `make run` starts the mesh, `make test` runs every test;
-# both create .venv and install what they need on first use.
+# both create .venv and install what they need on first use (`make run` only
+# the runtime dependencies; `make test` and the checks the dev tools too).
+# Server flags go through ARGS: make run ARGS="--listen 127.0.0.1:6000".
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 BUF := npx --yes @bufbuild/buf@1.75.0
-PROTOS := $(shell find proto -name '*.proto' | sort)
+# Our contracts only: proto/google/rpc is a vendored copy for other languages
+# (Python gets google.rpc from googleapis-common-protos).
+PROTOS := $(shell find proto/datamcp -name '*.proto' | sort)
 PROTO_INCLUDE = $$($(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')
 PYTEST_ARGS ?=
+ARGS ?=
 
 .PHONY: install run test check lint fmt typecheck gen gen-check buf-lint breaking infra-check sam-lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed-runtime
+
+# Runtime dependencies only (no linters, moto, pandas...): what `make run` needs.
+$(VENV)/.installed-runtime: pyproject.toml clients/python/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e .
 	touch $@
 
 install: $(VENV)/.installed
 
-run: install
-	$(BIN)/datamcp serve
+# The server in the foreground; `.venv/bin/datamcp` is the command line (or
+# `. .venv/bin/activate` to have `datamcp` on PATH). make itself ends with
+# 143 when it is sent SIGTERM (after the server stopped gracefully); under a
+# supervisor run `.venv/bin/datamcp serve` directly.
+run: $(VENV)/.installed-runtime
+	@echo "datamcp: the command line is .venv/bin/datamcp (. .venv/bin/activate puts it on PATH)"
+	$(BIN)/datamcp serve $(ARGS)
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -45,15 +61,15 @@ gen-check: install
 	rm -rf .gen-check
 
 lint: install
-	$(BIN)/ruff check src handlers tests
-	$(BIN)/ruff format --check src handlers tests
+	$(BIN)/ruff check src handlers tests clients
+	$(BIN)/ruff format --check src handlers tests clients
 
 fmt: install
-	$(BIN)/ruff check --fix src handlers tests
-	$(BIN)/ruff format src handlers tests
+	$(BIN)/ruff check --fix src handlers tests clients
+	$(BIN)/ruff format src handlers tests clients
 
 typecheck: install
-	$(BIN)/mypy src handlers
+	$(BIN)/mypy src handlers clients/python/datamcp_client
 
 buf-lint:
 	$(BUF) lint

@@ -96,7 +96,50 @@ class CallerAgent(Agent):
         return {"called": payload["target"], "result": result, "left": ctx.remaining() > 0}
 
 
+class AsyncioAgent(Agent):
+    """Uses asyncio as its documentation says an agent may.
+
+    ``asyncio.timed``: enters ``asyncio.timeout(limit)`` before its first
+    await and sleeps ``seconds``; the timeout must fire in the agent's own
+    task (it answers ``{"timed_out": true}``).
+    ``asyncio.identity``: whether ``current_task()`` is the same object
+    before and after its first await.
+    ``asyncio.stubborn``: sleeps ``seconds``; ``mode`` ``ignore`` keeps
+    sleeping when cancelled, ``swallow`` returns a result when cancelled.
+    """
+
+    name = "asyncio"
+    capabilities = (
+        Capability("asyncio.timed"),
+        Capability("asyncio.identity"),
+        Capability("asyncio.stubborn"),
+    )
+    max_concurrency = 64
+
+    async def run(self, ctx: TaskContext, capability: str, payload: Any) -> Any:
+        if capability == "asyncio.identity":
+            before = asyncio.current_task()
+            await asyncio.sleep(0)
+            return {"same_task": before is asyncio.current_task() and before is not None}
+        seconds = float(payload.get("seconds", 10.0))
+        if capability == "asyncio.timed":
+            try:
+                async with asyncio.timeout(float(payload["limit"])):
+                    await asyncio.sleep(seconds)
+            except TimeoutError:
+                return {"timed_out": True}
+            return {"timed_out": False}
+        end = asyncio.get_running_loop().time() + seconds
+        while (left := end - asyncio.get_running_loop().time()) > 0:
+            try:
+                await asyncio.sleep(left)
+            except asyncio.CancelledError:
+                if payload.get("mode") == "swallow":
+                    return {"swallowed": True}
+        return {"slept": seconds}
+
+
 PLUGINS = [
     f"tests.agent_plugins:{cls.__name__}"
-    for cls in (MathAgent, FlakyAgent, BoomAgent, SlowAgent, CallerAgent)
+    for cls in (MathAgent, FlakyAgent, BoomAgent, SlowAgent, CallerAgent, AsyncioAgent)
 ]

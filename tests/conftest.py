@@ -4,6 +4,7 @@ when ``DATAMCP_TEST_PG_DSN`` is set) and settings pointing at it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import sys
@@ -25,9 +26,9 @@ def pg_dsn_or_skip() -> str:
     return PG_DSN
 
 
-@pytest.fixture
-async def pg_database() -> AsyncIterator[str]:
-    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+@contextlib.asynccontextmanager
+async def fresh_pg_database() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database; dropped afterwards."""
     dsn = make_url(pg_dsn_or_skip()).set(drivername="postgresql")
     name = f"datamcp_test_{uuid.uuid4().hex[:12]}"
     admin_dsn = dsn.render_as_string(hide_password=False)
@@ -44,6 +45,13 @@ async def pg_database() -> AsyncIterator[str]:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await conn.close()
+
+
+@pytest.fixture
+async def pg_database() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+    async with fresh_pg_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])

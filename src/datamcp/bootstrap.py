@@ -33,7 +33,7 @@ from datamcp.core.agents.builtin.profile import ProfileAgent
 from datamcp.core.agents.manager import AgentManager, TaskPolicy
 from datamcp.core.agents.plugins import load_plugins
 from datamcp.core.agents.queued import TaskQueue
-from datamcp.core.agents.remote import RemoteHub
+from datamcp.core.agents.remote import Grant, RemoteHub
 from datamcp.core.agents.triggers import SUBMIT_TASK, submit_task_action
 from datamcp.core.auth import Authenticator
 from datamcp.core.due import DueWork
@@ -178,7 +178,14 @@ class App:
             router,
             relays,
             agents,
-            RemoteHub(agents, settings.agents.heartbeat_interval),
+            RemoteHub(
+                agents,
+                settings.agents.heartbeat_interval,
+                [
+                    Grant(g["agent"], g["owner"], frozenset(g["tenants"]))
+                    for g in settings.agents.grants
+                ],
+            ),
             streams=_streams(settings, uow, events, instance, metrics),
             memory=memory,
             pipelines=pipelines,

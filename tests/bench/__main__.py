@@ -14,7 +14,7 @@ import time
 import traceback
 from types import FrameType
 
-from tests.bench import agents, events, foundation, memory, pipelines, serverless, streams
+from tests.bench import agents, events, foundation, memory, pipelines, sdk, serverless, streams
 from tests.bench.common import BenchConfig, Section
 
 SECTIONS: list[Section] = [
@@ -25,6 +25,7 @@ SECTIONS: list[Section] = [
     Section(pipelines.NAME, pipelines.run),
     Section(streams.NAME, streams.run),
     Section(serverless.NAME, serverless.run),
+    Section(sdk.NAME, sdk.run),
 ]
 
 

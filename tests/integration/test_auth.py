@@ -14,10 +14,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from grpc_health.v1 import health_pb2 as std_health_pb2
 from grpc_health.v1 import health_pb2_grpc as std_health_grpc
 
+from datamcp.core.errors import ConfigError
 from datamcp.v1 import health_pb2, health_pb2_grpc
 from tests.probe import S, probe_call, probe_registration
 from tests.support import (
     API_KEY,
+    HS256_SECRET,
     OPERATOR_KEY,
     apikey,
     auth_overrides,
@@ -122,6 +124,80 @@ async def test_health_and_reflection_stay_open_without_credentials(tmp_path: Pat
                 names = {s.name for s in answer.list_services_response.service}
                 assert "datamcp.v1.HealthService" in names
                 break
+
+
+def _tenantless_token(**claims: object) -> str:
+    payload: dict[str, object] = {"sub": "tim", "roles": ["user"], "exp": int(time.time() + 60)}
+    payload.update(claims)
+    return jwt.encode(payload, HS256_SECRET, algorithm="HS256")
+
+
+async def test_token_without_tenant_claim_is_refused(tmp_path: Path) -> None:
+    """A token that names no tenant must not land in a shared tenant."""
+    async with running_server(make_settings(tmp_path, **auth_overrides())) as srv:
+        async with srv.channel() as channel:
+            for token, reason in (
+                (_tenantless_token(), "MISSING_TENANT"),
+                (_tenantless_token(tenant=""), "MISSING_TENANT"),
+                (_tenantless_token(tenant=["acme"]), "INVALID_TENANT"),
+                (_tenantless_token(tenant="a|b"), "INVALID_TENANT"),
+                (_tenantless_token(tenant="*"), "INVALID_TENANT"),
+            ):
+                error = await _report_error(channel, bearer(token))
+                assert error.code() == grpc.StatusCode.UNAUTHENTICATED, token
+                assert rich_details(error)["ErrorInfo"].reason == reason
+                if reason == "MISSING_TENANT":
+                    assert "'tenant' claim" in error.details()
+                    assert "auth.jwt.default_tenant" in error.details()
+
+
+async def test_configured_default_tenant_takes_tenantless_tokens(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, **auth_overrides(), **{"auth.jwt.default_tenant": "initech"})
+    async with running_server(settings, [probe_registration()]) as srv:
+        async with srv.channel() as channel:
+            whoami = probe_call(channel, "WhoAmI")
+            reply = await whoami(S(), metadata=bearer(_tenantless_token()))
+            named = await whoami(S(), metadata=bearer(hs256_token(sub="tim", tenant="acme")))
+    assert reply.value.startswith("tim|initech|user|")
+    assert named.value.startswith("tim|acme|user|")
+
+
+def test_default_tenant_must_be_a_tenant_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        make_settings(tmp_path, **auth_overrides(), **{"auth.jwt.default_tenant": "*"})
+    assert "auth.jwt.default_tenant" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "method_roles",
+    [
+        {"/datamcp.v1.EventService/Publish": ["writer"]},
+        {"/datamcp.v1.HealthService/*": ["user"]},
+        {"/datamcp.v1.HealthService/GetMetrics": ["monitor"]},
+        {"/datamcp.v1.HealthService/GetMetrics": []},
+    ],
+    ids=["other-method", "service-wildcard", "added-role", "empty-list"],
+)
+async def test_configured_method_roles_keep_the_builtin_protection(
+    tmp_path: Path, method_roles: dict[str, list[str]]
+) -> None:
+    """Configuring roles for anything never opens GetMetrics to a plain user;
+    an entry for GetMetrics adds roles to admin and operator."""
+    settings = make_settings(tmp_path, **auth_overrides(), **{"auth.method_roles": method_roles})
+    async with running_server(settings) as srv:
+        async with srv.channel() as channel:
+            stub = health_pb2_grpc.HealthServiceStub(channel)
+            metrics = health_pb2.GetMetricsRequest()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetMetrics(metrics, metadata=apikey(API_KEY))
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            required = rich_details(err.value)["ErrorInfo"].metadata["required_roles"]
+            assert {"admin", "operator"} <= set(required.split(","))
+            await stub.GetMetrics(metrics, metadata=apikey(OPERATOR_KEY))
+            await stub.GetMetrics(metrics, metadata=bearer(hs256_token(roles=["admin"])))
+            added = method_roles.get("/datamcp.v1.HealthService/GetMetrics")
+            if added:
+                await stub.GetMetrics(metrics, metadata=bearer(hs256_token(roles=added)))
 
 
 def _rsa_keypair() -> tuple[rsa.RSAPrivateKey, bytes]:

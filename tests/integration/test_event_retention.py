@@ -38,3 +38,25 @@ async def test_retention_keeps_what_deliveries_and_dead_letters_need(
     assert removed == 7  # 15 events, keep the newest 5 plus the 3 pending deliveries
     assert kept_types.count("keep.me") == 3
     assert [e.seq for e in left if e.type == "drop.me"] == [r.seq for r in published[-5:]]
+
+
+async def test_the_count_limit_is_per_tenant(tmp_path: Path, database_url: str) -> None:
+    """One tenant's volume never pushes another tenant's events out."""
+    settings = make_settings(tmp_path, database_url, **{"events.retention_count": 5})
+    app = await App.create(settings)
+    await app.start()
+    try:
+        api = app.events
+        quiet = await api.publish("quiet", [EventDraft(type="a.b", source="/t") for _ in range(3)])
+        for _ in range(4):
+            await api.publish("loud", [EventDraft(type="a.b", source="/t") for _ in range(10)])
+        removed = await api.bus.prune()
+        kept = {
+            tenant: [e.seq async for e in api.bus.replay(tenant, EventFilter())]
+            for tenant in ("quiet", "loud")
+        }
+    finally:
+        await app.close()
+    assert removed == 35
+    assert kept["quiet"] == [r.seq for r in quiet]
+    assert len(kept["loud"]) == 5

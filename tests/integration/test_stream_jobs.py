@@ -13,6 +13,8 @@ import grpc
 import pytest
 from sqlalchemy import text
 
+from datamcp.adapters.sqlalchemy import migrate
+from datamcp.adapters.sqlalchemy.engine import create_engine
 from datamcp.adapters.sqlalchemy.stream_repository import result_table
 from datamcp.core.events.model import EventFilter
 from datamcp.v1 import events_pb2, health_pb2, health_pb2_grpc
@@ -351,6 +353,80 @@ async def test_tenants_see_only_their_own_jobs(tmp_path: Path) -> None:
         await asyncio.sleep(0.3)
         assert (await acme.get(acme_bus.id)).counters.records_accepted == 1
         assert done.counters.inputs_consumed == 1
+
+
+async def _refused(call: Any, reason: str) -> str:
+    with pytest.raises(grpc.RpcError) as info:
+        await call
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, info.value.details()
+    assert rich_details(info.value)["ErrorInfo"].reason == reason
+    return str(info.value.details())
+
+
+async def test_a_sink_table_belongs_to_the_tenant_that_first_used_it(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = make_settings(tmp_path, database_url, **OVERRIDES, **auth_overrides())
+    async with stream_server(settings) as s:
+        acme = Streams(s.channel(), bearer(hs256_token(tenant="acme")))
+        other = Streams(s.channel(), bearer(hs256_token(tenant="globex")))
+        first = await acme.create(job_spec(size=10, table="shared_out"), name="a1")
+        await _refused(other.create(job_spec(size=10, table="shared_out")), "TABLE_IN_USE")
+        second = await acme.create(job_spec(size=10, table="shared_out"), name="a2")
+        for job in (first, second):
+            await acme.stub.DeleteStreamJob(pb.DeleteStreamJobRequest(id=job.id), metadata=acme.md)
+        # acme's results stay in it, so it stays acme's.
+        await _refused(other.create(job_spec(size=10, table="shared_out")), "TABLE_IN_USE")
+
+        async with s.server.app.engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE notes (id INTEGER, private_column TEXT)"))
+            await conn.run_sync(result_table("legacy_out").create)
+            await conn.execute(
+                text(
+                    "INSERT INTO legacy_out (id, tenant, job_id, key, window_start, window_end, "
+                    "record_count, aggregates, emitted_at) "
+                    "VALUES ('w1', 'acme', 'j1', '[]', 0, 10, 1, '{}', 0)"
+                )
+            )
+        # Another table of the database is refused without describing it.
+        details = await _refused(
+            other.create(job_spec(size=10, table="notes")), "TABLE_SHAPE_MISMATCH"
+        )
+        assert "private_column" not in details
+        # A destination from before tables had owners goes by the tenant of its rows.
+        await _refused(other.create(job_spec(size=10, table="legacy_out")), "TABLE_IN_USE")
+        await acme.create(job_spec(size=10, table="legacy_out"), name="a3")
+        await _refused(other.create(job_spec(size=10, table="legacy_out")), "TABLE_IN_USE")
+
+
+async def test_migration_gives_existing_sink_tables_to_their_oldest_job(
+    database_url: str,
+) -> None:
+    engine = create_engine(database_url)
+    try:
+        await migrate.upgrade(engine, "0006")
+        async with engine.begin() as conn:
+            for job_id, tenant, table, created in (
+                ("j2", "globex", "out_a", 2.0),
+                ("j1", "acme", "out_a", 1.0),
+                ("j3", "globex", "out_b", 3.0),
+                ("j4", "globex", "", 4.0),
+            ):
+                spec = {"sink": {"emit_events": True, "table": table}}
+                await conn.execute(
+                    text(
+                        "INSERT INTO stream_jobs (id, tenant, name, spec, request_id, created_at, "
+                        "counters, checkpoint_at, last_error, owner, lease_until) VALUES "
+                        "(:id, :tenant, 'job', :spec, '', :created, '{}', 0, '', '', 0)"
+                    ),
+                    {"id": job_id, "tenant": tenant, "spec": json.dumps(spec), "created": created},
+                )
+        await migrate.upgrade(engine)
+        async with engine.connect() as conn:
+            rows = await conn.execute(text("SELECT name, tenant FROM stream_tables ORDER BY name"))
+            assert [tuple(r) for r in rows] == [("out_a", "acme"), ("out_b", "globex")]
+    finally:
+        await engine.dispose()
 
 
 async def test_failed_checkpoint_changes_nothing_and_the_job_resumes(

@@ -32,6 +32,9 @@ class FakeStoreTx:
     async def write(
         self, records: Sequence[Record], replaced: Sequence[Record], history_depth: int
     ) -> None:
+        for r in records:
+            if (failure := self._store.poison.get(r.key)) is not None:
+                raise failure
         for r in replaced:
             if history_depth:
                 rows = self._history.setdefault((r.tenant, r.namespace, r.key), [])
@@ -59,6 +62,8 @@ class FakeStoreTx:
 
 class FakeStore:
     def __init__(self, store_id: str, *, primary: bool = False) -> None:
+        #: Writing a record with one of these keys raises the exception.
+        self.poison: dict[str, BaseException] = {}
         self._id = store_id
         self._primary = primary
         self.records: dict[tuple[str, str, str], Record] = {}

@@ -1,4 +1,4 @@
-"""The README's configuration reference lists every setting the code reads."""
+"""The configuration reference (docs/configuration.md) lists every setting the code reads."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from pathlib import Path
 
 from datamcp.config.fields import FIELDS
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
-def test_readme_lists_every_setting_with_its_env_var_and_flag() -> None:
-    text = README.read_text(encoding="utf-8")
+def test_reference_lists_every_setting_with_its_env_var_and_flag() -> None:
+    text = REFERENCE.read_text(encoding="utf-8")
     for field in FIELDS:
         assert f"`{field.key}`" in text, field.key
         assert f"`{field.env}`" in text, field.env

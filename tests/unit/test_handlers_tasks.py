@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,6 @@ import pytest
 
 from datamcp.core.agents.model import Task, TaskSpec, TaskState, task_id_for
 from datamcp.core.events.model import EventFilter
-from datamcp.core.ports import Write
 from handlers import _runtime, tasks
 from tests.agent_plugins import PLUGINS
 from tests.lambda_events import sqs_event, sqs_record, task_body
@@ -208,28 +208,13 @@ def test_a_task_left_running_by_a_crashed_container_is_taken_over(lambda_env: Pa
     """A redelivery finds the task RUNNING under an instance that is gone
     (no heartbeat, no row): it is adopted and run again, once."""
     body = task_body("echo", {"again": True}, request_id="crashed")
-    tenant, task_id = "default", task_id_for("default", "crashed")
+    tenant = "default"
 
     async def crashed_run(app: Any) -> None:
-        now = time.time()
-        m = app.agents
-        pending = m.new_task(
-            tenant,
-            TaskSpec(capability="echo", input={"again": True}, request_id="crashed"),
-            task_id=task_id,
-            timeout=60.0,
-            capability="echo",
-            now=now,
-        )
-        running = pending.evolve(
-            state=TaskState.RUNNING, attempts=1, agent_id="builtin:echo", started_at=now
-        )
         # What a container that died mid-run leaves: the task and its events,
         # owned by an instance that no longer exists.
-        await m._bus.publish(
-            [m._event(pending, "task.submitted"), m._event(running, "task.started")],
-            [Write(m.queued_tasks._insert, (running, "0" * 32))],
-        )
+        spec = TaskSpec(capability="echo", input={"again": True}, request_id="crashed")
+        await _store_task(app, tenant, spec, "0" * 32, TaskState.RUNNING)
 
     on_app(crashed_run)
     assert failed_ids(invoke([sqs_record(body)])) == []
@@ -237,6 +222,25 @@ def test_a_task_left_running_by_a_crashed_container_is_taken_over(lambda_env: Pa
     assert task is not None and task.state is TaskState.SUCCEEDED and task.attempts == 2
     assert failed_ids(invoke([sqs_record(body)])) == []  # and only once
     assert stored("crashed").attempts == 2  # type: ignore[union-attr]
+
+
+async def _store_task(app: Any, tenant: str, spec: TaskSpec, owner: str, state: TaskState) -> Task:
+    """Store a task (and its events) under ``owner`` as that process leaves it:
+    PENDING, or started once on the echo agent."""
+    core = app.agents.core
+    now = time.time()
+    checked = core.validator.check(tenant, replace(spec, timeout=60.0))
+    task_id = task_id_for(tenant, spec.request_id)
+    pending = core.validator.new_task(tenant, spec, checked, task_id=task_id, now=now)
+    task, events = pending, [core.recorder.event(pending, "task.submitted")]
+    if state is not TaskState.PENDING:
+        task = pending.evolve(state=state, attempts=1, agent_id="builtin:echo", started_at=now)
+        events.append(core.recorder.event(task, "task.started"))
+    async with app.uow() as tx:
+        await tx.tasks.insert([(task, owner)])
+        await tx.events.append(events, now)
+        await tx.commit()
+    return task
 
 
 def _held_elsewhere(request_id: str, state: TaskState, *, alive: bool = True) -> str:
@@ -253,16 +257,8 @@ def _held_elsewhere(request_id: str, state: TaskState, *, alive: bool = True) ->
         async with app.uow() as tx:
             await tx.instances.add(Instance(owner, "lambda:other", 1, "x", beat, beat))
             await tx.commit()
-        m = app.agents
         spec = TaskSpec(capability="echo", input={"held": True}, request_id=request_id)
-        pending = m.new_task(
-            tenant, spec, task_id=task_id, timeout=60.0, capability="echo", now=now
-        )
-        held = pending.evolve(state=state, attempts=1, agent_id="builtin:echo", started_at=now)
-        events = [m._event(pending, "task.submitted")]
-        if state is TaskState.RUNNING:
-            events.append(m._event(held, "task.started"))
-        await m._bus.publish(events, [Write(m.queued_tasks._insert, (held, owner))])
+        await _store_task(app, tenant, spec, owner, state)
 
     on_app(hold)
     return task_id
@@ -341,7 +337,7 @@ def test_a_saturated_agent_still_runs_claimed_tasks_once(lambda_env: Path) -> No
     assert len(marker_lines(marker)) == 12
 
     async def load(app: Any) -> list[int]:
-        return [s.in_flight for s in app.agents.agents()]
+        return [s.in_flight for s in app.agents.registry.all()]
 
     assert set(on_app(load)) == {0}
 
@@ -368,13 +364,7 @@ def test_the_sweep_prunes_instance_rows_of_long_gone_containers(lambda_env: Path
             await tx.commit()
         m = app.agents
         spec = TaskSpec(capability="echo", input=1, request_id="of-pruned")
-        task_id = task_id_for("default", "of-pruned")
-        task = m.new_task(
-            "default", spec, task_id=task_id, timeout=60.0, capability="echo", now=now
-        )
-        await m._bus.publish(
-            [m._event(task, "task.submitted")], [Write(m.queued_tasks._insert, (task, "a" * 32))]
-        )
+        task_id = (await _store_task(app, "default", spec, "a" * 32, TaskState.PENDING)).id
         removed = await m.prune_instances()
         again = await m.prune_instances()
         async with app.uow() as tx:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from datamcp.core.errors import Conflict, NotFound
+from datamcp.core.errors import Conflict, NotFound, Unavailable
 from datamcp.core.memory.model import RunStatus, SyncRequest
 from datamcp.core.memory.schedule import Schedule, SyncScheduler
 from datamcp.core.memory.service import MemoryService
@@ -44,6 +44,37 @@ async def test_concurrent_puts_with_expected_versions_lose_no_update(system) -> 
 
     await asyncio.gather(*(increment() for _ in range(20)))
     assert (await service.get("t", "ns", "counter")).value == 20
+
+
+async def _put_together(service: MemoryService, keys: list[str]) -> list[object]:
+    """One put per key from its own caller and tenant, queued before the writer runs."""
+    puts = [
+        asyncio.ensure_future(service.put(f"t{n % 3}", service.op("ns", key, n)))
+        for n, key in enumerate(keys)
+    ]
+    return list(await asyncio.gather(*puts, return_exceptions=True))
+
+
+async def test_one_bad_write_fails_alone_and_the_rest_of_its_group_commits(system) -> None:  # type: ignore[no-untyped-def]
+    service, _, stores = system
+    stores["a"].poison["bad"] = ValueError("the store refused this value")
+    keys = [f"k{i}" for i in range(12)]
+    keys.insert(5, "bad")
+    outcomes = await _put_together(service, keys)
+    assert [k for k, o in zip(keys, outcomes, strict=True) if isinstance(o, BaseException)] == [
+        "bad"
+    ]
+    for n, key in enumerate(keys):
+        stored = await stores["a"].get(f"t{n % 3}", "ns", key)
+        assert (stored is None) == (key == "bad")
+
+
+async def test_an_outage_fails_every_write_of_the_group(system) -> None:  # type: ignore[no-untyped-def]
+    service, _, stores = system
+    stores["a"].poison["k2"] = Unavailable("the database is unavailable; retry later")
+    outcomes = await _put_together(service, [f"k{i}" for i in range(5)])
+    assert all(isinstance(o, Unavailable) for o in outcomes)
+    assert stores["a"].records == {}
 
 
 async def test_batch_is_atomic_and_history_is_bounded(system) -> None:  # type: ignore[no-untyped-def]

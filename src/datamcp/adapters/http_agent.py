@@ -28,13 +28,16 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from datamcp.core.agents.agent import Agent, AgentError, Capability, TaskContext
+from datamcp.core.agents.agent import Agent, AgentError, Capability, TaskContext, TaskRefused
 from datamcp.core.errors import ConfigError, ResourceExhausted, Unavailable
 from datamcp.core.ratelimit import TokenBucket
 from datamcp.core.resilience import CallGuard, CircuitBreaker, RetryPolicy
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 _IDEMPOTENT = frozenset({"GET", "PUT", "DELETE"})
+#: Answers that say the request itself was wrong (not the API's fault): 4xx
+#: except timeouts and rate limits.
+_CALLER_STATUSES = frozenset(range(400, 500)) - {408, 429}
 
 #: Request headers a caller may not set: they would change where or how the
 #: request travels rather than what it asks.
@@ -226,9 +229,9 @@ class HttpAgent(Agent):
 
     async def run(self, ctx: TaskContext, capability: str, payload: Any) -> Any:
         if capability != "http.request":
-            raise AgentError(f"http agent has no capability {capability}", reason="NO_CAPABILITY")
+            raise TaskRefused(f"http agent has no capability {capability}", reason="NO_CAPABILITY")
         if not isinstance(payload, Mapping):
-            raise AgentError("input must be an object", reason="INVALID_INPUT")
+            raise TaskRefused("input must be an object", reason="INVALID_INPUT")
         api = self.apis.get(str(payload.get("api")))
         if api is None:
             known = ", ".join(sorted(self.apis)) or "none configured"
@@ -237,7 +240,7 @@ class HttpAgent(Agent):
             )
         method = str(payload.get("method", "GET")).upper()
         if method not in METHODS:
-            raise AgentError(f"method must be one of {', '.join(METHODS)}", reason="INVALID_INPUT")
+            raise TaskRefused(f"method must be one of {', '.join(METHODS)}", reason="INVALID_INPUT")
         url = target_url(api.base_url, payload.get("path"))
         query = _query(payload.get("query"))
         headers = _headers(api, payload.get("headers"))
@@ -246,7 +249,7 @@ class HttpAgent(Agent):
             try:
                 data = json.dumps(payload["json"], allow_nan=False).encode()
             except (TypeError, ValueError) as exc:
-                raise AgentError(f"json body: {exc}", reason="INVALID_INPUT") from exc
+                raise TaskRefused(f"json body: {exc}", reason="INVALID_INPUT") from exc
             headers.setdefault("Content-Type", "application/json")
         request = _Request(method, url, query, headers, data)
         session = self._client()
@@ -279,10 +282,10 @@ class HttpAgent(Agent):
             ) from exc
         if response.status >= 400:
             snippet = _decode(response.body, response.charset)[:300]
-            raise AgentError(
-                f"{api.name}: {method} {url.path} answered {response.status}: {snippet}",
-                reason=f"HTTP_{response.status}",
-            )
+            message = f"{api.name}: {method} {url.path} answered {response.status}: {snippet}"
+            if response.status in _CALLER_STATUSES:  # what was asked for is wrong
+                raise TaskRefused(message, reason=f"HTTP_{response.status}")
+            raise AgentError(message, reason=f"HTTP_{response.status}")
         return self._result(response)
 
     async def close(self) -> None:
@@ -374,8 +377,8 @@ def target_url(base: URL, path: Any) -> URL:
             would otherwise leave the base URL.
     """
 
-    def refuse(why: str) -> AgentError:
-        return AgentError(f"path {path!r} not allowed: {why}", reason="URL_NOT_ALLOWED")
+    def refuse(why: str) -> TaskRefused:
+        return TaskRefused(f"path {path!r} not allowed: {why}", reason="URL_NOT_ALLOWED")
 
     if not isinstance(path, str):
         raise refuse("it must be a string")
@@ -451,7 +454,7 @@ def _query(value: Any) -> list[tuple[str, str]]:
     if value is None:
         return []
     if not isinstance(value, Mapping):
-        raise AgentError("query must be an object", reason="INVALID_INPUT")
+        raise TaskRefused("query must be an object", reason="INVALID_INPUT")
     pairs: list[tuple[str, str]] = []
     for key, item in value.items():
         for one in item if isinstance(item, list) else [item]:
@@ -462,7 +465,7 @@ def _query(value: Any) -> list[tuple[str, str]]:
             ):
                 pairs.append((str(key), str(one)))
             else:
-                raise AgentError(
+                raise TaskRefused(
                     f"query parameter {key!r}: values must be strings, numbers or booleans",
                     reason="INVALID_INPUT",
                 )
@@ -473,13 +476,13 @@ def _headers(api: ApiConfig, value: Any) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
     if value is not None:
         if not isinstance(value, Mapping):
-            raise AgentError("headers must be an object", reason="INVALID_INPUT")
+            raise TaskRefused("headers must be an object", reason="INVALID_INPUT")
         for key, item in value.items():
             name = str(key)
             if name.lower() in _REFUSED_HEADERS:
-                raise AgentError(f"header {name} may not be set", reason="HEADER_NOT_ALLOWED")
+                raise TaskRefused(f"header {name} may not be set", reason="HEADER_NOT_ALLOWED")
             if not isinstance(item, str) or "\r" in item or "\n" in item:
-                raise AgentError(f"header {name}: value must be one line", reason="INVALID_INPUT")
+                raise TaskRefused(f"header {name}: value must be one line", reason="INVALID_INPUT")
             headers[name] = item
     for name, item in api.headers.items():
         headers.popall(name, None)

@@ -1,7 +1,7 @@
 """The table of every setting: its dotted key, type, default, env var and flag.
 
 One table drives the config file, the ``DATAMCP_*`` environment variables, the
-command-line flags and the README's configuration reference, so the four can
+command-line flags and the configuration reference (docs/configuration.md), so the four can
 never disagree. Precedence, lowest first: default, config file, environment,
 flag.
 """
@@ -76,10 +76,17 @@ FIELDS: tuple[Field, ...] = (
     Field("auth.jwt.roles_claim", "str", "roles", "claim holding roles (list or spaced string)"),
     Field("auth.jwt.leeway", "float", 30.0, "clock skew tolerance in seconds"),
     Field(
+        "auth.jwt.default_tenant",
+        "str",
+        None,
+        "tenant of tokens without the tenant claim (unset: such tokens are refused)",
+    ),
+    Field(
         "auth.method_roles",
         "json",
-        {"/datamcp.v1.HealthService/GetMetrics": ["admin", "operator"]},
-        "map of full method (or /package.Service/*) to roles, any of which grants access",
+        {},
+        "map of full method (or /package.Service/*) to roles, any of which grants access; "
+        "added to the built-in table (GetMetrics: admin, operator)",
     ),
     Field("rate_limit.enabled", "bool", True, "token bucket per principal"),
     Field("rate_limit.rate", "float", 200.0, "tokens per second per principal"),
@@ -88,7 +95,7 @@ FIELDS: tuple[Field, ...] = (
     Field("events.max_event_bytes", "int", 256 * 1024, "largest event data (JSON bytes)"),
     Field("events.max_batch", "int", 1000, "most events in one PublishBatch"),
     Field("events.retention_age", "float", 7 * 86400.0, "seconds events are kept; 0 = forever"),
-    Field("events.retention_count", "int", 0, "most events kept; 0 = no limit"),
+    Field("events.retention_count", "int", 0, "most events kept per tenant; 0 = no limit"),
     Field("events.max_attempts", "int", 5, "default deliveries before dead-lettering"),
     Field("events.visibility_timeout", "float", 30.0, "default seconds a delivery is leased"),
     Field(
@@ -127,6 +134,13 @@ FIELDS: tuple[Field, ...] = (
         "in-flight tasks of a remote agent that disconnects: requeue | fail",
     ),
     Field("agents.heartbeat_interval", "float", 10.0, "seconds between remote agent heartbeats"),
+    Field(
+        "agents.grants",
+        "json",
+        [],
+        "remote agents shared beyond the tenant that connects them: list of {agent = NAME, "
+        'owner = TENANT, tenants = [TENANT, ...] or ["*"]}',
+    ),
     Field(
         "agents.plugins",
         "json",
@@ -202,8 +216,9 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "pipelines.data_roots",
         "json",
-        [],
-        "directories pipeline file sources and destinations are confined to",
+        None,
+        "directories pipeline file sources and destinations are confined to; "
+        "default DATA_DIR/files (created at start); [] turns file access off",
     ),
     Field(
         "pipelines.sql_connections",
@@ -262,7 +277,7 @@ BY_KEY: dict[str, Field] = {f.key: f for f in FIELDS}
 
 
 def markdown_table() -> str:
-    """The README's configuration reference (``python -m datamcp.config.fields``)."""
+    """The table of docs/configuration.md (``python -m datamcp.config.fields``)."""
     rows = ["| key (TOML) | env var | flag | default | meaning |", "|---|---|---|---|---|"]
     for f in FIELDS:
         if f.default is None:

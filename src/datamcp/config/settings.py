@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from datamcp.config.fields import BY_KEY, FIELDS
+from datamcp.core.context import valid_tenant
 from datamcp.core.errors import ConfigError
 
 
@@ -40,6 +41,8 @@ class JwtSettings:
     tenant_claim: str = "tenant"
     roles_claim: str = "roles"
     leeway: float = 30.0
+    #: Tenant of tokens without the tenant claim; None refuses such tokens.
+    default_tenant: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -142,6 +145,8 @@ class AgentSettings:
     recovery: str = "retry"
     remote_disconnect: str = "requeue"
     heartbeat_interval: float = 10.0
+    #: Each {agent, owner, tenants}: see ``core.agents.remote.Grant``.
+    grants: tuple[Mapping[str, Any], ...] = ()
     plugins: tuple[str, ...] = ()
     sql_connections: Mapping[str, str] = field(default_factory=dict)
     sql_row_limit: int = 1000
@@ -411,9 +416,13 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             tenant_claim=r.str_("auth.jwt.tenant_claim"),
             roles_claim=r.str_("auth.jwt.roles_claim"),
             leeway=r.number("auth.jwt.leeway"),
+            default_tenant=r.opt_str("auth.jwt.default_tenant"),
         ),
         method_roles=_method_roles(r),
     )
+    default_tenant = auth.jwt.default_tenant
+    if default_tenant is not None and not valid_tenant(default_tenant):
+        r.fail("auth.jwt.default_tenant", "1-128 letters, digits, - _ .")
     secret = auth.jwt.hs256_secret
     if secret is not None and len(secret) < 32:
         r.fail("auth.jwt.hs256_secret", "use at least 32 characters (a random secret)")
@@ -450,7 +459,7 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             brokers=_brokers(r),
         ),
         agents=_agents(r),
-        pipelines=_pipelines(r),
+        pipelines=_pipelines(r, data_dir),
         streams=StreamSettings(
             lease=r.number("streams.lease", 0.5),
             poll_interval=r.number("streams.poll_interval", 0.01),
@@ -512,7 +521,7 @@ def _api_keys(r: _Reader) -> tuple[ApiKey, ...]:
             continue
         assert isinstance(item, dict)
         tenant = str(item.get("tenant", "default"))
-        if not tenant or not all(c.isalnum() or c in "-_." for c in tenant):
+        if not valid_tenant(tenant):
             r.fail("auth.api_keys", f"entry {i}: tenant must be letters, digits, - _ .")
             continue
         roles = item.get("roles", [])
@@ -576,6 +585,25 @@ def _brokers(r: _Reader) -> tuple[Mapping[str, Any], ...]:
     return brokers
 
 
+def _grants(r: _Reader) -> tuple[Mapping[str, Any], ...]:
+    grants = _tables(r, "agents.grants")
+    for i, g in enumerate(grants):
+        tenants = g.get("tenants")
+        if (
+            set(g) != {"agent", "owner", "tenants"}
+            or not all(isinstance(g[k], str) and g[k] for k in ("agent", "owner"))
+            or not isinstance(tenants, list)
+            or not tenants
+            or not all(isinstance(t, str) and t for t in tenants)
+        ):
+            r.fail(
+                "agents.grants",
+                f'entry {i}: expected {{agent = "name", owner = "tenant", '
+                'tenants = ["tenant", ...]}',
+            )
+    return grants
+
+
 def _agents(r: _Reader) -> AgentSettings:
     plugins = r.raw["agents.plugins"]
     if not isinstance(plugins, list) or not all(isinstance(p, str) and ":" in p for p in plugins):
@@ -610,6 +638,7 @@ def _agents(r: _Reader) -> AgentSettings:
         recovery=r.str_("agents.recovery", ("retry", "fail")),
         remote_disconnect=r.str_("agents.remote_disconnect", ("requeue", "fail")),
         heartbeat_interval=r.number("agents.heartbeat_interval", 0.01),
+        grants=_grants(r),
         plugins=tuple(plugins),
         sql_connections=dict(sql),
         sql_row_limit=r.number("agents.sql_row_limit", 1, int),
@@ -695,8 +724,15 @@ def _memory(r: _Reader) -> MemorySettings:
     )
 
 
-def _pipelines(r: _Reader) -> PipelineSettings:
+def default_data_root(data_dir: Path) -> Path:
+    """Where pipelines read and write files when ``pipelines.data_roots`` is not set."""
+    return data_dir / "files"
+
+
+def _pipelines(r: _Reader, data_dir: Path) -> PipelineSettings:
     roots = r.raw["pipelines.data_roots"]
+    if roots is None:  # not configured: one confined root inside the data dir
+        roots = [str(default_data_root(data_dir))]
     if not isinstance(roots, list) or not all(isinstance(p, str) and p for p in roots):
         r.fail("pipelines.data_roots", "expected a list of directories")
         roots = []

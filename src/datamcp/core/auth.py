@@ -20,10 +20,26 @@ import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from datamcp.config.settings import AuthSettings
-from datamcp.core.context import ANONYMOUS, Principal
+from datamcp.core.context import ANONYMOUS, Principal, valid_tenant
 from datamcp.core.errors import ConfigError, PermissionDenied, Unauthenticated
 
 _CACHE_SIZE = 4096
+
+#: Protections that hold whatever ``auth.method_roles`` says: configured
+#: entries add methods, or add roles to one of these (never remove them).
+BUILTIN_METHOD_ROLES: Mapping[str, tuple[str, ...]] = {
+    "/datamcp.v1.HealthService/GetMetrics": ("admin", "operator"),
+}
+
+
+def method_roles(configured: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """The effective table: the built-in entries, each with the configured
+    roles of the same method added, plus the configured entries."""
+    table = dict(BUILTIN_METHOD_ROLES)
+    for method, roles in configured.items():
+        merged = [*table.get(method, ()), *roles]
+        table[method] = tuple(dict.fromkeys(merged))
+    return table
 
 
 def hash_api_key(key: str) -> str:
@@ -39,6 +55,7 @@ class Authenticator:
         self._keys = {k.sha256: k for k in settings.api_keys}
         self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
         self._jwt_keys = _load_jwt_keys(settings)
+        self._roles = method_roles(settings.method_roles)
         # Settings are frozen: answer once, not on every call.
         self._enabled = settings.enabled
 
@@ -101,7 +118,7 @@ class Authenticator:
             )
 
     def required_roles(self, method: str) -> tuple[str, ...]:
-        roles = self._settings.method_roles
+        roles = self._roles
         if method in roles:
             return roles[method]
         service_wildcard = method.rsplit("/", 1)[0] + "/*"
@@ -151,9 +168,7 @@ class Authenticator:
             raise Unauthenticated("token signature is invalid", reason="BAD_SIGNATURE") from exc
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"invalid token: {exc}", reason="INVALID_TOKEN") from exc
-        tenant = str(claims.get(cfg.tenant_claim) or "default")
-        if not _valid_tenant(tenant):
-            raise Unauthenticated(f"token tenant {tenant!r} is not valid", reason="INVALID_TENANT")
+        tenant = _tenant(claims.get(cfg.tenant_claim), cfg.tenant_claim, cfg.default_tenant)
         principal = Principal(
             subject=str(claims["sub"]),
             tenant=tenant,
@@ -163,9 +178,27 @@ class Authenticator:
         return principal, float(claims["exp"])
 
 
-def _valid_tenant(tenant: str) -> bool:
-    """Letters, digits and - _ . only: never the all-tenants sentinel or a pattern."""
-    return 0 < len(tenant) <= 128 and all(c.isalnum() or c in "-_." for c in tenant)
+def _tenant(value: object, claim: str, default: str | None) -> str:
+    """The token's tenant. A token without the claim names no tenant: it is
+    refused unless an explicit ``auth.jwt.default_tenant`` is configured (it
+    must never fall silently into some shared tenant)."""
+    if value is None or value == "":
+        if default is None:
+            raise Unauthenticated(
+                f"token has no {claim!r} claim: every token must name its tenant "
+                "(or the server must set auth.jwt.default_tenant)",
+                reason="MISSING_TENANT",
+                metadata={"claim": claim},
+            )
+        return default
+    if not isinstance(value, str) or not valid_tenant(value):
+        shown = repr(value)
+        shown = shown if len(shown) <= 64 else shown[:61] + "..."
+        raise Unauthenticated(
+            f"token {claim!r} claim {shown} is not a valid tenant (1-128 letters, digits, - _ .)",
+            reason="INVALID_TENANT",
+        )
+    return value
 
 
 def _roles(value: object) -> frozenset[str]:

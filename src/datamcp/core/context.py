@@ -23,6 +23,12 @@ class Principal:
         return not roles or not self.roles.isdisjoint(roles)
 
 
+def valid_tenant(tenant: str) -> bool:
+    """Letters, digits and - _ . only (1-128): never the all-tenants sentinel
+    ``*`` or a pattern, and safe inside composite keys (``|`` separated)."""
+    return 0 < len(tenant) <= 128 and all(c.isalnum() or c in "-_." for c in tenant)
+
+
 #: The caller when authentication is off (loopback development only).
 ANONYMOUS = Principal("anonymous", "default", frozenset({"admin"}), "none")
 

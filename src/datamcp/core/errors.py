@@ -119,3 +119,13 @@ class ConfigError(DataMCPError):
     def __init__(self, problems: Sequence[str]) -> None:
         super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
         self.problems = tuple(problems)
+
+
+#: Longest piece of a caller's value an error message repeats.
+ECHO_LIMIT = 120
+
+
+def clip(value: str, limit: int = ECHO_LIMIT) -> str:
+    """``value`` as an error message may echo it: cut to ``limit`` characters
+    (a huge id must not make the error itself too large to deliver)."""
+    return value if len(value) <= limit else f"{value[:limit]}...({len(value)} chars)"

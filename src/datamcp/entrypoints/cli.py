@@ -1,7 +1,11 @@
-"""The ``datamcp`` command: serve, health, version, db upgrade, lambda-local, auth hash-key.
+"""The server's part of the ``datamcp`` command: serve, db upgrade, lambda-local, auth.
 
-Exit codes: 0 success, 1 runtime failure (database unreachable, server not
-serving), 2 invalid configuration or usage.
+The client verbs (task, events, pipeline, memory, health, ...) come from
+``datamcp_client.cli``; :func:`main` is that command line extended with the
+commands that need the server installed.
+
+Exit codes of these commands: 0 success, 1 runtime failure (database
+unreachable), 2 invalid configuration or usage.
 """
 
 from __future__ import annotations
@@ -16,19 +20,22 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from datamcp import __version__
 from datamcp.config.fields import FIELDS
-from datamcp.config.settings import Settings, load_settings
+from datamcp.config.settings import Settings, default_data_root, load_settings
 from datamcp.core.errors import ConfigError, Unavailable
 from datamcp.observability.logging import configure_logging
 
 log = logging.getLogger("datamcp")
 
 
-def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+# The flags `db upgrade` needs: where the database is, nothing about serving.
+_DATABASE_FLAGS = frozenset({"data_dir", "database_url"})
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, only: frozenset[str] | None = None) -> None:
     parser.add_argument("--config", help="TOML config file (env DATAMCP_CONFIG)")
     for field in FIELDS:
-        if field.flag is None:
+        if field.flag is None or (only is not None and field.key not in only):
             continue
         if field.kind == "bool":
             parser.add_argument(
@@ -68,6 +75,9 @@ async def _run_server(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    for root in settings.pipelines.data_roots:
+        if root == default_data_root(settings.data_dir):
+            root.mkdir(parents=True, exist_ok=True)
     try:
         app = await App.create(settings)
     except Unavailable as exc:
@@ -134,68 +144,42 @@ def _hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def _health(args: argparse.Namespace) -> int:
-    from datamcp.entrypoints.health_client import run_health_client
-
-    return asyncio.run(run_health_client(args))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="datamcp", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_server_commands(sub: Any) -> None:
+    """serve, db upgrade, lambda-local and auth hash-key on the ``datamcp`` parser."""
     serve = sub.add_parser("serve", help="run the gRPC mesh server")
     _add_setting_flags(serve)
     serve.set_defaults(func=_serve)
 
-    health = sub.add_parser("health", help="show the health report of a running server")
-    health.add_argument("--target", default="127.0.0.1:50051", help="server HOST:PORT")
-    health.add_argument("--watch", action="store_true", help="stream changes until interrupted")
-    health.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    health.add_argument("--token", help="bearer token (env DATAMCP_TOKEN)")
-    health.add_argument("--api-key", help="API key (env DATAMCP_API_KEY)")
-    health.add_argument("--tls-ca", help="CA bundle to verify a TLS server")
-    health.add_argument("--tls-cert", help="client certificate for mutual TLS")
-    health.add_argument("--tls-key", help="client key for mutual TLS")
-    health.add_argument("--timeout", type=float, default=5.0, help="seconds per call")
-    health.set_defaults(func=_health)
-
-    version = sub.add_parser("version", help="print the version")
-    version.set_defaults(func=lambda _args: print(f"datamcp {__version__}") or 0)
-
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_sub.add_parser("upgrade", help="apply migrations up to the latest revision")
-    _add_setting_flags(upgrade)
+    _add_setting_flags(upgrade, _DATABASE_FLAGS)
     upgrade.set_defaults(func=_db_upgrade)
 
     from datamcp.entrypoints import lambda_local
 
     lambda_local.add_parser(sub)
 
-    from datamcp.entrypoints import cli_pipeline
-
-    cli_pipeline.add_parser(sub)
-
     auth = sub.add_parser("auth", help="authentication helpers")
     auth_sub = auth.add_subparsers(dest="auth_command", required=True)
     hash_key = auth_sub.add_parser("hash-key", help="print the sha256 to configure for an API key")
     hash_key.add_argument("key", nargs="?", help="the key (else read from stdin or prompted)")
     hash_key.set_defaults(func=_hash_key)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from datamcp_client.cli import main as client_main
+
     try:
-        result: Any = args.func(args)
+        return client_main(argv, extend=add_server_commands)
     except ConfigError as exc:
         print(f"datamcp: {exc.message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
-    return int(result or 0)
+
+
+def entry() -> None:
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -356,13 +356,25 @@ class SqlEventRepository:
 
     async def delete_expired(self, older_than: float | None, keep_last: int | None) -> int:
         """Retention: drop events past either limit that no delivery, dead letter
-        or lagging subscription still needs."""
+        or lagging subscription still needs. ``keep_last`` counts per tenant:
+        one tenant's volume never pushes another tenant's events out."""
         conditions = []
         if older_than is not None:
             conditions.append(events.c.stored_at < older_than)
         if keep_last is not None:
-            newest = await self.max_seq()
-            conditions.append(events.c.seq <= newest - keep_last)
+            e = events.c
+            for tenant in (await self._conn.execute(select(e.tenant).distinct())).scalars():
+                cutoff = (
+                    await self._conn.execute(
+                        select(e.seq)
+                        .where(e.tenant == tenant)
+                        .order_by(e.seq.desc())
+                        .offset(keep_last)
+                        .limit(1)
+                    )
+                ).scalar()
+                if cutoff is not None:
+                    conditions.append(and_(e.tenant == tenant, e.seq <= cutoff))
         if not conditions:
             return 0
         referenced = exists().where(deliveries.c.seq == events.c.seq)

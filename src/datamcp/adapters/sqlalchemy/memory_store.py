@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from datamcp.adapters.sqlalchemy.errors import translate
 from datamcp.adapters.sqlalchemy.event_repository import SqlEventRepository
 from datamcp.adapters.sqlalchemy.uow import _turn
 from datamcp.core.errors import ConfigError
@@ -419,6 +420,10 @@ class SqlMemoryStore:
                 finally:
                     if conn.in_transaction():
                         await conn.rollback()
+        except Exception as error:
+            if (core := translate(error)) is not None:
+                raise core from error
+            raise
         finally:
             if lock is not None:
                 lock.release()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import decimal
 import json
@@ -32,10 +33,13 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from datamcp.adapters.sqlalchemy.engine import normalise_url
-from datamcp.core.agents.agent import Agent, AgentError, Capability, TaskContext
+from datamcp.core.agents.agent import Agent, AgentError, Capability, TaskContext, TaskRefused
 from datamcp.core.errors import ConfigError
 
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Seconds a timed-out or cancelled query gets to be stopped in the database
+#: (within the task's cancel grace).
+STOP_TIMEOUT = 0.8
 
 #: Words that only appear in statements that change something. A query that
 #: contains one outside a literal or quoted name is refused.
@@ -182,7 +186,7 @@ class SqlAgent(Agent):
 
     async def run(self, ctx: TaskContext, capability: str, payload: Any) -> Any:
         if capability != "sql.query":
-            raise AgentError(f"sql agent has no capability {capability}", reason="NO_CAPABILITY")
+            raise TaskRefused(f"sql agent has no capability {capability}", reason="NO_CAPABILITY")
         conn_name, url, query, params, limit = self._parse(payload)
         dialect = url.get_backend_name()
         statement = check_select(query, dialect)
@@ -207,15 +211,20 @@ class SqlAgent(Agent):
                         retryable=True,
                     ) from exc
                 watchdog = None
+                driver: Any = (await conn.get_raw_connection()).driver_connection
+                # Taken now: a cancelled query may leave the driver object unusable.
+                target = driver if dialect == "sqlite" else driver.get_server_pid()
                 if dialect == "sqlite":
                     # SQLite runs on a worker thread that cancelling does not
                     # stop: interrupt the statement itself at the deadline.
-                    driver = (await conn.get_raw_connection()).driver_connection
                     watchdog = asyncio.create_task(_interrupt_after(driver, budget))
                 try:
                     columns, rows, truncated = await conn.run_sync(
                         _fetch, setup, statement, params, limit
                     )
+                except asyncio.CancelledError:  # the deadline, or the task was cancelled
+                    await _stop_statement(engine, target, dialect)
+                    raise
                 finally:
                     if watchdog is not None:
                         watchdog.cancel()  # before the connection can serve another query
@@ -235,23 +244,23 @@ class SqlAgent(Agent):
     def _parse(self, payload: Any) -> tuple[str, URL, str, dict[str, Any], int]:
         """Connection name, its URL, query, parameters and row limit of a request."""
         if not isinstance(payload, Mapping):
-            raise AgentError("input must be an object", reason="INVALID_INPUT")
+            raise TaskRefused("input must be an object", reason="INVALID_INPUT")
         conn_name = payload.get("connection")
         query = payload.get("query")
         params = payload.get("params") or {}
         limit = payload.get("limit", self.row_limit)
         if not isinstance(query, str) or not isinstance(conn_name, str):
-            raise AgentError("connection and query must be strings", reason="INVALID_INPUT")
+            raise TaskRefused("connection and query must be strings", reason="INVALID_INPUT")
         if not isinstance(params, Mapping) or not all(
             isinstance(k, str) and _PARAM_NAME.match(k) for k in params
         ):
-            raise AgentError("params must map parameter names to values", reason="INVALID_INPUT")
+            raise TaskRefused("params must map parameter names to values", reason="INVALID_INPUT")
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise AgentError("limit must be a positive integer", reason="INVALID_INPUT")
+            raise TaskRefused("limit must be a positive integer", reason="INVALID_INPUT")
         url = self._urls.get(conn_name)
         if url is None:
             known = ", ".join(sorted(self._urls)) or "none configured"
-            raise AgentError(
+            raise TaskRefused(
                 f"unknown connection {conn_name!r} (known: {known})", reason="UNKNOWN_CONNECTION"
             )
         return conn_name, url, query, dict(params), min(limit, self.row_limit)
@@ -362,8 +371,37 @@ _PG_LEXER = _lexer(postgres=True)
 _SQLITE_LEXER = _lexer(postgres=False)
 
 
-def _refuse(why: str) -> AgentError:
-    return AgentError(f"only a single SELECT statement is allowed: {why}", reason="SQL_NOT_ALLOWED")
+def _refuse(why: str) -> TaskRefused:
+    return TaskRefused(
+        f"only a single SELECT statement is allowed: {why}", reason="SQL_NOT_ALLOWED"
+    )
+
+
+async def _stop_statement(engine: AsyncEngine, target: Any, dialect: str) -> None:
+    """Stop the statement running on ``target`` (the SQLite driver connection,
+    or the PostgreSQL server process id) in the database itself, and
+    wait until it is told (at most STOP_TIMEOUT): abandoning the client side
+    alone leaves a query such as ``pg_sleep`` running on the server. A second
+    cancellation while this runs (the task's deadline right after the query's
+    own timeout) does not cut it short; the caller re-raises the first."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.ensure_future(_cancel_in_database(engine, target, dialect))
+    until = loop.time() + STOP_TIMEOUT
+    while not stop.done() and (left := until - loop.time()) > 0:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({stop}, timeout=left)
+    if not stop.done():
+        stop.cancel()
+    elif not stop.cancelled():
+        stop.exception()  # best effort: a failure here changes nothing for the caller
+
+
+async def _cancel_in_database(engine: AsyncEngine, target: Any, dialect: str) -> None:
+    if dialect == "sqlite":
+        await target.interrupt()
+        return
+    async with engine.connect() as other:
+        await other.execute(text("SELECT pg_cancel_backend(:pid)"), {"pid": target})
 
 
 async def _interrupt_after(driver: Any, delay: float) -> None:
@@ -497,7 +535,7 @@ def _classify(conn_name: str, exc: Exception) -> AgentError:
             f"lost the connection to {conn_name}: {exc}", reason="SQL_UNAVAILABLE", retryable=True
         )
     if isinstance(exc, SQLAlchemyError) and not isinstance(exc, DBAPIError):
-        return AgentError(f"query failed: {_short(exc)}", reason="SQL_ERROR")
+        return TaskRefused(f"query failed: {_short(exc)}", reason="SQL_ERROR")
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
     invalidated = isinstance(exc, DBAPIError) and exc.connection_invalidated
     state = str(getattr(orig, "sqlstate", None) or "")
@@ -510,7 +548,7 @@ def _classify(conn_name: str, exc: Exception) -> AgentError:
             f"query on {conn_name} was cancelled: {_short(exc)}", reason="SQL_TIMEOUT"
         )
     if state == "25006" or getattr(orig, "sqlite_errorname", "") == "SQLITE_READONLY":
-        return AgentError(
+        return TaskRefused(
             f"the query tried to write through a read-only connection: {_short(exc)}",
             reason="SQL_NOT_ALLOWED",
         )
@@ -520,7 +558,7 @@ def _classify(conn_name: str, exc: Exception) -> AgentError:
         return AgentError(
             f"{conn_name} is busy: {_short(exc)}", reason="SQL_UNAVAILABLE", retryable=True
         )
-    return AgentError(f"query failed: {_short(exc)}", reason="SQL_ERROR")
+    return TaskRefused(f"query failed: {_short(exc)}", reason="SQL_ERROR")
 
 
 def _short(exc: BaseException) -> str:

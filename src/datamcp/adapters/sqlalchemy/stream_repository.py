@@ -28,7 +28,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from datamcp.adapters.sqlalchemy.tables import metadata, stream_jobs, stream_windows
+from datamcp.adapters.sqlalchemy.tables import (
+    metadata,
+    stream_jobs,
+    stream_tables,
+    stream_windows,
+)
 from datamcp.core.errors import FailedPrecondition
 from datamcp.core.streams.model import Counters, StreamJob, StreamSpec
 from datamcp.core.streams.ports import Checkpoint, Fenced, ResultRow
@@ -61,6 +66,13 @@ def result_table(name: str) -> Table:
         Column("record_count", BigInteger, nullable=False),
         Column("aggregates", Text, nullable=False),
         Column("emitted_at", Float, nullable=False),
+    )
+
+
+def _taken(table: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"table {table!r} is another tenant's stream destination; choose another name",
+        reason="TABLE_IN_USE",
     )
 
 
@@ -140,8 +152,10 @@ class SqlStreamRepository:
         result = await self._conn.execute(
             delete(stream_jobs).where(stream_jobs.c.tenant == tenant, stream_jobs.c.id == job_id)
         )
+        if not result.rowcount:  # not the tenant's job: its windows are not either
+            return False
         await self._conn.execute(delete(stream_windows).where(stream_windows.c.job_id == job_id))
-        return bool(result.rowcount)
+        return True
 
     async def claim(self, owner: str, now: float, lease_until: float) -> list[StreamJob]:
         c = stream_jobs.c
@@ -251,12 +265,15 @@ class SqlStreamRepository:
             update(stream_jobs).where(c.id == job_id, c.owner == owner).values(last_error=error)
         )
 
-    async def ensure_table(self, table: str) -> None:
+    async def ensure_table(self, tenant: str, table: str, now: float) -> None:
         if table in metadata.tables or table == "alembic_version":
             raise FailedPrecondition(
                 f"table {table!r} belongs to the mesh; choose another name",
                 reason="RESERVED_TABLE",
             )
+        owner = await self._table_owner(table)
+        if owner is not None and owner != tenant:
+            raise _taken(table)
 
         def columns(sync_conn: Any) -> list[str] | None:
             inspector = inspect(sync_conn)
@@ -268,8 +285,36 @@ class SqlStreamRepository:
         if found is None:
             await self._conn.run_sync(result_table(table).create, checkfirst=True)
         elif sorted(found) != sorted(_RESULT_COLUMNS):
+            # Only the tenant's own table is described: another table of the
+            # database (another tenant's, or not the mesh's) stays opaque.
+            described = f" with other columns ({', '.join(found)})" if owner else ""
             raise FailedPrecondition(
-                f"table {table!r} exists with other columns ({', '.join(found)}); a stream "
+                f"table {table!r} exists{described} and is not a stream destination; a stream "
                 f"destination needs exactly {', '.join(_RESULT_COLUMNS)}",
                 reason="TABLE_SHAPE_MISMATCH",
             )
+        elif owner is None and await self._has_rows_of_others(table, tenant):
+            raise _taken(table)
+        if owner is None:
+            dialect = postgresql if self._conn.dialect.name == "postgresql" else sqlite
+            await self._conn.execute(
+                dialect.insert(stream_tables)
+                .on_conflict_do_nothing()
+                .values(name=table, tenant=tenant, created_at=now)
+            )
+            if await self._table_owner(table) != tenant:  # a concurrent claim won
+                raise _taken(table)
+
+    async def _table_owner(self, table: str) -> str | None:
+        return (
+            await self._conn.execute(
+                select(stream_tables.c.tenant).where(stream_tables.c.name == table)
+            )
+        ).scalar_one_or_none()
+
+    async def _has_rows_of_others(self, table: str, tenant: str) -> bool:
+        """A destination table from before tables had owners: rows of another
+        tenant make it that tenant's."""
+        t = result_table(table)
+        found = await self._conn.execute(select(t.c.id).where(t.c.tenant != tenant).limit(1))
+        return found.first() is not None

@@ -193,6 +193,15 @@ stream_windows = Table(
     Column("state", Text, nullable=False),
 )
 
+#: Which tenant a stream destination table belongs to (migration 0007).
+stream_tables = Table(
+    "stream_tables",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
 # --- memory sync (the memory stores keep their own schema: memory_store.py) ---------
 
 memory_sync_runs = Table(

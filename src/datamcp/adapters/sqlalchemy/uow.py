@@ -1,6 +1,12 @@
 """The SQLAlchemy unit of work: one connection, one transaction, rolled back
 unless committed.
 
+Database errors leave a unit of work as the core's errors where the core
+must tell them apart: a lost or refused connection (or a busy SQLite file)
+is ``Unavailable``, a value the database will not store is
+``InvalidArgument``. Their text never carries SQL or parameters (the
+original stays chained as the cause, for the log).
+
 On SQLite, units of work in one process take turns (an asyncio lock per
 engine). SQLite has one writer at a time anyway; without the lock, pooled
 connections collide on its write lock and wait in its busy handler, which
@@ -18,6 +24,7 @@ from typing import Self
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
 from datamcp.adapters.sqlalchemy.agent_repository import SqlAuditRepository, SqlTaskRepository
+from datamcp.adapters.sqlalchemy.errors import translate
 from datamcp.adapters.sqlalchemy.event_repository import SqlEventRepository
 from datamcp.adapters.sqlalchemy.pipeline_repository import SqlPipelineRepository
 from datamcp.adapters.sqlalchemy.repositories import SqlInstanceRepository
@@ -84,9 +91,14 @@ class SqlUnitOfWork:
         try:
             self._conn = await self._engine.connect()
             self._tx = await self._conn.begin()
-        except BaseException:
+        except BaseException as error:
+            if self._conn is not None:
+                await _quietly_close(self._conn)
+                self._conn = None
             if self._lock is not None:
                 self._lock.release()
+            if (core := translate(error)) is not None:
+                raise core from error
             raise
         self._instances = SqlInstanceRepository(self._conn)
         self._events = SqlEventRepository(self._conn)
@@ -105,10 +117,15 @@ class SqlUnitOfWork:
         try:
             if self._tx is not None and self._tx.is_active:
                 await self._tx.rollback()
+        except Exception as error:
+            if exc is None:  # otherwise the first error is the one to report
+                if (core := translate(error)) is not None:
+                    raise core from error
+                raise
         finally:
             try:
                 if self._conn is not None:
-                    await self._conn.close()
+                    await _quietly_close(self._conn)
             finally:
                 self._conn = self._tx = None
                 if self._lock is not None:
@@ -118,6 +135,8 @@ class SqlUnitOfWork:
             self._audit = None
             self._pipelines = None
             self._streams = None
+        if exc is not None and (core := translate(exc)) is not None:
+            raise core from exc
 
     async def commit(self) -> None:
         assert self._tx is not None, "commit outside 'async with'"
@@ -126,3 +145,10 @@ class SqlUnitOfWork:
     async def rollback(self) -> None:
         assert self._tx is not None, "rollback outside 'async with'"
         await self._tx.rollback()
+
+
+async def _quietly_close(conn: AsyncConnection) -> None:
+    try:
+        await conn.close()
+    except Exception:  # the connection is being abandoned anyway
+        return

@@ -41,6 +41,19 @@ class AgentError(Exception):
         self.retryable = retryable
 
 
+class TaskRefused(AgentError):
+    """The task asks for something the agent will not do: input it cannot
+    use, a path, statement or URL it may not touch, a capability it lacks.
+
+    The caller's fault, not the agent's: never retried, and never counted
+    against the agent's health (its circuit breaker), so one caller's bad
+    requests cannot take a shared agent offline for everyone else.
+    """
+
+    def __init__(self, message: str, *, reason: str = "INVALID_INPUT") -> None:
+        super().__init__(message, reason=reason, retryable=False)
+
+
 class TaskContext(Protocol):
     """What a running agent may use. Given to :meth:`Agent.run`."""
 
@@ -122,6 +135,13 @@ class AgentDescriptor:
     max_concurrency: int
     weight: int = 1
     extra: Mapping[str, str] = field(default_factory=dict)
+    #: The tenants this agent may serve; ``None``: every tenant (built-in,
+    #: plugin and configured agents). A remote agent serves the tenant that
+    #: connected it, plus those an operator granted (``agents.grants``).
+    tenants: frozenset[str] | None = None
+
+    def serves(self, tenant: str) -> bool:
+        return self.tenants is None or tenant in self.tenants
 
 
 class AgentGone(AgentError):

@@ -14,15 +14,21 @@ from typing import TYPE_CHECKING, Any
 from datamcp.core import paging
 from datamcp.core.agents.agent import AgentError
 from datamcp.core.agents.model import AuditRecord, Task, TaskSpec, TaskState
-from datamcp.core.errors import DataMCPError, FailedPrecondition, FieldViolation, InvalidArgument
+from datamcp.core.errors import (
+    DataMCPError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    clip,
+)
 
 if TYPE_CHECKING:
-    from datamcp.core.agents.manager import AgentManager
+    from datamcp.core.agents.manager import TaskCore
 
 
 class AgentCalls:
-    def __init__(self, manager: AgentManager) -> None:
-        self._manager = manager
+    def __init__(self, core: TaskCore) -> None:
+        self._core = core
 
     async def call(
         self,
@@ -41,7 +47,7 @@ class AgentCalls:
         started = time.time()
         audit_id = str(uuid.uuid4())
         correlation = (parent.correlation_id if parent else "") or correlation_id
-        by_agent = self._manager.registry.get(target) is not None
+        by_agent = self._core.registry.get(target, tenant) is not None
         spec = TaskSpec(
             capability="" if by_agent else target,
             agent_id=target if by_agent else "",
@@ -68,24 +74,24 @@ class AgentCalls:
                 started_at=started,
                 duration=time.time() - started,
             )
-            await self._manager.record_audit(record)
+            await self._core.recorder.audit(record)
 
-        refusal = self._refuse(target, by_agent, depth, chain)
+        refusal = self._refuse(target, tenant, by_agent, depth, chain)
         if refusal is not None:
             await audit("", "", "rejected", f"{refusal.reason}: {refusal}")
             raise refusal
         try:
-            child, _ = await self._manager.submit(
+            child, _ = await self._core.submission.submit(
                 tenant, spec, parent=parent, chain=chain, depth=depth
             )
         except DataMCPError as exc:
             await audit("", "", "rejected", f"{exc.reason}: {exc.message}")
             raise AgentError(exc.message, reason="CALL_REJECTED") from exc
         try:
-            final = await self._manager.wait(tenant, child.id)
+            final = await self._core.queries.wait(tenant, child.id)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._manager.cancel(tenant, child.id))
+                await asyncio.shield(self._core.queries.cancel(tenant, child.id))
             await asyncio.shield(audit(child.id, child.agent_id, "cancelled", "caller cancelled"))
             raise
         outcome = final.state.name.lower()
@@ -101,15 +107,14 @@ class AgentCalls:
         return final, audit_id
 
     def _refuse(
-        self, target: str, by_agent: bool, depth: int, chain: tuple[str, ...]
+        self, target: str, tenant: str, by_agent: bool, depth: int, chain: tuple[str, ...]
     ) -> AgentError | None:
-        if depth > self._manager.policy.max_call_depth:
-            return AgentError(
-                f"call chain deeper than {self._manager.policy.max_call_depth}", reason="CALL_DEPTH"
-            )
-        candidates = self._manager.registry.candidates(target, by_agent=by_agent)
+        limit = self._core.policy.max_call_depth
+        if depth > limit:
+            return AgentError(f"call chain deeper than {limit}", reason="CALL_DEPTH")
+        candidates = self._core.registry.candidates(target, tenant, by_agent=by_agent)
         if not candidates:
-            return AgentError(f"no agent offers {target!r}", reason="NO_AGENT")
+            return AgentError(f"no agent offers {clip(target)!r}", reason="NO_AGENT")
         if all(c.id in chain for c in candidates):
             return AgentError(
                 f"call to {target} would loop back into {' -> '.join(chain)}", reason="CALL_CYCLE"
@@ -133,9 +138,9 @@ class AgentCalls:
             FailedPrecondition: the call was refused or did not succeed (the
                 audit record says why).
         """
-        if self._manager.registry.get(source_agent_id) is None:
+        if self._core.registry.get(source_agent_id, tenant) is None:
             raise InvalidArgument(
-                f"no agent {source_agent_id!r}",
+                f"no agent {clip(source_agent_id)!r}",
                 [FieldViolation("source_agent_id", "must name a registered agent")],
             )
         try:
@@ -165,7 +170,7 @@ class AgentCalls:
         """One page of agent-to-agent call records, newest first."""
         size = paging.page_size(page_size)
         before = paging.keyset(page_token)
-        async with self._manager.uow() as tx:
+        async with self._core.uow() as tx:
             records = await tx.audit.page(
                 tenant,
                 correlation_id=correlation_id,

@@ -65,6 +65,9 @@ class TaskError:
     reason: str
     message: str
     retryable: bool = False
+    #: The caller's input was at fault (``TaskRefused``), not the agent: it
+    #: does not count against the agent's health. Not stored.
+    caller_fault: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from datamcp.core.agents.model import Task, TaskError, TaskSpec, TaskState, task_id_for
-from datamcp.core.background import cancel_and_wait
 from datamcp.core.errors import (
     Conflict,
     DeadlineExceeded,
@@ -43,11 +42,10 @@ from datamcp.core.errors import (
     InvalidArgument,
     Unavailable,
 )
-from datamcp.core.instances import is_gone
 from datamcp.core.ports import UnitOfWork, Write, WriteOp
 
 if TYPE_CHECKING:
-    from datamcp.core.agents.manager import AgentManager
+    from datamcp.core.agents.manager import TaskCore
     from datamcp.core.agents.registry import AgentSlot
     from datamcp.core.events.model import Event
 
@@ -202,10 +200,10 @@ class _Claim:
 
 
 class QueuedTasks:
-    """The queued side of an :class:`AgentManager` (``manager.queued_tasks``)."""
+    """The queued side of an ``AgentManager`` (``manager.queued_tasks``)."""
 
-    def __init__(self, manager: AgentManager) -> None:
-        self._m = manager
+    def __init__(self, core: TaskCore) -> None:
+        self._core = core
         #: Set by bootstrap when ``agents.task_queue_url`` is configured.
         self.queue: TaskQueue | None = None
         self._insert = WriteOp("tasks.insert_owned", 0, _apply_owned_insert)
@@ -222,7 +220,7 @@ class QueuedTasks:
             InvalidArgument: as ``AgentManager.submit``; nothing is sent.
             Unavailable: the queue or the store cannot be written.
         """
-        m = self._m
+        core = self._core
         queue = self.queue
         if queue is None:
             raise FailedPrecondition(
@@ -231,23 +229,20 @@ class QueuedTasks:
             )
         # The request id names the task across processes (see the module doc).
         spec = replace(spec, request_id=spec.request_id or f"queued:{uuid.uuid4().hex}")
-        timeout, capability, input_json = m._validate(spec, None)
+        checked = core.validator.check(tenant, spec)
         task_id = task_id_for(tenant, spec.request_id)
         stored = await self._stored(tenant, task_id)
         if stored is not None:
             return stored, True
-        task = m.new_task(
-            tenant,
-            spec,
-            task_id=task_id,
-            timeout=timeout,
-            capability=capability,
-            now=m._clock(),
-            input_json=input_json,
+        task = core.validator.new_task(tenant, spec, checked, task_id=task_id, now=core.clock())
+        await queue.send(
+            QueuedTask(
+                tenant, replace(spec, capability=checked.capability, timeout=checked.timeout)
+            )
         )
-        await queue.send(QueuedTask(tenant, replace(spec, capability=capability, timeout=timeout)))
-        (result,) = await m._bus.publish(
-            [m._event(task, "task.submitted")], [Write(self._insert, (task, queue_owner(task_id)))]
+        (result,) = await core.recorder.publish(
+            [core.recorder.event(task, "task.submitted")],
+            [Write(self._insert, (task, queue_owner(task_id)))],
         )
         if result.duplicate:  # a consumer stored (and maybe ran) it first
             return (await self._stored(tenant, task_id)) or task, True
@@ -273,18 +268,18 @@ class QueuedTasks:
                 redelivery can run it again.
             Unavailable: the store cannot be written.
         """
-        m = self._m
+        core = self._core
         tenant, spec = message.tenant, message.spec
         task_id = message.task_id
-        if task_id not in m._live:
+        if task_id not in core.live:
             mine, ended = await self._own(tenant, spec, task_id)
             if mine is not None and mine.state.final:
                 return mine, ended
-            if mine is not None and task_id not in m._live:
-                m._recover(mine)
-            if task_id not in m._live:
-                await self._take_over()
-            if task_id not in m._live:
+            if mine is not None and task_id not in core.live:
+                core.runner.recover(mine)
+            if task_id not in core.live:
+                await core.lifecycle.adopt_orphans(own_too=True)
+            if task_id not in core.live:
                 held = await self._stored(tenant, task_id)
                 if held is not None and (held.state.final or held.state is TaskState.RUNNING):
                     # Not adoptable, so its owner is live, and it is RUNNING
@@ -296,7 +291,7 @@ class QueuedTasks:
                     f"task {task_id} is running in another live process; retry later",
                     reason="TASK_BUSY",
                 )
-        task = await m.wait(tenant, task_id, within)
+        task = await core.queries.wait(tenant, task_id, within)
         if not task.state.final:
             raise DeadlineExceeded(
                 f"task {task_id} is still {task.state.name} with the invocation's time used up",
@@ -310,27 +305,19 @@ class QueuedTasks:
         free agent, in one commit. Returns (task, ended before): the task when
         it is ours (running when an agent was free) or has ended, None when
         someone else holds it."""
-        m = self._m
+        core = self._core
         try:
-            timeout, capability, input_json = m._validate(spec, None)
+            checked = core.validator.check(tenant, spec)
         except InvalidArgument as exc:
             return await self._fail_invalid(tenant, task_id, exc)
-        now = m._clock()
-        task = m.new_task(
-            tenant,
-            spec,
-            task_id=task_id,
-            timeout=timeout,
-            capability=capability,
-            now=now,
-            input_json=input_json,
-        )
+        now = core.clock()
+        task = core.validator.new_task(tenant, spec, checked, task_id=task_id, now=now)
         # The insert lands under an owner only this delivery knows, so the claim
         # in the same commit tells "my insert landed" from "stored before".
         token = CLAIM_OWNER_PREFIX + uuid.uuid4().hex[:30]
         by_agent, target = (True, task.agent_id) if task.pinned else (False, task.capability)
-        slot = m.registry.select(target, by_agent=by_agent)
-        claim = _Claim(task_id, (token, queue_owner(task_id)), m._instance.id, slot, now)
+        slot = core.registry.select(target, tenant, by_agent=by_agent)
+        claim = _Claim(task_id, (token, queue_owner(task_id)), core.instance.id, slot, now)
         row = task
         if slot is not None:
             slot.in_flight += 1  # reserved until the commit says whether we run it
@@ -338,21 +325,22 @@ class QueuedTasks:
             # ours and started in this one commit, and its events are new.
             row = _running(task, slot, now)
             claim.inserted_events = (
-                m._event(task, "task.submitted"),
-                m._event(row, "task.started"),
+                core.recorder.event(task, "task.submitted"),
+                core.recorder.event(row, "task.started"),
             )
         try:
-            await m._bus.publish([], [Write(self._insert, (row, token)), Write(self._claim, claim)])
+            await core.recorder.publish(
+                [], [Write(self._insert, (row, token)), Write(self._claim, claim)]
+            )
         except BaseException:
             claim.task, claim.started = None, False  # rolled back (or unknown: see run())
             raise
         finally:
             if slot is not None and not claim.started:
-                slot.in_flight -= 1
-                m._drain(slot)
+                core.placement.release(slot)
         if claim.task is not None:
             if claim.started and slot is not None:
-                m._run_started(claim.task, slot)
+                core.runner.run_started(claim.task, slot)
             return claim.task, False
         stored = await self._stored(tenant, task_id)
         if stored is None:
@@ -364,64 +352,38 @@ class QueuedTasks:
     ) -> tuple[Task, bool]:
         """A task the sender accepted but this process cannot run (its agents
         differ): fail it so it does not wait forever. Nothing stored: re-raise."""
-        m = self._m
+        core = self._core
         stored = await self._stored(tenant, task_id)
         if stored is None:
             raise exc
         if stored.state.final:
             return stored, True
-        claim = _Claim(task_id, (queue_owner(task_id),), m._instance.id)
-        await m._bus.publish([], [Write(self._claim, claim)])
+        claim = _Claim(task_id, (queue_owner(task_id),), core.instance.id)
+        await core.recorder.publish([], [Write(self._claim, claim)])
         if claim.task is None:
             raise Conflict(f"task {task_id} is held by another process", reason="TASK_BUSY")
         detail = "; ".join(f"{v.field}: {v.description}" for v in exc.violations)
-        now = m._clock()
+        now = core.clock()
         failed = claim.task.evolve(
             state=TaskState.FAILED,
             error=TaskError(exc.reason, f"{exc.message}: {detail}"),
             ended_at=now,
             updated_at=now,
         )
-        await m._bus.publish([m._event(failed, "task.failed")], [Write(m._save, failed)])
+        await core.recorder.store_final(failed)
         return failed, False
-
-    async def _take_over(self) -> None:
-        """Adopt the unfinished tasks of gone instances and our own that no
-        longer run here (handed back by an earlier invocation), and run them."""
-        m = self._m
-        me = m._instance.id
-        now = m._clock()
-        async with m._uow() as tx:
-            gone: list[str] = []
-            for owner in await tx.tasks.owners_of_unfinished():
-                if is_queue_owner(owner):
-                    continue
-                if owner != me:
-                    inst = await tx.instances.get(owner)
-                    if inst is not None and not is_gone(inst, now, m.policy.stale_after):
-                        continue
-                gone.append(owner)
-            adopted = await tx.tasks.adopt(me, gone) if gone else []
-            await tx.commit()
-        for task in adopted:
-            if task.id not in m._live:
-                m._recover(task)
 
     async def settle(self, within: float) -> int:
         """Wait up to ``within`` seconds for every task of this process to end
         (tasks a Lambda invocation started, for example through a trigger
         action); returns how many are still unfinished."""
-        m = self._m
-        waiting = [
-            asyncio.ensure_future(live.done.wait())
-            for live in m._live.values()
-            if not live.task.state.final
-        ]
+        live = self._core.live
+        waiting = [asyncio.ensure_future(t.done.wait()) for t in live.unfinished()]
         if waiting:
             _, pending = await asyncio.wait(waiting, timeout=within)
             for future in pending:
                 future.cancel()
-        return sum(not live.task.state.final for live in m._live.values())
+        return len(live.unfinished())
 
     async def release(self) -> int:
         """Interrupt every unfinished task of this process and store it back as
@@ -429,26 +391,11 @@ class QueuedTasks:
         server's orphan recovery takes it over). Call it before a Lambda
         invocation returns with work unfinished: a frozen process must not
         hold running tasks. Returns how many were handed back."""
-        m = self._m
-        lives = [live for live in m._live.values() if not live.task.state.final]
-        await cancel_and_wait(
-            *(live.runner for live in lives if live.runner is not None and live.inner is not None)
-        )
-        now = m._clock()
-        back: list[Task] = []
-        for live in lives:
-            m._unqueue(live)
-            if live.task.state.final:  # finished while we cancelled the others
-                continue
-            live.task = live.task.evolve(state=TaskState.QUEUED, updated_at=now)
-            back.append(live.task)
-        if back:
-            await m._bus.publish([], [Write(m._save, t) for t in back])
-        for live in lives:
-            if m._live.get(live.task.id) is live and not live.task.state.final:
-                del m._live[live.task.id]
-                live.done.set()
-                m._notify(live)
+        back = await self._core.lifecycle.hand_back()
+        for live in back:
+            self._core.live.forget(live)
+            live.done.set()
+            live.notify()
         return len(back)
 
     async def _apply_claims(self, tx: UnitOfWork, claims: Sequence[_Claim]) -> None:
@@ -457,7 +404,7 @@ class QueuedTasks:
         RUNNING on it right away; the events of won tasks (``task.submitted``
         unless stored before, ``task.started``) are appended in this same
         transaction, so nothing is announced for a claim that lost."""
-        m = self._m
+        core = self._core
         first: dict[str, _Claim] = {}
         for claim in claims:  # copies of one task in one commit: the first takes it
             first.setdefault(claim.task_id, claim)
@@ -482,22 +429,21 @@ class QueuedTasks:
                 claim.started = True
                 ordered.extend(claim.inserted_events)
                 continue
-            ordered.append(m._event(task, "task.submitted"))
+            ordered.append(core.recorder.event(task, "task.submitted"))
             if slot is None or not _fits(task, slot, claim.now):
                 continue
             claim.task = task = _running(task, slot, claim.now)
             claim.started = True
             running.append(task)
-            ordered.append(m._event(task, "task.started"))
+            ordered.append(core.recorder.event(task, "task.started"))
         if running:
             await tx.tasks.save(running)
         # A redelivered message's task.submitted may be stored already:
         # append skips what is.
-        await tx.events.append(ordered, m._clock())
+        await tx.events.append(ordered, core.clock())
 
     async def _stored(self, tenant: str, task_id: str) -> Task | None:
-        async with self._m.uow() as tx:
-            return await tx.tasks.get(tenant, task_id)
+        return await self._core.queries.stored(tenant, task_id)
 
 
 async def _apply_owned_insert(tx: UnitOfWork, items: Sequence[tuple[Task, str]]) -> None:
@@ -506,7 +452,7 @@ async def _apply_owned_insert(tx: UnitOfWork, items: Sequence[tuple[Task, str]])
 
 
 def _running(task: Task, slot: AgentSlot, now: float) -> Task:
-    """The task as started on ``slot`` (what ``AgentManager._start`` records)."""
+    """The task as started on ``slot`` (what ``Placement.claim`` makes it)."""
     return task.evolve(
         state=TaskState.RUNNING,
         attempts=task.attempts + 1,

@@ -1,9 +1,15 @@
-"""The agents a process hosts, and how one is picked for a task.
+"""The agents a process hosts, which tenants each may serve, and how one is
+picked for a task.
 
 Strategies: ``least_loaded`` (default: lowest in-flight share of its
 concurrency), ``round_robin`` and ``weighted`` (smooth weighted round
-robin). Saturated agents, unhealthy ones (their circuit is open after
-repeated failures) and disconnected remote agents are skipped.
+robin). Saturated agents, disconnected remote agents and agents whose
+circuit is open *for the task's tenant* are skipped.
+
+Every lookup takes the caller's tenant: an agent that may not serve a
+tenant does not exist for it (not listed, not found, never picked). Circuit
+breakers are kept per tenant, so failures of one tenant's tasks never take
+a shared agent offline for another.
 """
 
 from __future__ import annotations
@@ -18,6 +24,10 @@ from datamcp.core.metrics import LatencyHistogram
 from datamcp.core.resilience import CircuitBreaker, CircuitState
 
 STRATEGIES = ("least_loaded", "round_robin", "weighted")
+#: A circuit opens after this many consecutive agent faults of one tenant...
+FAILURE_THRESHOLD = 5
+#: ...and stays open this long.
+RECOVERY_TIME = 10.0
 
 
 class Runner(Protocol):
@@ -30,13 +40,15 @@ class AgentSlot:
 
     descriptor: AgentDescriptor
     runner: Runner
-    breaker: CircuitBreaker
     in_flight: int = 0
     connected: bool = True
     requests: int = 0
     errors: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     current_weight: int = 0
+    #: Circuit breakers of the tenants whose tasks failed here lately (a
+    #: breaker is dropped once it closes again: the map stays small).
+    breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -46,19 +58,20 @@ class AgentSlot:
     def saturated(self) -> bool:
         return self.in_flight >= self.descriptor.max_concurrency
 
-    @property
-    def healthy(self) -> bool:
-        return self.connected and self.breaker.state is not CircuitState.OPEN
+    def serves(self, tenant: str) -> bool:
+        return self.descriptor.serves(tenant)
 
-    @property
-    def available(self) -> bool:
-        return self.healthy and not self.saturated
+    def healthy(self, tenant: str) -> bool:
+        breaker = self.breakers.get(tenant)
+        return self.connected and (breaker is None or breaker.state is not CircuitState.OPEN)
 
-    @property
-    def status(self) -> str:
+    def available(self, tenant: str) -> bool:
+        return not self.saturated and self.healthy(tenant)
+
+    def status(self, tenant: str) -> str:
         if not self.connected:
             return "disconnected"
-        if not self.healthy:
+        if not self.healthy(tenant):
             return "unhealthy"
         return "saturated" if self.saturated else "ready"
 
@@ -67,6 +80,20 @@ class AgentSlot:
 
     def capability(self, name: str) -> Capability | None:
         return next((c for c in self.descriptor.capabilities if c.name == name), None)
+
+    def record_fault(self, tenant: str) -> None:
+        """An agent or dependency fault while running ``tenant``'s task."""
+        self.errors += 1
+        breaker = self.breakers.get(tenant)
+        if breaker is None:
+            breaker = self.breakers[tenant] = CircuitBreaker(
+                f"agent:{self.id}", failure_threshold=FAILURE_THRESHOLD, recovery_time=RECOVERY_TIME
+            )
+        breaker.record_failure()
+
+    def record_success(self, tenant: str) -> None:
+        if self.breakers.pop(tenant, None) is not None:
+            pass  # closed again: forget it
 
 
 class AgentRegistry:
@@ -83,37 +110,57 @@ class AgentRegistry:
     def remove(self, agent_id: str) -> AgentSlot | None:
         return self._slots.pop(agent_id, None)
 
-    def get(self, agent_id: str) -> AgentSlot | None:
+    def slot(self, agent_id: str) -> AgentSlot | None:
+        """The slot by id, whoever it serves (for the manager's own bookkeeping)."""
         return self._slots.get(agent_id)
 
+    def get(self, agent_id: str, tenant: str) -> AgentSlot | None:
+        """The agent ``agent_id`` if it may serve ``tenant``."""
+        slot = self._slots.get(agent_id)
+        return slot if slot is not None and slot.serves(tenant) else None
+
     def all(self) -> list[AgentSlot]:
+        """Every slot, whoever it serves, by id."""
         return sorted(self._slots.values(), key=lambda s: s.id)
 
-    def offering(self, capability: str) -> list[AgentSlot]:
-        return [s for s in self._slots.values() if s.offers(capability)]
+    def visible(self, tenant: str) -> list[AgentSlot]:
+        """The agents that may serve ``tenant``, by id."""
+        return [s for s in self.all() if s.serves(tenant)]
 
-    def capability(self, name: str) -> Capability | None:
-        """The capability's declaration (its schema), from any agent offering it."""
+    def shared_capabilities(self) -> set[str]:
+        """Capability names of the agents every tenant shares (built-in,
+        plugin, configured): reserved, no tenant's remote agent may offer them."""
+        return {
+            c.name
+            for s in self._slots.values()
+            if s.descriptor.tenants is None
+            for c in s.descriptor.capabilities
+        }
+
+    def capability(self, name: str, tenant: str) -> Capability | None:
+        """The capability's declaration (its schema), from a connected agent
+        that offers it to ``tenant``."""
         for slot in self._slots.values():
-            if slot.connected and (cap := slot.capability(name)) is not None:
+            if slot.connected and slot.serves(tenant) and (cap := slot.capability(name)):
                 return cap
         return None
 
-    def candidates(self, target: str, *, by_agent: bool) -> list[AgentSlot]:
+    def candidates(self, target: str, tenant: str, *, by_agent: bool) -> list[AgentSlot]:
         if by_agent:
-            slot = self._slots.get(target)
+            slot = self.get(target, tenant)
             return [slot] if slot is not None else []
-        return self.offering(target)
+        return [s for s in self._slots.values() if s.offers(target) and s.serves(tenant)]
 
     def select(
-        self, target: str, *, by_agent: bool, exclude: Iterable[str] = ()
+        self, target: str, tenant: str, *, by_agent: bool, exclude: Iterable[str] = ()
     ) -> AgentSlot | None:
-        """An available agent for ``target`` (a capability, or an agent id), or None."""
+        """An available agent for ``tenant``'s ``target`` (a capability, or an
+        agent id), or None."""
         skip = set(exclude)
         ready = [
             s
-            for s in self.candidates(target, by_agent=by_agent)
-            if s.available and s.id not in skip
+            for s in self.candidates(target, tenant, by_agent=by_agent)
+            if s.available(tenant) and s.id not in skip
         ]
         if not ready:
             return None
@@ -146,9 +193,4 @@ class AgentRegistry:
 
 
 def new_slot(descriptor: AgentDescriptor, runner: Runner) -> AgentSlot:
-    """A slot whose circuit opens after 5 consecutive failures, for 10 seconds."""
-    return AgentSlot(
-        descriptor,
-        runner,
-        CircuitBreaker(f"agent:{descriptor.id}", failure_threshold=5, recovery_time=10.0),
-    )
+    return AgentSlot(descriptor, runner)

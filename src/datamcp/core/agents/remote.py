@@ -1,5 +1,12 @@
 """Remote agents: a process in any language that connects over a stream.
 
+A remote agent belongs to the tenant whose credentials connected it: only
+that tenant sees it and only that tenant's tasks go to it, unless an
+operator granted it to more tenants (``agents.grants``). The capability
+names of the shared in-process agents (built-in, plugin, configured) are
+reserved, and so are the built-in namespaces (``core/agents/builtin``): a
+remote agent may not offer them.
+
 The entry point (``AgentService.Connect``) turns stream messages into calls
 on a :class:`RemoteAgent` and sends what its ``outbox`` yields. To the
 manager a remote agent is a runner like any other: ``run`` sends an
@@ -26,11 +33,15 @@ from datamcp.core.agents.agent import (
     Capability,
     TaskContext,
 )
+from datamcp.core.agents.builtin import is_builtin_capability
 from datamcp.core.agents.manager import AgentManager
 from datamcp.core.errors import FieldViolation, InvalidArgument
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_CONCURRENCY = 1000
+MAX_CAPABILITY = 128
+MAX_CAPABILITIES = 100
+MAX_DESCRIPTION = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,34 +126,61 @@ class RemoteAgent:
         self.outbox.put_nowait(None)
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Remote agents named ``agent`` connected by tenant ``owner`` also serve
+    ``tenants`` (``*``: every tenant)."""
+
+    agent: str
+    owner: str
+    tenants: frozenset[str]
+
+
 class RemoteHub:
     """Registers remote agents with the manager and removes them on disconnect."""
 
-    def __init__(self, manager: AgentManager, heartbeat_interval: float) -> None:
+    def __init__(
+        self, manager: AgentManager, heartbeat_interval: float, grants: Sequence[Grant] = ()
+    ) -> None:
         self._manager = manager
         self.heartbeat_interval = heartbeat_interval
+        self._grants = tuple(grants)
 
-    def connect(self, hello: Hello) -> RemoteAgent:
-        """Validate the announcement and host the agent.
+    def connect(self, hello: Hello, tenant: str) -> RemoteAgent:
+        """Validate the announcement and host the agent for ``tenant``.
 
         Raises:
-            InvalidArgument: bad name, capabilities, schema or concurrency.
+            InvalidArgument: bad name, capabilities (a reserved name among
+                them), schema or concurrency.
         """
         bad: list[FieldViolation] = []
+        reserved = self._manager.registry.shared_capabilities()
         if not NAME_RE.match(hello.name):
             bad.append(FieldViolation("hello.name", "1-64 letters, digits, '_', '.', '-'"))
-        if not hello.capabilities:
-            bad.append(FieldViolation("hello.capabilities", "at least one"))
-        for i, cap in enumerate(hello.capabilities):
-            if not CAPABILITY_RE.match(cap.name):
+        if not 1 <= len(hello.capabilities) <= MAX_CAPABILITIES:
+            bad.append(FieldViolation("hello.capabilities", f"1 to {MAX_CAPABILITIES}"))
+        if len(hello.description) > MAX_DESCRIPTION:
+            bad.append(FieldViolation("hello.description", f"at most {MAX_DESCRIPTION} characters"))
+        for i, cap in enumerate(hello.capabilities[:MAX_CAPABILITIES]):
+            if not CAPABILITY_RE.match(cap.name) or len(cap.name) > MAX_CAPABILITY:
                 bad.append(
-                    FieldViolation(f"hello.capabilities[{i}].name", "lower-case dotted words")
+                    FieldViolation(
+                        f"hello.capabilities[{i}].name",
+                        f"lower-case dotted words, at most {MAX_CAPABILITY} characters",
+                    )
+                )
+            elif cap.name in reserved or is_builtin_capability(cap.name):
+                bad.append(
+                    FieldViolation(
+                        f"hello.capabilities[{i}].name",
+                        f"{cap.name} is a built-in or configured capability; pick another name",
+                    )
                 )
         if not 1 <= hello.max_concurrency <= MAX_CONCURRENCY:
             bad.append(FieldViolation("hello.max_concurrency", f"1 to {MAX_CONCURRENCY}"))
         if bad:
             raise InvalidArgument("invalid hello", bad, reason="INVALID_HELLO")
-        agent_id = f"remote:{hello.name}:{uuid.uuid4().hex[:8]}"
+        agent_id = f"remote:{hello.name}:{uuid.uuid4().hex[:12]}"
         remote = RemoteAgent(agent_id)
         descriptor = AgentDescriptor(
             id=agent_id,
@@ -152,9 +190,20 @@ class RemoteHub:
             capabilities=tuple(hello.capabilities),
             max_concurrency=hello.max_concurrency,
             weight=max(1, hello.weight),
+            tenants=self.tenants_of(hello.name, tenant),
         )
         self._manager.attach(descriptor, remote)
         return remote
+
+    def tenants_of(self, name: str, owner: str) -> frozenset[str] | None:
+        """Who a remote agent ``name`` connected by ``owner`` serves (None: all)."""
+        tenants = {owner}
+        for grant in self._grants:
+            if grant.agent == name and grant.owner == owner:
+                if "*" in grant.tenants:
+                    return None
+                tenants |= grant.tenants
+        return frozenset(tenants)
 
     def disconnect(self, remote: RemoteAgent) -> None:
         self._manager.detach(remote.agent_id)

@@ -30,6 +30,12 @@ class SchemaCache:
             entry = self._validators[id(cap)] = (cap, Draft202012Validator(dict(schema)))
         return entry[1]
 
+    def forget(self, cap: Capability) -> None:
+        """Drop the validator of a capability whose agent went away."""
+        entry = self._validators.get(id(cap))
+        if entry is not None and entry[0] is cap:
+            del self._validators[id(cap)]
+
     def check_schema(self, cap: Capability) -> None:
         """Raises InvalidArgument when the capability's input schema is not a valid schema."""
         if cap.input_schema is None:

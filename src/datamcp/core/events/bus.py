@@ -3,8 +3,10 @@
 Publishers hand events to one writer task per process. While a commit is in
 flight, later publishes queue up and go into the next commit together, so
 throughput does not collapse to one transaction per event, and a batch
-published together is always one transaction (all or nothing). After each
-commit, waiting consumers are woken.
+published together is always one transaction (all or nothing). One
+publish's bad data never fails the others of its group: a commit that fails
+for anything but a store outage is retried in halves until the offending
+publish fails alone. After each commit, waiting consumers are woken.
 """
 
 from __future__ import annotations
@@ -116,6 +118,8 @@ class EventBus:
 
         Raises:
             Unavailable: the store could not be written; nothing was stored.
+            InvalidArgument: the store refused this publish's data (others
+                committed in the same group are unaffected).
         """
         if not events and not writes:
             return []
@@ -190,8 +194,8 @@ class EventBus:
             cursor = page[-1].seq
 
     async def prune(self) -> int:
-        """Apply retention now: drop events past the age or count limit that no
-        pending delivery or dead letter still needs. Returns how many."""
+        """Apply retention now: drop events past the age or the per-tenant count
+        limit that no pending delivery or dead letter still needs. Returns how many."""
         age, count, _ = self._retention
         older_than = self._clock() - age if age else None
         async with self._uow() as tx:
@@ -228,29 +232,43 @@ class EventBus:
                 batch.append(item)
                 count += item.size
             try:
-                results = await self._commit(
-                    [e for p in batch for e in p.events], [w for p in batch for w in p.writes]
-                )
-            except Exception as exc:
-                log.warning("event store write failed", exc_info=exc)
-                error = Unavailable(f"event store unavailable: {type(exc).__name__}: {exc}")
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(error)
-            else:
-                start = 0
-                for pending in batch:
-                    end = start + len(pending.events)
-                    if not pending.future.done():
-                        pending.future.set_result(results[start:end])
-                    start = end
-                self.commits += 1
-                self.published += sum(not r.duplicate for r in results)
-                self._signal()
+                await self._settle(batch)
             finally:
                 self._queued -= count
                 for _ in batch:
                     self._queue.task_done()
+
+    async def _settle(self, batch: list[_Pending]) -> None:
+        """Commit ``batch`` and answer each publish. When the commit fails for
+        anything but an outage, one publish's data is at fault: the batch is
+        split in halves until the bad one is alone, so it fails by itself
+        and every other publish of the group still commits."""
+        try:
+            results = await self._commit(
+                [e for p in batch for e in p.events], [w for p in batch for w in p.writes]
+            )
+        except Unavailable as exc:  # the store is down: nobody's fault, nothing stored
+            log.warning("event store write failed", exc_info=exc)
+            _fail(batch, exc)
+            return
+        except Exception as exc:
+            if len(batch) > 1:
+                middle = len(batch) // 2
+                await self._settle(batch[:middle])
+                await self._settle(batch[middle:])
+                return
+            log.error("a publish could not be stored", exc_info=exc)
+            _fail(batch, exc)
+            return
+        start = 0
+        for pending in batch:
+            end = start + len(pending.events)
+            if not pending.future.done():
+                pending.future.set_result(results[start:end])
+            start = end
+        self.commits += 1
+        self.published += sum(not r.duplicate for r in results)
+        self._signal()
 
     async def _commit(self, events: list[Event], writes: list[Write]) -> list[PublishResult]:
         # The first of a repeated (tenant, id) in one batch is the one stored.
@@ -270,6 +288,12 @@ class EventBus:
             # A duplicate: stored before, or the same id earlier in this batch.
             results.append(PublishResult(e, seq, not (new and firsts[key] is e)))
         return results
+
+
+def _fail(batch: list[_Pending], exc: BaseException) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(exc)
 
 
 async def _apply(tx: UnitOfWork, writes: list[Write]) -> None:

@@ -266,37 +266,49 @@ class MemoryService:
                 jobs.append(job)
                 count += len(job.ops)
             try:
-                done, events, durable = await self._commit(state, jobs)
-            except Exception as exc:
-                log.warning("memory store write failed", exc_info=exc)
-                error = Unavailable(
-                    f"memory store {state.store.id} unavailable: {type(exc).__name__}: {exc}"
-                )
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(error)
-            else:
-                written: list[Record] = []
-                for job, result in zip(jobs, done, strict=True):
-                    if job.future.done():
-                        continue
-                    if isinstance(result, BaseException):
-                        job.future.set_exception(result)
-                    else:
-                        job.future.set_result(result)
-                        written.extend(result)
-                if written:
-                    self.writes += len(written)
-                    state.notify()
-                if events:
-                    if durable:
-                        if self._committed is not None:
-                            self._committed()
-                    elif self._publish is not None:
-                        self.spawn(self._publish(events), "memory events")
+                await self._settle(state, jobs)
             finally:
                 for _ in jobs:
                     state.queue.task_done()
+
+    async def _settle(self, state: _StoreState, jobs: list[_Job]) -> None:
+        """Commit ``jobs`` and answer each. A commit that fails for anything
+        but an outage is retried in halves until the offending job fails
+        alone: one caller's write never fails another's (the event bus does
+        the same)."""
+        try:
+            done, events, durable = await self._commit(state, jobs)
+        except Unavailable as exc:
+            log.warning("memory store write failed", exc_info=exc)
+            _fail(jobs, exc)
+            return
+        except Exception as exc:
+            if len(jobs) > 1:
+                middle = len(jobs) // 2
+                await self._settle(state, jobs[:middle])
+                await self._settle(state, jobs[middle:])
+                return
+            log.error("a memory write could not be stored", exc_info=exc)
+            _fail(jobs, exc)
+            return
+        written: list[Record] = []
+        for job, result in zip(jobs, done, strict=True):
+            if job.future.done():
+                continue
+            if isinstance(result, BaseException):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
+                written.extend(result)
+        if written:
+            self.writes += len(written)
+            state.notify()
+        if events:
+            if durable:
+                if self._committed is not None:
+                    self._committed()
+            elif self._publish is not None:
+                self.spawn(self._publish(events), "memory events")
 
     async def _commit(
         self, state: _StoreState, jobs: list[_Job]
@@ -634,3 +646,9 @@ class AgentMemory:
 
 
 __all__ = ["AgentMemory", "MemoryService", "dumps"]
+
+
+def _fail(jobs: list[_Job], exc: BaseException) -> None:
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(exc)

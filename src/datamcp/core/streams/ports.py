@@ -89,10 +89,12 @@ class StreamRepository(Protocol):
 
     async def record_error(self, job_id: str, owner: str, error: str) -> None: ...
 
-    async def ensure_table(self, table: str) -> None:
-        """Create a destination table when missing.
+    async def ensure_table(self, tenant: str, table: str, now: float) -> None:
+        """Create a destination table when missing, and make it the tenant's:
+        a destination table belongs to the tenant whose job first used it.
 
         Raises:
-            FailedPrecondition: the name is a mesh table, or a table of another shape.
+            FailedPrecondition: the name is a mesh table, a table of another
+                shape, or another tenant's destination.
         """
         ...

@@ -123,11 +123,11 @@ class StreamService:
                 "(streams.max_jobs_per_tenant); delete one first",
                 reason="TOO_MANY_STREAM_JOBS",
             )
+        now = self._clock()
         if spec.sink.table:
             async with self._uow() as tx:
-                await tx.streams.ensure_table(spec.sink.table)
+                await tx.streams.ensure_table(tenant, spec.sink.table, now)
                 await tx.commit()
-        now = self._clock()
         job = StreamJob(uuid.uuid4().hex, tenant, name, spec, now, request_id)
         # The subscription first: records pushed (or events published) once the
         # job is visible are never missed.

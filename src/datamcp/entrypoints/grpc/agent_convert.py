@@ -100,7 +100,8 @@ def capability_from_proto(message: agents_pb2.Capability) -> Capability:
     )
 
 
-def agent_to_proto(slot: AgentSlot) -> agents_pb2.Agent:
+def agent_to_proto(slot: AgentSlot, tenant: str) -> agents_pb2.Agent:
+    """The agent as ``tenant`` sees it (its health is per tenant)."""
     d = slot.descriptor
     return agents_pb2.Agent(
         id=d.id,
@@ -108,7 +109,7 @@ def agent_to_proto(slot: AgentSlot) -> agents_pb2.Agent:
         description=d.description,
         capabilities=[capability_to_proto(c) for c in d.capabilities],
         max_concurrency=d.max_concurrency,
-        status=_STATUS[slot.status],
+        status=_STATUS[slot.status(tenant)],
         load=slot.in_flight,
         stats=agents_pb2.AgentStats(
             requests=slot.requests,

@@ -46,13 +46,16 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
     async def ListAgents(
         self, request: agents_pb2.ListAgentsRequest, context: aio.ServicerContext
     ) -> agents_pb2.ListAgentsResponse:
-        slots = self._manager.agents(request.capability)
-        return agents_pb2.ListAgentsResponse(agents=[agent_to_proto(s) for s in slots])
+        tenant = current_principal.get().tenant
+        slots = self._manager.agents(tenant, request.capability)
+        return agents_pb2.ListAgentsResponse(agents=[agent_to_proto(s, tenant) for s in slots])
 
     async def GetAgent(
         self, request: agents_pb2.GetAgentRequest, context: aio.ServicerContext
     ) -> agents_pb2.GetAgentResponse:
-        return agents_pb2.GetAgentResponse(agent=agent_to_proto(self._manager.agent(request.id)))
+        tenant = current_principal.get().tenant
+        slot = self._manager.agent(tenant, request.id)
+        return agents_pb2.GetAgentResponse(agent=agent_to_proto(slot, tenant))
 
     async def ExecuteTask(
         self, request: agents_pb2.ExecuteTaskRequest, context: aio.ServicerContext
@@ -168,7 +171,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
                 "the first Connect message must be 'hello'",
                 [FieldViolation("hello", "required as the first message")],
             )
-        remote = self._hub.connect(hello_from_proto(first.hello))
+        remote = self._hub.connect(hello_from_proto(first.hello), current_principal.get().tenant)
         try:
             yield Response(
                 welcome=Response.Welcome(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from datamcp.core.agents.agent import Agent, AgentError, Capability, TaskContext
+from datamcp.core.agents.agent import Agent, Capability, TaskContext, TaskRefused
 
 _KEY = {"type": "string", "minLength": 1, "maxLength": 512}
 _NAMESPACE = {"type": "string", "minLength": 1, "maxLength": 256, "default": "default"}
@@ -78,7 +78,7 @@ class MemoryAgent(Agent):
         if capability == "memory.get":
             record = await self._port.get(ctx.tenant, namespace, payload["key"])
             if record is None:
-                raise AgentError(f"no memory {payload['key']!r}", reason="MEMORY_NOT_FOUND")
+                raise TaskRefused(f"no memory {payload['key']!r}", reason="MEMORY_NOT_FOUND")
             return record
         records = await self._port.search(
             ctx.tenant, namespace, payload["text"], int(payload.get("limit", 100))

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from datamcp.core.agents.agent import Agent, AgentError, Capability, TaskContext
+from datamcp.core.agents.agent import Agent, AgentError, Capability, TaskContext, TaskRefused
 from datamcp.core.errors import ConfigError
 
 _INT = re.compile(r"^[+-]?\d{1,18}$")
@@ -268,28 +268,28 @@ class ProfileAgent(Agent):
 
     async def run(self, ctx: TaskContext, capability: str, payload: Any) -> Any:
         if not isinstance(payload, Mapping):
-            raise AgentError("input must be an object", reason="INVALID_INPUT")
+            raise TaskRefused("input must be an object", reason="INVALID_INPUT")
         if capability == "profile.file":
             return await self._profile_file(ctx, payload)
         if capability == "profile.rows":
             return await self._profile_rows(ctx, payload)
-        raise AgentError(f"profile agent has no capability {capability}", reason="NO_CAPABILITY")
+        raise TaskRefused(f"profile agent has no capability {capability}", reason="NO_CAPABILITY")
 
     async def _profile_file(self, ctx: TaskContext, payload: Mapping[str, Any]) -> dict[str, Any]:
         path = payload.get("path")
         if not isinstance(path, str) or not path:
-            raise AgentError("path must be a non-empty string", reason="INVALID_INPUT")
+            raise TaskRefused("path must be a non-empty string", reason="INVALID_INPUT")
         wanted = _names(payload.get("columns"))
         real = await asyncio.to_thread(self._resolve, path)
         fmt = payload.get("format") or _format_of(real)
         if fmt not in {"csv", "jsonl"}:
-            raise AgentError(
+            raise TaskRefused(
                 f"cannot tell the format of {real.name}; pass format csv or jsonl",
                 reason="INVALID_INPUT",
             )
         delimiter = payload.get("delimiter") or ("\t" if real.suffix.lower() == ".tsv" else ",")
         if not isinstance(delimiter, str) or len(delimiter) != 1:
-            raise AgentError("delimiter must be one character", reason="INVALID_INPUT")
+            raise TaskRefused("delimiter must be one character", reason="INVALID_INPUT")
         profile = _Profile(
             csv_text=fmt == "csv",
             wanted=wanted,
@@ -323,7 +323,7 @@ class ProfileAgent(Agent):
         if "records" in payload:
             records = payload["records"]
             if not isinstance(records, list) or not all(isinstance(r, Mapping) for r in records):
-                raise AgentError("records must be a list of objects", reason="INVALID_INPUT")
+                raise TaskRefused("records must be a list of objects", reason="INVALID_INPUT")
             total = len(records)
             rows: Iterator[Iterator[tuple[str, Any]]] = (
                 ((str(k), v) for k, v in r.items()) for r in records
@@ -337,16 +337,16 @@ class ProfileAgent(Agent):
             )
             data = payload.get("rows")
             if names is None or not isinstance(data, list):
-                raise AgentError("give columns and rows, or records", reason="INVALID_INPUT")
+                raise TaskRefused("give columns and rows, or records", reason="INVALID_INPUT")
             for index, row in enumerate(data):
                 if not isinstance(row, list) or len(row) != len(names):
-                    raise AgentError(
+                    raise TaskRefused(
                         f"row {index} must be a list of {len(names)} values", reason="INVALID_INPUT"
                     )
             total = len(data)
             rows = (zip(names, row, strict=True) for row in data)
         if names is not None and len(set(names)) != len(names):
-            raise AgentError("column names must be unique", reason="INVALID_INPUT")
+            raise TaskRefused("column names must be unique", reason="INVALID_INPUT")
         profile = _Profile(
             csv_text=False,
             wanted=names,
@@ -370,7 +370,7 @@ class ProfileAgent(Agent):
     def _resolve(self, path: str) -> Path:
         """The real path of ``path`` (relative ones are tried under each root)."""
         if not self.roots:
-            raise AgentError("no profile roots are configured", reason="PATH_NOT_ALLOWED")
+            raise TaskRefused("no profile roots are configured", reason="PATH_NOT_ALLOWED")
         given = Path(path)
         candidates = [given] if given.is_absolute() else [root / given for root in self.roots]
         allowed = [
@@ -379,11 +379,11 @@ class ProfileAgent(Agent):
             if any(real.is_relative_to(root) for root in self.roots)
         ]
         if not allowed:
-            raise AgentError(f"{path} is outside the profile roots", reason="PATH_NOT_ALLOWED")
+            raise TaskRefused(f"{path} is outside the profile roots", reason="PATH_NOT_ALLOWED")
         for real in allowed:
             if real.is_file():
                 return real
-        raise AgentError(f"{path} is not a file under the profile roots", reason="FILE_NOT_FOUND")
+        raise TaskRefused(f"{path} is not a file under the profile roots", reason="FILE_NOT_FOUND")
 
 
 class _FileReader:
@@ -432,7 +432,7 @@ class _CsvReader(_FileReader):
         try:
             self._header = _unique(next(self._rows, []))
         except csv.Error as exc:
-            raise AgentError(f"{self.path.name}: bad CSV: {exc}", reason="BAD_FILE") from exc
+            raise TaskRefused(f"{self.path.name}: bad CSV: {exc}", reason="BAD_FILE") from exc
         if not self._header:
             self.done = True
         wanted = self.profile.wanted
@@ -468,7 +468,7 @@ class _CsvReader(_FileReader):
                     for name, cell in zip(header, row, strict=False)
                 )
         except csv.Error as exc:
-            raise AgentError(f"{self.path.name}: bad CSV: {exc}", reason="BAD_FILE") from exc
+            raise TaskRefused(f"{self.path.name}: bad CSV: {exc}", reason="BAD_FILE") from exc
 
 
 class _JsonLinesReader(_FileReader):
@@ -590,7 +590,7 @@ def _names(value: Any) -> list[str] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise AgentError("columns must be a list of names", reason="INVALID_INPUT")
+        raise TaskRefused("columns must be a list of names", reason="INVALID_INPUT")
     return list(value)
 
 

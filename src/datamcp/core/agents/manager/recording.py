@@ -1,0 +1,159 @@
+"""Recording tasks: every state change is committed together with the
+``task.*`` event that announces it (the event bus group commit carries the
+task rows along), so the store and the bus never disagree.
+
+Submission and the final state are awaited (durable before anyone is told);
+the RUNNING mark, retries and progress ride along with whatever commit comes
+next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from datamcp.core.agents.manager.live import LiveTask
+from datamcp.core.agents.manager.policy import FINAL_WRITE_ATTEMPTS, PROGRESS_INTERVAL
+from datamcp.core.agents.model import AuditRecord, Task, TaskState
+from datamcp.core.errors import Unavailable
+from datamcp.core.events.bus import EventBus, PublishResult
+from datamcp.core.events.model import Event
+from datamcp.core.ports import UnitOfWork, Write, WriteOp
+from datamcp.core.resilience import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+
+class TaskRecorder:
+    """Writes tasks and their events through the bus.
+
+    Args:
+        bus: the event bus whose group commit carries the rows.
+        owner: the instance id new rows are stored under.
+        retry: backoff between tries of a final-state write.
+    """
+
+    def __init__(
+        self, bus: EventBus, owner: str, retry: RetryPolicy, clock: Callable[[], float]
+    ) -> None:
+        self._bus = bus
+        self._owner = owner
+        self._retry = retry
+        self._clock = clock
+        self.insert_op = WriteOp("tasks.insert", 0, self._apply_insert)
+        self.save_op = WriteOp("tasks.save", 1, _apply_save)
+        self._audit_op = WriteOp("audit.add", 2, _apply_audit)
+
+    async def publish(
+        self, events: Sequence[Event], writes: Sequence[Write] = ()
+    ) -> list[PublishResult]:
+        return await self._bus.publish(events, writes)
+
+    def insert(self, task: Task) -> Write:
+        """A new task's row, under this process."""
+        return Write(self.insert_op, task)
+
+    def save(self, task: Task) -> Write:
+        """A task's row as it is now."""
+        return Write(self.save_op, task)
+
+    def record(self, live: LiveTask, event_type: str | None, suffix: str = "") -> None:
+        """Store the task's current state (and its event) with the next commit,
+        without waiting; watchers hear of it now."""
+        events = [self.event(live.task, event_type, suffix)] if event_type else []
+        future = asyncio.ensure_future(self._bus.publish(events, [self.save(live.task)]))
+        future.add_done_callback(log_failure)
+        live.notify()
+
+    async def store_final(self, task: Task) -> None:
+        """Store a final state and its event; a store outage is retried a few
+        times (the state is what callers are told either way)."""
+        for attempt in range(1, FINAL_WRITE_ATTEMPTS + 1):
+            try:
+                await self._bus.publish(
+                    [self.event(task, task.state.event_type)], [self.save(task)]
+                )
+                return
+            except Unavailable:
+                if attempt == FINAL_WRITE_ATTEMPTS:
+                    break
+                await asyncio.sleep(self._retry.delay(attempt))
+        log.error("task final state not stored", extra={"task_id": task.id})
+
+    def progress(self, live: LiveTask, percent: float, message: str) -> None:
+        """An agent's progress report: watchers hear each, the store at most
+        every PROGRESS_INTERVAL (and always at 100%)."""
+        if live.task.state is not TaskState.RUNNING:
+            return
+        now = self._clock()
+        live.task = live.task.evolve(
+            progress=max(0.0, min(100.0, float(percent))),
+            progress_message=message[:1024],
+            updated_at=now,
+        )
+        if now - live.progress_at < PROGRESS_INTERVAL and percent < 100:
+            live.notify()
+            return
+        live.progress_at = now
+        live.progress_count += 1
+        self.record(live, "task.progress", f":{live.task.attempts}:{live.progress_count}")
+
+    async def audit(self, record: AuditRecord) -> None:
+        """Store an agent-to-agent call record (with the next group commit)."""
+        await self._bus.publish([], [Write(self._audit_op, record)])
+
+    def event(
+        self, task: Task, event_type: str, suffix: str = "", *, now: float | None = None
+    ) -> Event:
+        """The ``task.*`` event announcing ``task`` as it is now."""
+        data: dict[str, Any] = {
+            "task_id": task.id,
+            "capability": task.capability,
+            "agent_id": task.agent_id,
+            "state": task.state.name,
+            "attempt": task.attempts,
+        }
+        if event_type == "task.progress":
+            data["progress"] = {"percent": task.progress, "message": task.progress_message}
+        elif event_type in ("task.started", "task.retrying"):
+            suffix = f":{task.attempts}"
+        if task.error is not None:
+            data["error"] = {
+                "reason": task.error.reason,
+                "message": task.error.message,
+                "retryable": task.error.retryable,
+            }
+        if event_type == "task.succeeded":
+            data["result"] = task.result
+        return Event(
+            id=f"{event_type}:{task.id}{suffix}",
+            source=f"/agents/{task.agent_id}" if task.agent_id else "/datamcp/agents",
+            type=event_type,
+            data=data,
+            subject=task.id,
+            time=self._clock() if now is None else now,
+            tenant=task.tenant,
+            correlation_id=task.correlation_id,
+        )
+
+    async def _apply_insert(self, tx: UnitOfWork, tasks: Sequence[Task]) -> None:
+        await tx.tasks.insert([(task, self._owner) for task in tasks])
+
+
+def log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        log.warning("task state write failed", exc_info=exc)
+
+
+async def _apply_save(tx: UnitOfWork, tasks: Sequence[Task]) -> None:
+    latest: dict[str, Task] = {}
+    for task in tasks:  # one row per task: the last state written wins
+        latest.pop(task.id, None)
+        latest[task.id] = task
+    await tx.tasks.save(list(latest.values()))
+
+
+async def _apply_audit(tx: UnitOfWork, records: Sequence[AuditRecord]) -> None:
+    await tx.audit.add(records)
