@@ -16,11 +16,9 @@ follow, so the run does not trust them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import io
 import mmap
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from datamcp.adapters.pipelines.files import abort_temp, commit_temp, open_temp
 from datamcp.adapters.pipelines.values import plain
 from datamcp.core.pipelines.checker import Checker, char, delimiter, file_options, null_values
 from datamcp.core.pipelines.ports import PermanentError, SourceBatch, WriteResult
@@ -276,13 +275,7 @@ class CsvDestination:
         await asyncio.to_thread(self._open, list(columns))
 
     def _open(self, columns: list[str]) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.temp, "w", newline="", encoding="utf-8")  # noqa: SIM115
-        except OSError as exc:
-            raise PermanentError(
-                f"cannot write {self.path.name}: {exc.strerror}", "DESTINATION_ERROR"
-            ) from None
+        self._file = open_temp(self.path, self.temp, newline="", encoding="utf-8")
         self._writer = csv.writer(self._file, delimiter=self.delimiter)
         self._writer.writerow(columns)
 
@@ -298,19 +291,12 @@ class CsvDestination:
         await asyncio.to_thread(self._commit)
 
     def _commit(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        commit_temp(self._file, self.temp, self.path)
         self._file = None
-        os.replace(self.temp, self.path)
 
     async def abort(self) -> None:
-        if self._file is not None:
-            with contextlib.suppress(Exception):
-                self._file.close()
-            self._file = None
-        with contextlib.suppress(OSError):
-            os.unlink(self.temp)
+        abort_temp(self._file, self.temp)
+        self._file = None
 
 
 # ---- the ``csv`` kind ---------------------------------------------------------------------

@@ -3,11 +3,14 @@ configured data roots."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from datamcp.core.pipelines.limits import shorten
+from datamcp.core.pipelines.ports import PermanentError
 
 
 class PathRefused(ValueError):
@@ -55,3 +58,34 @@ def _confine(path: str, roots: Sequence[Path], *, must_exist: bool) -> Path:
     if chosen.is_dir():
         raise PathRefused(f"{shorten(path)!r} is a directory")
     return chosen
+
+
+def open_temp(target: Path, temp: Path, **kw: Any) -> Any:
+    """The temp file a destination writes before ``commit_temp`` renames it
+    over ``target`` (readers never see half a file).
+
+    Raises:
+        PermanentError: reason ``DESTINATION_ERROR``.
+    """
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return open(temp, "w", **kw)
+    except OSError as exc:
+        raise PermanentError(
+            f"cannot write {target.name}: {exc.strerror}", "DESTINATION_ERROR"
+        ) from None
+
+
+def commit_temp(file: Any, temp: Path, target: Path) -> None:
+    file.flush()
+    os.fsync(file.fileno())
+    file.close()
+    os.replace(temp, target)
+
+
+def abort_temp(file: Any, temp: Path) -> None:
+    if file is not None:
+        with contextlib.suppress(Exception):
+            file.close()
+    with contextlib.suppress(OSError):
+        os.unlink(temp)

@@ -7,16 +7,15 @@ as JSON), to a temp file renamed over the target on commit."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from datamcp.adapters.pipelines.files import abort_temp, commit_temp, open_temp
 from datamcp.adapters.pipelines.values import plain, python_rows
 from datamcp.core.pipelines.checker import Checker, file_options
 from datamcp.core.pipelines.frame import RowBatches, json_safe
@@ -124,13 +123,7 @@ class JsonlDestination:
         await asyncio.to_thread(self._open)
 
     def _open(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.temp, "w", encoding="utf-8")  # noqa: SIM115
-        except OSError as exc:
-            raise PermanentError(
-                f"cannot write {self.path.name}: {exc.strerror}", "DESTINATION_ERROR"
-            ) from None
+        self._file = open_temp(self.path, self.temp, encoding="utf-8")
 
     async def write(self, table: pa.Table) -> WriteResult:
         await asyncio.to_thread(self._write, table)
@@ -152,19 +145,12 @@ class JsonlDestination:
         await asyncio.to_thread(self._commit)
 
     def _commit(self) -> None:
-        assert self._file is not None
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        commit_temp(self._file, self.temp, self.path)
         self._file = None
-        os.replace(self.temp, self.path)
 
     async def abort(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        with contextlib.suppress(OSError):
-            os.unlink(self.temp)
+        abort_temp(self._file, self.temp)
+        self._file = None
 
 
 # ---- the ``jsonl`` kind -------------------------------------------------------------------

@@ -8,7 +8,8 @@ barrier's input are read."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import duckdb
@@ -36,64 +37,46 @@ async def scan(
 ) -> None:
     """Runs ``segments[0]`` (a chain) inside the source's scan; feeds
     ``segments[1]`` when it is a barrier, else writes what comes out."""
+    with _file_errors(source):
+        first = segments[0]
+        assert isinstance(first, Chain)
+        con = first.con
+        rid = FunctionExpression("row_number").over()
+        rel = source.relation(con, names).select(StarExpression(), rid.alias(RID))
+        rel = first.apply(first.start(rel))
+        if len(segments) > 1:
+            assert isinstance(segments[1], Barrier)
+            await in_thread(rel.create, "__scan")
+            table = con.table("__scan")
+            total, alive = await in_thread(_account, first, table, sink)
+            source_counters.read += total
+            source_counters.written += total
+            await in_thread(segments[1].push_relation, table.filter(C(AT).isnull()), alive)
+        else:
+            reader = await in_thread(rel.to_arrow_reader, chunk_rows)
+            while (batch := await in_thread(_next, reader)) is not None:
+                out = pa.Table.from_batches([batch])
+                source_counters.read += out.num_rows
+                source_counters.written += out.num_rows
+                await write([first.account(out, sink)])
+                await progress()
+        for raw, reason, number in await in_thread(source.scan_rejects):
+            source_counters.read += 1
+            row = raw if isinstance(raw, dict) else dict(zip(names, raw, strict=False))
+            sink.add(source_counters, reason, row, number)
+
+
+@contextlib.contextmanager
+def _file_errors(source: Any) -> Iterator[None]:
+    """Reader failures (the file, not the plan) as the source's run error."""
     try:
-        await _scan(
-            segments,
-            source,
-            names,
-            sink,
-            source_counters,
-            in_thread=in_thread,
-            write=write,
-            progress=progress,
-            chunk_rows=chunk_rows,
-        )
-    except duckdb.InvalidInputException as exc:  # the file, not the plan
+        yield
+    except duckdb.InvalidInputException as exc:
         raise source.scan_error(exc) from None
     except OSError as exc:  # the same, through Arrow's stream reader
         if "CSV" not in str(exc):
             raise
         raise source.scan_error(exc) from None
-
-
-async def _scan(
-    segments: list[Chain | Barrier],
-    source: Any,
-    names: Mapping[str, str],
-    sink: RejectSink,
-    source_counters: StageCounters,
-    *,
-    in_thread: InThread,
-    write: Callable[[list[pa.Table]], Awaitable[None]],
-    progress: Callable[[], Awaitable[None]],
-    chunk_rows: int,
-) -> None:
-    first = segments[0]
-    assert isinstance(first, Chain)
-    con = first.con
-    rid = FunctionExpression("row_number").over()
-    rel = source.relation(con, names).select(StarExpression(), rid.alias(RID))
-    rel = first.apply(first.start(rel))
-    if len(segments) > 1:
-        assert isinstance(segments[1], Barrier)
-        await in_thread(rel.create, "__scan")
-        table = con.table("__scan")
-        total, alive = await in_thread(_account, first, table, sink)
-        source_counters.read += total
-        source_counters.written += total
-        await in_thread(segments[1].push_relation, table.filter(C(AT).isnull()), alive)
-    else:
-        reader = await in_thread(rel.to_arrow_reader, chunk_rows)
-        while (batch := await in_thread(_next, reader)) is not None:
-            out = pa.Table.from_batches([batch])
-            source_counters.read += out.num_rows
-            source_counters.written += out.num_rows
-            await write([first.account(out, sink)])
-            await progress()
-    for raw, reason, number in await in_thread(source.scan_rejects):
-        source_counters.read += 1
-        row = raw if isinstance(raw, dict) else dict(zip(names, raw, strict=False))
-        sink.add(source_counters, reason, row, number)
 
 
 def _next(reader: Any) -> pa.RecordBatch | None:
