@@ -178,6 +178,9 @@ class PipelineSettings:
     max_lookup_rows: int = 1_000_000
     schedule_tick: float = 1.0
     progress_interval: float = 1.0
+    memory_limit: str = "512MB"
+    threads: int = 0
+    chunk_rows: int = 100_000
     s3_region: str = "us-east-1"
     s3_endpoint_url: str | None = None
 
@@ -791,6 +794,17 @@ def _pipelines(r: _Reader, data_dir: Path) -> PipelineSettings:
         max_lookup_rows=r.number("pipelines.max_lookup_rows", 1, int),
         schedule_tick=r.number("pipelines.schedule_tick", 0.01),
         progress_interval=r.number("pipelines.progress_interval", 0.01),
+        memory_limit=_memory_limit(r),
+        threads=r.number("pipelines.threads", 0, int),
+        chunk_rows=r.number("pipelines.chunk_rows", 1000, int),
         s3_region=r.str_("pipelines.s3_region"),
         s3_endpoint_url=r.opt_str("pipelines.s3_endpoint_url"),
     )
+
+
+def _memory_limit(r: Any) -> str:
+    value = str(r.str_("pipelines.memory_limit")).strip()
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", value):
+        r.fail("pipelines.memory_limit", "expected a size such as '512MB' or '2GB'")
+        return "512MB"
+    return value
