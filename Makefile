@@ -15,7 +15,7 @@ PROTO_INCLUDE = $$($(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.d
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: install run test check lint fmt typecheck gen gen-check buf-lint breaking infra-check sam-lint bench clean
+.PHONY: install run test check lint fmt typecheck gen gen-check buf-lint breaking infra-check sam-lint sam-transform lambda-package bench clean
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,15 +61,15 @@ gen-check: install
 	rm -rf .gen-check
 
 lint: install
-	$(BIN)/ruff check src handlers tests clients
-	$(BIN)/ruff format --check src handlers tests clients
+	$(BIN)/ruff check src handlers tests clients infra
+	$(BIN)/ruff format --check src handlers tests clients infra
 
 fmt: install
-	$(BIN)/ruff check --fix src handlers tests clients
-	$(BIN)/ruff format src handlers tests clients
+	$(BIN)/ruff check --fix src handlers tests clients infra
+	$(BIN)/ruff format src handlers tests clients infra
 
 typecheck: install
-	$(BIN)/mypy src handlers clients/python/datamcp_client
+	$(BIN)/mypy src handlers clients/python/datamcp_client infra/sam
 
 buf-lint:
 	$(BUF) lint
@@ -89,10 +89,23 @@ infra-check: install
 sam-lint: install
 	$(BIN)/cfn-lint infra/sam/template.yaml
 
-check: lint typecheck gen-check buf-lint breaking infra-check sam-lint
+# AWS's SAM transform run offline on the template (CodeUri as `sam package`
+# leaves it), then cfn-lint on what CloudFormation would get.
+sam-transform: install
+	$(PY) infra/sam/check.py
+
+# The Lambda package for the template's runtime and architecture (manylinux
+# wheels, whatever Python builds it) in .build/lambda, the template's CodeUri.
+LAMBDA_SOURCES := $(shell find src gen handlers -name '*.py' -not -path '*/__pycache__/*')
+lambda-package: .build/lambda.json
+
+.build/lambda.json: $(VENV)/.installed pyproject.toml infra/sam/template.yaml infra/sam/package.py $(LAMBDA_SOURCES)
+	$(PY) infra/sam/package.py
+
+check: lint typecheck gen-check buf-lint breaking infra-check sam-lint sam-transform
 
 bench: install
 	$(PY) -m tests.bench
 
 clean:
-	rm -rf $(VENV) .gen-check .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .gen-check .pytest_cache .mypy_cache .ruff_cache .build

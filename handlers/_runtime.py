@@ -16,6 +16,8 @@
 - The instance heartbeat, written while invocations run, so the tasks of a
   container that crashed are recognised as orphans after
   ``max(60 s, 6 x health.interval)``.
+- The dead-letter queue client (``serverless.dead_letter_queue_url``), made
+  on the first permanent failure (``_failures``).
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from handlers import _telemetry
 
 if TYPE_CHECKING:
+    from datamcp.adapters.aws.dead_letters import Letter, SqsDeadLetters
     from datamcp.bootstrap import App
 
 log = logging.getLogger("datamcp.handlers")
@@ -48,6 +54,7 @@ class _Container:
     loop: asyncio.AbstractEventLoop | None = None
     app: App | None = None
     heartbeat_at = 0.0
+    dead_letters: SqsDeadLetters | None = None
 
 
 _this = _Container()
@@ -57,6 +64,9 @@ class LambdaContext(Protocol):
     """The part of the Lambda context object the handlers use."""
 
     aws_request_id: str
+    function_name: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int
 
     def get_remaining_time_in_millis(self) -> int: ...
 
@@ -67,11 +77,19 @@ class LocalContext:
 
     def __init__(self, timeout: float = 30.0, function_name: str = "datamcp-local") -> None:
         self.function_name = function_name
+        self.function_version = "$LATEST"
+        self.invoked_function_arn = f"arn:aws:lambda:local:000000000000:function:{function_name}"
+        self.memory_limit_in_mb = 0
         self.aws_request_id = str(uuid.uuid4())
         self._ends = time.monotonic() + timeout
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self._ends - time.monotonic()) * 1000))
+
+
+def local_context() -> LocalContext:
+    """The context of a direct call that passes none."""
+    return LocalContext(DEFAULT_BUDGET)
 
 
 def loop() -> asyncio.AbstractEventLoop:
@@ -95,10 +113,9 @@ async def app() -> App:
     if _this.app is None:
         from datamcp.bootstrap import App
         from datamcp.config.settings import load_settings
-        from datamcp.observability.logging import configure_logging
 
         settings = load_settings()
-        configure_logging(settings.logging.level, settings.logging.format)
+        _telemetry.install(settings.logging.level)
         created = await App.create(settings)
         await created.events.bus.start()
         _this.app = created
@@ -144,6 +161,23 @@ async def _heartbeats(application: App) -> None:
         await asyncio.sleep(every)
 
 
+async def dead_letter(app: App, letters: Sequence[Letter]) -> list[tuple[str, str]]:
+    """Send letters to the dead-letter queue; returns (id, error code) of those
+    not sent (all of them when no queue is configured: the caller then fails
+    them like transient errors, so nothing is lost)."""
+    url = app.settings.serverless.dead_letter_queue_url
+    if not letters:
+        return []
+    if url is None:
+        return [(letter.id, "NoDeadLetterQueue") for letter in letters]
+    if _this.dead_letters is None:
+        from datamcp.adapters.aws.dead_letters import SqsDeadLetters
+
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        _this.dead_letters = SqsDeadLetters(url, region=region)
+    return await _this.dead_letters.send(letters)
+
+
 def remaining(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
@@ -153,13 +187,10 @@ def shutdown() -> None:
     freezes and eventually discards the container)."""
     current = _this.loop
     if current is not None and not current.is_closed():
+        if _this.dead_letters is not None:
+            current.run_until_complete(_this.dead_letters.close())
         if _this.app is not None:
             current.run_until_complete(_this.app.close())
         current.run_until_complete(current.shutdown_asyncgens())
         current.close()
-    _this.app, _this.loop, _this.heartbeat_at = None, None, 0.0
-
-
-def describe(exc: BaseException) -> dict[str, Any]:
-    """A failure as log fields: the core's reason when it has one."""
-    return {"error": f"{type(exc).__name__}: {exc}", "reason": getattr(exc, "reason", "")}
+    _this.app, _this.loop, _this.heartbeat_at, _this.dead_letters = None, None, 0.0, None

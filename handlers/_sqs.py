@@ -6,7 +6,9 @@ after another, and the first failure fails the rest of that group (SQS then
 redelivers them after it, keeping the order); other groups go on. The answer
 lists the failed message ids in ``batchItemFailures`` (the event source
 mapping needs ``ReportBatchItemFailures``); an event that is not an SQS
-batch at all is an error for the whole invocation.
+batch at all is an error for the whole invocation. Each failure comes back
+with its cause (None for the rest of a FIFO group, not attempted), so the
+handler can tell permanent failures from transient ones.
 
 Written here rather than with Powertools' batch utilities: their processors
 drive async record handlers with their own ``asyncio.run``-style loop
@@ -25,6 +27,8 @@ log = logging.getLogger("datamcp.handlers")
 
 Record = Mapping[str, Any]
 Work = Callable[[Record], Awaitable[None]]
+#: Failed message id -> why (None: not attempted, behind a failure in its FIFO group).
+Failures = dict[str, Exception | None]
 
 
 def records(event: Any) -> list[Record]:
@@ -63,28 +67,31 @@ def _attributes(record: Record) -> Mapping[str, Any]:
     return attributes if isinstance(attributes, Mapping) else {}
 
 
-async def process(batch: Sequence[Record], work: Work) -> list[str]:
-    """Run ``work`` for each record; returns the message ids that failed."""
+async def process(batch: Sequence[Record], work: Work) -> Failures:
+    """Run ``work`` for each record; returns the failed ones, in batch order."""
+    failed: Failures = {}
     if batch and is_fifo(batch[0]):
         groups: dict[str, list[Record]] = {}
         for record in batch:
             groups.setdefault(group_of(record), []).append(record)
-        results = await asyncio.gather(*(_in_order(g, work) for g in groups.values()))
-        failed = {mid for group_failed in results for mid in group_failed}
+        for group_failed in await asyncio.gather(*(_in_order(g, work) for g in groups.values())):
+            failed.update(group_failed)
     else:
         outcomes = await asyncio.gather(*(_one(r, work) for r in batch))
-        failed = {r["messageId"] for r, ok in zip(batch, outcomes, strict=True) if not ok}
-    return [r["messageId"] for r in batch if r["messageId"] in failed]
+        failed = {r["messageId"]: exc for r, exc in zip(batch, outcomes, strict=True) if exc}
+    return {r["messageId"]: failed[r["messageId"]] for r in batch if r["messageId"] in failed}
 
 
-async def _in_order(group: Sequence[Record], work: Work) -> list[str]:
+async def _in_order(group: Sequence[Record], work: Work) -> Failures:
     for index, record in enumerate(group):
-        if not await _one(record, work):
-            return [r["messageId"] for r in group[index:]]
-    return []
+        exc = await _one(record, work)
+        if exc is not None:
+            rest: Failures = {r["messageId"]: None for r in group[index + 1 :]}
+            return {record["messageId"]: exc, **rest}
+    return {}
 
 
-async def _one(record: Record, work: Work) -> bool:
+async def _one(record: Record, work: Work) -> Exception | None:
     try:
         await work(record)
     except Exception as exc:
@@ -96,8 +103,8 @@ async def _one(record: Record, work: Work) -> bool:
                 "reason": getattr(exc, "reason", ""),
             },
         )
-        return False
-    return True
+        return exc
+    return None
 
 
 def answer(failed: Sequence[str]) -> dict[str, Any]:

@@ -32,9 +32,11 @@ class PyRemoteAgent:
         max_concurrency: int = 4,
         weight: int = 1,
         hold: asyncio.Event | None = None,
+        failure: tuple[str, str] | None = None,
     ) -> None:
         """``answer``: the output of every assignment (default: {agent, input});
-        ``hold``: answer only once it is set."""
+        ``hold``: answer only once it is set; ``failure``: (reason, message) to
+        fail every assignment with instead."""
         self.hello = Request.Hello(
             name=name,
             capabilities=[pb.Capability(name=c) for c in capabilities],
@@ -43,6 +45,7 @@ class PyRemoteAgent:
         )
         self.answer = answer
         self.hold = hold
+        self.failure = failure
         self.agent_id = ""
         self.assignments: list[pb.ConnectResponse.Assignment] = []
         self._stub = agents_pb2_grpc.AgentServiceStub(channel)
@@ -96,6 +99,11 @@ class PyRemoteAgent:
     async def _answer(self, work: pb.ConnectResponse.Assignment) -> None:
         if self.hold is not None:
             await self.hold.wait()
+        if self.failure is not None:
+            reason, message = self.failure
+            failed = Request.Failure(task_id=work.task_id, reason=reason, message=message)
+            self._outbox.put_nowait(Request(failure=failed))
+            return
         output = self.answer
         if output is _ECHO:
             output = {"agent": self.hello.name, "input": from_value(work.input)}

@@ -11,7 +11,7 @@ import contextlib
 import os
 import resource
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -93,12 +93,13 @@ class App:
             ConfigError: an auth key file cannot be loaded.
             Unavailable: the database cannot be reached or migrated.
         """
+        settings = await resolve_database(settings)
         authenticator = Authenticator(settings.auth)
         triggers = [Trigger.from_config(t) for t in settings.events.triggers]
         engine = create_engine(settings.database_url)
         instance = Instance.for_this_process(__version__)
         try:
-            await migrate.upgrade(engine)
+            await _schema(settings, engine)
             await instances.register(lambda: SqlUnitOfWork(engine), instance)
         except Exception as exc:
             await engine.dispose()
@@ -160,6 +161,7 @@ class App:
             )
             router.register_action(SYNC_ACTION, sync_action(memory.sync))
             agents.queued_tasks.queue = _task_queue(settings)
+            agents.queued_tasks.max_timeout = settings.agents.task_queue_max_timeout
             router.register_action(SUBMIT_TASK, submit_task_action(agents))
             router.validate()
         except ConfigError:
@@ -190,12 +192,34 @@ class App:
             memory=memory,
             pipelines=pipelines,
         )
-        metrics.add_section_provider("pipelines", pipelines.metrics)
-        app.due.register("memory.sync", memory.scheduler.fire_due)
-        metrics.add_section_provider("memory", memory.metrics)
-        metrics.add_section_provider("infrastructure", app._infrastructure_metrics)
-        metrics.add_section_provider("agents", agents.metrics)
+        app._wire()
         return app
+
+    def _wire(self) -> None:
+        """Metrics sections, and the due work a schedule tick starts: what the
+        servers' own schedulers fire (cron memory syncs, pipeline schedules)."""
+        metrics, memory, pipelines = self.metrics, self.memory, self.pipelines
+        metrics.add_section_provider("pipelines", pipelines.metrics)
+        metrics.add_section_provider("memory", memory.metrics)
+        metrics.add_section_provider("infrastructure", self._infrastructure_metrics)
+        metrics.add_section_provider("agents", self.agents.metrics)
+
+        async def pipeline_schedules(_now: float) -> int:
+            # Due slots are the stored next fire times; each is claimed once.
+            return await pipelines.fire_due()
+
+        self.due.register(
+            "memory.sync",
+            memory.scheduler.fire_due,
+            running=lambda: memory.sync.running,
+            stop=memory.sync.stop,
+        )
+        self.due.register(
+            "pipelines",
+            pipeline_schedules,
+            running=lambda: pipelines.runs.running,
+            stop=pipelines.runs.stop,
+        )
 
     async def start(self) -> None:
         """Start background work (the event writer, retention, triggers)."""
@@ -240,6 +264,71 @@ class App:
         await self.engine.dispose()
 
 
+async def resolve_database(settings: Settings) -> Settings:
+    """``settings`` with the database URL read from ``database_url_secret``
+    when one is set (AWS is imported only then).
+
+    Raises:
+        Unavailable: the secret cannot be read.
+        ConfigError: it holds no usable URL.
+    """
+    if not settings.database_url_secret:
+        return settings
+    from datamcp.adapters.aws.secrets import read_database_url
+
+    url = await read_database_url(settings.database_url_secret)
+    if not url.startswith(("sqlite", "postgresql", "postgres")):
+        raise ConfigError(
+            [
+                f"database_url_secret: {settings.database_url_secret} holds a URL that is not "
+                "sqlite:/// or postgresql://"
+            ]
+        )
+    return replace(settings, database_url=url)
+
+
+async def _schema(settings: Settings, engine: AsyncEngine) -> None:
+    """Migrate at start (``database_migrate = auto``) or only check (``verify``)."""
+    if settings.database_migrate == "auto":
+        await migrate.upgrade(engine)
+    else:
+        await migrate.verify(engine)
+
+
+async def migrate_database(settings: Settings) -> list[str]:
+    """The deployment's migration step (``datamcp db upgrade``, the migration
+    Job and function): the application schema, then the schema of every memory
+    store, each under its database's schema lock. Returns what was done, one
+    line per database.
+
+    Raises:
+        Unavailable: a database cannot be reached or its lock was not free.
+        ConfigError: a memory store database belongs to another store.
+    """
+    settings = await resolve_database(settings)
+    engine = create_engine(settings.database_url)
+    try:
+        outcome = await migrate.upgrade(engine)
+        done = [outcome.describe()]
+        app_url = normalise_url(settings.database_url)
+        for c in _store_configs(settings):
+            shared = normalise_url(c.url) == app_url
+            store_engine = engine if shared else create_engine(c.url)
+            store = SqlMemoryStore(c.id, store_engine, owns_engine=not shared)
+            try:
+                await store.open(create=True)
+            finally:
+                await store.close()
+            done.append(f"memory store {c.id}: schema ready")
+        return done
+    finally:
+        await engine.dispose()
+
+
+def _store_configs(settings: Settings) -> tuple[MemoryStoreSettings, ...]:
+    return settings.memory.stores or (MemoryStoreSettings("primary", settings.database_url, True),)
+
+
 async def _memory(
     settings: Settings, engine: AsyncEngine, bus: EventBus, instance: Instance, uow: Any
 ) -> MemorySystem:
@@ -249,7 +338,7 @@ async def _memory(
     stores configured there is one, ``primary``, in the application database.
     """
     m = settings.memory
-    configs = m.stores or (MemoryStoreSettings("primary", settings.database_url, True),)
+    configs = _store_configs(settings)
     app_url = normalise_url(settings.database_url)
     stores: list[SqlMemoryStore] = []
     try:
@@ -260,7 +349,7 @@ async def _memory(
                 c.id, store_engine, primary=c.primary, owns_engine=not shared, outbox=shared
             )
             stores.append(store)
-            await store.open()
+            await store.open(create=settings.database_migrate == "auto")
     except Exception as exc:
         for store in stores:
             await store.close()

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 
 from datamcp.entrypoints.grpc.values import from_value, to_value
 from datamcp.entrypoints.lambda_local import Poller
@@ -151,6 +152,35 @@ async def test_queued_submit_refuses_bad_input_and_needs_a_queue(
             await stub.SubmitTask(submit("echo", 1))
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert rich_details(err.value)["ErrorInfo"].reason == "NO_TASK_QUEUE"
+
+
+async def test_a_queued_task_must_fit_the_function_that_runs_it(
+    tmp_path: Path, lambda_env: str, moto_endpoint: str, sqs: Any
+) -> None:
+    url, _ = await make_queue(sqs, f"tasks-{uuid.uuid4().hex[:8]}")
+    settings = server_settings(tmp_path, lambda_env, moto_endpoint, url)
+    async with running_server(settings) as srv, srv.channel() as ch:
+        stub = agents_pb2_grpc.AgentServiceStub(ch)
+        too_long = submit("echo", 1, request_id="long", timeout=Duration(seconds=120))
+        with pytest.raises(grpc.RpcError) as err:
+            await stub.SubmitTask(too_long)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        details = rich_details(err.value)
+        assert details["ErrorInfo"].reason == "TIMEOUT_EXCEEDS_QUEUE"
+        (violation,) = details["BadRequest"].field_violations
+        assert violation.field == "task.timeout" and "45s" in violation.description
+        assert list((await stub.ListTasks(pb.ListTasksRequest())).tasks) == []
+        # In-process, the same task is fine: the limit is the function's.
+        spec = pb.TaskSpec(capability="echo", input=to_value(1), timeout=Duration(seconds=120))
+        assert (await stub.SubmitTask(pb.SubmitTaskRequest(task=spec))).task.id
+        # Without a timeout a queued task gets the function's limit, not the
+        # 300 s default it could never use.
+        fits = (await stub.SubmitTask(submit("echo", 2, request_id="fits"))).task
+        lifetime = fits.deadline.ToDatetime() - fits.create_time.ToDatetime()
+        assert lifetime.total_seconds() == pytest.approx(45, abs=0.01)
+    sent = await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+    assert [json.loads(m["Body"])["request_id"] for m in sent["Messages"]] == ["fits"]
+    assert json.loads(sent["Messages"][0]["Body"])["timeout"] == 45
 
 
 async def test_a_dead_queue_is_unavailable_and_stores_nothing(

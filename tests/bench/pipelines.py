@@ -1,38 +1,42 @@
-"""Section "pipelines": CSV -> cast + filter + derive -> SQLite table.
+"""Section "pipelines": batch pipelines against the tools users would pick.
 
-A generated CSV of ``BENCH_PIPELINE_ROWS`` rows (default 1,000,000) and 10
-mixed columns (integers, floats, text, booleans, ISO dates) is loaded into a
-fresh SQLite table by five contenders, each in its own subprocess, one after
-the other on the same file in the same run:
+Real-shaped input (``pipeline_data``): ``BENCH_PIPELINE_ROWS`` orders
+(default 1,000,000) of 20 mixed columns with ~3% ``NA`` markers, quoted text
+with commas, quotes and line breaks, plus a 40-row regions table. Three
+workloads, CSV -> SQLite table:
 
-- ``engine``: the pipeline engine in-process (``Engine.execute``);
-- ``rpc``: the real server (in the child process, SQLite app database):
-  CreatePipeline, RunPipeline and WatchRun until SUCCEEDED;
-- ``pandas``: ``read_csv`` + the same filter/derive + ``to_sql``;
-- ``script``: a hand-written ``csv`` + ``sqlite3.executemany`` loop doing
-  the same casts, filter and derive in one transaction.
+- W1: cast amount/price/qty (NA is null), keep ``amount > 50 and status !=
+  'cancelled'``, derive ``total = qty * price``;
+- W2: group by region_code, category: count, avg(amount), max(price);
+- W3: left lookup of regions, then dedupe on order_ref (first row wins).
 
-Job: cast amount to float, keep rows with ``amount > 50``, cast id/qty to
-integer and price to float, derive ``total = qty * price`` (the script does
-the same steps in the same order; pandas casts every column while parsing). Targets: engine and rpc
-rows/s >= 1.0x pandas and >= 0.5x the script.
+Contenders, each in its own process, one after another on the same files in
+the same run: ``polars``, ``duckdb`` and ``pandas`` (hand-written scripts,
+``pipeline_peers``), ``engine`` (the pipeline engine in-process) and ``rpc``
+(the real server: CreatePipeline, RunPipeline, WatchRun to the end). Targets
+per workload: engine >= 2.0x pandas and >= 0.6x the faster of Polars and
+DuckDB; rpc within 10% of the engine. Memory: the engine again on a file 10x
+smaller; peak RSS on the full file at most 1.2x that.
 
-Memory: the engine runs again on a file 10x smaller; peak RSS (ru_maxrss of
-the child) on the big file may be at most 1.2x that on the small one.
+The earlier synthetic workload (10 columns, cast + filter + derive) runs too,
+for the engine of this tree and for the engine before the columnar rewrite
+(``BENCH_PIPELINE_BEFORE``, a commit: its tree is exported and run the same
+way); this tree must be no slower.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import gc
 import json
 import os
 import random
 import resource
-import sqlite3
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Mapping
@@ -42,22 +46,60 @@ from typing import Any
 from tests.bench.common import BenchConfig, warn, write_result
 from tests.bench.procs import REPO_ROOT
 
-NAME = "pipelines: CSV -> filter/derive/cast -> SQLite"
+NAME = "pipelines: real-shaped CSV -> SQLite, against Polars, DuckDB, pandas"
 RESULT_FILE = "pipelines.json"
 ROWS_ENV = "BENCH_PIPELINE_ROWS"
+BEFORE_ENV = "BENCH_PIPELINE_BEFORE"
 DEFAULT_ROWS = 1_000_000
-CHILD_TIMEOUT = 300.0
-COLUMNS = ["id", "name", "city", "amount", "qty", "price", "active", "day", "category", "note"]
+DEFAULT_BEFORE = "8fe2440"  # the last commit of the row-at-a-time engine
+CHILD_TIMEOUT = 600.0
+WORKLOADS = ("w1", "w2", "w3")
+NULLS = ["NA"]
 
-SPEC: dict[str, Any] = {
-    "source": {"csv": {"path": "input.csv"}},
+SPECS: dict[str, dict[str, Any]] = {
+    "w1": {
+        "transforms": [
+            {"cast": {"amount": "float", "price": "float", "qty": "integer"}},
+            {"filter": "amount > 50 and status != 'cancelled'"},
+            {"derive": {"column": "total", "expr": "qty * price"}},
+        ]
+    },
+    "w2": {
+        "transforms": [
+            {"cast": {"amount": "float", "price": "float"}},
+            {
+                "aggregate": {
+                    "group_by": ["region_code", "category"],
+                    "aggregations": [
+                        {"op": "count", "output": "n"},
+                        {"op": "avg", "column": "amount", "output": "avg_amount"},
+                        {"op": "max", "column": "price", "output": "max_price"},
+                    ],
+                }
+            },
+        ]
+    },
+    "w3": {
+        "transforms": [
+            {
+                "lookup": {
+                    "source": {"csv": {"path": "regions.csv"}},
+                    "on": {"region_code": "code"},
+                    "columns": ["region_name", "manager"],
+                }
+            },
+            {"dedupe": ["order_ref"]},
+        ]
+    },
+}
+SYNTHETIC_COLUMNS = ["id", "name", "city", "amount", "qty", "price", "active", "day", "cat", "note"]
+SYNTHETIC: dict[str, Any] = {
     "transforms": [
         {"cast": {"amount": "float"}},
         {"filter": "amount > 50"},
         {"cast": {"id": "integer", "qty": "integer", "price": "float"}},
         {"derive": {"column": "total", "expr": "qty * price"}},
-    ],
-    "destination": {"table": {"connection": "out", "table": "sales", "mode": "append"}},
+    ]
 }
 
 
@@ -71,13 +113,26 @@ def rows_from_env(environ: Mapping[str, str] | None = None) -> int:
     return int(text)
 
 
-def generate(path: Path, rows: int, seed: int = 7) -> None:
+def spec_for(workload: str, src: Path) -> dict[str, Any]:
+    if workload == "synthetic":
+        return {
+            "source": {"csv": {"path": src.name}},
+            **SYNTHETIC,
+            "destination": {"table": {"connection": "out", "table": "synthetic"}},
+        }
+    return {
+        "source": {"csv": {"path": src.name, "null_values": NULLS}},
+        **SPECS[workload],
+        "destination": {"table": {"connection": "out", "table": workload}},
+    }
+
+
+def generate_synthetic(path: Path, rows: int, seed: int = 7) -> None:
     rnd = random.Random(seed)
     cities = ["Paris", "Lyon", "Berlin", "Madrid", "Rome", "Oslo", "Lima", "Quito"]
-    cats = ["a", "b", "c", "d", "e"]
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(COLUMNS)
+        w.writerow(SYNTHETIC_COLUMNS)
         for i in range(rows):
             w.writerow(
                 [
@@ -89,85 +144,35 @@ def generate(path: Path, rows: int, seed: int = 7) -> None:
                     f"{rnd.random() * 500:.2f}",
                     "true" if i % 3 else "false",
                     f"2024-{1 + i % 12:02d}-{1 + i % 28:02d}",
-                    cats[i % 5],
+                    "abcde"[i % 5],
                     "lorem ipsum dolor",
                 ]
             )
 
 
-# ---- contenders (run in a child process) -----------------------------------------------
+# ---- contenders (in a child process) ---------------------------------------------------
 
 
-def _script(src: Path, db_path: Path) -> int:
-    db = sqlite3.connect(db_path, isolation_level=None)
-    db.execute(
-        "CREATE TABLE sales (id INTEGER, name TEXT, city TEXT, amount REAL, qty INTEGER, "
-        "price REAL, active TEXT, day TEXT, category TEXT, note TEXT, total REAL)"
-    )
-    sql = "INSERT INTO sales VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-    written = 0
-    db.execute("BEGIN")
-    with open(src, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        next(reader)
-        batch: list[tuple[Any, ...]] = []
-        for r in reader:
-            amount = float(r[3])
-            if amount > 50:
-                qty, price = int(r[4]), float(r[5])
-                batch.append(
-                    (int(r[0]), r[1], r[2], amount, qty, price, r[6], r[7], r[8], r[9], qty * price)
-                )
-                if len(batch) >= 10_000:
-                    db.executemany(sql, batch)
-                    written += len(batch)
-                    batch = []
-        db.executemany(sql, batch)
-        written += len(batch)
-    db.execute("COMMIT")
-    db.close()
-    return written
-
-
-def _pandas(src: Path, db_path: Path) -> int:
-    import pandas as pd
-
-    df = pd.read_csv(
-        src,
-        dtype={"id": "int64", "amount": "float64", "qty": "int64", "price": "float64"},
-        keep_default_na=False,
-    )
-    df = df[df["amount"] > 50].copy()
-    df["total"] = df["qty"] * df["price"]
-    db = sqlite3.connect(db_path)
-    df.to_sql("sales", db, index=False)
-    db.commit()
-    db.close()
-    return len(df)
-
-
-def _connectors(root: Path, db_path: Path) -> Any:
+async def _engine(workload: str, src: Path, db_path: Path) -> int:
     from datamcp.adapters.pipelines import PipelineConnectors
-
-    return PipelineConnectors(data_roots=[root], sql_connections={"out": f"sqlite:///{db_path}"})
-
-
-async def _engine(src: Path, db_path: Path) -> int:
-    from datamcp.core.pipelines.engine import Engine, Progress
+    from datamcp.core.pipelines.engine import Engine
     from datamcp.core.pipelines.ports import ReadContext
     from datamcp.core.pipelines.spec import parse_spec
 
-    spec = parse_spec({**SPEC, "source": {"csv": {"path": src.name}}})
-    engine = Engine(_connectors(src.parent, db_path), batch_size=10_000)
+    spec = parse_spec(spec_for(workload, src))
+    connectors = PipelineConnectors(
+        data_roots=[src.parent], sql_connections={"out": f"sqlite:///{db_path}"}
+    )
+    engine = Engine(connectors)
 
-    async def progress(p: Progress) -> None:
+    async def progress(_p: Any) -> None:
         return None
 
     outcome = await engine.execute(spec, ReadContext("bench", {}), "bench-run", progress)
-    return outcome.stages[-1].written
+    return int(outcome.stages[-1].written)
 
 
-async def _rpc(src: Path, db_path: Path) -> tuple[int, float]:
+async def _rpc(workload: str, src: Path, db_path: Path) -> tuple[int, float]:
     from grpc import aio
 
     from datamcp.bootstrap import App
@@ -188,7 +193,7 @@ async def _rpc(src: Path, db_path: Path) -> tuple[int, float]:
         },
         environ={},
     )
-    spec_text = json.dumps({"name": "bench", **SPEC, "source": {"csv": {"path": src.name}}})
+    spec_text = json.dumps({"name": "bench", **spec_for(workload, src)})
     app = await App.create(settings)
     server = MeshServer(app)
     port = await server.start()
@@ -208,27 +213,35 @@ async def _rpc(src: Path, db_path: Path) -> tuple[int, float]:
         await server.stop(1.0)
 
 
-def child(mode: str, src: Path, db_path: Path) -> None:
+def child(mode: str, workload: str, src: Path, db_path: Path) -> None:
     """Run one contender; the clock covers the job only (imports, and the
     server start for ``rpc``, are outside it, the same for every contender)."""
-    import pandas  # noqa: F401  (imported up front by every contender alike)
+    from tests.bench.pipeline_peers import PEERS
 
-    import datamcp.adapters.pipelines
-    import datamcp.bootstrap  # noqa: F401
+    if mode in PEERS:
+        import adbc_driver_sqlite.dbapi  # noqa: F401
+        import duckdb  # noqa: F401
+        import pandas  # noqa: F401
+        import polars  # noqa: F401
+    else:
+        import datamcp.adapters.pipelines
+        import datamcp.bootstrap
 
-    # Every contender's modules are imported up front (the clock starts
-    # after); freeze them so the collector does not rescan them during the
-    # job. The same for every contender.
+        with contextlib.suppress(ImportError):  # the engine's modules (absent before DuckDB)
+            import pyarrow.compute  # noqa: F401
+
+            import datamcp.adapters.pipelines.csv
+            import datamcp.adapters.pipelines.sqlite_table
+            import datamcp.core.pipelines.transforms  # noqa: F401
     gc.freeze()
+    regions = src.parent / "regions.csv"
     started = time.perf_counter()
-    if mode == "script":
-        written = _script(src, db_path)
-    elif mode == "pandas":
-        written = _pandas(src, db_path)
+    if mode in PEERS:
+        written = PEERS[mode](workload, src, regions, db_path)
     elif mode == "engine":
-        written = asyncio.run(_engine(src, db_path))
+        written = asyncio.run(_engine(workload, src, db_path))
     elif mode == "rpc":
-        written, started = asyncio.run(_rpc(src, db_path))
+        written, started = asyncio.run(_rpc(workload, src, db_path))
     else:
         raise SystemExit(f"unknown mode {mode}")
     seconds = time.perf_counter() - started
@@ -236,83 +249,129 @@ def child(mode: str, src: Path, db_path: Path) -> None:
     print(json.dumps({"seconds": seconds, "written": written, "rss_mb": rss_mb}))
 
 
-def _run_child(mode: str, src: Path, db_path: Path) -> dict[str, Any]:
+def _run_child(
+    mode: str, workload: str, src: Path, db_path: Path, pythonpath: str | None = None
+) -> dict[str, Any]:
     if db_path.exists():
         db_path.unlink()
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
     done = subprocess.run(
-        [sys.executable, "-m", "tests.bench.pipelines", mode, str(src), str(db_path)],
+        [sys.executable, "-m", "tests.bench.pipelines", mode, workload, str(src), str(db_path)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=CHILD_TIMEOUT,
         check=False,
+        env=env,
     )
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
-        raise RuntimeError(f"{mode} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    out: dict[str, Any] = json.loads(lines[-1])
-    check = sqlite3.connect(db_path)
-    try:
-        count = check.execute("SELECT count(*), round(sum(total), 2) FROM sales").fetchone()
-    finally:
-        check.close()
-    out["table_rows"], out["table_sum"] = count
-    return out
+        raise RuntimeError(f"{mode} {workload} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return dict(json.loads(lines[-1]))
 
 
-def run(config: BenchConfig) -> Mapping[str, Any]:
+def _before_tree(commit: str, root: Path) -> str | None:
+    """The ``src`` and ``gen`` of ``commit``, exported for the synthetic baseline."""
+    archive = root / "before.tar"
+    done = subprocess.run(
+        ["git", "archive", "--format=tar", "-o", str(archive), commit, "src", "gen"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        warn(f"cannot export {commit} for the synthetic baseline; skipped")
+        return None
+    tree = root / "before"
+    with tarfile.open(archive) as tar:
+        tar.extractall(tree, filter="data")
+    return f"{tree / 'src'}:{tree / 'gen'}:{REPO_ROOT}"
+
+
+def _line(label: str, r: Mapping[str, Any]) -> None:
+    print(
+        f"  {label:<18} {r['seconds']:7.2f} s  {r['rows_per_s']:>11,.0f} rows/s  "
+        f"written {r['written']:,}  peak RSS {r['rss_mb']:.0f} MB",
+        flush=True,
+    )
+
+
+def run(config: BenchConfig) -> Mapping[str, Any]:  # noqa: PLR0915 - one report
+    from tests.bench.pipeline_data import COLUMNS, generate, generate_regions
+
     rows = rows_from_env()
-    print(f"  {rows:,} rows x {len(COLUMNS)} columns; each contender in its own process")
+    print(f"  {rows:,} rows x {len(COLUMNS)} columns (~3% NA); each contender in its own process")
     results: dict[str, Any] = {"rows": rows}
     with tempfile.TemporaryDirectory(prefix="datamcp-bench-pipelines-") as tmp:
         root = Path(tmp)
-        big, small = root / "input.csv", root / "small.csv"
+        big, small = root / "orders.csv", root / "small" / "orders.csv"
+        small.parent.mkdir()
         generate(big, rows)
         generate(small, rows // 10)
-        for mode in ("script", "pandas", "engine", "rpc"):
-            r = _run_child(mode, big, root / f"{mode}.db")
-            r["rows_per_s"] = rows / r["seconds"]
-            results[mode] = r
-            print(
-                f"  {mode:<7} {r['seconds']:7.2f} s  {r['rows_per_s']:>10,.0f} rows/s  "
-                f"written {r['written']:,}  peak RSS {r['rss_mb']:.0f} MB",
-                flush=True,
+        generate_regions(root / "regions.csv")
+        generate_regions(small.parent / "regions.csv")
+        for wl in WORKLOADS:
+            print(f"  {wl}:")
+            per: dict[str, Any] = {}
+            for mode in ("polars", "duckdb", "pandas", "engine", "rpc"):
+                r = _run_child(mode, wl, big, root / f"{mode}-{wl}.db")
+                r["rows_per_s"] = rows / r["seconds"]
+                per[mode] = r
+                _line(mode, r)
+            if len({per[m]["written"] for m in per}) != 1:
+                warn(f"{wl}: contenders disagree on rows written")
+            per["engine_small"] = _run_child("engine", wl, small, root / f"small-{wl}.db")
+            best = max(per["polars"]["rows_per_s"], per["duckdb"]["rows_per_s"])
+            engine = per["engine"]["rows_per_s"]
+            per["engine_vs_pandas"] = engine / per["pandas"]["rows_per_s"]
+            per["engine_vs_best_peer"] = engine / best
+            per["rpc_vs_engine"] = per["rpc"]["rows_per_s"] / engine
+            per["rss_growth"] = per["engine"]["rss_mb"] / per["engine_small"]["rss_mb"]
+            ok = (
+                per["engine_vs_pandas"] >= 2.0
+                and per["engine_vs_best_peer"] >= 0.6
+                and per["rpc_vs_engine"] >= 0.9
             )
-        sums = {results[m]["table_sum"] for m in ("script", "pandas", "engine", "rpc")}
-        counts = {results[m]["table_rows"] for m in ("script", "pandas", "engine", "rpc")}
-        if len(counts) != 1 or len(sums) != 1:
-            warn(f"contenders disagree on the result: rows {counts}, sums {sums}")
-        small_run = _run_child("engine", small, root / "small.db")
-        results["engine_small"] = small_run
-    for mode in ("engine", "rpc"):
-        vs_pandas = results[mode]["rows_per_s"] / results["pandas"]["rows_per_s"]
-        vs_script = results[mode]["rows_per_s"] / results["script"]["rows_per_s"]
-        results[f"{mode}_vs_pandas"] = vs_pandas
-        results[f"{mode}_vs_script"] = vs_script
-        verdict = "ok" if vs_pandas >= 1.0 and vs_script >= 0.5 else "BELOW TARGET"
-        print(
-            f"  {mode}: {vs_pandas:.2f}x pandas (target >= 1.0), "
-            f"{vs_script:.2f}x script (target >= 0.5): {verdict}"
-        )
-        if verdict != "ok":
-            warn(f"pipelines {mode} below the speed target")
-    growth = results["engine"]["rss_mb"] / results["engine_small"]["rss_mb"]
-    results["rss_growth"] = growth
-    print(
-        f"  peak RSS: {results['engine_small']['rss_mb']:.0f} MB at {rows // 10:,} rows, "
-        f"{results['engine']['rss_mb']:.0f} MB at {rows:,} rows: x{growth:.2f} (target <= 1.20)"
-    )
-    if growth > 1.2:
-        warn("pipelines peak RSS grew more than 20% for 10x the input")
-    path = write_result(config, RESULT_FILE, results)
-    print(f"  wrote {path}")
+            print(
+                f"    engine {per['engine_vs_pandas']:.2f}x pandas (>= 2.0), "
+                f"{per['engine_vs_best_peer']:.2f}x the faster of Polars/DuckDB (>= 0.6); "
+                f"rpc {per['rpc_vs_engine']:.2f}x engine (>= 0.9); peak RSS "
+                f"{per['engine_small']['rss_mb']:.0f} MB at {rows // 10:,} rows, "
+                f"{per['engine']['rss_mb']:.0f} MB at {rows:,}: x{per['rss_growth']:.2f} "
+                f"(<= 1.20){'' if ok else '  BELOW TARGET'}"
+            )
+            if not ok or per["rss_growth"] > 1.2:
+                warn(f"pipelines {wl} below a target")
+            results[wl] = per
+        synthetic = root / "synthetic.csv"
+        generate_synthetic(synthetic, rows)
+        print("  synthetic (10 columns; cast + filter + derive):")
+        now = _run_child("engine", "synthetic", synthetic, root / "syn-now.db")
+        now["rows_per_s"] = rows / now["seconds"]
+        _line("engine", now)
+        results["synthetic"] = {"engine": now}
+        commit = os.environ.get(BEFORE_ENV, DEFAULT_BEFORE)
+        path = _before_tree(commit, root)
+        if path is not None:
+            before = _run_child("engine", "synthetic", synthetic, root / "syn-before.db", path)
+            before["rows_per_s"] = rows / before["seconds"]
+            _line(f"engine@{commit}", before)
+            ratio = now["rows_per_s"] / before["rows_per_s"]
+            results["synthetic"].update(before=before, ratio=ratio, before_commit=commit)
+            print(f"    this tree {ratio:.2f}x the engine of {commit} (>= 1.0)")
+            if ratio < 1.0:
+                warn("pipelines synthetic workload slower than before")
+    out = write_result(config, RESULT_FILE, results)
+    print(f"  wrote {out}")
     return results
 
 
 if __name__ == "__main__":
     # ``python -m tests.bench.pipelines``: this section alone; with
-    # ``MODE SRC DB`` arguments: one contender (how ``_run_child`` calls it).
+    # ``MODE WORKLOAD SRC DB`` arguments: one contender (how ``_run_child`` calls it).
     if len(sys.argv) > 1:
-        child(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
+        child(sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
     else:
         run(BenchConfig.from_env())

@@ -200,6 +200,46 @@ async def test_a_granted_remote_agent_serves_the_granted_tenants(
         assert shared.inputs == [{"from": "b"}]
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("correlation_id", "c" * 129),
+        ("correlation_id", "tab\there"),
+        ("request_id", "r" * 129),
+        ("request_id", "nul\x00id"),
+        ("capability", "x" * 300),
+        ("agent_id", "a\nb"),
+    ],
+)
+async def test_task_identifiers_are_checked_at_the_edge(
+    server: RunningServer, field: str, value: str
+) -> None:
+    stub = stub_of(server)
+    task = spec("echo", {"x": 1}) if field != "capability" else pb.TaskSpec()
+    setattr(task, field, value)
+    for call in (
+        stub.ExecuteTask(pb.ExecuteTaskRequest(task=task), metadata=A, timeout=10),
+        stub.SubmitTask(pb.SubmitTaskRequest(task=task), metadata=A, timeout=10),
+    ):
+        err = await refused(call, grpc.StatusCode.INVALID_ARGUMENT)
+        fields = [v.field for v in rich_details(err)["BadRequest"].field_violations]
+        assert f"task.{field}" in fields
+    listed = await stub.ListTasks(pb.ListTasksRequest(), metadata=A)
+    assert list(listed.tasks) == []
+
+
+async def test_a_remote_agents_hostile_failure_is_stored_tamed(server: RunningServer) -> None:
+    stub = stub_of(server)
+    failure = ("bad reason with spaces " * 20, "m" * 100_000)
+    async with PyRemoteAgent(server.channel(), A, "rude", ["work.rude"], failure=failure):
+        task = await run(stub, spec("work.rude", {}), A)
+    assert task.state == S.TASK_STATE_FAILED
+    assert task.error.reason == "AGENT_ERROR"
+    assert len(task.error.message) < 3000
+    stored = (await stub.GetTask(pb.GetTaskRequest(id=task.id), metadata=A)).task
+    assert stored.error.reason == "AGENT_ERROR" and stored.state == S.TASK_STATE_FAILED
+
+
 # ------------------------------------------------------- asyncio semantics
 
 

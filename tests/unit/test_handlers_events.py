@@ -113,9 +113,16 @@ def test_malformed_events_fail_the_invocation(lambda_env: Path) -> None:
     bad_time["time"] = "yesterday"
     no_id = mesh_cloudevent("order.created", {})
     del no_id["id"]
-    for event in ({"Records": []}, [], bad_time, eventbridge_event("order.created", no_id)):
+    hostile = [no_id]
+    for field, value in (("tenant", "*"), ("tenant", "a|b"), ("type", "X")):
+        cloudevent = mesh_cloudevent("order.created", {})
+        cloudevent[field] = value
+        hostile.append(cloudevent)
+    malformed = [{"Records": []}, [], bad_time]
+    for event in malformed + [eventbridge_event("order.created", ce) for ce in hostile]:
         with pytest.raises(ValueError):
             events.handler(event, context)
+    assert stored_types("*", "order.*") == [] and stored_types("a|b", "order.*") == []
 
 
 def test_a_schedule_tick_with_nothing_scheduled_starts_nothing(lambda_env: Path) -> None:

@@ -102,8 +102,11 @@ def test_a_batch_runs_every_task_with_the_records_of_the_in_process_path(
     direct = on_app(in_process)
     queued = stored("job-0", "acme")
     assert queued is not None
-    same = ("state", "capability", "agent_id", "attempts", "max_attempts", "timeout", "priority")
+    same = ("state", "capability", "agent_id", "attempts", "max_attempts", "priority")
     assert {k: getattr(direct, k) for k in same} == {k: getattr(queued, k) for k in same}
+    # A queued task without a timeout gets what the function can run, not the
+    # 300 s default (agents.task_queue_max_timeout).
+    assert (direct.timeout, queued.timeout) == (300.0, 45.0)
     assert event_types(direct.id, "acme") == event_types(queued.id, "acme")
 
 
@@ -116,11 +119,14 @@ def test_only_the_bad_records_are_reported(lambda_env: Path) -> None:
         sqs_record({"capability": "echo", "tenant": "bad tenant!"}),
         sqs_record({"capability": "echo", "surprise": True}),
         sqs_record(["not", "an", "object"]),
+        # Another producer's task that cannot end within the function.
+        sqs_record(task_body("echo", 1, request_id="too-long", timeout=120)),
     ]
     answer = invoke([good[0], *bad, good[1]])
     assert failed_ids(answer) == [r["messageId"] for r in bad]
     assert all(stored(f"ok-{i}").state is TaskState.SUCCEEDED for i in range(2))  # type: ignore[union-attr]
     assert stored("bad-cap") is None and stored("bad-input") is None
+    assert stored("too-long") is None
 
 
 def test_a_task_that_fails_is_a_processed_record(lambda_env: Path) -> None:
@@ -186,7 +192,7 @@ def test_fifo_keeps_group_order_and_a_failure_fails_only_the_rest_of_its_group(
 def test_out_of_time_hands_the_task_back_and_a_redelivery_finishes_it(
     lambda_env: Path,
 ) -> None:
-    body = task_body("test.slow", {"seconds": 2.0}, request_id="long", timeout=60)
+    body = task_body("test.slow", {"seconds": 2.0}, request_id="long", timeout=30)
     record = sqs_record(body, message_id="m-long")
     assert failed_ids(invoke([record], timeout=1.5)) == ["m-long"]
     task = stored("long")

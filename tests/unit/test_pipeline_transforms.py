@@ -1,4 +1,5 @@
-"""Spec validation and transforms on batches, without I/O."""
+"""Spec validation and every transform kind through the engine (DuckDB over
+Arrow), with in-memory rows: values, rejects with reasons, counters."""
 
 from __future__ import annotations
 
@@ -7,31 +8,12 @@ from typing import Any
 import pytest
 
 from datamcp.core.errors import InvalidArgument
-from datamcp.core.pipelines import transforms as tmod
-from datamcp.core.pipelines.rows import RejectSink
+from datamcp.core.pipelines.ports import PermanentError
 from datamcp.core.pipelines.spec import parse_document, parse_spec
-from datamcp.core.pipelines.transforms import compile_stages
+from datamcp.core.pipelines.transforms import KINDS
+from tests.unit.pipeline_fakes import run
 
 BASE = {"source": {"csv": "in.csv"}, "destination": {"jsonl": "out.jsonl"}}
-
-
-def run(
-    transforms: list[Any], columns: list[str], rows: list[list[Any]], **kw: Any
-) -> tuple[list[str], list[list[Any]], RejectSink]:
-    spec = parse_spec({**BASE, "transforms": transforms})
-    stages, _ = compile_stages(spec.transforms, columns, params={}, **kw)
-    sink = RejectSink()
-    out = [list(r) for r in rows]
-    for i, stage in enumerate(stages):
-        out = stage.process(out, sink)
-        if stage.blocking:
-            for finished in stage.finish(sink):
-                rows_out = finished
-                for later in stages[i + 1 :]:
-                    rows_out = later.process(rows_out, sink)
-                out.extend(rows_out)
-            break
-    return (stages[-1].columns if stages else columns), out, sink
 
 
 def test_spec_problems_have_field_paths() -> None:
@@ -57,6 +39,24 @@ def test_spec_problems_have_field_paths() -> None:
     } <= fields
 
 
+def test_every_kind_is_registered_once() -> None:
+    assert sorted(KINDS) == sorted(
+        [
+            "filter",
+            "select",
+            "rename",
+            "drop",
+            "cast",
+            "derive",
+            "validate",
+            "dedupe",
+            "aggregate",
+            "sort",
+            "lookup",
+        ]
+    )
+
+
 def test_document_round_trips_through_canonical_form() -> None:
     doc = parse_document(
         {
@@ -66,26 +66,78 @@ def test_document_round_trips_through_canonical_form() -> None:
             "schedule": "*/5 * * * *",
         }
     )
-    again = parse_spec(doc.spec.to_dict())
-    assert again == doc.spec
+    assert parse_spec(doc.spec.to_dict()) == doc.spec
 
 
 def test_cast_rejects_bad_values_with_reasons_and_keeps_good_rows() -> None:
-    _, rows, sink = run(
-        [{"cast": {"n": "integer", "f": "float", "ok": "boolean"}}],
-        ["n", "f", "ok"],
-        [["1", "2.5", "yes"], ["x", "1", "no"], ["", "", ""], ["3", "1e3", "maybe"]],
-        text_columns=frozenset({"n", "f", "ok"}),
+    out, rejects, p = run(
+        [{"cast": {"n": "integer", "f": "float", "ok": "boolean", "t": "timestamp"}}],
+        ["n", "f", "ok", "t"],
+        [
+            ["1", "2.5", "yes", "2024-01-02T03:04:05Z"],
+            ["x", "1", "no", ""],
+            ["", "", "", ""],
+            ["3", "1e3", "maybe", ""],
+            ["4.0", "1", "n", "nope"],
+            ["4.5", "1", "n", ""],
+        ],
     )
-    assert rows == [[1, 2.5, True], [None, None, None]]
-    assert sink.total == 2
-    assert "cast n: 'x' is not an integer" in sink.kept[0].reason
-    assert "'maybe' is not a boolean" in sink.kept[1].reason
+    assert [r[:3] for r in out.rows] == [[1, 2.5, True], [None, None, None]]
+    assert out.kinds == ["integer", "float", "boolean", "timestamp"]
+    reasons = sorted(r.reason for r in rejects)
+    assert reasons == [
+        "cast n: '4.5' is not a whole number",
+        "cast n: 'x' is not an integer",
+        "cast ok: 'maybe' is not a boolean (true/false, yes/no, 1/0)",
+        "cast t: 'nope' is not an ISO 8601 timestamp",
+    ]
+    bad = next(r for r in rejects if "'x'" in r.reason)
+    assert bad.stage == "transforms[0].cast" and bad.row == {
+        "n": "x",
+        "f": "1",
+        "ok": "no",
+        "t": "",
+    }
+    stage = p.stages[1]
+    assert (stage.read, stage.written, stage.rejected) == (6, 2, 4)
+
+
+def test_filter_derive_select_rename_drop_keep_counters() -> None:
+    out, rejects, p = run(
+        [
+            {"cast": {"a": "integer", "b": "integer"}},
+            {"filter": "a > 1"},
+            {"derive": {"column": "q", "expr": "a / b"}},
+            {"rename": {"a": "x"}},
+            {"drop": ["b"]},
+            {"select": ["q", "x"]},
+        ],
+        ["a", "b"],
+        [["1", "1"], ["2", "0"], ["4", "2"], ["9", "3"], ["", "1"]],
+    )
+    assert out.columns == ["q", "x"]
+    assert out.rows == [[2.0, 4], [3.0, 9]]
+    assert [r.reason for r in rejects] == ["derive q: division by zero"]
+    counts = [(s.stage, s.read, s.written, s.rejected) for s in p.stages]
+    assert counts[1:4] == [
+        ("transforms[0].cast", 5, 5, 0),
+        ("transforms[1].filter", 5, 3, 0),  # 1 and null are filtered out
+        ("transforms[2].derive", 3, 2, 1),
+    ]
+    assert p.stages[-1].written == 2
 
 
 def test_validate_dedupe_aggregate() -> None:
-    rows = [["a", 1], ["b", 5], ["a", 3], ["c", None], ["a", 100], ["b", 5]]
-    _, out, sink = run(
+    rows: list[list[Any]] = [
+        ["a", 1],
+        ["b", 5],
+        ["a", 3],
+        ["c", None],
+        ["a", 100],
+        ["b", 5],
+        ["a", 3],
+    ]
+    out, rejects, _ = run(
         [
             {
                 "validate": {
@@ -109,41 +161,76 @@ def test_validate_dedupe_aggregate() -> None:
         ["k", "v"],
         rows,
     )
-    assert sorted(out, key=lambda r: r[0]) == [
-        ["a", 2, 4, 2.0, 3],
-        ["b", 1, 5, 5.0, 5],
-        ["c", 1, None, None, None],
-    ]
-    assert sink.total == 1 and "outside" in sink.kept[0].reason
+    assert out.rows == [["a", 2, 4, 2.0, 3], ["b", 1, 5, 5.0, 5], ["c", 1, None, None, None]]
+    assert [r.reason for r in rejects] == ["range: v=100 is outside [0, 10]"]
 
 
-def test_sort_spills_to_disk_and_merges(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tmod, "SORT_SPILL_ROWS", 7)
-    values = [[i % 13, str(i)] for i in range(50)] + [[None, "z"]]
-    _, out, _ = run([{"sort": ["-k", "s"]}], ["k", "s"], values)
-    keys = [r[0] for r in out]
+def test_validate_unique_not_null_regex_and_schema() -> None:
+    out, rejects, _ = run(
+        [
+            {
+                "validate": {
+                    "not_null": ["id"],
+                    "regex": {"id": "[0-9]+"},
+                    "unique": ["id"],
+                    "schema": {"n": "integer"},
+                }
+            }
+        ],
+        ["id", "n"],
+        [["1", "x"], ["1", "y"], ["", "z"], ["a", "w"], ["2", "v"]],
+    )
+    assert out.rows == []
+    reasons = [r.reason for r in rejects]
+    assert "schema: n is not integer: 'x'" in reasons
+    assert "not_null: id is empty" in reasons
+    out, rejects, _ = run([{"validate": {"regex": {"id": "[0-9]+"}}}], ["id"], [["a"], ["12"]])
+    assert [r.reason for r in rejects] == ["regex: id='a' does not match '[0-9]+'"]
+    out, rejects, _ = run(
+        [{"validate": {"unique": ["id"]}}], ["id"], [["1"], ["2"], ["1"], ["1"], ["3"]]
+    )
+    assert out.rows == [["1"], ["2"], ["3"]]
+    assert [r.reason for r in rejects] == ["unique: id='1' was seen before"] * 2
+
+
+def test_sort_is_stable_with_nulls_last_under_a_small_memory_limit() -> None:
+    values: list[list[Any]] = [[i % 13, i] for i in range(500)] + [[None, -1]]
+    out, _, _ = run([{"sort": ["-k", "s"]}], ["k", "s"], values, size=50, memory_limit="64MB")
+    keys = [r[0] for r in out.rows]
     assert keys[:-1] == sorted(keys[:-1], reverse=True) and keys[-1] is None
-    assert len(out) == 51
+    assert len(out.rows) == 501
+    firsts = [r[1] for r in out.rows if r[0] == 12]
+    assert firsts == sorted(firsts)
 
 
 def test_unknown_columns_are_field_problems_at_bind() -> None:
-    spec = parse_spec({**BASE, "transforms": [{"select": ["a", "zz"]}, {"filter": "a > q"}]})
-    with pytest.raises(InvalidArgument) as info:
-        compile_stages(spec.transforms, ["a", "b"], params={})
-    fields = [v.field for v in info.value.violations]
-    assert fields == ["transforms[0].select.columns", "transforms[1].filter.expr"]
+    with pytest.raises(PermanentError) as info:
+        run([{"select": ["a", "zz"]}, {"filter": "a > q"}], ["a", "b"], [["1", "2"]])
+    assert info.value.reason == "INVALID_PIPELINE"
+    assert "transforms[0].select.columns" in str(info.value)
+    assert "transforms[1].filter.expr" in str(info.value)
 
 
-def test_lookup_join_left_and_inner() -> None:
-    spec = parse_spec(
-        {
-            **BASE,
-            "transforms": [
-                {"lookup": {"source": {"csv": "c.csv"}, "on": {"cid": "id"}, "columns": ["name"]}}
+def test_lookup_join_left_and_inner_first_match_wins() -> None:
+    lookups = {"c.csv": (["id", "name"], [["1", "ann"], ["2", "bob"], ["1", "later"]])}
+    for how, expected in (
+        ("left", [["1", "9", "ann"], ["3", "8", None], ["2", "7", "bob"]]),
+        ("inner", [["1", "9", "ann"], ["2", "7", "bob"]]),
+    ):
+        out, _, p = run(
+            [
+                {
+                    "lookup": {
+                        "source": {"csv": "c.csv"},
+                        "on": {"cid": "id"},
+                        "columns": ["name"],
+                        "how": how,
+                    }
+                }
             ],
-        }
-    )
-    lookups = {0: (["id", "name"], [["1", "ann"], ["2", "bob"]])}
-    stages, _ = compile_stages(spec.transforms, ["cid", "x"], params={}, lookups=lookups)
-    out = stages[0].process([["1", 9], ["3", 8]], RejectSink())
-    assert out == [["1", 9, "ann"], ["3", 8, None]]
+            ["cid", "x"],
+            [["1", "9"], ["3", "8"], ["2", "7"]],
+            lookups=lookups,
+        )
+        assert out.rows == expected
+        assert p.stages[1].written == len(expected)

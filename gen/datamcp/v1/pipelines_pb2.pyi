@@ -257,15 +257,29 @@ class FileSource(_message.Message):
     DELIMITER_FIELD_NUMBER: _builtins.int
     NO_HEADER_FIELD_NUMBER: _builtins.int
     COLUMNS_FIELD_NUMBER: _builtins.int
+    NULL_VALUES_FIELD_NUMBER: _builtins.int
+    QUOTE_FIELD_NUMBER: _builtins.int
+    ESCAPE_FIELD_NUMBER: _builtins.int
+    ENCODING_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """path relative to (or inside) one of pipelines.data_roots."""
     delimiter: _builtins.str
     """delimiter of a CSV file (default ",")."""
     no_header: _builtins.bool
     """no_header: the CSV file has no header line; columns must be given."""
+    quote: _builtins.str
+    """The quote character (default '"')."""
+    escape: _builtins.str
+    """The escape character inside quotes (default: the quote, doubled)."""
+    encoding: _builtins.str
+    """utf-8 (default), utf-16 or latin-1."""
     @_builtins.property
     def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """columns to read (CSV without header: their names; JSON Lines: the keys)."""
+
+    @_builtins.property
+    def null_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Texts read as null (for example "NA", "NULL", "\\\\N"); none by default."""
 
     def __init__(
         self,
@@ -274,10 +288,14 @@ class FileSource(_message.Message):
         delimiter: _builtins.str = ...,
         no_header: _builtins.bool = ...,
         columns: _abc.Iterable[_builtins.str] | None = ...,
+        null_values: _abc.Iterable[_builtins.str] | None = ...,
+        quote: _builtins.str = ...,
+        escape: _builtins.str = ...,
+        encoding: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "delimiter", b"delimiter", "no_header", b"no_header", "path", b"path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "delimiter", b"delimiter", "encoding", b"encoding", "escape", b"escape", "no_header", b"no_header", "null_values", b"null_values", "path", b"path", "quote", b"quote"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -442,6 +460,7 @@ class S3Source(_message.Message):
     FORMAT_FIELD_NUMBER: _builtins.int
     DELIMITER_FIELD_NUMBER: _builtins.int
     COLUMNS_FIELD_NUMBER: _builtins.int
+    NULL_VALUES_FIELD_NUMBER: _builtins.int
     bucket: _builtins.str
     """bucket name."""
     key: _builtins.str
@@ -454,6 +473,10 @@ class S3Source(_message.Message):
     def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """columns to read (see FileSource.columns)."""
 
+    @_builtins.property
+    def null_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Texts read as null in a CSV object."""
+
     def __init__(
         self,
         *,
@@ -462,10 +485,11 @@ class S3Source(_message.Message):
         format: _builtins.str = ...,
         delimiter: _builtins.str = ...,
         columns: _abc.Iterable[_builtins.str] | None = ...,
+        null_values: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "columns", b"columns", "delimiter", b"delimiter", "format", b"format", "key", b"key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "columns", b"columns", "delimiter", b"delimiter", "format", b"format", "key", b"key", "null_values", b"null_values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -43,6 +43,20 @@ FIELDS: tuple[Field, ...] = (
         "(postgresql://... uses asyncpg)",
         "--database-url",
     ),
+    Field(
+        "database_url_secret",
+        "str",
+        None,
+        "ARN of a Secrets Manager secret or SSM parameter holding the database URL (or an "
+        "RDS-style JSON secret); read once at start, replaces database_url",
+    ),
+    Field(
+        "database_migrate",
+        "str",
+        "auto",
+        "auto: apply migrations at start (under a database lock) | verify: only check the "
+        "schema is current (the deployment runs `datamcp db upgrade`; no DDL rights needed)",
+    ),
     Field("insecure", "bool", False, "allow a non-loopback bind without auth", "--insecure"),
     Field("server.shutdown_grace", "float", 10.0, "seconds in-flight calls get on SIGTERM"),
     Field("server.drain_delay", "float", 0.0, "seconds NOT_SERVING shows before calls are refused"),
@@ -176,6 +190,13 @@ FIELDS: tuple[Field, ...] = (
     Field("agents.task_queue_region", "str", None, "task queue region; default AWS_REGION"),
     Field("agents.task_queue_endpoint_url", "str", None, "task queue endpoint (moto, LocalStack)"),
     Field(
+        "agents.task_queue_max_timeout",
+        "float",
+        45.0,
+        "longest task timeout queued mode accepts (the tasks function's timeout less its "
+        "hand-back margin and start-up); also the timeout of queued tasks that give none",
+    ),
+    Field(
         "streams.lease",
         "float",
         15.0,
@@ -242,6 +263,14 @@ FIELDS: tuple[Field, ...] = (
     Field("pipelines.max_lookup_rows", "int", 1_000_000, "most rows a lookup source may hold"),
     Field("pipelines.schedule_tick", "float", 1.0, "seconds between looks for due schedules"),
     Field("pipelines.progress_interval", "float", 1.0, "seconds between run progress updates"),
+    Field(
+        "pipelines.memory_limit",
+        "str",
+        "512MB",
+        "memory per run for the columnar engine (DuckDB); sorts, aggregates, dedupe spill past it",
+    ),
+    Field("pipelines.threads", "int", 0, "engine threads per run (0 = one per core)"),
+    Field("pipelines.chunk_rows", "int", 100_000, "rows per chunk read from file sources"),
     Field("pipelines.s3_region", "str", "us-east-1", "region of S3 sources and destinations"),
     Field("pipelines.s3_endpoint_url", "str", None, "S3 endpoint (moto, MinIO); default AWS"),
     Field("health.interval", "float", 5.0, "seconds between component checks"),
@@ -261,6 +290,13 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("tracing.otlp_endpoint", "str", "http://127.0.0.1:4317", "OTLP gRPC endpoint"),
     Field("tracing.service_name", "str", "datamcp", "service.name resource attribute"),
+    Field(
+        "serverless.dead_letter_queue_url",
+        "str",
+        None,
+        "Lambda handlers: SQS queue that records (or events) failing for good are sent to once, "
+        "instead of being retried",
+    ),
     Field("logging.level", "str", "INFO", "DEBUG | INFO | WARNING | ERROR"),
     Field("logging.format", "str", "json", "json | text"),
 )

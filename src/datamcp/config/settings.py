@@ -21,6 +21,12 @@ from datamcp.config.fields import BY_KEY, FIELDS
 from datamcp.core.context import valid_tenant
 from datamcp.core.errors import ConfigError
 
+#: Where ``database_url_secret`` may point: a Secrets Manager secret or an SSM parameter.
+SECRET_ARN = re.compile(
+    r"^arn:aws[a-z-]*:(secretsmanager:[a-z0-9-]+:\d{12}:secret:[\w/+=.@-]+"
+    r"|ssm:[a-z0-9-]+:\d{12}:parameter/[\w/.-]+)$"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class ApiKey:
@@ -155,6 +161,7 @@ class AgentSettings:
     task_queue_url: str | None = None
     task_queue_region: str | None = None
     task_queue_endpoint_url: str | None = None
+    task_queue_max_timeout: float = 45.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +178,9 @@ class PipelineSettings:
     max_lookup_rows: int = 1_000_000
     schedule_tick: float = 1.0
     progress_interval: float = 1.0
+    memory_limit: str = "512MB"
+    threads: int = 0
+    chunk_rows: int = 100_000
     s3_region: str = "us-east-1"
     s3_endpoint_url: str | None = None
 
@@ -212,6 +222,13 @@ class TracingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerlessSettings:
+    """What only the Lambda handlers read."""
+
+    dead_letter_queue_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingSettings:
     level: str = "INFO"
     format: str = "json"
@@ -221,6 +238,8 @@ class LoggingSettings:
 class Settings:
     data_dir: Path = Path(".datamcp")
     database_url: str = ""
+    database_url_secret: str | None = None
+    database_migrate: str = "auto"
     server: ServerSettings = field(default_factory=ServerSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -232,6 +251,7 @@ class Settings:
     streams: StreamSettings = field(default_factory=StreamSettings)
     memory: MemorySettings = field(default_factory=MemorySettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    serverless: ServerlessSettings = field(default_factory=ServerlessSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
 
@@ -345,6 +365,12 @@ class _Reader:
             return None
         return self.str_(key)
 
+    def queue_url(self, key: str) -> str | None:
+        value = self.opt_str(key)
+        if value is not None and not value.startswith(("https://", "http://")):
+            self.fail(key, "expected an SQS queue URL (https://sqs.<region>...)")
+        return value
+
     def path(self, key: str, must_exist: bool = False) -> Path | None:
         value = self.opt_str(key)
         if value is None:
@@ -429,9 +455,18 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             f"refusing to bind {server.host} without authentication: configure API keys "
             "or JWT, bind a loopback address, or pass --insecure",
         )
+    url_secret = r.opt_str("database_url_secret")
+    if url_secret is not None and not SECRET_ARN.match(url_secret):
+        r.fail(
+            "database_url_secret",
+            "expected arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME or "
+            "arn:aws:ssm:REGION:ACCOUNT:parameter/NAME",
+        )
     settings = Settings(
         data_dir=data_dir,
         database_url=database_url,
+        database_url_secret=url_secret,
+        database_migrate=r.str_("database_migrate", ("auto", "verify")),
         server=server,
         tls=tls,
         auth=auth,
@@ -469,6 +504,9 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             sample_ratio=r.number("tracing.sample_ratio", 0.0),
             otlp_endpoint=r.str_("tracing.otlp_endpoint"),
             service_name=r.str_("tracing.service_name"),
+        ),
+        serverless=ServerlessSettings(
+            dead_letter_queue_url=r.queue_url("serverless.dead_letter_queue_url"),
         ),
         logging=LoggingSettings(
             level=r.str_("logging.level", ("debug", "info", "warning", "error")).upper(),
@@ -641,12 +679,11 @@ def _agents(r: _Reader) -> AgentSettings:
         sql_row_limit=r.number("agents.sql_row_limit", 1, int),
         http_apis=dict(apis),
         profile_roots=tuple(Path(p) for p in roots),
-        task_queue_url=r.opt_str("agents.task_queue_url"),
+        task_queue_url=r.queue_url("agents.task_queue_url"),
         task_queue_region=r.opt_str("agents.task_queue_region"),
         task_queue_endpoint_url=r.opt_str("agents.task_queue_endpoint_url"),
+        task_queue_max_timeout=r.number("agents.task_queue_max_timeout", 0.001),
     )
-    if settings.task_queue_url and not settings.task_queue_url.startswith(("https://", "http://")):
-        r.fail("agents.task_queue_url", "expected an SQS queue URL (https://sqs.<region>...)")
     if settings.default_timeout > settings.max_timeout:
         r.fail("agents.default_timeout", "must not exceed agents.max_timeout")
     return settings
@@ -757,6 +794,17 @@ def _pipelines(r: _Reader, data_dir: Path) -> PipelineSettings:
         max_lookup_rows=r.number("pipelines.max_lookup_rows", 1, int),
         schedule_tick=r.number("pipelines.schedule_tick", 0.01),
         progress_interval=r.number("pipelines.progress_interval", 0.01),
+        memory_limit=_memory_limit(r),
+        threads=r.number("pipelines.threads", 0, int),
+        chunk_rows=r.number("pipelines.chunk_rows", 1000, int),
         s3_region=r.str_("pipelines.s3_region"),
         s3_endpoint_url=r.opt_str("pipelines.s3_endpoint_url"),
     )
+
+
+def _memory_limit(r: Any) -> str:
+    value = str(r.str_("pipelines.memory_limit")).strip()
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", value):
+        r.fail("pipelines.memory_limit", "expected a size such as '512MB' or '2GB'")
+        return "512MB"
+    return value

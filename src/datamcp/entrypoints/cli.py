@@ -116,16 +116,15 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     configure_logging(settings.logging.level, settings.logging.format)
 
     async def run() -> int:
-        from datamcp.adapters.sqlalchemy import migrate
-        from datamcp.adapters.sqlalchemy.engine import create_engine
+        from datamcp.bootstrap import migrate_database
 
-        engine = create_engine(settings.database_url)
         try:
-            await migrate.upgrade(engine)
-            revision = await migrate.current_revision(engine)
-        finally:
-            await engine.dispose()
-        print(f"database at revision {revision}")
+            done = await migrate_database(settings)
+        except Unavailable as exc:
+            print(f"datamcp: {exc.message}", file=sys.stderr)
+            return 1
+        for line in done:
+            print(line)
         return 0
 
     return asyncio.run(run())

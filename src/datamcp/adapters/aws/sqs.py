@@ -65,7 +65,32 @@ def batch_failures(response: Mapping[str, Any], batch: Sequence[T]) -> list[Entr
     ]
 
 
-class SqsBroker:
+class SqsQueue:
+    """What every sender to one SQS queue keeps: its URL and name, whether it
+    is FIFO, one long-lived client and the retry budget of a send."""
+
+    def __init__(
+        self,
+        queue_url: str,
+        *,
+        region: str,
+        endpoint_url: str | None = None,
+        credentials: AwsCredentials | None = None,
+        max_attempts: int = 4,
+        base_delay: float = 0.05,
+        max_delay: float = 1.0,
+    ) -> None:
+        self.name = f"sqs:{queue_url.rstrip('/').rsplit('/', 1)[-1]}"
+        self.fifo = queue_url.endswith(".fifo")
+        self._url = queue_url
+        self._client = SharedClient("sqs", AwsConfig(region, endpoint_url, credentials))
+        self._retry = RetryPolicy(max_attempts, base_delay, max_delay)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+class SqsBroker(SqsQueue):
     """Publishes to ``queue_url``, 10 messages and ``max_batch_bytes`` per request.
 
     On FIFO queues batches go out one after another and the first batch that
@@ -85,12 +110,16 @@ class SqsBroker:
         max_delay: float = 2.0,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
     ) -> None:
-        self.name = f"sqs:{queue_url.rstrip('/').rsplit('/', 1)[-1]}"
-        self.fifo = queue_url.endswith(".fifo")
-        self._url = queue_url
+        super().__init__(
+            queue_url,
+            region=region,
+            endpoint_url=endpoint_url,
+            credentials=credentials,
+            max_attempts=max_attempts,
+            base_delay=base_delay,
+            max_delay=max_delay,
+        )
         self._max_bytes = max_batch_bytes
-        self._client = SharedClient("sqs", AwsConfig(region, endpoint_url, credentials))
-        self._retry = RetryPolicy(max_attempts, base_delay, max_delay)
 
     async def publish(self, events: Sequence[Event]) -> None:
         entries = [self._entry(event) for event in events]
@@ -103,9 +132,6 @@ class SqsBroker:
         failed += [(e.event, code) for e, code in sent_failed]
         if failed:
             raise delivery_error(self.name, events, failed)
-
-    async def close(self) -> None:
-        await self._client.close()
 
     def _entry(self, event: Event) -> _Entry:
         body = json.dumps(event.to_cloudevent(), separators=(",", ":"))

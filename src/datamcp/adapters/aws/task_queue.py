@@ -12,41 +12,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from datamcp.adapters.aws.session import (
-    AwsConfig,
-    AwsCredentials,
-    EntryFailure,
-    SharedClient,
-    send_with_retries,
-)
-from datamcp.adapters.aws.sqs import batch_failures, fifo_token
+from datamcp.adapters.aws.session import EntryFailure, send_with_retries
+from datamcp.adapters.aws.sqs import SqsQueue, batch_failures, fifo_token
 from datamcp.core.agents.queued import QueuedTask
 from datamcp.core.errors import Unavailable
-from datamcp.core.resilience import RetryPolicy
 
 #: SQS's message size limit before 2025 (kept so any queue or emulator takes it).
 MAX_MESSAGE_BYTES = 256 * 1024
 
 
-class SqsTaskQueue:
-    """Sends each queued task as one message to ``queue_url``."""
-
-    def __init__(
-        self,
-        queue_url: str,
-        *,
-        region: str,
-        endpoint_url: str | None = None,
-        credentials: AwsCredentials | None = None,
-        max_attempts: int = 4,
-        base_delay: float = 0.05,
-        max_delay: float = 1.0,
-    ) -> None:
-        self.name = f"sqs:{queue_url.rstrip('/').rsplit('/', 1)[-1]}"
-        self.fifo = queue_url.endswith(".fifo")
-        self._url = queue_url
-        self._client = SharedClient("sqs", AwsConfig(region, endpoint_url, credentials))
-        self._retry = RetryPolicy(max_attempts, base_delay, max_delay)
+class SqsTaskQueue(SqsQueue):
+    """Sends each queued task as one message to its queue."""
 
     async def send(self, task: QueuedTask) -> None:
         body = json.dumps(task.to_message(), separators=(",", ":"))
@@ -72,9 +48,6 @@ class SqsTaskQueue:
                 reason="TASK_QUEUE_UNAVAILABLE",
                 metadata={"queue": self.name, "error_code": failed[0][1]},
             )
-
-    async def close(self) -> None:
-        await self._client.close()
 
     async def _send(self, batch: list[dict[str, Any]]) -> list[EntryFailure[dict[str, Any]]]:
         client = await self._client.get()

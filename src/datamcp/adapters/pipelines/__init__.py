@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from datamcp.adapters.pipelines import csv, events, http, jsonl, s3, sql, table
 from datamcp.adapters.pipelines.connectors import PipelineConnectors
 from datamcp.adapters.pipelines.s3 import S3Settings
 from datamcp.config.settings import PipelineSettings, Settings
 from datamcp.core.events.api import EventsApi
 from datamcp.core.events.bus import EventBus
+from datamcp.core.pipelines import kinds
 from datamcp.core.pipelines.engine import Engine
 from datamcp.core.pipelines.runs import RunManager, RunPolicy
 from datamcp.core.pipelines.service import PipelineService
 from datamcp.core.ports import UnitOfWorkFactory
+
+# The source and destination kinds, one module each (adding one: here).
+kinds.register(csv, jsonl, sql, http, s3, events, table)
 
 
 def connectors_from(settings: PipelineSettings, bus: EventBus | None = None) -> PipelineConnectors:
@@ -34,6 +39,9 @@ def build_pipeline_service(
         rejects_kept=p.rejects_kept,
         max_lookup_rows=p.max_lookup_rows,
         progress_every=p.progress_interval,
+        chunk_rows=p.chunk_rows,
+        memory_limit=p.memory_limit,
+        threads=p.threads,
     )
     policy = RunPolicy(
         run_timeout=p.run_timeout,

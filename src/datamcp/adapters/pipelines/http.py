@@ -17,7 +17,9 @@ import aiohttp
 
 from datamcp.adapters.http_agent import ApiConfig, parse_retry_after, target_url
 from datamcp.core.agents.agent import AgentError
-from datamcp.core.errors import ResourceExhausted, Unavailable
+from datamcp.core.errors import FieldViolation, ResourceExhausted, Unavailable
+from datamcp.core.pipelines.checker import Checker
+from datamcp.core.pipelines.frame import RowBatches
 from datamcp.core.pipelines.ports import PermanentError, SourceBatch, TransientError
 from datamcp.core.resilience import CallGuard
 
@@ -63,7 +65,7 @@ class HttpSource:
         self._session: aiohttp.ClientSession | None = None
         self._columns: list[str] = list(options.get("columns") or [])
         self._pending: list[dict[str, Any]] = []
-        self._pending_rejects: list[tuple[list[Any], str, int]] = []
+        self._pending_rejects: list[tuple[Any, str, int]] = []
         self._pages = 0
         self._done = False
         pag = options["pagination"]
@@ -71,10 +73,6 @@ class HttpSource:
         self._position: Any = pag["start"]
         self._cursor: str | None = None
         self._count = 0
-
-    @property
-    def text_columns(self) -> frozenset[str]:
-        return frozenset()
 
     async def open(self) -> list[str]:
         self._session = aiohttp.ClientSession(
@@ -93,6 +91,7 @@ class HttpSource:
                 for key in record:
                     seen.setdefault(str(key), None)
             self._columns = list(seen)
+        self._batches = RowBatches(self._columns)
         return list(self._columns)
 
     def _query(self) -> list[tuple[str, str]]:
@@ -167,7 +166,9 @@ class HttpSource:
             if isinstance(record, dict):
                 self._pending.append(record)
             else:
-                self._pending_rejects.append(([record], "record is not a JSON object", self._count))
+                self._pending_rejects.append(
+                    ({"_record": record}, "record is not a JSON object", self._count)
+                )
         if self._kind == "none" or not records:
             self._done = True
         elif self._kind == "page":
@@ -193,9 +194,70 @@ class HttpSource:
         take, self._pending = self._pending[:size], self._pending[size:]
         rejects, self._pending_rejects = self._pending_rejects, []
         cols = self._columns
-        return SourceBatch([[r.get(c) for c in cols] for r in take], rejects)
+        table, rejects = self._batches.table([[r.get(c) for c in cols] for r in take], rejects)
+        return SourceBatch(table, rejects)
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+# ---- the ``http`` kind --------------------------------------------------------------------
+
+KIND = "http"
+
+
+def parse_source(c: Checker, raw: Any, path: str) -> dict[str, Any] | None:
+    o = c.mapping(raw, path)
+    if o is None:
+        return None
+    c.unknown(o, path, ("api", "path", "query", "records", "pagination", "columns"))
+    return {
+        "api": c.string(o, "api", path, required=True),
+        "path": c.string(o, "path", path),
+        "query": c.str_map(o.get("query"), f"{path}.query"),
+        "records": c.string(o, "records", path),
+        "pagination": _pagination(c, o.get("pagination"), f"{path}.pagination"),
+        "columns": c.names(o.get("columns"), f"{path}.columns"),
+    }
+
+
+def _pagination(c: Checker, raw: Any, path: str) -> dict[str, Any]:
+    o = c.mapping(raw, path) or {}
+    c.unknown(
+        o, path, ("type", "param", "size_param", "page_size", "start", "cursor_path", "max_pages")
+    )
+    kind = c.choice(o, "type", path, ("none", "page", "offset", "cursor"))
+    out = {
+        "type": kind,
+        "param": c.string(o, "param", path)
+        or {"page": "page", "offset": "offset", "cursor": "cursor"}.get(kind, ""),
+        "size_param": c.string(o, "size_param", path),
+        "page_size": c.integer(o, "page_size", path, 100, 1, 10_000),
+        "start": c.integer(o, "start", path, 1 if kind == "page" else 0, 0, 2**62),
+        "cursor_path": c.string(o, "cursor_path", path),
+        "max_pages": c.integer(o, "max_pages", path, 10_000, 1, 1_000_000),
+    }
+    if kind == "cursor" and not out["cursor_path"]:
+        c.fail(f"{path}.cursor_path", "required for cursor pagination")
+    return out
+
+
+def check_source(connectors: Any, o: Mapping[str, Any], path: str, problems: list[Any]) -> None:
+    if o["api"] not in connectors.apis:
+        known = ", ".join(sorted(connectors.apis)) or "none configured"
+        problems.append(
+            FieldViolation(
+                f"{path}.api", f"unknown API {o['api']!r} (pipelines.http_apis: {known})"
+            )
+        )
+
+
+def source(connectors: Any, o: Mapping[str, Any], ctx: Any, where: str) -> HttpSource:
+    api = connectors.apis.get(o["api"])
+    if api is None:
+        raise PermanentError(f"{where}.api: unknown API {o['api']!r}", "INVALID_PIPELINE")
+    return HttpSource(
+        api, connectors.guards[api.name], o, budget=connectors.http_budget, display=where
+    )

@@ -8,13 +8,16 @@ import asyncio
 import contextlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from datamcp.adapters.pipelines.files import CsvSource, FileDestination, JsonlSource
+import pyarrow as pa
+
+from datamcp.adapters.pipelines.csv import CsvDestination, CsvSource
+from datamcp.adapters.pipelines.jsonl import JsonlDestination, JsonlSource
+from datamcp.core.pipelines.checker import Checker, delimiter, file_format, null_values
 from datamcp.core.pipelines.ports import PermanentError, SourceBatch, TransientError, WriteResult
-from datamcp.core.pipelines.rows import Batch
 
 
 class S3Settings:
@@ -49,8 +52,8 @@ class S3Source:
         self._inner: CsvSource | JsonlSource | None = None
 
     @property
-    def text_columns(self) -> frozenset[str]:
-        return self._inner.text_columns if self._inner is not None else frozenset()
+    def columnar(self) -> bool:
+        return isinstance(self._inner, CsvSource)
 
     async def open(self) -> list[str]:
         bucket, key = self.options["bucket"], self.options["key"]
@@ -71,6 +74,7 @@ class S3Source:
                 Path(self._temp),
                 delimiter=self.options["delimiter"],
                 columns=self.options["columns"],
+                null_values=self.options.get("null_values", []),
                 display=display,
             )
         return await self._inner.open()
@@ -92,13 +96,18 @@ class S3Destination:
         self.s3 = s3
         self.options = options
         self._dir = tempfile.mkdtemp(prefix="datamcp-s3-")
-        self._file = FileDestination(Path(self._dir) / "object", options["format"], run_id)
+        target = Path(self._dir) / "object"
+        self._file: CsvDestination | JsonlDestination = (
+            CsvDestination(target, run_id)
+            if options["format"] == "csv"
+            else JsonlDestination(target, run_id)
+        )
 
     async def open(self, columns: Sequence[str], types: Sequence[str]) -> None:
         await self._file.open(columns, types)
 
-    async def write(self, rows: Batch) -> WriteResult:
-        return await self._file.write(rows)
+    async def write(self, table: pa.Table) -> WriteResult:
+        return await self._file.write(table)
 
     async def commit(self) -> None:
         await self._file.commit()
@@ -121,3 +130,45 @@ class S3Destination:
                 os.unlink(os.path.join(self._dir, name))
         with contextlib.suppress(OSError):
             os.rmdir(self._dir)
+
+
+# ---- the ``s3`` kind ----------------------------------------------------------------------
+
+KIND = "s3"
+
+
+def parse_source(c: Checker, raw: Any, path: str) -> dict[str, Any] | None:
+    o = c.mapping(raw, path)
+    if o is None:
+        return None
+    c.unknown(o, path, ("bucket", "key", "format", "delimiter", "columns", "null_values"))
+    key = c.string(o, "key", path, required=True)
+    return {
+        "bucket": c.string(o, "bucket", path, required=True),
+        "key": key,
+        "format": file_format(c, o, path, key),
+        "delimiter": delimiter(c, o, path),
+        "null_values": null_values(c, o, path),
+        "columns": c.names(o.get("columns"), f"{path}.columns"),
+    }
+
+
+def parse_destination(c: Checker, raw: Any, path: str) -> dict[str, Any] | None:
+    o = c.mapping(raw, path)
+    if o is None:
+        return None
+    c.unknown(o, path, ("bucket", "key", "format"))
+    key = c.string(o, "key", path, required=True)
+    return {
+        "bucket": c.string(o, "bucket", path, required=True),
+        "key": key,
+        "format": file_format(c, o, path, key),
+    }
+
+
+def source(connectors: Any, o: Mapping[str, Any], ctx: Any, where: str) -> S3Source:
+    return S3Source(connectors.s3, dict(o))
+
+
+def destination(connectors: Any, o: Mapping[str, Any], run_id: str, where: str) -> S3Destination:
+    return S3Destination(connectors.s3, dict(o), run_id)

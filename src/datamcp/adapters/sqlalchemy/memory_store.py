@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     Float,
     Index,
     Integer,
@@ -29,14 +30,16 @@ from sqlalchemy import (
     Table,
     Text,
     event,
+    inspect,
     text,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from datamcp.adapters.sqlalchemy import migrate
 from datamcp.adapters.sqlalchemy.errors import translate
 from datamcp.adapters.sqlalchemy.event_repository import SqlEventRepository
 from datamcp.adapters.sqlalchemy.uow import _turn
-from datamcp.core.errors import ConfigError
+from datamcp.core.errors import ConfigError, FailedPrecondition
 from datamcp.core.events.model import Event
 from datamcp.core.memory.model import Record
 
@@ -124,13 +127,31 @@ _CHECKPOINT = text(
 )
 _PREFIX = "(namespace = :p OR (namespace > :p_lo AND namespace < :p_hi))"
 # Partial: records without a TTL (most) cost the index nothing on write.
+_OLD_INDEX, _TTL_INDEX = "ix_memory_records_live_expiry", "ix_memory_records_ttl"
 _EXPIRES_INDEX = (
-    text("DROP INDEX IF EXISTS ix_memory_records_live_expiry"),  # an earlier, full index
+    text(f"DROP INDEX IF EXISTS {_OLD_INDEX}"),  # an earlier, full index
     text(
-        "CREATE INDEX IF NOT EXISTS ix_memory_records_ttl ON memory_records (expires_at) "
+        f"CREATE INDEX IF NOT EXISTS {_TTL_INDEX} ON memory_records (expires_at) "
         "WHERE deleted = 0 AND expires_at IS NOT NULL"
     ),
 )
+
+
+def _missing_schema(connection: Connection) -> list[str]:
+    """What of the store's schema is not there yet (tables, the TTL index), or
+    still there though it should not be (the earlier expiry index)."""
+    inspector = inspect(connection)
+    tables = set(inspector.get_table_names())
+    missing = [name for name in metadata.tables if name not in tables]
+    if "memory_records" in tables:
+        indexes = {ix["name"] for ix in inspector.get_indexes("memory_records")}
+        if _TTL_INDEX not in indexes:
+            missing.append(f"index {_TTL_INDEX}")
+        if _OLD_INDEX in indexes:
+            missing.append(f"the removal of index {_OLD_INDEX}")
+    return missing
+
+
 _LIVE = "deleted = 0 AND (expires_at IS NULL OR expires_at > :now)"
 
 
@@ -368,16 +389,33 @@ class SqlMemoryStore:
     def engine(self) -> AsyncEngine:
         return self._engine
 
-    async def open(self) -> None:
-        """Create the schema if missing and claim the database for this store id."""
+    async def open(self, *, create: bool = True) -> None:
+        """Claim the database for this store id, creating its schema first when
+        something is missing and ``create`` allows it (``database_migrate =
+        auto``, or the migration step). Under the schema lock (``migrate.locked``),
+        so processes opening one new store together create it once; with the
+        schema in place no DDL is issued, so a user without DDL rights can open it.
+
+        Raises:
+            ConfigError: the database belongs to another store id.
+            FailedPrecondition: the schema is missing and ``create`` is off.
+        """
         lock = _turn(self._engine)
         if lock is not None:
             await lock.acquire()
         try:
-            async with self._engine.begin() as conn:
-                await conn.run_sync(metadata.create_all)
-                for statement in _EXPIRES_INDEX:  # older stores had none
-                    await conn.execute(statement)
+            async with migrate.locked(self._engine) as conn:
+                missing = await conn.run_sync(_missing_schema)
+                if missing and not create:
+                    raise FailedPrecondition(
+                        f"memory store {self._id} ({self.url}) lacks {', '.join(missing)}: "
+                        "run the migrations first (`datamcp db upgrade`)",
+                        reason="SCHEMA_NOT_CURRENT",
+                    )
+                if missing:
+                    await conn.run_sync(metadata.create_all)
+                    for statement in _EXPIRES_INDEX:  # older stores had none
+                        await conn.execute(statement)
                 owner = (
                     await conn.execute(text("SELECT label FROM memory_meta WHERE name = 'store'"))
                 ).scalar_one_or_none()

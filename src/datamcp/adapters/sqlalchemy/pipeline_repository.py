@@ -11,6 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+import datamcp.adapters.pipelines  # noqa: F401 - registers the source and destination kinds
 from datamcp.adapters.sqlalchemy.tables import pipeline_rejects, pipeline_runs, pipelines
 from datamcp.core.pipelines.model import (
     Pipeline,

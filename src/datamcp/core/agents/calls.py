@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 from datamcp.core import paging
 from datamcp.core.agents.agent import AgentError
-from datamcp.core.agents.model import AuditRecord, Task, TaskSpec, TaskState
+from datamcp.core.agents.model import (
+    MAX_ID,
+    MAX_NAME,
+    AuditRecord,
+    Task,
+    TaskSpec,
+    TaskState,
+    text_problem,
+)
 from datamcp.core.errors import (
     DataMCPError,
     FailedPrecondition,
@@ -138,6 +146,17 @@ class AgentCalls:
             FailedPrecondition: the call was refused or did not succeed (the
                 audit record says why).
         """
+        bad = [
+            FieldViolation(name, problem)
+            for name, value, limit in (
+                ("source_agent_id", source_agent_id, MAX_NAME),
+                ("target", target, MAX_NAME),
+                ("correlation_id", correlation_id, MAX_ID),
+            )
+            if (problem := text_problem(value, limit)) is not None
+        ]
+        if bad:
+            raise InvalidArgument("invalid agent request; nothing was sent", bad)
         if self._core.registry.get(source_agent_id, tenant) is None:
             raise InvalidArgument(
                 f"no agent {clip(source_agent_id)!r}",

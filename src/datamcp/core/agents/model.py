@@ -46,6 +46,19 @@ _FINAL_EVENT_TYPES = {
 }
 
 
+#: Longest capability name or agent id, and longest request or correlation id.
+MAX_NAME, MAX_ID = 256, 128
+
+
+def text_problem(value: str, limit: int) -> str | None:
+    """What is wrong with an identifier a caller sent, or None."""
+    if len(value) > limit:
+        return f"at most {limit} characters"
+    if not value.isprintable():
+        return "printable characters only (no control characters)"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
     """A task as a client describes it, before validation."""

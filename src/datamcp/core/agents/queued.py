@@ -206,6 +206,9 @@ class QueuedTasks:
         self._core = core
         #: Set by bootstrap when ``agents.task_queue_url`` is configured.
         self.queue: TaskQueue | None = None
+        #: The longest timeout a queued task may have (``agents.task_queue_max_timeout``,
+        #: set by bootstrap): the consumer is a function with a timeout of its own.
+        self.max_timeout: float | None = None
         self._insert = WriteOp("tasks.insert_owned", 0, _apply_owned_insert)
         self._claim = WriteOp("tasks.claim", 1, self._apply_claims)
 
@@ -229,7 +232,8 @@ class QueuedTasks:
             )
         # The request id names the task across processes (see the module doc).
         spec = replace(spec, request_id=spec.request_id or f"queued:{uuid.uuid4().hex}")
-        checked = core.validator.check(tenant, spec)
+        self._check_fits(spec)
+        checked = core.validator.check(tenant, spec, self.max_timeout)
         task_id = task_id_for(tenant, spec.request_id)
         stored = await self._stored(tenant, task_id)
         if stored is not None:
@@ -307,7 +311,8 @@ class QueuedTasks:
         someone else holds it."""
         core = self._core
         try:
-            checked = core.validator.check(tenant, spec)
+            self._check_fits(spec)
+            checked = core.validator.check(tenant, spec, self.max_timeout)
         except InvalidArgument as exc:
             return await self._fail_invalid(tenant, task_id, exc)
         now = core.clock()
@@ -346,6 +351,31 @@ class QueuedTasks:
         if stored is None:
             raise Unavailable(f"task {task_id} was neither stored nor found; retry")
         return (stored, True) if stored.state.final else (None, False)
+
+    def _check_fits(self, spec: TaskSpec) -> None:
+        """A queued task must be able to end within one invocation of the
+        consuming function; one that cannot would be handed back, redelivered
+        and restarted from zero until it lands in the dead letters. A task
+        without a timeout gets the limit (the validator's ``wait_limit``).
+
+        Raises:
+            InvalidArgument: reason ``TIMEOUT_EXCEEDS_QUEUE``.
+        """
+        limit = self.max_timeout
+        if limit is None or spec.timeout is None or spec.timeout <= limit:
+            return
+        raise InvalidArgument(
+            "the task cannot finish within the queue's function; nothing was stored",
+            [
+                FieldViolation(
+                    "task.timeout",
+                    f"{spec.timeout:g}s is over the {limit:g}s a queued task may take "
+                    "(agents.task_queue_max_timeout: the tasks function's timeout less its "
+                    "margin); shorten it or submit the task in-process",
+                )
+            ],
+            reason="TIMEOUT_EXCEEDS_QUEUE",
+        )
 
     async def _fail_invalid(
         self, tenant: str, task_id: str, exc: InvalidArgument

@@ -72,12 +72,12 @@ class Schedule:
 
     def last_slot(self, now: float) -> float:
         """The latest slot at or before ``now`` (epoch seconds)."""
-        start = datetime.fromtimestamp(now, UTC)
-        it = croniter(self.cron, start)
-        nxt = it.get_next(float)
-        if abs(nxt - now) < 1e-6:
-            return nxt
-        return float(croniter(self.cron, start).get_prev(float))
+        # croniter's previous fire time from an exact slot is the one before it;
+        # a tick is often exactly on its slot (EventBridge's event time is).
+        slot = float(croniter(self.cron, datetime.fromtimestamp(now + 0.001, UTC)).get_prev(float))
+        if slot <= now:
+            return slot
+        return float(croniter(self.cron, datetime.fromtimestamp(now, UTC)).get_prev(float))
 
 
 class SyncScheduler:

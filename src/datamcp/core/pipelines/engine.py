@@ -1,37 +1,45 @@
-"""The batch engine: source -> stages -> destination, one batch at a time.
+"""The batch engine: source -> plan (DuckDB over Arrow) -> destination.
 
-Memory is bounded by the batch size (plus what blocking stages hold: groups
-of an aggregate, a sort's in-memory run before it spills, dedupe keys,
-lookup tables). CPU-bound stage work runs in a worker thread so the event
-loop keeps serving calls; connectors do their own I/O off the loop. The
-destination commits only after the last batch, so a failed, cancelled or
-killed run leaves it as it was.
+A run reads its source in chunks of Arrow rows (``chunk_rows``), pushes each
+through the plan's chains (row-wise stages, one DuckDB relation per chunk)
+and barriers (aggregate, sort: a DuckDB table, spilled to disk past
+``memory_limit``), and writes what comes out. Memory is bounded by the chunk
+size plus DuckDB's memory limit, whatever the input size. The destination
+commits only after the last chunk, so a failed, cancelled or killed run
+leaves it as it was. DuckDB work runs in a worker thread (it releases the
+GIL), one hop per chunk, so the event loop keeps serving calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import threading
+import shutil
+import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import duckdb
+import pyarrow as pa
+
 from datamcp.core.errors import InvalidArgument
+from datamcp.core.pipelines.frame import kind_of
+from datamcp.core.pipelines.incremental import Cursor
 from datamcp.core.pipelines.model import Reject, StageCounters
+from datamcp.core.pipelines.plan import RID, Barrier, Chain, Layout, PlanBuilder, RejectSink
 from datamcp.core.pipelines.ports import (
     Connectors,
     Destination,
     PermanentError,
     ReadContext,
+    Source,
     SourceBatch,
-    WriteResult,
 )
-from datamcp.core.pipelines.rows import Batch, RejectSink, StageError, infer_types
-from datamcp.core.pipelines.spec import Part, PipelineSpec
-from datamcp.core.pipelines.transforms import LookupData, Runner, Stage, compile_stages, fuse
+from datamcp.core.pipelines.scan import scan
+from datamcp.core.pipelines.spec import PipelineSpec
+from datamcp.core.pipelines.transforms import REGISTRY, lookup
 
 
 @dataclass(slots=True)
@@ -59,28 +67,6 @@ class Outcome:
     cursor: Any
 
 
-_GC_RUNS = 0
-_GC_SAVED: tuple[int, int, int] = (700, 10, 10)
-
-
-@contextlib.contextmanager
-def _fewer_collections() -> Iterator[None]:
-    """Raise the cyclic GC thresholds while runs are going (restored when the
-    last one ends): batches of row lists are many young tracked objects that
-    hold no cycles, and the default thresholds rescan them over and over."""
-    global _GC_RUNS, _GC_SAVED  # noqa: PLW0603 - process-wide GC setting
-    if _GC_RUNS == 0:
-        _GC_SAVED = gc.get_threshold()
-        gc.set_threshold(max(_GC_SAVED[0], 50_000), _GC_SAVED[1], max(_GC_SAVED[2], 100))
-    _GC_RUNS += 1
-    try:
-        yield
-    finally:
-        _GC_RUNS -= 1
-        if _GC_RUNS == 0:
-            gc.set_threshold(*_GC_SAVED)
-
-
 ProgressFn = Callable[[Progress], Awaitable[None]]
 
 
@@ -88,27 +74,23 @@ class RejectLimit(Exception):
     pass
 
 
-def _cursor_key(cursor: Any) -> Callable[[Any], Any] | None:
-    """How to compare source values with the stored cursor: numbers as
-    numbers (CSV gives text), anything else as text."""
-    if cursor is None:
-        return None
-    if isinstance(cursor, int | float) and not isinstance(cursor, bool):
-
-        def num(v: Any) -> Any:
-            if v is None or v == "":
-                return None
-            try:
-                return float(v)
-            except (TypeError, ValueError):
-                return None
-
-        return num
-    return lambda v: None if v is None else str(v)
+@dataclass(slots=True)
+class _Plan:
+    segments: list[Chain | Barrier]
+    layout: Layout
+    counters: list[StageCounters]
 
 
 class Engine:
-    """Runs one pipeline attempt. Share one per service; it holds no run state."""
+    """Runs one pipeline attempt. Share one per service; it holds no run state.
+
+    Args:
+        memory_limit: DuckDB's memory limit per run (``"1GB"``, ``"512MB"``);
+            sorts, aggregates and dedupe state past it spill to disk.
+        threads: DuckDB threads per run (0: one per core).
+        chunk_rows: rows per chunk read from file sources (and the largest
+            batch written at once).
+    """
 
     def __init__(
         self,
@@ -118,387 +100,338 @@ class Engine:
         rejects_kept: int = 1000,
         max_lookup_rows: int = 1_000_000,
         progress_every: float = 1.0,
-        offload_rows: int = 2000,
-        chunk_rows: int = 1000,
+        chunk_rows: int = 100_000,
+        memory_limit: str = "512MB",
+        threads: int = 0,
     ) -> None:
-        self.chunk_rows = chunk_rows
         self.connectors = connectors
         self.batch_size = batch_size
         self.rejects_kept = rejects_kept
         self.max_lookup_rows = max_lookup_rows
         self.progress_every = progress_every
-        self.offload_rows = offload_rows
+        self.chunk_rows = chunk_rows
+        self.memory_limit = memory_limit
+        self.threads = threads
 
-    async def load_lookups(self, spec: PipelineSpec, ctx: ReadContext) -> dict[int, LookupData]:
-        out: dict[int, LookupData] = {}
-        plain = ReadContext(ctx.tenant, ctx.params)
+    # ---- plumbing ---------------------------------------------------------------------
+
+    def connect(self, temp: str) -> duckdb.DuckDBPyConnection:
+        config: dict[str, Any] = {
+            "memory_limit": self.memory_limit,
+            "temp_directory": temp,
+            "preserve_insertion_order": True,
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+        }
+        if self.threads:
+            config["threads"] = self.threads
+        return duckdb.connect(":memory:", config=config)
+
+    def read_size(self, spec: PipelineSpec, source: Source) -> int:
+        if getattr(source, "columnar", False):
+            return self.chunk_rows
+        return spec.batch_size or self.batch_size
+
+    async def load_lookups(
+        self, spec: PipelineSpec, ctx: ReadContext, con: duckdb.DuckDBPyConnection
+    ) -> dict[int, tuple[str, Layout]]:
+        """Each lookup transform's source in a DuckDB table, by its index."""
+        return await lookup.load(
+            spec, ctx, con, self.connectors, batch_size=self.batch_size, limit=self.max_lookup_rows
+        )
+
+    def plan(
+        self,
+        spec: PipelineSpec,
+        con: duckdb.DuckDBPyConnection,
+        layout: Layout,
+        params: dict[str, Any],
+        lookups: dict[int, tuple[str, Layout]],
+    ) -> _Plan:
+        """Raises InvalidArgument: the transforms do not fit the columns."""
+        b = PlanBuilder(con, layout, params, lookups)
+        counters: list[StageCounters] = []
         for n, part in enumerate(spec.transforms):
-            if part.kind != "lookup":
+            b.index = n
+            before = len(b.problems)
+            REGISTRY[part.kind].build(b, part.options, f"transforms[{n}].{part.kind}")
+            if len(b.problems) > before:
                 continue
-            kind, options = next(iter(part.options["source"].items()))
-            source = self.connectors.source(
-                Part(kind, options), plain, f"transforms[{n}].lookup.source"
+        if b.problems:
+            raise InvalidArgument(
+                f"the transforms do not fit the source's columns ({len(b.problems)} problem(s))",
+                b.problems,
+                reason="INVALID_PIPELINE",
             )
-            try:
-                columns = await source.open()
-                rows: Batch = []
-                while (batch := await source.read(self.batch_size)) is not None:
-                    rows.extend(batch.rows)
-                    if len(rows) > self.max_lookup_rows:
-                        raise PermanentError(
-                            f"transforms[{n}].lookup: more than {self.max_lookup_rows} lookup rows",
-                            reason="LOOKUP_TOO_LARGE",
-                        )
-                out[n] = (columns, rows)
-            finally:
-                await source.close()
+        for seg in b.segments:
+            if isinstance(seg, Chain):
+                counters += [s.counters for s in seg.stages]
+            elif seg.counted:
+                counters.append(seg.counters)
+        return _Plan(b.segments, b.layout, counters)
+
+    @staticmethod
+    def _in_scan(plan: _Plan, source: Source, ctx: ReadContext) -> bool:
+        """Whether the first chain runs inside the source's scan: a source
+        that gives a relation, no cursor, and no stage that joins or numbers
+        rows (those stay chunked: their state is a spillable table, while a
+        window over the whole input is held in memory)."""
+        first = plan.segments[0]
+        return (
+            hasattr(source, "relation")
+            and not ctx.cursor_column
+            and isinstance(first, Chain)
+            and not first.windowed
+        )
+
+    # ---- one chunk through the plan ----------------------------------------------------
+
+    @staticmethod
+    def _push(
+        plan: _Plan, start: int, table: pa.Table, sink: RejectSink, rid: list[int]
+    ) -> list[pa.Table]:
+        if RID not in table.column_names:
+            table = table.append_column(
+                RID, pa.array(range(rid[0], rid[0] + table.num_rows), pa.int64())
+            )
+            rid[0] += table.num_rows
+        for seg in plan.segments[start:]:
+            if table.num_rows == 0:
+                return []
+            if isinstance(seg, Chain):
+                table = seg.run(table, sink)
+            else:
+                seg.push(table)
+                return []
+        return [table] if table.num_rows else []
+
+    def _finish(self, plan: _Plan, sink: RejectSink, rid: list[int]) -> list[pa.Table]:
+        out: list[pa.Table] = []
+        for i, seg in enumerate(plan.segments):
+            if isinstance(seg, Barrier):
+                for table in seg.finish(self.chunk_rows):
+                    fresh = table.drop_columns([RID]) if RID in table.column_names else table
+                    out += self._push(plan, i + 1, fresh, sink, rid)
         return out
+
+    @staticmethod
+    def _output(plan: _Plan, table: pa.Table) -> pa.Table:
+        lay = plan.layout
+        return table.select([lay.phys[c] for c in lay.cols]).rename_columns(lay.cols)
+
+    # ---- preview ------------------------------------------------------------------------
 
     async def preview(
         self, spec: PipelineSpec, ctx: ReadContext, limit: int
-    ) -> tuple[list[str], Batch, list[Reject]]:
+    ) -> tuple[list[str], list[list[Any]], list[Reject]]:
         """The first ``limit`` rows after the transforms (nothing is written).
 
         Raises:
             InvalidArgument: the transforms do not fit the source's columns.
         """
-        lookups = await self.load_lookups(spec, ctx)
+        temp = tempfile.mkdtemp(prefix="datamcp-run-")
+        con = self.connect(temp)
         source = self.connectors.source(spec.source, ctx)
         sink = RejectSink(keep=limit)
         try:
+            lookups = await self.load_lookups(spec, ctx, con)
             columns = await source.open()
-            stages, _ = compile_stages(
-                spec.transforms,
-                columns,
-                params=ctx.params,
-                text_columns=source.text_columns,
-                lookups=lookups,
-            )
-            runners = fuse(stages)
-            counters = StageCounters("source")
-            out: Batch = []
-            while len(out) < limit:
-                batch = await source.read(min(self.batch_size, 1000))
-                if batch is None:
-                    break
-                self._source_rejects(batch.rejects, columns, counters, sink)
-                rows = self._through(runners, batch.rows, sink)
-                out.extend(rows)
-            else:
-                return (stages[-1].columns if stages else columns), out[:limit], sink.kept
-            for i, stage in enumerate(stages):
-                if stage.blocking:
-                    for rows in stage.finish(sink):
-                        out.extend(self._through(fuse(stages[i + 1 :]), rows, sink))
-            for stage in stages:
-                stage.close()
-            return (stages[-1].columns if stages else columns), out[:limit], sink.kept
+            first = await source.read(min(self.read_size(spec, source), 10_000))
+            layout = _layout(columns, first)
+            plan = await asyncio.to_thread(self.plan, spec, con, layout, dict(ctx.params), lookups)
+            rid = [0]
+            rows: list[list[Any]] = []
+            batch = first
+            while batch is not None and len(rows) < limit:
+                for raw, reason, number in batch.rejects:
+                    sink.add(StageCounters("source"), reason, _raw_row(columns, raw), number)
+                outs = await asyncio.to_thread(
+                    self._push, plan, 0, _physical(batch.table, layout), sink, rid
+                )
+                rows += _rows(plan, outs, self)
+                batch = None if len(rows) >= limit else await source.read(10_000)
+            if len(rows) < limit:
+                rows += _rows(plan, await asyncio.to_thread(self._finish, plan, sink, rid), self)
+            return list(plan.layout.cols), rows[:limit], sink.take()
         finally:
-            await source.close()
+            with contextlib.suppress(Exception):
+                await source.close()
+            con.close()
+            shutil.rmtree(temp, ignore_errors=True)
 
-    @staticmethod
-    def _source_rejects(
-        rejects: Sequence[tuple[list[Any], str, int]],
-        columns: Sequence[str],
-        counters: StageCounters,
-        sink: RejectSink,
-    ) -> None:
-        for raw, reason, number in rejects:
-            counters.read += 1
-            sink.add(counters, columns, raw, reason, number)
+    # ---- a run ------------------------------------------------------------------------
 
-    @staticmethod
-    def _through(runners: Sequence[Runner], rows: Batch, sink: RejectSink) -> Batch:
-        for runner in runners:
-            if not rows:
-                break
-            rows = runner.run(rows, sink)
-        return rows
-
-    async def execute(
-        self,
-        spec: PipelineSpec,
-        ctx: ReadContext,
-        run_id: str,
-        on_progress: ProgressFn,
+    async def execute(  # noqa: PLR0915 - the run loop reads best in one place
+        self, spec: PipelineSpec, ctx: ReadContext, run_id: str, on_progress: ProgressFn
     ) -> Outcome:
         """Run once. Raises what failed (the caller maps it to a run error);
         the destination is aborted on any failure or cancellation."""
-        with _fewer_collections():
-            return await self._execute(spec, ctx, run_id, on_progress)
-
-    async def _execute(  # noqa: PLR0915 - the run loop reads best in one place
-        self,
-        spec: PipelineSpec,
-        ctx: ReadContext,
-        run_id: str,
-        on_progress: ProgressFn,
-    ) -> Outcome:
-        batch_size = spec.batch_size or self.batch_size
-        # Rows are read and transformed in chunks of ``chunk_rows``, small
-        # enough to stay in the CPU caches between the stages (much faster
-        # than 10,000-row passes), and written in batches of ``batch_size``.
-        # A source and destination with blocking calls (files, SQLite) run
-        # on one worker thread, back on the loop about once per progress
-        # interval; after the first batch that destination takes every
-        # ``chunk_rows`` rows, while they are still cache-hot.
+        temp = tempfile.mkdtemp(prefix="datamcp-run-")
+        con = self.connect(temp)
         sink = RejectSink(keep=self.rejects_kept)
         source_counters = StageCounters("source")
         dest_counters = StageCounters("destination")
-        lookups = await self.load_lookups(spec, ctx)
         source = self.connectors.source(spec.source, ctx)
         destination: Destination | None = None
-        stages: list[Stage] = []
-        write_task: asyncio.Future[WriteResult] | None = None
-        step_task: asyncio.Future[Any] | None = None
-        stop = threading.Event()
-        try:
-            columns = await source.open()
+        step: asyncio.Future[Any] | None = None
+        counters = [source_counters, dest_counters]
+        last = time.monotonic()
+
+        async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+            nonlocal step
+            step = asyncio.ensure_future(asyncio.to_thread(fn, *args))
             try:
-                stages, declared = compile_stages(
-                    spec.transforms,
-                    columns,
-                    params=ctx.params,
-                    text_columns=source.text_columns,
-                    lookups=lookups,
+                result = await asyncio.shield(step)
+            except asyncio.CancelledError:
+                con.interrupt()
+                raise
+            step = None
+            return result
+
+        async def progress(final: bool = False) -> None:
+            nonlocal last
+            if spec.max_rejects and sink.total > spec.max_rejects:
+                raise RejectLimit(
+                    f"{sink.total} rows rejected, more than max_rejects={spec.max_rejects}"
                 )
+            now = time.monotonic()
+            if final or now - last >= self.progress_every:
+                last = now
+                await on_progress(Progress(counters, sink.take(), final))
+
+        try:
+            lookups = await self.load_lookups(spec, ctx, con)
+            columns = await source.open()
+            size = self.read_size(spec, source)
+            known: dict[str, str] | None = getattr(source, "kinds", None)
+            batch = None if known is not None else await source.read(size)
+            layout = _layout(columns, batch, known)
+            try:
+                plan = await in_thread(self.plan, spec, con, layout, dict(ctx.params), lookups)
             except InvalidArgument as exc:
                 detail = "; ".join(f"{v.field}: {v.description}" for v in exc.violations)
                 raise PermanentError(f"{exc.message}: {detail}", "INVALID_PIPELINE") from None
-            all_counters = [source_counters, *(s.counters for s in stages), dest_counters]
-            runners = fuse(stages)
-            out_columns = stages[-1].columns if stages else columns
-            cursor_index = -1
-            if ctx.cursor_column:
-                if ctx.cursor_column not in columns:
-                    raise PermanentError(
-                        f"incremental.column {ctx.cursor_column!r} is not a source column "
-                        f"(columns: {', '.join(columns)})",
-                        "INVALID_PIPELINE",
-                    )
-                cursor_index = columns.index(ctx.cursor_column)
-            start_key = _cursor_key(ctx.cursor if ctx.cursor is not None else None)
-            cursor_max: Any = ctx.cursor
-            max_key: Any = (
-                None if start_key is None or ctx.cursor is None else start_key(ctx.cursor)
-            )
-            last_progress = time.monotonic()
-            dest_open = False
-            chunk = min(batch_size, self.chunk_rows)
-            read_blocking: Callable[[int], SourceBatch | None] | None = getattr(
-                source, "read_blocking", None
-            )
-            write_blocking: Callable[[Batch], WriteResult] | None = None
-            pending: Batch = []
+            if known is not None:
+                # Types known before reading (CSV: text): read only what the
+                # plan uses (the reader skips converting the other fields).
+                used = _used(plan)
+                keep = [c for c in columns if layout.phys[c] in used or c == ctx.cursor_column]
+                source.narrow(keep)  # type: ignore[attr-defined]
+                if not self._in_scan(plan, source, ctx):
+                    batch = await source.read(size)
+            counters = [source_counters, *plan.counters, dest_counters]
+            cursor = Cursor(ctx, columns, layout)
+            destination = self.connectors.destination(spec.destination, run_id)
+            kinds = [plan.layout.kinds[c] for c in plan.layout.cols]
+            await destination.open(list(plan.layout.cols), kinds)
+            rid = [0]
 
-            def transform(batch: SourceBatch) -> Batch:
-                # On a worker thread (or the loop for small batches), while
-                # no other stage work is going on.
-                nonlocal max_key, cursor_max
-                self._source_rejects(batch.rejects, columns, source_counters, sink)
-                rows = batch.rows
-                source_counters.read += len(rows)
-                if cursor_index >= 0:
-                    rows, max_key, cursor_max = _after_cursor(
-                        rows, cursor_index, start_key, ctx.cursor, max_key, cursor_max
-                    )
-                source_counters.written += len(rows)
-                if len(rows) <= chunk:
-                    return self._through(runners, rows, sink)
-                out: Batch = []
-                for i in range(0, len(rows), chunk):
-                    out.extend(self._through(runners, rows[i : i + chunk], sink))
-                return out
-
-            def gather(rows: Batch) -> None:
-                nonlocal pending
-                if pending:
-                    pending.extend(rows)
-                else:
-                    pending = rows
-
-            def account(rows: Batch, result: WriteResult) -> None:
-                dest_counters.read += len(rows)
-                dest_counters.written += result.written
-                for raw, reason in result.rejects:
-                    sink.add(dest_counters, out_columns, raw, reason)
-
-            def work_blocking(until: float) -> bool:
-                # The fast path, on one worker thread: read and transform
-                # chunk after chunk and (once the destination is open) write
-                # each full batch, back to the loop about once per progress
-                # interval. True when the source is exhausted.
-                nonlocal pending
-                assert read_blocking is not None
-                # The first batch (``batch_size`` rows, the rows the table's
-                # types are inferred from) goes to the loop, which opens the
-                # destination; then a destination written on this thread
-                # takes every ``chunk_rows`` rows while they are still in
-                # the CPU caches (all in the same transaction).
-                size = batch_size if write_blocking is None else chunk
-                while not stop.is_set():
-                    batch = read_blocking(chunk)
-                    if batch is None:
-                        return True
-                    gather(transform(batch))
-                    if len(pending) >= size:
-                        if write_blocking is None:
-                            return False
-                        rows, pending = pending, []
-                        account(rows, write_blocking(rows))
-                    if time.monotonic() >= until or (
-                        spec.max_rejects and sink.total > spec.max_rejects
-                    ):
-                        return False
-                return False
-
-            async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
-                nonlocal step_task
-                step_task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-                try:
-                    # Shielded: a cancelled run lets the thread stop at its
-                    # next chunk (``finally``) before the source and
-                    # destination are closed.
-                    result = await asyncio.shield(step_task)
-                except asyncio.CancelledError:
-                    stop.set()
-                    raise
-                step_task = None
-                return result
-
-            async def write_now(rows: Batch) -> None:
-                nonlocal destination, dest_open, write_blocking
-                if not dest_open:
-                    destination = self.connectors.destination(spec.destination, run_id)
-                    await destination.open(out_columns, infer_types(out_columns, rows, declared))
-                    dest_open = True
-                    write_blocking = getattr(destination, "write_blocking", None)
+            async def write(outs: list[pa.Table]) -> None:
                 assert destination is not None
-                if rows:
-                    account(rows, await write_async(destination, rows))
+                for out in outs:
+                    table = self._output(plan, out)
+                    dest_counters.read += table.num_rows
+                    result = await destination.write(table)
+                    dest_counters.written += result.written
+                    for row, reason in result.rejects:
+                        sink.add(dest_counters, reason, row)
 
-            async def write_async(dest: Destination, rows: Batch) -> WriteResult:
-                nonlocal write_task
-                write_task = asyncio.ensure_future(dest.write(rows))
-                # Shielded: on cancellation the worker thread still uses the
-                # connection; ``finally`` lets it finish before the abort.
-                result = await asyncio.shield(write_task)
-                write_task = None
-                return result
-
-            async def emit(rows: Batch) -> None:
-                # Transformed rows are gathered up to the batch size per write.
-                nonlocal pending
-                gather(rows)
-                if len(pending) >= batch_size:
-                    rows, pending = pending, []
-                    await write_now(rows)
-
-            async def progress(final: bool = False) -> None:
-                nonlocal last_progress
-                if spec.max_rejects and sink.total > spec.max_rejects:
-                    raise RejectLimit(
-                        f"{sink.total} rows rejected, more than max_rejects={spec.max_rejects}"
-                    )
-                now = time.monotonic()
-                if final or now - last_progress >= self.progress_every:
-                    last_progress = now
-                    await on_progress(Progress(all_counters, sink.take_pending(), final))
-
-            done = False
-            while not done:
-                if read_blocking is not None:
-                    done = await in_thread(work_blocking, last_progress + self.progress_every)
-                else:
-                    batch = await source.read(batch_size)
-                    if batch is None:
-                        done = True
-                    elif len(batch.rows) >= self.offload_rows:
-                        gather(await in_thread(transform, batch))
-                    else:
-                        gather(transform(batch))
-                await emit([])
+            if self._in_scan(plan, source, ctx):
+                await source.close()  # its own reader is not needed: the scan runs here
+                await scan(
+                    plan.segments,
+                    source,
+                    {c: layout.phys[c] for c in keep},
+                    sink,
+                    source_counters,
+                    in_thread=in_thread,
+                    write=write,
+                    progress=progress,
+                    chunk_rows=self.chunk_rows,
+                )
+                batch = None
+            while batch is not None:
+                for raw, reason, number in batch.rejects:
+                    source_counters.read += 1
+                    sink.add(source_counters, reason, _raw_row(columns, raw), number)
+                table = _physical(batch.table, layout)
+                source_counters.read += table.num_rows
+                table = await in_thread(cursor.skip, con, table)
+                source_counters.written += table.num_rows
+                await write(await in_thread(self._push, plan, 0, table, sink, rid))
                 await progress()
-            for i, stage in enumerate(stages):
-                if not stage.blocking:
-                    continue
-                finished = stage.finish(sink)
-                tail = fuse(stages[i + 1 :])
-                while True:
-                    out = await in_thread(next, finished, None)
-                    if out is None:
-                        break
-                    stage.counters.written += len(out)
-                    rows = self._through(tail, out, sink)
-                    if rows:
-                        await emit(rows)
-                    await progress()
-            if pending:
-                rows, pending = pending, []
-                await write_now(rows)
-            if not dest_open:
-                await write_now([])
+                batch = await source.read(size)
+            await write(await in_thread(self._finish, plan, sink, rid))
             await progress()
-            assert destination is not None
             await destination.commit()
             destination = None
             await progress(final=True)
-            return Outcome(all_counters, cursor_max)
-        except StageError as exc:
-            raise PermanentError(str(exc), exc.reason) from None
+            return Outcome(counters, cursor.max_value)
+        except duckdb.InterruptException:
+            raise asyncio.CancelledError from None
+        except duckdb.OutOfMemoryException as exc:
+            raise PermanentError(
+                f"the run needs more than pipelines.memory_limit ({self.memory_limit}): "
+                f"{str(exc).splitlines()[0][:200]}",
+                "OUT_OF_MEMORY",
+            ) from None
         finally:
-            if step_task is not None and not step_task.done():
-                stop.set()
+            if step is not None and not step.done():
+                con.interrupt()
                 with contextlib.suppress(BaseException):
-                    await asyncio.shield(step_task)
-            if write_task is not None and not write_task.done():
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(write_task)
-            for stage in stages:
-                stage.close()
+                    await asyncio.shield(step)
             if destination is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(destination.abort())
             with contextlib.suppress(Exception):
                 await asyncio.shield(source.close())
+            con.close()
+            shutil.rmtree(temp, ignore_errors=True)
 
 
-def _after_cursor(  # noqa: PLR0917
-    rows: Batch,
-    index: int,
-    key: Callable[[Any], Any] | None,
-    start: Any,
-    max_key: Any,
-    max_value: Any,
-) -> tuple[Batch, Any, Any]:
-    """Rows past the start cursor, and the largest cursor value seen."""
-    if key is None:
-        # First run without an initial cursor: every row; the cursor's type
-        # comes from the values (numbers when they all parse as numbers).
-        key = _cursor_key(0)
-        assert key is not None
-        numeric = all(key(r[index]) is not None for r in rows if r[index] not in (None, ""))
-        if not numeric:
-            key = _cursor_key("")
-            assert key is not None
-        out = rows
-    else:
-        start_key = key(start)
-        out = []
-        for r in rows:
-            k = key(r[index])
-            if k is not None and k > start_key:
-                out.append(r)
-    for r in out:
-        k = key(r[index])
-        if k is not None and (max_key is None or _gt(k, max_key)):
-            max_key = k
-            max_value = k
-    return out, max_key, max_value
+# ---- helpers ------------------------------------------------------------------------------
 
 
-def _gt(a: Any, b: Any) -> bool:
-    try:
-        return bool(a > b)
-    except TypeError:
-        return str(a) > str(b)
+def _used(plan: _Plan) -> set[str]:
+    """Physical columns the plan reads or writes out."""
+    used = {plan.layout.phys[c] for c in plan.layout.cols}
+    for seg in plan.segments:
+        used |= seg.uses if isinstance(seg, Chain) else set(seg.columns)
+    return used
+
+
+def _layout(
+    columns: Sequence[str], first: SourceBatch | None, known: dict[str, str] | None = None
+) -> Layout:
+    kinds = dict(known) if known else {c: "string" for c in columns}
+    if first is not None:
+        schema = first.table.schema
+        for c in columns:
+            if c in schema.names:
+                kinds[c] = kind_of(schema.field(c))
+    return Layout(list(columns), {c: f"_{i}" for i, c in enumerate(columns)}, kinds)
+
+
+def _physical(table: pa.Table, layout: Layout) -> pa.Table:
+    cols = [c for c in layout.cols if c in table.column_names]
+    return table.select(cols).rename_columns([layout.phys[c] for c in cols])
+
+
+def _raw_row(columns: Sequence[str], raw: Any) -> dict[str, Any]:
+    from datamcp.core.pipelines.frame import json_safe
+
+    if isinstance(raw, dict):
+        return {str(k): json_safe(v) for k, v in raw.items()}
+    values = list(raw)
+    out = {c: json_safe(v) for c, v in zip(columns, values, strict=False)}
+    if len(values) > len(columns):
+        out["_extra"] = [json_safe(v) for v in values[len(columns) :]]
+    return out
+
+
+def _rows(plan: _Plan, tables: list[pa.Table], engine: Engine) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for t in tables:
+        out = engine._output(plan, t)
+        rows += [list(r.values()) for r in out.to_pylist()]
+    return rows

@@ -7,14 +7,20 @@ the previous run's last one.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pyarrow as pa
+
 from datamcp.core.events.bus import EventBus
 from datamcp.core.events.model import Event, EventFilter
+from datamcp.core.pipelines.frame import field, json_text
 from datamcp.core.pipelines.ports import ReadContext, SourceBatch
 
 COLUMNS = ["seq", "id", "type", "source", "subject", "time", "correlation_id", "data"]
+KINDS = ["integer", "string", "string", "string", "string", "timestamp", "string", "json"]
+SCHEMA = pa.schema([field(c, k) for c, k in zip(COLUMNS, KINDS, strict=True)])
 
 
 class EventSource:
@@ -23,10 +29,6 @@ class EventSource:
         self.filter = EventFilter.build(options["types"], options["source"], options["subject"])
         self.ctx = ctx
         self._events: AsyncIterator[Event] | None = None
-
-    @property
-    def text_columns(self) -> frozenset[str]:
-        return frozenset()
 
     async def open(self) -> list[str]:
         start = 0
@@ -40,15 +42,16 @@ class EventSource:
             return None
         rows: list[list[Any]] = []
         async for e in self._events:
-            rows.append(
-                [e.seq, e.id, e.type, e.source, e.subject, e.time, e.correlation_id, e.data]
-            )
+            data = None if e.data is None else json_text(e.data)
+            when = dt.datetime.fromtimestamp(e.time, dt.UTC)
+            rows.append([e.seq, e.id, e.type, e.source, e.subject, when, e.correlation_id, data])
             if len(rows) >= size:
                 break
         if not rows:
             self._events = None
             return None
-        return SourceBatch(rows)
+        columns = [pa.array([r[i] for r in rows], f.type) for i, f in enumerate(SCHEMA)]
+        return SourceBatch(pa.Table.from_arrays(columns, schema=SCHEMA))
 
     async def close(self) -> None:
         events, self._events = self._events, None

@@ -7,9 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import pyarrow as pa
+
 from datamcp.core.errors import FieldViolation
 from datamcp.core.pipelines.model import Pipeline, Reject, Run, RunState
-from datamcp.core.pipelines.rows import Batch
 from datamcp.core.pipelines.spec import Part, PipelineSpec
 
 
@@ -30,9 +31,10 @@ class PermanentError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SourceBatch:
-    rows: Batch
-    rejects: list[tuple[list[Any], str, int]] = field(default_factory=list)
-    """Rows the source could not parse: (raw values, reason, row number)."""
+    table: pa.Table
+    """Rows as Arrow columns; a column's type is the same in every batch."""
+    rejects: list[tuple[Any, str, int]] = field(default_factory=list)
+    """Rows the source could not read: (raw values or mapping, reason, row number)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +50,8 @@ class Source(Protocol):
         """Start reading; returns the column names."""
         ...
 
-    @property
-    def text_columns(self) -> frozenset[str]:
-        """Columns whose values are always strings (CSV), for fast casts."""
-        ...
-
     async def read(self, size: int) -> SourceBatch | None:
-        """Up to ``size`` rows (lists in column order); None at the end."""
+        """About ``size`` rows; None at the end."""
         ...
 
     async def close(self) -> None: ...
@@ -63,12 +60,13 @@ class Source(Protocol):
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     written: int
-    rejects: list[tuple[list[Any], str]] = field(default_factory=list)
+    rejects: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    """Rows the destination refused: (row, reason)."""
 
 
 class Destination(Protocol):
     async def open(self, columns: Sequence[str], types: Sequence[str]) -> None:
-        """Prepare to write rows of these columns (types as inferred).
+        """Prepare to write rows of these columns and pipeline types.
 
         Raises:
             PermanentError: reason ``SCHEMA_FROZEN`` when the table lacks columns
@@ -76,7 +74,7 @@ class Destination(Protocol):
         """
         ...
 
-    async def write(self, rows: Batch) -> WriteResult:
+    async def write(self, table: pa.Table) -> WriteResult:
         """Write a batch (not yet visible to readers)."""
         ...
 

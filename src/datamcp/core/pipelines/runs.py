@@ -24,6 +24,7 @@ from datamcp.core.events.bus import EventBus
 from datamcp.core.events.model import Event
 from datamcp.core.instances import is_gone
 from datamcp.core.pipelines.engine import Engine, Progress, RejectLimit
+from datamcp.core.pipelines.incremental import start_cursor
 from datamcp.core.pipelines.model import Pipeline, Reject, Run, RunError, RunState
 from datamcp.core.pipelines.ports import PermanentError, ReadContext, TransientError
 from datamcp.core.ports import UnitOfWork, UnitOfWorkFactory, Write, WriteOp
@@ -242,7 +243,7 @@ class RunManager:
                         run.tenant,
                         {**spec.params, **run.params},
                         str(spec.incremental["column"]) if spec.incremental else "",
-                        _start_cursor(pipeline),
+                        start_cursor(pipeline),
                     )
                     try:
                         left = deadline - time.monotonic()
@@ -484,14 +485,6 @@ class RunManager:
 
 def _snapshot(run: Run) -> Run:
     return replace(run, stages=[replace(s) for s in run.stages], params=dict(run.params))
-
-
-def _start_cursor(pipeline: Pipeline) -> Any:
-    if pipeline.spec.incremental is None:
-        return None
-    if pipeline.cursor is not None:
-        return pipeline.cursor
-    return pipeline.spec.incremental.get("initial")
 
 
 def _describe(exc: BaseException, attempts: int) -> str:

@@ -8,7 +8,7 @@ durable subscription per pipeline, shared by the replicas).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import hashlib
 import logging
 import time
 import uuid
@@ -16,26 +16,29 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from croniter import croniter
-
 from datamcp.core import paging
 from datamcp.core.background import cancel_and_wait
 from datamcp.core.errors import (
     AlreadyExists,
     Conflict,
-    DataMCPError,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
 )
 from datamcp.core.events.api import EventsApi
-from datamcp.core.events.consumer import Consumer
 from datamcp.core.events.model import Event, EventFilter
 from datamcp.core.events.router import Action
+from datamcp.core.pipelines.frame import json_safe
+from datamcp.core.pipelines.limits import (
+    MAX_DESCRIPTION,
+    check_id,
+    check_json,
+    shorten,
+    text_problem,
+)
 from datamcp.core.pipelines.model import Pipeline, Reject, Run, RunState, Trigger, run_id_for
 from datamcp.core.pipelines.ports import Connectors, PermanentError, ReadContext, TransientError
-from datamcp.core.pipelines.rows import json_safe
 from datamcp.core.pipelines.runs import RunManager, new_run_id
 from datamcp.core.pipelines.spec import (
     NAME_HELP,
@@ -46,6 +49,7 @@ from datamcp.core.pipelines.spec import (
     parse_document,
     parse_spec,
 )
+from datamcp.core.pipelines.triggers import EventTriggers, fire_due, next_fire
 from datamcp.core.ports import UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
@@ -53,7 +57,6 @@ log = logging.getLogger(__name__)
 RUN_ACTION = "pipeline.run"
 MAX_PREVIEW = 1000
 MAX_REJECTS_PAGE = 1000
-_MAX_TRIGGERS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +95,6 @@ class ValidationResult:
     rejects: list[Reject] | None = None
 
 
-def next_fire(schedule: str, after: float) -> float | None:
-    if not schedule:
-        return None
-    return float(croniter(schedule, after).get_next(float))
-
-
 class PipelineService:
     def __init__(
         self,
@@ -118,23 +115,19 @@ class PipelineService:
         self._trigger_refresh = trigger_refresh
         self._clock = clock
         self._scheduler: asyncio.Task[None] | None = None
-        self._triggers: dict[str, tuple[str, asyncio.Task[None], list[Consumer]]] = {}
+        self.triggers = EventTriggers(uow, events, self._run_for_event)
 
     # ---- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
         await self.runs.start()
+        self.triggers.started = True
         self._scheduler = asyncio.create_task(self._schedule_loop(), name="pipeline-scheduler")
 
     async def stop(self) -> None:
         await cancel_and_wait(self._scheduler)
         self._scheduler = None
-        for _key, task, consumers in list(self._triggers.values()):
-            await cancel_and_wait(task)
-            for c in consumers:
-                with contextlib.suppress(Exception):
-                    await c.close()
-        self._triggers.clear()
+        await self.triggers.stop()
         await self.runs.stop()
 
     # ---- declaring -----------------------------------------------------------------
@@ -158,6 +151,7 @@ class PipelineService:
             problems.append(FieldViolation("name", "required: " + NAME_HELP))
         elif not NAME_RE.match(doc.name):
             problems.append(FieldViolation("name", NAME_HELP))
+        problems += _description_problems(doc.description)
         problems += self.connectors.check(doc.spec)
         if problems:
             raise InvalidArgument("invalid pipeline", problems, reason="INVALID_PIPELINE")
@@ -182,16 +176,17 @@ class PipelineService:
                 f"a pipeline named {doc.name!r} exists; update it or pick another name",
                 reason="PIPELINE_EXISTS",
             )
-        await self._sync_triggers(pipeline)
+        await self.triggers.sync(pipeline)
         return pipeline
 
-    async def get(self, tenant: str, id_or_name: str) -> Pipeline:
-        if not id_or_name:
-            raise InvalidArgument("id is required", [FieldViolation("id", "pipeline id or name")])
+    async def get(self, tenant: str, id_or_name: str, field: str = "id") -> Pipeline:
+        check_id(id_or_name, field)
         async with self._uow() as tx:
             pipeline = await tx.pipelines.get_pipeline(tenant, id_or_name)
         if pipeline is None:
-            raise NotFound(f"pipeline {id_or_name!r} not found", reason="PIPELINE_NOT_FOUND")
+            raise NotFound(
+                f"pipeline {shorten(id_or_name)!r} not found", reason="PIPELINE_NOT_FOUND"
+            )
         return pipeline
 
     async def list_pipelines(
@@ -217,6 +212,14 @@ class PipelineService:
     ) -> Pipeline:
         current = await self.get(tenant, id_or_name)
         doc = definition.document(current.name, description or current.description)
+        problems = _description_problems(doc.description)
+        if problems:
+            raise InvalidArgument("invalid description", problems, reason="INVALID_PIPELINE")
+        if expected_version < 0:
+            raise InvalidArgument(
+                "invalid expected_version",
+                [FieldViolation("expected_version", "a version number (0 = any)")],
+            )
         if doc.name != current.name:
             raise InvalidArgument(
                 "a pipeline cannot be renamed",
@@ -246,7 +249,7 @@ class PipelineService:
             raise Conflict(
                 f"pipeline {current.name} changed meanwhile; read it again and retry",
             )
-        await self._sync_triggers(updated)
+        await self.triggers.sync(updated)
         return updated
 
     async def delete(self, tenant: str, id_or_name: str) -> None:
@@ -259,7 +262,7 @@ class PipelineService:
                 )
             await tx.pipelines.delete_pipeline(tenant, pipeline.id)
             await tx.commit()
-        await self._drop_trigger(pipeline.id, tenant)
+        await self.triggers.drop(pipeline.id, tenant)
 
     async def validate(
         self,
@@ -276,6 +279,8 @@ class PipelineService:
             raise InvalidArgument(
                 "invalid preview_rows", [FieldViolation("preview_rows", f"0 to {MAX_PREVIEW}")]
             )
+        if params is not None:
+            check_json(dict(params), "params")
         try:
             doc = definition.document()
         except InvalidArgument as exc:
@@ -311,10 +316,10 @@ class PipelineService:
         trigger: str = Trigger.MANUAL,
     ) -> tuple[Run, bool]:
         """Start a run; the same ``request_id`` always names the same run."""
-        if len(request_id) > 128:
-            raise InvalidArgument(
-                "request_id too long", [FieldViolation("request_id", "at most 128 characters")]
-            )
+        check_id(request_id, "request_id", required=False)
+        check_id(correlation_id, "correlation_id", required=False)
+        if params is not None:
+            check_json(dict(params), "params")
         pipeline = await self.get(tenant, id_or_name)
         run_id = run_id_for(tenant, request_id) if request_id else new_run_id()
         return await self.runs.submit(
@@ -334,6 +339,7 @@ class PipelineService:
                 "invalid reject_limit",
                 [FieldViolation("reject_limit", f"0 to {MAX_REJECTS_PAGE}")],
             )
+        check_id(run_id, "id")
         run = await self.runs.get(tenant, run_id)
         rejects: list[Reject] = []
         if reject_limit:
@@ -352,7 +358,7 @@ class PipelineService:
     ) -> tuple[list[Run], str]:
         size = paging.page_size(page_size)
         before = paging.keyset(page_token)
-        pipeline_id = (await self.get(tenant, pipeline)).id if pipeline else ""
+        pipeline_id = (await self.get(tenant, pipeline, "pipeline")).id if pipeline else ""
         async with self._uow() as tx:
             rows = await tx.pipelines.page_runs(
                 tenant, pipeline_id=pipeline_id, states=states, before=before, limit=size + 1
@@ -364,9 +370,11 @@ class PipelineService:
         return rows[:size], token
 
     async def cancel_run(self, tenant: str, run_id: str) -> Run:
+        check_id(run_id, "id")
         return await self.runs.cancel(tenant, run_id)
 
     def watch_run(self, tenant: str, run_id: str) -> AsyncIterator[Run]:
+        check_id(run_id, "id")
         return self.runs.watch(tenant, run_id)
 
     async def run_to_end(
@@ -386,7 +394,7 @@ class PipelineService:
                 await self.fire_due()
                 if time.monotonic() - last_refresh >= self._trigger_refresh:
                     last_refresh = time.monotonic()
-                    await self._refresh_triggers()
+                    await self.triggers.refresh()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -395,126 +403,25 @@ class PipelineService:
 
     async def fire_due(self) -> int:
         """Start a run for every due schedule slot this replica claims."""
-        now = self._clock()
-        async with self._uow() as tx:
-            due = await tx.pipelines.due_pipelines(now, 100)
-        fired = 0
-        for pipeline in due:
-            slot = pipeline.next_fire_at
-            assert slot is not None
-            following = next_fire(pipeline.spec.schedule, max(slot, now))
-            async with self._uow() as tx:
-                claimed = await tx.pipelines.claim_slot(pipeline.id, slot, following or 0.0)
-                await tx.commit()
-            if not claimed:
-                continue
-            try:
-                await self.runs.submit(
-                    pipeline,
-                    params={},
-                    trigger=Trigger.SCHEDULE,
-                    request_id=f"schedule:{slot:.3f}",
-                    correlation_id="",
-                    run_id=run_id_for(pipeline.tenant, f"schedule:{pipeline.id}:{slot:.3f}"),
-                )
-                fired += 1
-            except DataMCPError as exc:
-                log.warning(
-                    "scheduled run skipped",
-                    extra={"pipeline_id": pipeline.id, "reason": exc.reason, "error": exc.message},
-                )
-        return fired
-
-    # ---- event triggers ---------------------------------------------------------------
-
-    async def _refresh_triggers(self) -> None:
-        async with self._uow() as tx:
-            pipelines = await tx.pipelines.triggered_pipelines()
-        wanted = {p.id for p in pipelines}
-        for pid in list(self._triggers):
-            if pid not in wanted:
-                await self._drop_trigger(pid)
-        for p in pipelines:
-            await self._sync_triggers(p)
-
-    def _trigger_key(self, pipeline: Pipeline) -> str:
-        return repr([dict(t) for t in pipeline.spec.triggers])
-
-    async def _sync_triggers(self, pipeline: Pipeline) -> None:
-        if self._scheduler is None:
-            return  # not started (a CLI or a test of the core): no consumers
-        current = self._triggers.get(pipeline.id)
-        key = self._trigger_key(pipeline)
-        if current is not None and current[0] == key:
-            return
-        await self._drop_trigger(pipeline.id)
-        if not pipeline.spec.triggers:
-            return
-        consumers = []
-        for n, flt in enumerate(pipeline.spec.trigger_filters()):
-            name = f"pipeline:{pipeline.id}:{n}"
-            try:
-                consumer = await self._events.open_consumer(pipeline.tenant, name, flt)
-            except FailedPrecondition:  # the spec's filter changed: start afresh
-                with contextlib.suppress(NotFound):
-                    await self._events.subscriptions.delete(pipeline.tenant, name)
-                consumer = await self._events.open_consumer(pipeline.tenant, name, flt)
-            consumers.append(consumer)
-        for n in range(len(pipeline.spec.triggers), _MAX_TRIGGERS):
-            with contextlib.suppress(NotFound):  # triggers removed by an update
-                await self._events.subscriptions.delete(
-                    pipeline.tenant, f"pipeline:{pipeline.id}:{n}"
-                )
-        task = asyncio.create_task(
-            self._trigger_loop(pipeline.id, consumers), name=f"pipeline-trigger:{pipeline.id}"
-        )
-        self._triggers[pipeline.id] = (key, task, consumers)
-
-    async def _drop_trigger(self, pipeline_id: str, tenant: str = "") -> None:
-        """Stop consuming; with ``tenant`` (a deleted pipeline) also delete the
-        subscriptions so they hold no events back from retention."""
-        current = self._triggers.pop(pipeline_id, None)
-        if current is not None:
-            _key, task, consumers = current
-            await cancel_and_wait(task)
-            for c in consumers:
-                with contextlib.suppress(Exception):
-                    await c.close()
-        if tenant:
-            for n in range(_MAX_TRIGGERS):
-                with contextlib.suppress(NotFound):
-                    await self._events.subscriptions.delete(tenant, f"pipeline:{pipeline_id}:{n}")
-
-    async def _trigger_loop(self, pipeline_id: str, consumers: list[Consumer]) -> None:
-        await asyncio.gather(*(self._consume(pipeline_id, c) for c in consumers))
-
-    async def _consume(self, pipeline_id: str, consumer: Consumer) -> None:
-        while True:
-            try:
-                async for delivery in consumer.deliveries():
-                    event = delivery.event
-                    try:
-                        await self._run_for_event(pipeline_id, event, {})
-                    except FailedPrecondition as exc:
-                        await consumer.nack(event.seq, exc.message, retry_after=5.0)
-                    except Exception as exc:
-                        await consumer.nack(event.seq, f"{type(exc).__name__}: {exc}")
-                    else:
-                        await consumer.ack([event.seq])
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("pipeline trigger loop failed; retrying", exc_info=True)
-                await asyncio.sleep(1.0)
+        return await fire_due(self._uow, self.runs, self._clock())
 
     async def _run_for_event(self, pipeline: str, event: Event, params: Mapping[str, Any]) -> Run:
         merged = {**({"event": event.data} if event.data is not None else {}), **params}
+        request_id = f"event:{pipeline}:{event.id}"
+        if len(request_id) > 128 or text_problem(request_id) is not None:
+            # One run per (pipeline, event) still: a digest, never a cut
+            # (two long ids sharing a prefix are two events).
+            digest = hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest()
+            request_id = f"event:{digest}"
+        correlation_id = event.correlation_id or event.id
+        if text_problem(correlation_id, limit=128) is not None:
+            correlation_id = ""
         run, _ = await self.run(
             event.tenant,
             pipeline,
             params=merged,
-            request_id=f"event:{pipeline}:{event.id}"[:128],
-            correlation_id=event.correlation_id or event.id,
+            request_id=request_id,
+            correlation_id=correlation_id,
             trigger=Trigger.EVENT,
         )
         return run
@@ -539,6 +446,11 @@ class PipelineService:
             "runs_cancelled": float(r.cancelled),
             "rows_written": float(r.rows_written),
         }
+
+
+def _description_problems(description: str) -> list[FieldViolation]:
+    problem = text_problem(description, limit=MAX_DESCRIPTION, control=True)
+    return [] if problem is None else [FieldViolation("description", problem)]
 
 
 class AgentPort:

@@ -11,6 +11,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from datamcp.core.errors import FieldViolation, InvalidArgument
 from datamcp.core.pipelines.model import Pipeline, Reject, Run
 from datamcp.core.pipelines.service import Definition
 from datamcp.core.pipelines.spec import PipelineSpec
@@ -39,11 +40,42 @@ def _ints(value: Any) -> Any:
     return value
 
 
+_MAX_DURATION_SECONDS = 315_576_000_000  # google.protobuf.Duration's own range
+
+
+def _seconds(duration: Any, field: str) -> float:
+    """A Duration as seconds, refusing what the Duration type itself does not
+    allow (out of range, seconds and nanos of opposite signs)."""
+    s, n = duration.seconds, duration.nanos
+    if (
+        abs(s) > _MAX_DURATION_SECONDS
+        or abs(n) >= 1_000_000_000
+        or (s and n and (s > 0) != (n > 0))
+    ):
+        raise InvalidArgument(
+            f"invalid {field}",
+            [FieldViolation(field, "not a valid google.protobuf.Duration")],
+            reason="INVALID_PIPELINE",
+        )
+    return float(s + n / 1e9)
+
+
 def spec_to_data(message: pb.PipelineSpec) -> dict[str, Any]:
-    data: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    timeout = _seconds(message.timeout, "spec.timeout") if message.HasField("timeout") else None
+    probe = pb.PipelineSpec()
+    probe.CopyFrom(message)
+    probe.ClearField("timeout")
+    try:
+        data: dict[str, Any] = json_format.MessageToDict(probe, preserving_proto_field_name=True)
+    except (json_format.Error, ValueError):  # NaN/Infinity in a Struct, ...
+        raise InvalidArgument(
+            "invalid spec",
+            [FieldViolation("spec", "values must be JSON: no NaN or Infinity")],
+            reason="INVALID_PIPELINE",
+        ) from None
     data = _ints(data)
-    if "timeout" in data:
-        data["timeout"] = message.timeout.ToNanoseconds() / 1e9
+    if timeout is not None:
+        data["timeout"] = timeout
     for key in ("max_rejects",):
         if key in data:
             data[key] = int(data[key])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,13 @@ from datamcp.core.agents.manager.policy import TaskPolicy
 from datamcp.core.agents.manager.recording import TaskRecorder
 from datamcp.core.agents.model import Task, TaskError, TaskState
 from datamcp.core.agents.registry import AgentSlot
-from datamcp.core.errors import DataMCPError, DeadlineExceeded, ResourceExhausted, Unavailable
+from datamcp.core.errors import (
+    DataMCPError,
+    DeadlineExceeded,
+    ResourceExhausted,
+    Unavailable,
+    clip,
+)
 from datamcp.core.resilience import RetryPolicy
 
 if TYPE_CHECKING:
@@ -36,6 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _Outcome = tuple[TaskState, Any, TaskError | None]
+_REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+#: Longest error message kept from an agent.
+MAX_ERROR_MESSAGE = 2000
 #: Task errors that are not the running agent's fault: they never count
 #: against its health (the callee's, a disconnect, the caller's own input).
 _NOT_AGENT_FAULTS = ("AGENT_DISCONNECTED", "CALL_")
@@ -233,7 +243,10 @@ class TaskRunner:
     def _task_error(self, exc: BaseException, live: LiveTask) -> TaskError:
         if isinstance(exc, AgentError):
             return TaskError(
-                exc.reason, str(exc), exc.retryable, caller_fault=isinstance(exc, TaskRefused)
+                agent_reason(exc.reason),
+                clip(str(exc), MAX_ERROR_MESSAGE),
+                exc.retryable,
+                caller_fault=isinstance(exc, TaskRefused),
             )
         if isinstance(exc, DataMCPError):  # from a service the agent called for the caller
             outage = isinstance(exc, Unavailable | DeadlineExceeded | ResourceExhausted)
@@ -246,7 +259,7 @@ class TaskRunner:
             extra={"task_id": live.task.id, "agent_id": live.task.agent_id},
             exc_info=exc,
         )
-        return TaskError("AGENT_ERROR", f"{type(exc).__name__}: {exc}")
+        return TaskError("AGENT_ERROR", clip(f"{type(exc).__name__}: {exc}", MAX_ERROR_MESSAGE))
 
     # --- retries --------------------------------------------------------------------
 
@@ -346,6 +359,12 @@ def result_outcome(value: Any) -> tuple[_Outcome, str | None]:
         error = TaskError("BAD_RESULT", f"the agent's result is not JSON: {exc}")
         return (TaskState.FAILED, None, error), None
     return (TaskState.SUCCEEDED, value, None), encoded
+
+
+def agent_reason(reason: str) -> str:
+    """An agent's failure reason as stored: an UPPER_SNAKE code of at most
+    64 characters (anything else an agent sends becomes AGENT_ERROR)."""
+    return reason if _REASON.fullmatch(reason) else "AGENT_ERROR"
 
 
 def timeout_error(task: Task) -> TaskError:

@@ -16,7 +16,15 @@ from datamcp.core.agents.manager.policy import MAX_PRIORITY, MIN_PRIORITY, TaskP
 from datamcp.core.agents.manager.queries import TaskQueries
 from datamcp.core.agents.manager.recording import TaskRecorder, log_failure
 from datamcp.core.agents.manager.running import TaskRunner
-from datamcp.core.agents.model import Task, TaskSpec, TaskState, task_id_for
+from datamcp.core.agents.model import (
+    MAX_ID,
+    MAX_NAME,
+    Task,
+    TaskSpec,
+    TaskState,
+    task_id_for,
+    text_problem,
+)
 from datamcp.core.agents.registry import AgentRegistry, AgentSlot
 from datamcp.core.agents.schema import SchemaCache
 from datamcp.core.errors import (
@@ -37,6 +45,14 @@ class Checked:
     capability: str
     #: The input as compact JSON (stored as is).
     input_json: str | None
+
+
+def _plain(spec: TaskSpec) -> bool:
+    """Whether the names to route by are worth looking up at all."""
+    return (
+        text_problem(spec.capability, MAX_NAME) is None
+        and text_problem(spec.agent_id, MAX_NAME) is None
+    )
 
 
 class TaskValidator:
@@ -68,11 +84,17 @@ class TaskValidator:
         """
         p = self._policy
         bad: list[FieldViolation] = []
-        capability, cap = self._capability(tenant, spec, bad)
+        capability, cap = self._capability(tenant, spec, bad) if _plain(spec) else ("", None)
         if not MIN_PRIORITY <= spec.priority <= MAX_PRIORITY:
             bad.append(FieldViolation("task.priority", f"{MIN_PRIORITY} to {MAX_PRIORITY}"))
-        if len(spec.request_id) > 128:
-            bad.append(FieldViolation("task.request_id", "at most 128 characters"))
+        for name, value, limit in (
+            ("task.capability", spec.capability, MAX_NAME),
+            ("task.agent_id", spec.agent_id, MAX_NAME),
+            ("task.request_id", spec.request_id, MAX_ID),
+            ("task.correlation_id", spec.correlation_id, MAX_ID),
+        ):
+            if (problem := text_problem(value, limit)) is not None:
+                bad.append(FieldViolation(name, problem))
         if spec.max_attempts < 0 or spec.max_attempts > 100:
             bad.append(FieldViolation("task.max_attempts", "0 (default) to 100"))
         if spec.timeout is None:

@@ -1,0 +1,23 @@
+"""``drop: [col, ...]``: removes these columns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from datamcp.core.pipelines.checker import Checker
+from datamcp.core.pipelines.plan import PlanBuilder
+from datamcp.core.pipelines.transforms import select
+
+KIND = "drop"
+
+
+def parse(c: Checker, o: Any, path: str) -> dict[str, Any] | None:
+    return select.parse(c, o, path)
+
+
+def build(b: PlanBuilder, o: Mapping[str, Any], path: str) -> None:
+    b.need(o["columns"], f"{path}.columns")
+    gone = set(o["columns"])
+    b.stage(path)
+    b.layout.cols = [c for c in b.layout.cols if c not in gone]
