@@ -451,7 +451,11 @@ async def test_list_pages_are_bounded_by_bytes(tmp_path: Path, database_url: str
             )
         for delivery in await sub.take(20):
             await sub.nack(delivery.event.sequence, "too big to handle")
-        await asyncio.sleep(0.5)
+        for _ in range(100):  # the nacks are applied as the stream reads them
+            subs = await events.ListSubscriptions(events_pb2.ListSubscriptionsRequest())
+            if subs.subscriptions[0].dead_letters == 20:
+                break
+            await asyncio.sleep(0.1)
         sub.close()
         dead = await _pages(
             events.ListDeadLetters,

@@ -71,29 +71,12 @@ STREAM_TIMEOUT = 0.3
 #: databases it shows on: the fuzz run must still find it (strict), until
 #: that change fixes it. Each has its reproducer in EXAMPLES, so the
 #: fixed-seed run always meets it.
-KNOWN: dict[str, tuple[tuple[str, ...], str]] = {
-    **{
-        f"/datamcp.v1.PipelineService/{name}": (
-            ("sqlite", "postgresql"),
-            "pipelines: a malformed or out-of-range spec.timeout Duration, or NaN/Infinity in "
-            "spec.params, answers INTERNAL (pipeline_convert.spec_to_data)",
-        )
-        for name in ("CreatePipeline", "UpdatePipeline", "ValidatePipeline")
-    },
-    **{
-        f"/datamcp.v1.AgentService/{name}": (
-            ("postgresql",),
-            "agents: a task correlation_id over 128 characters is not refused at the edge; "
-            "PostgreSQL refuses the row (VARCHAR(128)) and the call answers INTERNAL",
-        )
-        for name in ("ExecuteTask", "SubmitTask")
-    },
-}
+KNOWN: dict[str, tuple[tuple[str, ...], str]] = {}
 
 
 def _examples() -> dict[str, list[Message]]:
     """Requests every run sends (hypothesis explicit examples): the defects
-    found so far, so they stay found."""
+    found so far (the issue's and this test's), so they stay fixed."""
     nan_params = struct_pb2.Struct()
     nan_params.fields["p"].number_value = float("nan")
     bad_timeouts = [
