@@ -113,6 +113,13 @@ FIELDS: tuple[Field, ...] = (
     Field("events.max_attempts", "int", 5, "default deliveries before dead-lettering"),
     Field("events.visibility_timeout", "float", 30.0, "default seconds a delivery is leased"),
     Field(
+        "events.poll_interval",
+        "float",
+        0.25,
+        "seconds between a consumer's store reads when nothing woke it (commits here, and "
+        "on PostgreSQL in other replicas, wake it at once; this catches retries coming due)",
+    ),
+    Field(
         "events.triggers",
         "json",
         [],

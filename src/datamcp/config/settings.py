@@ -132,6 +132,7 @@ class EventSettings:
     retention_count: int = 0
     max_attempts: int = 5
     visibility_timeout: float = 30.0
+    poll_interval: float = 0.25
     triggers: tuple[Mapping[str, Any], ...] = ()
     brokers: tuple[Mapping[str, Any], ...] = ()
 
@@ -487,6 +488,7 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             retention_count=r.number("events.retention_count", 0, int),
             max_attempts=r.number("events.max_attempts", 1, int),
             visibility_timeout=r.number("events.visibility_timeout", 0.01),
+            poll_interval=r.number("events.poll_interval", 0.01),
             triggers=_tables(r, "events.triggers"),
             brokers=_brokers(r),
         ),

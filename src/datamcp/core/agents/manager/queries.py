@@ -18,9 +18,11 @@ from datamcp.core.agents.manager.running import TaskRunner, cancelled_error
 from datamcp.core.agents.model import Task, TaskState
 from datamcp.core.errors import FailedPrecondition, NotFound, clip
 from datamcp.core.ports import UnitOfWorkFactory
+from datamcp.core.signals import KeyedWaiters
 
-#: Seconds between store reads when following a task another process runs.
-WATCH_POLL = 0.5
+#: Seconds between store reads when following a task another process runs:
+#: slow while its changes are signalled, fast while signals may be missed.
+WATCH_POLL, WATCH_POLL_UNSIGNALLED = 5.0, 0.5
 
 
 class TaskQueries:
@@ -37,6 +39,7 @@ class TaskQueries:
         self._runner = runner
         self._recorder = recorder
         self._clock = clock
+        self._changes = KeyedWaiters(recorder.signals, "tasks")
 
     async def stored(self, tenant: str, task_id: str) -> Task | None:
         async with self._uow() as tx:
@@ -127,11 +130,15 @@ class TaskQueries:
         if live is None:
             task = await self.get(tenant, task_id)
             yield task
-            # Owned by another replica: follow it through the store.
+            # Owned by another process: follow it through the store, woken by
+            # its signals (the poll is the fallback).
             while not task.state.final:
-                await asyncio.sleep(WATCH_POLL)
-                task = await self.get(tenant, task_id)
-                yield task
+                every = self._changes.poll_interval(WATCH_POLL, WATCH_POLL_UNSIGNALLED)
+                await self._changes.wait(task_id, every)
+                fresh = await self.get(tenant, task_id)
+                if fresh != task:
+                    task = fresh
+                    yield task
             return
         queue: asyncio.Queue[Task] = asyncio.Queue()
         live.watchers.add(queue)

@@ -22,6 +22,7 @@ from datamcp.core.events.bus import EventBus, PublishResult
 from datamcp.core.events.model import Event
 from datamcp.core.ports import UnitOfWork, Write, WriteOp
 from datamcp.core.resilience import RetryPolicy
+from datamcp.core.signals import LocalSignals, Signals
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,17 @@ class TaskRecorder:
     """
 
     def __init__(
-        self, bus: EventBus, owner: str, retry: RetryPolicy, clock: Callable[[], float]
+        self,
+        bus: EventBus,
+        owner: str,
+        retry: RetryPolicy,
+        clock: Callable[[], float],
+        signals: Signals | None = None,
     ) -> None:
         self._bus = bus
         self._owner = owner
+        #: Watchers of a task in other processes hear of each stored change.
+        self.signals = signals or LocalSignals()
         self._retry = retry
         self._clock = clock
         self.insert_op = WriteOp("tasks.insert", 0, self._apply_insert)
@@ -49,7 +57,14 @@ class TaskRecorder:
     async def publish(
         self, events: Sequence[Event], writes: Sequence[Write] = ()
     ) -> list[PublishResult]:
-        return await self._bus.publish(events, writes)
+        """Commit task rows and events together; then tell other processes
+        which tasks changed."""
+        results = await self._bus.publish(events, writes)
+        changed = {w.item.id for w in writes if w.op in (self.insert_op, self.save_op)}
+        changed.update(e.subject for e in events if e.type.startswith("task.") and e.subject)
+        for task_id in changed:
+            self.signals.send("tasks", task_id)
+        return results
 
     def insert(self, task: Task) -> Write:
         """A new task's row, under this process."""
@@ -63,7 +78,7 @@ class TaskRecorder:
         """Store the task's current state (and its event) with the next commit,
         without waiting; watchers hear of it now."""
         events = [self.event(live.task, event_type, suffix)] if event_type else []
-        future = asyncio.ensure_future(self._bus.publish(events, [self.save(live.task)]))
+        future = asyncio.ensure_future(self.publish(events, [self.save(live.task)]))
         future.add_done_callback(log_failure)
         live.notify()
 

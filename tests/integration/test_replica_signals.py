@@ -1,0 +1,75 @@
+"""Replicas on one PostgreSQL database wake each other: a commit on one
+reaches consumers and watchers on another by push (LISTEN/NOTIFY), not by
+their fallback poll, which these tests set far longer than they allow."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from datamcp.v1 import agents_pb2, agents_pb2_grpc, events_pb2, events_pb2_grpc
+from tests.agent_plugins import PLUGINS
+from tests.events_client import Subscriber, cloud_event
+from tests.integration.test_agents import spec
+from tests.support import make_settings, running_server
+
+#: Fallback poll of consumers: a delivery faster than this came by push.
+SLOW_POLL = 10.0
+
+
+@pytest.mark.pg
+async def test_a_publish_on_one_replica_wakes_a_consumer_on_another(
+    tmp_path: Path, pg_database: str
+) -> None:
+    settings = {"events.poll_interval": SLOW_POLL}
+    async with (
+        running_server(make_settings(tmp_path / "a", pg_database, **settings)) as one,
+        running_server(make_settings(tmp_path / "b", pg_database, **settings)) as two,
+        one.channel() as ch1,
+        two.channel() as ch2,
+    ):
+        sub = Subscriber(ch2)
+        await sub.open("orders", ["order.*"], credits=10)
+        await asyncio.sleep(0.5)  # the consumer's first look is done: now it waits
+        stub = events_pb2_grpc.EventServiceStub(ch1)
+        for i in range(5):
+            started = time.monotonic()
+            await stub.Publish(
+                events_pb2.PublishRequest(event=cloud_event("order.placed", f"o{i}", {"i": i}))
+            )
+            delivery = await sub.next(timeout=SLOW_POLL / 2)
+            assert delivery.event.subject == f"o{i}"
+            assert time.monotonic() - started < SLOW_POLL / 2
+            await sub.ack(delivery.event.sequence)
+        sub.close()
+
+
+@pytest.mark.pg
+async def test_watch_task_on_another_replica_follows_by_push(
+    tmp_path: Path, pg_database: str
+) -> None:
+    settings = {"agents.plugins": PLUGINS, "rate_limit.enabled": False}
+    async with (
+        running_server(make_settings(tmp_path / "a", pg_database, **settings)) as one,
+        running_server(make_settings(tmp_path / "b", pg_database, **settings)) as two,
+        one.channel() as ch1,
+        two.channel() as ch2,
+    ):
+        submit = agents_pb2_grpc.AgentServiceStub(ch1)
+        watch = agents_pb2_grpc.AgentServiceStub(ch2)
+        started = time.monotonic()
+        task = (
+            await submit.SubmitTask(
+                agents_pb2.SubmitTaskRequest(task=spec("test.slow", {"seconds": 1.0}))
+            )
+        ).task
+        states = []
+        async for update in watch.WatchTask(agents_pb2.WatchTaskRequest(id=task.id), timeout=20):
+            states.append(update.task.state)
+        elapsed = time.monotonic() - started
+    assert states[-1] == agents_pb2.TASK_STATE_SUCCEEDED
+    # The watcher's fallback poll is 5 s: the end came by push.
+    assert elapsed < 1.0 + 2.5, states
