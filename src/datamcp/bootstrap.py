@@ -238,6 +238,8 @@ class App:
     async def start(self) -> None:
         """Start background work (the event writer, retention, triggers)."""
         await self.signals.start()
+        if self.limiter is not None and not isinstance(self.signals, LocalSignals):
+            await self.limiter.share(self.signals)  # quotas hold mesh-wide
         await self.events.bus.start()
         await self.memory.start()
         await self.agents.start()
@@ -273,6 +275,8 @@ class App:
         if self.agents.queued_tasks.queue is not None:
             await self.agents.queued_tasks.queue.close()
         await self.events.bus.stop()
+        if self.limiter is not None:
+            await self.limiter.close()
         await self.signals.stop()
         # The database may be the very reason we are stopping.
         with contextlib.suppress(Exception):

@@ -8,13 +8,21 @@ import asyncio
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
-from datamcp.v1 import agents_pb2, agents_pb2_grpc, events_pb2, events_pb2_grpc
+from datamcp.v1 import (
+    agents_pb2,
+    agents_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+    health_pb2,
+    health_pb2_grpc,
+)
 from tests.agent_plugins import PLUGINS
 from tests.events_client import Subscriber, cloud_event
 from tests.integration.test_agents import spec
-from tests.support import make_settings, running_server
+from tests.support import API_KEY, apikey, auth_overrides, make_settings, running_server
 
 #: Fallback poll of consumers: a delivery faster than this came by push.
 SLOW_POLL = 10.0
@@ -73,3 +81,32 @@ async def test_watch_task_on_another_replica_follows_by_push(
     assert states[-1] == agents_pb2.TASK_STATE_SUCCEEDED
     # The watcher's fallback poll is 5 s: the end came by push.
     assert elapsed < 1.0 + 2.5, states
+
+
+@pytest.mark.pg
+async def test_a_rate_limit_holds_across_replicas(tmp_path: Path, pg_database: str) -> None:
+    """One principal calling two replicas in turn gets one quota, not two."""
+    rate, burst, seconds = 20.0, 10, 3.0
+    settings = {**auth_overrides(), "rate_limit.rate": rate, "rate_limit.burst": burst}
+    admitted = 0
+    async with (
+        running_server(make_settings(tmp_path / "a", pg_database, **settings)) as one,
+        running_server(make_settings(tmp_path / "b", pg_database, **settings)) as two,
+        one.channel() as ch1,
+        two.channel() as ch2,
+    ):
+        stubs = [health_pb2_grpc.HealthServiceStub(ch) for ch in (ch1, ch2)]
+        request = health_pb2.GetHealthReportRequest()
+        end = time.monotonic() + seconds
+        calls = 0
+        while time.monotonic() < end:
+            try:
+                await stubs[calls % 2].GetHealthReport(request, metadata=apikey(API_KEY))
+                admitted += 1
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            calls += 1
+            await asyncio.sleep(0.005)
+    one_process = burst + rate * seconds  # what one replica alone admits
+    assert calls > 2 * one_process  # the limit was really pressed
+    assert admitted <= 1.1 * one_process, (admitted, calls)
