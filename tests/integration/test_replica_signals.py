@@ -110,3 +110,47 @@ async def test_a_rate_limit_holds_across_replicas(tmp_path: Path, pg_database: s
     one_process = burst + rate * seconds  # what one replica alone admits
     assert calls > 2 * one_process  # the limit was really pressed
     assert admitted <= 1.1 * one_process, (admitted, calls)
+
+
+@pytest.mark.pg
+async def test_competing_consumers_on_two_replicas_get_each_event_once(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """Four consumers on each replica, acking at once: with nothing failing,
+    no event is delivered twice (materialisers of one page must not both
+    insert its deliveries)."""
+    total = 3000
+    async with (
+        running_server(make_settings(tmp_path / "a", pg_database)) as one,
+        running_server(make_settings(tmp_path / "b", pg_database)) as two,
+        one.channel() as ch1,
+        two.channel() as ch2,
+    ):
+        subs = [Subscriber(ch) for ch in (ch1, ch2) for _ in range(4)]
+        await subs[0].open("load", ["load.*"], credits=50)
+        for sub in subs[1:]:
+            await sub.open("load", credits=50)
+        stub = events_pb2_grpc.EventServiceStub(ch1)
+        for first in range(0, total, 500):
+            batch = [cloud_event("load.tick", "", {"i": i}) for i in range(first, first + 500)]
+            await stub.PublishBatch(events_pb2.PublishBatchRequest(events=batch))
+        seen: list[tuple[int, int]] = []
+
+        async def consume(sub: Subscriber) -> None:
+            while len(seen) < total:
+                try:
+                    delivery = await sub.next(timeout=1.0)
+                except TimeoutError:
+                    continue
+                seen.append((delivery.event.sequence, delivery.attempt))
+                await sub.ack(delivery.event.sequence)
+
+        await asyncio.wait_for(asyncio.gather(*(consume(s) for s in subs)), 120)
+        await asyncio.sleep(1.0)  # anything delivered twice would show now
+        for sub in subs:
+            while not await sub.nothing_for(0.1):
+                seen.append((-1, -1))
+            sub.close()
+    sequences = [seq for seq, _ in seen]
+    assert len(sequences) == total, len(sequences) - total
+    assert len(set(sequences)) == total

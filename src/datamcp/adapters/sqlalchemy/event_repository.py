@@ -136,7 +136,7 @@ _BY_SEQS = select(events).where(events.c.seq.in_(bindparam("seqs", expanding=Tru
 _MAX_SEQ = select(func.max(events.c.seq))
 _ADVANCE_CURSOR = (
     update(subscriptions)
-    .where(subscriptions.c.id == bindparam("sub_id"), subscriptions.c.cursor < bindparam("seq"))
+    .where(subscriptions.c.id == bindparam("sub_id"), subscriptions.c.cursor == bindparam("read"))
     .values(cursor=bindparam("seq"))
 )
 _DELETE_DELIVERIES = delete(deliveries).where(
@@ -443,11 +443,11 @@ class SqlEventRepository:
         ).scalar_one_or_none()
         return None if value is None else int(value)
 
-    async def advance_cursor(self, subscription_id: str, seq: int) -> None:
+    async def advance_cursor(self, subscription_id: str, read: int, seq: int) -> bool:
+        params = {"sub_id": subscription_id, "read": read, "seq": seq}
         if self._lite is not None:
-            await self._lite.run(_LITE_ADVANCE_CURSOR, {"sub_id": subscription_id, "seq": seq})
-            return
-        await self._conn.execute(_ADVANCE_CURSOR, {"sub_id": subscription_id, "seq": seq})
+            return await self._lite.run(_LITE_ADVANCE_CURSOR, params) == 1
+        return (await self._conn.execute(_ADVANCE_CURSOR, params)).rowcount == 1
 
     async def stats(self, sub: Subscription, now: float) -> SubscriptionStats:
         d = deliveries.c
