@@ -19,7 +19,7 @@ from datamcp.v1 import (
     health_pb2,
     health_pb2_grpc,
 )
-from tests.agent_plugins import PLUGINS
+from tests.agent_plugins import PLUGINS, SlowAgent
 from tests.events_client import Subscriber, cloud_event
 from tests.integration.test_agents import spec
 from tests.support import API_KEY, apikey, auth_overrides, make_settings, running_server
@@ -154,3 +154,56 @@ async def test_competing_consumers_on_two_replicas_get_each_event_once(
     sequences = [seq for seq, _ in seen]
     assert len(sequences) == total, len(sequences) - total
     assert len(set(sequences)) == total
+
+
+async def _task_events(stub: events_pb2_grpc.EventServiceStub, task_id: str) -> list[str]:
+    replay = stub.Replay(events_pb2.ReplayRequest(filter=events_pb2.EventFilter(subject=task_id)))
+    return [reply.event.type async for reply in replay]
+
+
+@pytest.mark.pg
+async def test_cancel_on_another_replica_reaches_the_running_agent_once(
+    tmp_path: Path, pg_database: str
+) -> None:
+    settings = {"agents.plugins": PLUGINS, "rate_limit.enabled": False}
+    SlowAgent.cancelled.clear()
+    async with (
+        running_server(make_settings(tmp_path / "a", pg_database, **settings)) as one,
+        running_server(make_settings(tmp_path / "b", pg_database, **settings)) as two,
+        one.channel() as ch1,
+        two.channel() as ch2,
+    ):
+        on_a = agents_pb2_grpc.AgentServiceStub(ch1)
+        on_b = agents_pb2_grpc.AgentServiceStub(ch2)
+        running, queued = [
+            (
+                await on_a.SubmitTask(
+                    agents_pb2.SubmitTaskRequest(task=spec("test.slow", {"seconds": 30}))
+                )
+            ).task
+            for _ in range(2)
+        ]
+        assert queued.state == agents_pb2.TASK_STATE_QUEUED  # the slow agent runs one at a time
+        async with asyncio.timeout(10):
+            while (
+                await on_b.GetTask(agents_pb2.GetTaskRequest(id=running.id))
+            ).task.state != agents_pb2.TASK_STATE_RUNNING:
+                await asyncio.sleep(0.05)
+        for task in (queued, running):  # the queued one first: it must never start
+            started = time.monotonic()
+            answer = (await on_b.CancelTask(agents_pb2.CancelTaskRequest(id=task.id))).task
+            assert answer.state == agents_pb2.TASK_STATE_CANCELLED
+            assert time.monotonic() - started < 3.0
+            seen_by_a = (await on_a.GetTask(agents_pb2.GetTaskRequest(id=task.id))).task
+            assert seen_by_a.state == agents_pb2.TASK_STATE_CANCELLED
+        assert running.id in SlowAgent.cancelled  # the agent itself was told
+        with pytest.raises(grpc.aio.AioRpcError) as again:
+            await on_b.CancelTask(agents_pb2.CancelTaskRequest(id=running.id))
+        assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        await asyncio.sleep(0.5)  # anything late would have landed by now
+        events = events_pb2_grpc.EventServiceStub(ch1)
+        finals = {"task.succeeded", "task.failed", "task.cancelled", "task.timed_out"}
+        for task, started_ever in ((running, True), (queued, False)):
+            types = await _task_events(events, task.id)
+            assert [t for t in types if t in finals] == ["task.cancelled"], types
+            assert ("task.started" in types) is started_ever, types

@@ -61,6 +61,7 @@ class EventRepository(Protocol):
         ``seq``; False when another transaction moved it first (then this
         one must not materialise the page: it is done)."""
         ...
+
     async def stats(self, sub: Subscription, now: float) -> SubscriptionStats: ...
     async def add_deliveries(
         self, subscription_id: str, items: Sequence[tuple[int, str]]

@@ -78,8 +78,10 @@ class AgentManager:
         retry = RetryPolicy(p.max_attempts, p.retry_base_delay, p.retry_max_delay)
         recorder = TaskRecorder(bus, instance.id, retry, clock, signals)
         placement = Placement(registry, live, recorder, clock)
-        runner = placement.starter = TaskRunner(live, placement, recorder, p, clock)
-        queries = TaskQueries(uow, live, runner, recorder, clock)
+        runner = placement.starter = TaskRunner(live, placement, recorder, p, clock, uow=uow)
+        queries = TaskQueries(
+            uow, live, runner, recorder, clock, me=instance.id, stale_after=p.stale_after
+        )
         validator = TaskValidator(registry, schemas, p, clock)
         self.core = TaskCore(
             uow=uow,
