@@ -397,6 +397,7 @@ async def _memory(
         max_value_bytes=m.max_value_bytes,
         purge_interval=m.purge_interval,
         purge_batch=m.purge_batch,
+        signals=bus.signals,
     )
 
     async def lookup(instance_id: str) -> Instance | None:
