@@ -57,6 +57,7 @@ from datamcp.core.pipelines.service import RUN_ACTION, AgentPort, PipelineServic
 from datamcp.core.ports import UnitOfWork
 from datamcp.core.ratelimit import KeyedRateLimiter
 from datamcp.core.resilience import CircuitBreaker
+from datamcp.core.signals import LocalSignals, Signals
 from datamcp.core.streams import StreamPolicy, StreamService
 
 
@@ -79,6 +80,8 @@ class App:
     streams: StreamService
     pipelines: PipelineService
     memory: MemorySystem
+    #: Wake-ups to and from the other processes on this database.
+    signals: Signals = field(default_factory=LocalSignals)
     #: Time-based work the schedule handler starts (services register here).
     due: DueWork = field(default_factory=DueWork)
 
@@ -119,15 +122,25 @@ class App:
         def uow() -> UnitOfWork:
             return SqlUnitOfWork(engine)
 
+        signals = _signals(engine, instance)
         ev = settings.events
-        bus = EventBus(uow, retention_age=ev.retention_age, retention_count=ev.retention_count)
+        bus = EventBus(
+            uow,
+            retention_age=ev.retention_age,
+            retention_count=ev.retention_count,
+            signals=signals,
+        )
         subscriptions = SubscriptionService(
             uow,
             default_max_attempts=ev.max_attempts,
             default_visibility_timeout=ev.visibility_timeout,
         )
         events = EventsApi(
-            bus, subscriptions, max_event_bytes=ev.max_event_bytes, max_batch=ev.max_batch
+            bus,
+            subscriptions,
+            max_event_bytes=ev.max_event_bytes,
+            max_batch=ev.max_batch,
+            poll_interval=ev.poll_interval,
         )
         checks: list[HealthCheck] = [
             DatabaseCheck(engine, uow, instance.id),
@@ -191,6 +204,7 @@ class App:
             streams=_streams(settings, uow, events, instance, metrics),
             memory=memory,
             pipelines=pipelines,
+            signals=signals,
         )
         app._wire()
         return app
@@ -223,6 +237,9 @@ class App:
 
     async def start(self) -> None:
         """Start background work (the event writer, retention, triggers)."""
+        await self.signals.start()
+        if self.limiter is not None and not isinstance(self.signals, LocalSignals):
+            await self.limiter.share(self.signals)  # quotas hold mesh-wide
         await self.events.bus.start()
         await self.memory.start()
         await self.agents.start()
@@ -258,10 +275,24 @@ class App:
         if self.agents.queued_tasks.queue is not None:
             await self.agents.queued_tasks.queue.close()
         await self.events.bus.stop()
+        if self.limiter is not None:
+            await self.limiter.close()
+        await self.signals.stop()
         # The database may be the very reason we are stopping.
         with contextlib.suppress(Exception):
             await instances.mark_stopped(self.uow, self.instance.id)
         await self.engine.dispose()
+
+
+def _signals(engine: AsyncEngine, instance: Instance) -> Signals:
+    """LISTEN/NOTIFY on PostgreSQL, where replicas share the database; on
+    SQLite one process owns the file and nobody needs telling."""
+    if engine.dialect.name != "postgresql":
+        return LocalSignals()
+    from datamcp.adapters.sqlalchemy.signals import PgSignals
+
+    dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return PgSignals(dsn, instance.id)
 
 
 async def resolve_database(settings: Settings) -> Settings:
@@ -366,6 +397,7 @@ async def _memory(
         max_value_bytes=m.max_value_bytes,
         purge_interval=m.purge_interval,
         purge_batch=m.purge_batch,
+        signals=bus.signals,
     )
 
     async def lookup(instance_id: str) -> Instance | None:
@@ -458,7 +490,9 @@ def _agent_manager(
     # TaskPolicy's fields are named after their agents.* settings.
     shared = {f.name: getattr(a, f.name) for f in fields(TaskPolicy) if hasattr(a, f.name)}
     policy = TaskPolicy(**shared, stale_after=max(60.0, 6 * settings.health.interval))
-    manager = AgentManager(bus, uow, instance, policy=policy, strategy=a.strategy)
+    manager = AgentManager(
+        bus, uow, instance, policy=policy, strategy=a.strategy, signals=bus.signals
+    )
     manager.add_agent(EchoAgent())
     manager.add_agent(ProfileAgent({"roots": [str(r) for r in a.profile_roots]}))
     if a.sql_connections:

@@ -58,6 +58,20 @@ FIELDS: tuple[Field, ...] = (
         "schema is current (the deployment runs `datamcp db upgrade`; no DDL rights needed)",
     ),
     Field("insecure", "bool", False, "allow a non-loopback bind without auth", "--insecure"),
+    Field(
+        "server.workers",
+        "int",
+        1,
+        "server processes sharing the listen port (SO_REUSEPORT), each a full replica; "
+        "more than 1 needs PostgreSQL and an explicit port",
+        "--workers",
+    ),
+    Field(
+        "server.reuse_port",
+        "bool",
+        False,
+        "bind the listen port with SO_REUSEPORT (set for each worker by --workers)",
+    ),
     Field("server.shutdown_grace", "float", 10.0, "seconds in-flight calls get on SIGTERM"),
     Field("server.drain_delay", "float", 0.0, "seconds NOT_SERVING shows before calls are refused"),
     Field("server.max_message_bytes", "int", 4 * 1024 * 1024, "max request/response size"),
@@ -112,6 +126,13 @@ FIELDS: tuple[Field, ...] = (
     Field("events.retention_count", "int", 0, "most events kept per tenant; 0 = no limit"),
     Field("events.max_attempts", "int", 5, "default deliveries before dead-lettering"),
     Field("events.visibility_timeout", "float", 30.0, "default seconds a delivery is leased"),
+    Field(
+        "events.poll_interval",
+        "float",
+        0.25,
+        "seconds between a consumer's store reads when nothing woke it (commits here, and "
+        "on PostgreSQL in other replicas, wake it at once; this catches retries coming due)",
+    ),
     Field(
         "events.triggers",
         "json",

@@ -95,6 +95,8 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 50051
     insecure: bool = False
+    workers: int = 1
+    reuse_port: bool = False
     shutdown_grace: float = 10.0
     drain_delay: float = 0.0
     max_message_bytes: int = 4 * 1024 * 1024
@@ -132,6 +134,7 @@ class EventSettings:
     retention_count: int = 0
     max_attempts: int = 5
     visibility_timeout: float = 30.0
+    poll_interval: float = 0.25
     triggers: tuple[Mapping[str, Any], ...] = ()
     brokers: tuple[Mapping[str, Any], ...] = ()
 
@@ -401,6 +404,10 @@ class _Reader:
         return value
 
 
+#: Most server processes ``--workers`` starts.
+MAX_WORKERS = 64
+
+
 def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
     r = _Reader(raw, problems)
     data_dir = Path(r.str_("data_dir")).expanduser()
@@ -410,6 +417,8 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
         host=host,
         port=port,
         insecure=r.bool_("insecure"),
+        workers=r.number("server.workers", 1, int),
+        reuse_port=r.bool_("server.reuse_port"),
         shutdown_grace=r.number("server.shutdown_grace"),
         drain_delay=r.number("server.drain_delay"),
         max_message_bytes=r.number("server.max_message_bytes", 1024, int),
@@ -419,6 +428,16 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
         keepalive_timeout=r.number("server.keepalive_timeout", 1.0),
         keepalive_min_client_interval=r.number("server.keepalive_min_client_interval", 1.0),
     )
+    if server.workers > MAX_WORKERS:
+        r.fail("server.workers", f"at most {MAX_WORKERS}")
+    if server.workers > 1 and not database_url.startswith(("postgresql", "postgres")):
+        r.fail(
+            "server.workers",
+            "more than one worker needs PostgreSQL (database_url = postgresql://...): "
+            "an SQLite file has one writer, and processes on it cannot wake each other",
+        )
+    if server.workers > 1 and port == 0:
+        r.fail("server.workers", "workers share one port: give it (--listen HOST:PORT, not :0)")
     tls = TlsSettings(
         cert_file=r.path("tls.cert_file", must_exist=True),
         key_file=r.path("tls.key_file", must_exist=True),
@@ -487,6 +506,7 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             retention_count=r.number("events.retention_count", 0, int),
             max_attempts=r.number("events.max_attempts", 1, int),
             visibility_timeout=r.number("events.visibility_timeout", 0.01),
+            poll_interval=r.number("events.poll_interval", 0.01),
             triggers=_tables(r, "events.triggers"),
             brokers=_brokers(r),
         ),

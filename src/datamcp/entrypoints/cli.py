@@ -49,6 +49,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser, only: frozenset[str] | N
             parser.add_argument(
                 field.flag,
                 dest=field.key,
+                type={"int": int, "float": float}.get(field.kind, str),
                 metavar=field.key.split(".")[-1].upper(),
                 help=f"{field.help} (env {field.env})",
             )
@@ -62,6 +63,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(settings.logging.level, settings.logging.format)
+    if settings.server.workers > 1:
+        from datamcp.entrypoints.workers import run_workers
+
+        return run_workers(settings, _ARGV)
     return asyncio.run(_run_server(settings))
 
 
@@ -166,9 +171,14 @@ def add_server_commands(sub: Any) -> None:
     hash_key.set_defaults(func=_hash_key)
 
 
+#: The command line ``main`` was given (``--workers`` starts it again per worker).
+_ARGV: list[str] = []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from datamcp_client.cli import main as client_main
 
+    _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:
         return client_main(argv, extend=add_server_commands)
     except ConfigError as exc:

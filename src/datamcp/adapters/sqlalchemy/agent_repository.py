@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -91,6 +91,7 @@ def _row(task: Task) -> dict[str, Any]:
         "updated_at": task.updated_at,
         "started_at": task.started_at,
         "ended_at": task.ended_at,
+        "cancel_requested_at": task.updated_at if task.cancel_requested else None,
     }
 
 
@@ -143,6 +144,7 @@ def _task(row: Any) -> Task:
         error=error,
         started_at=row.started_at,
         ended_at=row.ended_at,
+        cancel_requested=row.cancel_requested_at is not None,
     )
 
 
@@ -153,7 +155,19 @@ _SQLITE_INSERT = (
     f"INSERT OR IGNORE INTO tasks ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
 )
-_SQLITE_SAVE = f"UPDATE tasks SET {', '.join(f'{n} = ?' for n in _MUTABLE)} WHERE id = ?"
+_SQLITE_SAVE = (
+    f"UPDATE tasks SET {', '.join(f'{n} = ?' for n in _MUTABLE)} "
+    f"WHERE id = ? AND owner = ? AND state < {int(TaskState.SUCCEEDED)}"
+)
+_SAVE = (
+    update(tasks)
+    .where(
+        tasks.c.id == bindparam("task_id"),
+        tasks.c.owner == bindparam("holder"),
+        tasks.c.state < int(TaskState.SUCCEEDED),
+    )
+    .values({name: bindparam(name) for name in _MUTABLE})
+)
 
 
 class SqlTaskRepository:
@@ -177,21 +191,55 @@ class SqlTaskRepository:
         stmt = postgresql.insert(tasks).on_conflict_do_nothing(index_elements=["id"])
         await self._conn.execute(stmt, rows)
 
-    async def save(self, batch: Sequence[Task]) -> None:
+    async def save(self, batch: Sequence[Task], owner: str) -> None:
         if not batch:
             return
         if self._lite is not None:
-            await self._lite.execute_many(_SQLITE_SAVE, [(*_changes(t), t.id) for t in batch])
+            await self._lite.execute_many(
+                _SQLITE_SAVE, [(*_changes(t), t.id, owner) for t in batch]
+            )
             return
-        stmt = (
-            update(tasks)
-            .where(tasks.c.id == bindparam("task_id"))
-            .values({name: bindparam(name) for name in _MUTABLE})
-        )
         await self._conn.execute(
-            stmt,
-            [{"task_id": t.id, **dict(zip(_MUTABLE, _changes(t), strict=True))} for t in batch],
+            _SAVE,
+            [
+                {"task_id": t.id, "holder": owner, **dict(zip(_MUTABLE, _changes(t), strict=True))}
+                for t in batch
+            ],
         )
+
+    async def holders(self, ids: Sequence[str]) -> dict[str, tuple[str, TaskState]]:
+        if not ids:
+            return {}
+        query = select(tasks.c.id, tasks.c.owner, tasks.c.state).where(tasks.c.id.in_(list(ids)))
+        if self._lite is None:  # SQLite has one writer: nothing to lock
+            query = query.with_for_update()
+        rows = await self._conn.execute(query)
+        return {row.id: (row.owner, TaskState(row.state)) for row in rows}
+
+    async def request_cancel(self, tenant: str, task_id: str, at: float) -> Task | None:
+        row = (
+            await self._conn.execute(
+                update(tasks)
+                .where(
+                    tasks.c.id == task_id,
+                    tasks.c.tenant == tenant,
+                    tasks.c.state < int(TaskState.SUCCEEDED),
+                )
+                .values(cancel_requested_at=func.coalesce(tasks.c.cancel_requested_at, at))
+                .returning(*tasks.c)
+            )
+        ).one_or_none()
+        return None if row is None else _task(row)
+
+    async def cancel_requests(self, owner: str) -> list[str]:
+        rows = await self._conn.execute(
+            select(tasks.c.id).where(
+                tasks.c.owner == owner,
+                tasks.c.state < int(TaskState.SUCCEEDED),
+                tasks.c.cancel_requested_at.is_not(None),
+            )
+        )
+        return [row.id for row in rows]
 
     async def get(self, tenant: str, task_id: str) -> Task | None:
         row = (

@@ -73,8 +73,17 @@ def _insert_ignoring_duplicates(conn: AsyncConnection, table: Any) -> Any:
 # once with bind parameters memoizes its cache key and costs neither.
 
 
-def _claim_statement(ordered: bool) -> Any:
-    """Lease visible deliveries that head their subject (see ``claim``)."""
+def _claim_statement(ordered: bool, *, skip_locked: bool) -> Any:
+    """Lease visible deliveries that head their subject (see ``claim``).
+
+    With ``skip_locked`` (PostgreSQL) the candidates are picked in a CTE
+    with ``FOR UPDATE SKIP LOCKED``: competitors (consumers on other
+    replicas) pass over rows another claim or ack holds instead of waiting
+    for them, so there are no lock waits and no deadlocks with the
+    subscription row a materialiser holds. (In an ``IN (...)`` subquery
+    PostgreSQL would not honour the LIMIT together with the lock.) SQLite has
+    one writer and no row locks: the plain subquery.
+    """
     d = deliveries.c
     # Aliases keep the subqueries from correlating to the UPDATE's own table.
     cand = deliveries.alias("cand")
@@ -94,17 +103,18 @@ def _claim_statement(ordered: bool) -> Any:
         )
         pick = pick.where((cand.c.subject == "") | ~blocked)
     pick = pick.order_by(cand.c.seq).limit(bindparam("limit"))
+    if skip_locked:
+        picked = pick.with_for_update(skip_locked=True, of=cand).cte("picked")
+        chosen = d.seq == picked.c.seq
+    else:
+        chosen = d.seq.in_(pick)
     # Rows with no attempts left are not leased, only reported (their
     # consumer comes back NULL) so the caller can bury them. The visibility
     # re-check makes the claim atomic between competitors.
     live = d.attempts < bindparam("max_attempts")
     return (
         update(deliveries)
-        .where(
-            d.subscription_id == bindparam("sub_id"),
-            d.seq.in_(pick),
-            d.visible_at <= bindparam("now"),
-        )
+        .where(d.subscription_id == bindparam("sub_id"), chosen, d.visible_at <= bindparam("now"))
         .values(
             visible_at=case((live, bindparam("until", type_=Float)), else_=d.visible_at),
             consumer=case((live, bindparam("consumer", type_=String)), else_=None),
@@ -136,14 +146,14 @@ _BY_SEQS = select(events).where(events.c.seq.in_(bindparam("seqs", expanding=Tru
 _MAX_SEQ = select(func.max(events.c.seq))
 _ADVANCE_CURSOR = (
     update(subscriptions)
-    .where(subscriptions.c.id == bindparam("sub_id"), subscriptions.c.cursor < bindparam("seq"))
+    .where(subscriptions.c.id == bindparam("sub_id"), subscriptions.c.cursor == bindparam("read"))
     .values(cursor=bindparam("seq"))
 )
 _DELETE_DELIVERIES = delete(deliveries).where(
     deliveries.c.subscription_id == bindparam("sub_id"),
     deliveries.c.seq.in_(bindparam("seqs", expanding=True)),
 )
-_CLAIM = {ordered: _claim_statement(ordered) for ordered in (True, False)}
+_CLAIM = {ordered: _claim_statement(ordered, skip_locked=True) for ordered in (True, False)}
 _PG_APPEND = (
     postgresql.insert(events)
     .on_conflict_do_nothing(index_elements=["tenant", "id"])
@@ -177,7 +187,9 @@ _LITE_ADD_DELIVERY = (
     "INSERT INTO deliveries (subscription_id, seq, subject, attempts, visible_at) "
     "VALUES (?, ?, ?, 0, 0.0) ON CONFLICT DO NOTHING"
 )
-_LITE_CLAIM = {ordered: Prepared(statement) for ordered, statement in _CLAIM.items()}
+_LITE_CLAIM = {
+    ordered: Prepared(_claim_statement(ordered, skip_locked=False)) for ordered in (True, False)
+}
 _LITE_READ_AFTER_CURSOR = {
     every: Prepared(statement) for every, statement in _READ_AFTER_CURSOR.items()
 }
@@ -443,11 +455,11 @@ class SqlEventRepository:
         ).scalar_one_or_none()
         return None if value is None else int(value)
 
-    async def advance_cursor(self, subscription_id: str, seq: int) -> None:
+    async def advance_cursor(self, subscription_id: str, read: int, seq: int) -> bool:
+        params = {"sub_id": subscription_id, "read": read, "seq": seq}
         if self._lite is not None:
-            await self._lite.run(_LITE_ADVANCE_CURSOR, {"sub_id": subscription_id, "seq": seq})
-            return
-        await self._conn.execute(_ADVANCE_CURSOR, {"sub_id": subscription_id, "seq": seq})
+            return await self._lite.run(_LITE_ADVANCE_CURSOR, params) == 1
+        return (await self._conn.execute(_ADVANCE_CURSOR, params)).rowcount == 1
 
     async def stats(self, sub: Subscription, now: float) -> SubscriptionStats:
         d = deliveries.c

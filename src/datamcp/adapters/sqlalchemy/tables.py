@@ -129,7 +129,9 @@ tasks = Table(
     Column("started_at", Float, nullable=True),
     Column("ended_at", Float, nullable=True),
     Column("owner", String(32), nullable=False),
+    Column("cancel_requested_at", Float, nullable=True),
     Index("ix_tasks_tenant_created", "tenant", "created_at", "id"),
+    Index("ix_tasks_pool", "owner", "state", "capability", "priority", "created_at"),
     Index("ix_tasks_state_owner", "state", "owner"),
     Index("ix_tasks_tenant_correlation", "tenant", "correlation_id"),
 )

@@ -110,6 +110,8 @@ class Task:
     error: TaskError | None = None
     started_at: float | None = None
     ended_at: float | None = None
+    #: A cancel was requested (possibly on another replica); the owner ends it.
+    cancel_requested: bool = False
     #: Agent ids of the calling chain (cycle detection); not stored.
     chain: tuple[str, ...] = field(default=(), compare=False)
     #: ``input`` / ``result`` as compact JSON once someone has encoded them

@@ -14,8 +14,25 @@ class TaskRepository(Protocol):
         whose id is already stored is left as it is."""
         ...
 
-    async def save(self, tasks: Sequence[Task]) -> None:
-        """Write the mutable fields (state, attempts, progress, result...) by id."""
+    async def save(self, tasks: Sequence[Task], owner: str) -> None:
+        """Write the mutable fields (state, attempts, progress, result...) by
+        id, of the rows ``owner`` holds that are not final yet: a final state
+        is never overwritten, and a process that lost a task (adopted by
+        another after it looked gone) changes nothing."""
+        ...
+
+    async def holders(self, ids: Sequence[str]) -> dict[str, tuple[str, TaskState]]:
+        """(owner, state) of each task, its row locked until the transaction
+        ends (what a final write checks before it is made)."""
+        ...
+
+    async def request_cancel(self, tenant: str, task_id: str, at: float) -> Task | None:
+        """Record a cancel request on an unfinished task; the task as it is
+        now, or None when ``tenant`` has no such unfinished task."""
+        ...
+
+    async def cancel_requests(self, owner: str) -> list[str]:
+        """Ids of ``owner``'s unfinished tasks with a cancel request."""
         ...
 
     async def get(self, tenant: str, task_id: str) -> Task | None: ...

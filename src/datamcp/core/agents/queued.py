@@ -467,7 +467,7 @@ class QueuedTasks:
             running.append(task)
             ordered.append(core.recorder.event(task, "task.started"))
         if running:
-            await tx.tasks.save(running)
+            await tx.tasks.save(running, core.instance.id)
         # A redelivered message's task.submitted may be stored already:
         # append skips what is.
         await tx.events.append(ordered, core.clock())
@@ -493,7 +493,13 @@ def _running(task: Task, slot: AgentSlot, now: float) -> Task:
 
 
 def _fits(task: Task, slot: AgentSlot, now: float) -> bool:
-    """Whether a claimed task can start on the agent reserved for it."""
-    if task.state is not TaskState.PENDING or task.deadline <= now or slot.id in task.chain:
+    """Whether a claimed task can start on the agent reserved for it (one
+    cancelled meanwhile ends through recovery instead)."""
+    if (
+        task.state is not TaskState.PENDING
+        or task.deadline <= now
+        or slot.id in task.chain
+        or task.cancel_requested
+    ):
         return False
     return task.agent_id == slot.id if task.pinned else slot.offers(task.capability)

@@ -47,11 +47,14 @@ class EventsApi:
         *,
         max_event_bytes: int,
         max_batch: int,
+        poll_interval: float = 0.25,
     ) -> None:
         self.bus = bus
         self.subscriptions = subscriptions
         self._max_bytes = max_event_bytes
         self._max_batch = max_batch
+        #: A consumer's store read when nothing woke it (retries coming due).
+        self.poll_interval = poll_interval
 
     async def publish(self, tenant: str, drafts: Sequence[EventDraft]) -> list[PublishResult]:
         """Validate every draft, then store them all in one transaction.
@@ -118,7 +121,13 @@ class EventsApi:
             max_attempts=max_attempts or None,
             visibility_timeout=visibility_timeout or None,
         )
-        return Consumer(self.subscriptions, self.bus, sub, credits=credits or DEFAULT_CREDITS)
+        return Consumer(
+            self.subscriptions,
+            self.bus,
+            sub,
+            credits=credits or DEFAULT_CREDITS,
+            poll_interval=self.poll_interval,
+        )
 
     def replay(
         self,

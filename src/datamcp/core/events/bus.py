@@ -23,6 +23,7 @@ from datamcp.core.errors import Unavailable
 from datamcp.core.events.model import Event, EventFilter
 from datamcp.core.health import CheckResult, Status
 from datamcp.core.ports import UnitOfWork, UnitOfWorkFactory, Write, WriteOp
+from datamcp.core.signals import LocalSignals, Signals
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class EventBus:
         uow: unit-of-work factory over the store.
         max_batch: most events in one group commit.
         backlog_warning: queued events above which health says DEGRADED.
+        signals: wake-ups to and from the other processes on this database.
     """
 
     def __init__(
@@ -69,8 +71,12 @@ class EventBus:
         retention_count: int = 0,
         retention_interval: float = 300.0,
         clock: Callable[[], float] = time.time,
+        signals: Signals | None = None,
     ) -> None:
         self._uow = uow
+        #: Other processes on this database hear of our commits, we of theirs.
+        self.signals = signals or LocalSignals()
+        self.signals.subscribe("events", lambda _tenant: self._signal())
         self._max_batch = max_batch
         self._backlog_warning = backlog_warning
         self._clock = clock
@@ -155,10 +161,12 @@ class EventBus:
             wake.set()
 
     def committed_elsewhere(self) -> None:
-        """Wake consumers after events were committed by another writer of
-        this process in its own transaction (a transactional outbox, such as
-        memory writes on the application database)."""
+        """Wake consumers (here and in the other processes on this database)
+        after events were committed by another writer of this process in its
+        own transaction (a transactional outbox, such as memory writes on the
+        application database)."""
         self._signal()
+        self.signals.send("events", "*")
 
     async def wait_for_commit(self, within: float) -> None:
         """Return after the next commit, or after ``within`` seconds."""
@@ -267,8 +275,12 @@ class EventBus:
                 pending.future.set_result(results[start:end])
             start = end
         self.commits += 1
-        self.published += sum(not r.duplicate for r in results)
+        stored = [r.event.tenant for r in results if not r.duplicate]
+        self.published += len(stored)
         self._signal()
+        if stored:
+            tenants = set(stored)
+            self.signals.send("events", tenants.pop() if len(tenants) == 1 else "*")
 
     async def _commit(self, events: list[Event], writes: list[Write]) -> list[PublishResult]:
         # The first of a repeated (tenant, id) in one batch is the one stored.

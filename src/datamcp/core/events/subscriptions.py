@@ -243,8 +243,12 @@ class SubscriptionService:
         The matching events go into ``read`` when given.
 
         Safe to run concurrently for one subscription (several consumers or
-        processes): deliveries are inserted ignoring duplicates and the cursor
-        only moves forward.
+        processes): the cursor moves from what this transaction read (a
+        compare-and-set, which holds the subscription's row until commit)
+        before any delivery is inserted, so of two materialisers of one page
+        only the first inserts. (Inserting first would let the second
+        re-insert a delivery the first's consumer had already acked: a
+        duplicate with nothing failing.)
         """
         cursor, batch = await tx.events.read_after_cursor(sub.id, sub.tenant, MATERIALISE_BATCH)
         if cursor is None:
@@ -253,9 +257,10 @@ class SubscriptionService:
             )
         if not batch:
             return 0, False
+        if not await tx.events.advance_cursor(sub.id, cursor, batch[-1].seq):
+            return 0, False  # another transaction materialised this page
         matched = [e for e in batch if sub.filter.matches(e)]
         await tx.events.add_deliveries(sub.id, [(e.seq, e.subject) for e in matched])
-        await tx.events.advance_cursor(sub.id, batch[-1].seq)
         if read is not None:
             for e in matched:
                 read[e.seq] = e

@@ -53,6 +53,7 @@ from datamcp.core.memory.model import (
 )
 from datamcp.core.memory.ports import MemoryStore
 from datamcp.core.paging import Fits, bad_token, decode, encode, fill, page_size
+from datamcp.core.signals import LocalSignals, Signals
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,12 @@ class MemoryService:
         committed: Callable[[], None] | None = None,
         purge_interval: float = 60.0,
         purge_batch: int = 500,
+        signals: Signals | None = None,
     ) -> None:
         self._committed = committed
+        #: Watchers in other processes hear of this process's writes, and back.
+        self._signals = signals or LocalSignals()
+        self._signals.subscribe("memory", self._written_elsewhere)
         self.purge_interval = purge_interval
         self.purge_batch = purge_batch
         self._purger: asyncio.Task[None] | None = None
@@ -170,8 +175,15 @@ class MemoryService:
         return self._state(store_id).clock
 
     def notify(self, store_id: str) -> None:
-        """Wake change-feed watchers of a store (sync calls this after writing)."""
+        """Wake change-feed watchers of a store, here and in the other
+        processes (writes and sync call this after a commit)."""
         self._state(store_id).notify()
+        self._signals.send("memory", store_id)
+
+    def _written_elsewhere(self, store_id: str) -> None:
+        for state in self._states.values():
+            if not store_id or state.store.id == store_id:
+                state.notify()
 
     # --- validation ---------------------------------------------------------------
 
@@ -307,7 +319,7 @@ class MemoryService:
                 written.extend(result)
         if written:
             self.writes += len(written)
-            state.notify()
+            self.notify(state.store.id)
         if events:
             if durable:
                 if self._committed is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -184,7 +185,9 @@ class MeshServer:
                 int(s.keepalive_min_client_interval * 1000),
             ),
             ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.so_reuseport", 0),
+            # Only workers share a port (--workers); otherwise a second
+            # server on the same port must fail to start, not split traffic.
+            ("grpc.so_reuseport", 1 if s.reuse_port else 0),
         ]
         server = aio.server(
             options=options,
@@ -254,6 +257,8 @@ class MeshServer:
                 "auth": self.app.authenticator.enabled,
                 "database": self.app.engine.dialect.name,
                 "version": __version__,
+                "pid": os.getpid(),
+                "instance": self.app.instance.id,
             },
         )
         return self.port

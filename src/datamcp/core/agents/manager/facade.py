@@ -25,6 +25,7 @@ from datamcp.core.events.bus import EventBus
 from datamcp.core.instances import Instance
 from datamcp.core.ports import UnitOfWork, UnitOfWorkFactory
 from datamcp.core.resilience import RetryPolicy
+from datamcp.core.signals import Signals
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ class AgentManager:
         instance: this process, the owner of the tasks it runs.
         policy: limits, retries, recovery.
         strategy: how an agent is picked among those available.
+        signals: wake-ups to and from the other processes on this database.
     """
 
     def __init__(
@@ -67,16 +69,19 @@ class AgentManager:
         policy: TaskPolicy | None = None,
         strategy: str = "least_loaded",
         clock: Callable[[], float] = time.time,
+        signals: Signals | None = None,
     ) -> None:
         self.policy = p = policy or TaskPolicy()
         self.registry = registry = AgentRegistry(strategy)
         schemas = SchemaCache()
         live = LiveTasks()
         retry = RetryPolicy(p.max_attempts, p.retry_base_delay, p.retry_max_delay)
-        recorder = TaskRecorder(bus, instance.id, retry, clock)
+        recorder = TaskRecorder(bus, instance.id, retry, clock, signals)
         placement = Placement(registry, live, recorder, clock)
-        runner = placement.starter = TaskRunner(live, placement, recorder, p, clock)
-        queries = TaskQueries(uow, live, runner, recorder, clock)
+        runner = placement.starter = TaskRunner(live, placement, recorder, p, clock, uow=uow)
+        queries = TaskQueries(
+            uow, live, runner, recorder, clock, me=instance.id, stale_after=p.stale_after
+        )
         validator = TaskValidator(registry, schemas, p, clock)
         self.core = TaskCore(
             uow=uow,

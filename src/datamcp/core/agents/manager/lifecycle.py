@@ -22,6 +22,10 @@ from datamcp.core.ports import UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
 
+#: Seconds between looks for cancels recorded by other processes (a signal
+#: normally brings them at once).
+CANCEL_CHECK = 2.0
+
 
 class Lifecycle:
     """Start-up adoption, the orphan sweep, and shutdown hand-back."""
@@ -47,17 +51,23 @@ class Lifecycle:
         self._policy = policy
         self._clock = clock
         self._orphans: asyncio.Task[None] | None = None
+        self._cancels: asyncio.Task[None] | None = None
+        self._look_now = asyncio.Event()
+        # After a reconnect the signals say "anything may have changed".
+        recorder.signals.subscribe("cancel", self._cancel_signalled)
 
     async def start(self) -> None:
-        """Take over the tasks dead processes left behind, then keep watching."""
+        """Take over the tasks dead processes left behind, then keep watching
+        (for those, and for cancels recorded by other processes)."""
         await self.adopt_orphans()
         self._orphans = asyncio.create_task(self._orphan_loop(), name="agent-orphans")
+        self._cancels = asyncio.create_task(self._cancel_loop(), name="agent-cancels")
 
     async def stop(self, agents: Sequence[Agent]) -> None:
         """Interrupt running tasks and store them back QUEUED, so the next
         process (or another replica) runs them; then close ``agents``."""
         self._runner.stopping = True
-        await cancel_and_wait(self._orphans)
+        await cancel_and_wait(self._orphans, self._cancels)
         await self.hand_back()
         for agent in agents:
             with contextlib.suppress(Exception):
@@ -97,6 +107,37 @@ class Lifecycle:
                 await self.prune_instances()
             except Exception:
                 log.warning("instance pruning failed", exc_info=True)
+
+    def _cancel_signalled(self, task_id: str) -> None:
+        if not task_id:  # after a reconnect: anything may have been missed
+            self._look_now.set()
+
+    async def _cancel_loop(self) -> None:
+        """The fallback for a missed cancel signal: look for cancel requests
+        on this process's tasks every CANCEL_CHECK seconds."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CANCEL_CHECK):
+                    await self._look_now.wait()
+            self._look_now.clear()
+            if not self._live.unfinished():
+                continue
+            try:
+                await self.cancel_requested()
+            except Exception:
+                log.warning("cancel request check failed", exc_info=True)
+
+    async def cancel_requested(self) -> int:
+        """End this process's tasks that another process asked to cancel."""
+        async with self._uow() as tx:
+            ids = await tx.tasks.cancel_requests(self._instance.id)
+        ended = 0
+        for task_id in ids:
+            live = self._live.get(task_id)
+            if live is not None and not live.task.state.final:
+                self._runner.cancel_soon(live)
+                ended += 1
+        return ended
 
     async def prune_instances(self) -> int:
         """Delete the rows of instances gone longer than ``instance_retention``

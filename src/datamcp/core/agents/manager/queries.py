@@ -16,11 +16,18 @@ from datamcp.core.agents.manager.live import LiveTasks
 from datamcp.core.agents.manager.recording import TaskRecorder
 from datamcp.core.agents.manager.running import TaskRunner, cancelled_error
 from datamcp.core.agents.model import Task, TaskState
-from datamcp.core.errors import FailedPrecondition, NotFound, clip
+from datamcp.core.agents.queued import is_queue_owner
+from datamcp.core.errors import DeadlineExceeded, FailedPrecondition, NotFound, clip
+from datamcp.core.instances import is_gone
 from datamcp.core.ports import UnitOfWorkFactory
+from datamcp.core.signals import KeyedWaiters
 
-#: Seconds between store reads when following a task another process runs.
-WATCH_POLL = 0.5
+#: Seconds a cancel of a task another process runs waits for its final state,
+#: and between its store reads meanwhile (it is woken by the owner's signal).
+CANCEL_WAIT, CANCEL_POLL = 10.0, 1.0
+#: Seconds between store reads when following a task another process runs:
+#: slow while its changes are signalled, fast while signals may be missed.
+WATCH_POLL, WATCH_POLL_UNSIGNALLED = 5.0, 0.5
 
 
 class TaskQueries:
@@ -31,12 +38,18 @@ class TaskQueries:
         runner: TaskRunner,
         recorder: TaskRecorder,
         clock: Callable[[], float],
+        *,
+        me: str,
+        stale_after: float,
     ) -> None:
+        self._me = me
+        self._stale = stale_after
         self._uow = uow
         self._live = live
         self._runner = runner
         self._recorder = recorder
         self._clock = clock
+        self._changes = KeyedWaiters(recorder.signals, "tasks")
 
     async def stored(self, tenant: str, task_id: str) -> Task | None:
         async with self._uow() as tx:
@@ -90,36 +103,84 @@ class TaskQueries:
         return live.task
 
     async def cancel(self, tenant: str, task_id: str) -> Task:
-        """Cancel a task; a running agent has its work cancelled.
+        """Cancel a task; a running agent has its work cancelled, whichever
+        process runs it.
+
+        A task this process owns ends here. Any other is given a durable
+        cancel request that its owner acts on (told at once by a signal,
+        else by its next look); a task nobody runs (waiting in a queue, or
+        left by a process that is gone) is taken over and ended here. The
+        answer waits for the final state: exactly one, whoever asked.
 
         Raises:
             NotFound: no such task for this tenant.
-            FailedPrecondition: the task already finished.
+            FailedPrecondition: the task already finished (or finished
+                before the cancel reached it).
+            DeadlineExceeded: its owner has not ended it within CANCEL_WAIT
+                (the request stands; follow the task with WatchTask).
         """
         live = self._live.of(tenant, task_id)
         if live is None:
-            task = await self.get(tenant, task_id)
-            if task.state.final:
-                raise FailedPrecondition(
-                    f"task {task.id} already ended {task.state.name}", reason="TASK_FINISHED"
-                )
-            # Owned by another replica (or about to be adopted): record the
-            # cancellation; the owner sees it when it next writes.
-            now = self._clock()
-            cancelled = task.evolve(
-                state=TaskState.CANCELLED, error=cancelled_error(), ended_at=now, updated_at=now
-            )
-            await self._recorder.publish(
-                [self._recorder.event(cancelled, "task.cancelled")],
-                [self._recorder.save(cancelled)],
-            )
-            return cancelled
+            return await self._cancel_elsewhere(tenant, task_id)
         if live.task.state.final:
             raise FailedPrecondition(f"task {task_id} already ended", reason="TASK_FINISHED")
         if not self._runner.interrupt(live):
             await self._runner.finish(live, TaskState.CANCELLED, error=cancelled_error())
         await live.done.wait()
-        return live.task
+        return _cancelled(live.task)
+
+    async def _cancel_elsewhere(self, tenant: str, task_id: str) -> Task:
+        async with self._uow() as tx:
+            requested = await tx.tasks.request_cancel(tenant, task_id, self._clock())
+            await tx.commit()
+        if requested is None:  # no such task (NotFound), or it had ended
+            ended = await self.get(tenant, task_id)
+            raise FailedPrecondition(
+                f"task {ended.id} already ended {ended.state.name}", reason="TASK_FINISHED"
+            )
+        self._recorder.signals.send("cancel", task_id)
+        if task_id not in self._live:  # it may have just become ours
+            await self._take_if_orphaned(requested)
+        live = self._live.of(tenant, task_id)
+        if live is not None:  # ours now (taken over, or it moved here meanwhile)
+            self._runner.cancel_soon(live)
+            await live.done.wait()
+            return _cancelled(live.task)
+        deadline = self._clock() + CANCEL_WAIT
+        task = requested
+        while not task.state.final and (left := deadline - self._clock()) > 0:
+            await self._changes.wait(task_id, min(left, CANCEL_POLL))
+            task = await self.get(tenant, task_id)
+        if not task.state.final:
+            raise DeadlineExceeded(
+                f"cancel of task {task_id} requested; it has not stopped yet: "
+                "follow it with WatchTask",
+                reason="CANCEL_PENDING",
+                metadata={"task_id": task_id},
+            )
+        return _cancelled(task)
+
+    async def _take_if_orphaned(self, task: Task) -> None:
+        """Adopt a task nobody runs: owned by a queue, or by a process that
+        is gone (it then ends, cancelled, through recovery)."""
+        owner = await self._owner_of(task.id)
+        if owner is None or owner == self._me:
+            return
+        async with self._uow() as tx:
+            if not is_queue_owner(owner):
+                holder = await tx.instances.get(owner)
+                if holder is not None and not is_gone(holder, self._clock(), self._stale):
+                    return
+            adopted = await tx.tasks.adopt(self._me, [owner], [task.id])
+            await tx.commit()
+        for found in adopted:
+            if found.id not in self._live:
+                self._runner.recover(found)
+
+    async def _owner_of(self, task_id: str) -> str | None:
+        async with self._uow() as tx:
+            held = await tx.tasks.holders([task_id])
+        return held[task_id][0] if task_id in held else None
 
     async def watch(self, tenant: str, task_id: str) -> AsyncIterator[Task]:
         """The task now, then on every change until it is final."""
@@ -127,11 +188,15 @@ class TaskQueries:
         if live is None:
             task = await self.get(tenant, task_id)
             yield task
-            # Owned by another replica: follow it through the store.
+            # Owned by another process: follow it through the store, woken by
+            # its signals (the poll is the fallback).
             while not task.state.final:
-                await asyncio.sleep(WATCH_POLL)
-                task = await self.get(tenant, task_id)
-                yield task
+                every = self._changes.poll_interval(WATCH_POLL, WATCH_POLL_UNSIGNALLED)
+                await self._changes.wait(task_id, every)
+                fresh = await self.get(tenant, task_id)
+                if fresh != task:
+                    task = fresh
+                    yield task
             return
         queue: asyncio.Queue[Task] = asyncio.Queue()
         live.watchers.add(queue)
@@ -145,3 +210,16 @@ class TaskQueries:
                 yield last
         finally:
             live.watchers.discard(queue)
+
+
+def _cancelled(task: Task) -> Task:
+    """The answer to a cancel: the task, when the cancel ended it.
+
+    Raises:
+        FailedPrecondition: it ended otherwise (before the cancel reached it).
+    """
+    if task.state is TaskState.CANCELLED:
+        return task
+    raise FailedPrecondition(
+        f"task {task.id} already ended {task.state.name}", reason="TASK_FINISHED"
+    )

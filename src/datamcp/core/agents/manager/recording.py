@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from datamcp.core.agents.manager.live import LiveTask
@@ -22,6 +23,7 @@ from datamcp.core.events.bus import EventBus, PublishResult
 from datamcp.core.events.model import Event
 from datamcp.core.ports import UnitOfWork, Write, WriteOp
 from datamcp.core.resilience import RetryPolicy
+from datamcp.core.signals import LocalSignals, Signals
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +38,36 @@ class TaskRecorder:
     """
 
     def __init__(
-        self, bus: EventBus, owner: str, retry: RetryPolicy, clock: Callable[[], float]
+        self,
+        bus: EventBus,
+        owner: str,
+        retry: RetryPolicy,
+        clock: Callable[[], float],
+        signals: Signals | None = None,
     ) -> None:
         self._bus = bus
         self._owner = owner
+        #: Watchers of a task in other processes hear of each stored change.
+        self.signals = signals or LocalSignals()
         self._retry = retry
         self._clock = clock
         self.insert_op = WriteOp("tasks.insert", 0, self._apply_insert)
-        self.save_op = WriteOp("tasks.save", 1, _apply_save)
+        self.save_op = WriteOp("tasks.save", 1, self._apply_save)
+        self._finish_op = WriteOp("tasks.finish", 1, self._apply_finish)
         self._audit_op = WriteOp("audit.add", 2, _apply_audit)
+        self._task_ops = (self.insert_op, self.save_op, self._finish_op)
 
     async def publish(
         self, events: Sequence[Event], writes: Sequence[Write] = ()
     ) -> list[PublishResult]:
-        return await self._bus.publish(events, writes)
+        """Commit task rows and events together; then tell other processes
+        which tasks changed."""
+        results = await self._bus.publish(events, writes)
+        changed = {_task_of(w).id for w in writes if w.op in self._task_ops}
+        changed.update(e.subject for e in events if e.type.startswith("task.") and e.subject)
+        for task_id in changed:
+            self.signals.send("tasks", task_id)
+        return results
 
     def insert(self, task: Task) -> Write:
         """A new task's row, under this process."""
@@ -63,24 +81,27 @@ class TaskRecorder:
         """Store the task's current state (and its event) with the next commit,
         without waiting; watchers hear of it now."""
         events = [self.event(live.task, event_type, suffix)] if event_type else []
-        future = asyncio.ensure_future(self._bus.publish(events, [self.save(live.task)]))
+        future = asyncio.ensure_future(self.publish(events, [self.save(live.task)]))
         future.add_done_callback(log_failure)
         live.notify()
 
-    async def store_final(self, task: Task) -> None:
-        """Store a final state and its event; a store outage is retried a few
-        times (the state is what callers are told either way)."""
+    async def store_final(self, task: Task) -> bool:
+        """Store a final state and its event, if the task is still this
+        process's and not final: exactly one final state and one final event
+        per task, whoever else tries (a cancel on another replica, an adopter
+        that took it over). False when it was not stored for that reason. A
+        store outage is retried a few times."""
+        final = _Final(task, self.event(task, task.state.event_type))
         for attempt in range(1, FINAL_WRITE_ATTEMPTS + 1):
             try:
-                await self._bus.publish(
-                    [self.event(task, task.state.event_type)], [self.save(task)]
-                )
-                return
+                await self.publish([], [Write(self._finish_op, final)])
+                return final.applied
             except Unavailable:
                 if attempt == FINAL_WRITE_ATTEMPTS:
                     break
                 await asyncio.sleep(self._retry.delay(attempt))
         log.error("task final state not stored", extra={"task_id": task.id})
+        return False
 
     def progress(self, live: LiveTask, percent: float, message: str) -> None:
         """An agent's progress report: watchers hear each, the store at most
@@ -141,18 +162,49 @@ class TaskRecorder:
     async def _apply_insert(self, tx: UnitOfWork, tasks: Sequence[Task]) -> None:
         await tx.tasks.insert([(task, self._owner) for task in tasks])
 
+    async def _apply_save(self, tx: UnitOfWork, tasks: Sequence[Task]) -> None:
+        latest: dict[str, Task] = {}
+        for task in tasks:  # one row per task: the last state written wins
+            latest.pop(task.id, None)
+            latest[task.id] = task
+        await tx.tasks.save(list(latest.values()), self._owner)
+
+    async def _apply_finish(self, tx: UnitOfWork, finals: Sequence[_Final]) -> None:
+        """Final states, each only where the row is still ours and unfinished
+        (rows locked first), with their events appended in the same commit."""
+        held = await tx.tasks.holders([f.task.id for f in finals])
+        done: list[_Final] = []
+        for final in finals:
+            owner, state = held.get(final.task.id, ("", TaskState.SUCCEEDED))
+            if (
+                owner == self._owner
+                and not state.final
+                and all(d.task.id != final.task.id for d in done)
+            ):
+                done.append(final)
+        await tx.tasks.save([f.task for f in done], self._owner)
+        await tx.events.append([f.event for f in done], self._clock())
+        for final in done:
+            final.applied = True
+
 
 def log_failure(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and (exc := future.exception()) is not None:
         log.warning("task state write failed", exc_info=exc)
 
 
-async def _apply_save(tx: UnitOfWork, tasks: Sequence[Task]) -> None:
-    latest: dict[str, Task] = {}
-    for task in tasks:  # one row per task: the last state written wins
-        latest.pop(task.id, None)
-        latest[task.id] = task
-    await tx.tasks.save(list(latest.values()))
+@dataclass(eq=False, slots=True)
+class _Final:
+    """A final state on its way to the store: ``applied`` once it landed."""
+
+    task: Task
+    event: Event
+    applied: bool = False
+
+
+def _task_of(write: Write) -> Task:
+    item = write.item
+    return item.task if isinstance(item, _Final) else item
 
 
 async def _apply_audit(tx: UnitOfWork, records: Sequence[AuditRecord]) -> None:

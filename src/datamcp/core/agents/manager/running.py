@@ -35,6 +35,7 @@ from datamcp.core.errors import (
     Unavailable,
     clip,
 )
+from datamcp.core.ports import UnitOfWorkFactory
 from datamcp.core.resilience import RetryPolicy
 
 if TYPE_CHECKING:
@@ -102,7 +103,10 @@ class TaskRunner:
         recorder: TaskRecorder,
         policy: TaskPolicy,
         clock: Callable[[], float],
+        *,
+        uow: UnitOfWorkFactory,
     ) -> None:
+        self._uow = uow
         self._live = live
         self._placement = placement
         self.recorder = recorder
@@ -118,6 +122,8 @@ class TaskRunner:
         self.failed = 0
         #: Agent runs that ignored cancellation, kept referenced until they end.
         self._abandoned: set[asyncio.Future[Any]] = set()
+        # A cancel recorded by another process reaches the task here.
+        recorder.signals.subscribe("cancel", self._cancel_signalled)
 
     # --- starting -------------------------------------------------------------------
 
@@ -142,7 +148,9 @@ class TaskRunner:
         process that is gone, or handed back): re-run it per
         ``agents.recovery``, or end it."""
         live = self._live.add(task)
-        if task.deadline <= self._clock():
+        if task.cancel_requested:
+            self.finish_soon(live, TaskState.CANCELLED, error=cancelled_error())
+        elif task.deadline <= self._clock():
             self.finish_soon(live, TaskState.TIMED_OUT, error=timeout_error(task))
         elif task.state is TaskState.RUNNING and (
             self._policy.recovery == "fail" or task.attempts >= task.max_attempts
@@ -297,6 +305,17 @@ class TaskRunner:
         live.run.settle(CANCEL)
         return True
 
+    def cancel_soon(self, live: LiveTask) -> None:
+        """End a task for a cancel recorded elsewhere: its run is stopped, or
+        (queued, backing off) it ends at once."""
+        if not live.task.state.final and not self.interrupt(live):
+            self.finish_soon(live, TaskState.CANCELLED, error=cancelled_error())
+
+    def _cancel_signalled(self, task_id: str) -> None:
+        live = self._live.get(task_id) if task_id else None
+        if live is not None:
+            self.cancel_soon(live)
+
     def finish_soon(
         self,
         live: LiveTask,
@@ -330,7 +349,11 @@ class TaskRunner:
             updated_at=now,
         )
         try:
-            await self.recorder.store_final(live.task)
+            if not await self.recorder.store_final(live.task):
+                # Ended elsewhere first (a cancel, an adopter): that is the truth.
+                stored = await self._stored(live.task)
+                if stored is not None:
+                    live.task = stored
         except Exception:
             log.exception("task final state not stored", extra={"task_id": live.task.id})
         finally:
@@ -342,6 +365,10 @@ class TaskRunner:
             live.runner = None
             live.done.set()
             live.notify()
+
+    async def _stored(self, task: Task) -> Task | None:
+        async with self._uow() as tx:
+            return await tx.tasks.get(task.tenant, task.id)
 
 
 def _agent_fault(state: TaskState, error: TaskError) -> bool:

@@ -1,0 +1,209 @@
+"""Replicas on one PostgreSQL database wake each other: a commit on one
+reaches consumers and watchers on another by push (LISTEN/NOTIFY), not by
+their fallback poll, which these tests set far longer than they allow."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from datamcp.v1 import (
+    agents_pb2,
+    agents_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+    health_pb2,
+    health_pb2_grpc,
+)
+from tests.agent_plugins import PLUGINS, SlowAgent
+from tests.events_client import Subscriber, cloud_event
+from tests.integration.test_agents import spec
+from tests.support import API_KEY, apikey, auth_overrides, make_settings, running_server
+
+#: Fallback poll of consumers: a delivery faster than this came by push.
+SLOW_POLL = 10.0
+
+
+@pytest.mark.pg
+async def test_a_publish_on_one_replica_wakes_a_consumer_on_another(
+    tmp_path: Path, pg_database: str
+) -> None:
+    settings = {"events.poll_interval": SLOW_POLL}
+    async with (
+        running_server(make_settings(tmp_path / "a", pg_database, **settings)) as one,
+        running_server(make_settings(tmp_path / "b", pg_database, **settings)) as two,
+        one.channel() as ch1,
+        two.channel() as ch2,
+    ):
+        sub = Subscriber(ch2)
+        await sub.open("orders", ["order.*"], credits=10)
+        await asyncio.sleep(0.5)  # the consumer's first look is done: now it waits
+        stub = events_pb2_grpc.EventServiceStub(ch1)
+        for i in range(5):
+            started = time.monotonic()
+            await stub.Publish(
+                events_pb2.PublishRequest(event=cloud_event("order.placed", f"o{i}", {"i": i}))
+            )
+            delivery = await sub.next(timeout=SLOW_POLL / 2)
+            assert delivery.event.subject == f"o{i}"
+            assert time.monotonic() - started < SLOW_POLL / 2
+            await sub.ack(delivery.event.sequence)
+        sub.close()
+
+
+@pytest.mark.pg
+async def test_watch_task_on_another_replica_follows_by_push(
+    tmp_path: Path, pg_database: str
+) -> None:
+    settings = {"agents.plugins": PLUGINS, "rate_limit.enabled": False}
+    async with (
+        running_server(make_settings(tmp_path / "a", pg_database, **settings)) as one,
+        running_server(make_settings(tmp_path / "b", pg_database, **settings)) as two,
+        one.channel() as ch1,
+        two.channel() as ch2,
+    ):
+        submit = agents_pb2_grpc.AgentServiceStub(ch1)
+        watch = agents_pb2_grpc.AgentServiceStub(ch2)
+        started = time.monotonic()
+        task = (
+            await submit.SubmitTask(
+                agents_pb2.SubmitTaskRequest(task=spec("test.slow", {"seconds": 1.0}))
+            )
+        ).task
+        states = []
+        async for update in watch.WatchTask(agents_pb2.WatchTaskRequest(id=task.id), timeout=20):
+            states.append(update.task.state)
+        elapsed = time.monotonic() - started
+    assert states[-1] == agents_pb2.TASK_STATE_SUCCEEDED
+    # The watcher's fallback poll is 5 s: the end came by push.
+    assert elapsed < 1.0 + 2.5, states
+
+
+@pytest.mark.pg
+async def test_a_rate_limit_holds_across_replicas(tmp_path: Path, pg_database: str) -> None:
+    """One principal calling two replicas in turn gets one quota, not two."""
+    rate, burst, seconds = 20.0, 10, 3.0
+    settings = {**auth_overrides(), "rate_limit.rate": rate, "rate_limit.burst": burst}
+    admitted = 0
+    async with (
+        running_server(make_settings(tmp_path / "a", pg_database, **settings)) as one,
+        running_server(make_settings(tmp_path / "b", pg_database, **settings)) as two,
+        one.channel() as ch1,
+        two.channel() as ch2,
+    ):
+        stubs = [health_pb2_grpc.HealthServiceStub(ch) for ch in (ch1, ch2)]
+        request = health_pb2.GetHealthReportRequest()
+        end = time.monotonic() + seconds
+        calls = 0
+        while time.monotonic() < end:
+            try:
+                await stubs[calls % 2].GetHealthReport(request, metadata=apikey(API_KEY))
+                admitted += 1
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            calls += 1
+            await asyncio.sleep(0.005)
+    one_process = burst + rate * seconds  # what one replica alone admits
+    assert calls > 2 * one_process  # the limit was really pressed
+    assert admitted <= 1.1 * one_process, (admitted, calls)
+
+
+@pytest.mark.pg
+async def test_competing_consumers_on_two_replicas_get_each_event_once(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """Four consumers on each replica, acking at once: with nothing failing,
+    no event is delivered twice (materialisers of one page must not both
+    insert its deliveries)."""
+    total = 3000
+    async with (
+        running_server(make_settings(tmp_path / "a", pg_database)) as one,
+        running_server(make_settings(tmp_path / "b", pg_database)) as two,
+        one.channel() as ch1,
+        two.channel() as ch2,
+    ):
+        subs = [Subscriber(ch) for ch in (ch1, ch2) for _ in range(4)]
+        await subs[0].open("load", ["load.*"], credits=50)
+        for sub in subs[1:]:
+            await sub.open("load", credits=50)
+        stub = events_pb2_grpc.EventServiceStub(ch1)
+        for first in range(0, total, 500):
+            batch = [cloud_event("load.tick", "", {"i": i}) for i in range(first, first + 500)]
+            await stub.PublishBatch(events_pb2.PublishBatchRequest(events=batch))
+        seen: list[tuple[int, int]] = []
+
+        async def consume(sub: Subscriber) -> None:
+            while len(seen) < total:
+                try:
+                    delivery = await sub.next(timeout=1.0)
+                except TimeoutError:
+                    continue
+                seen.append((delivery.event.sequence, delivery.attempt))
+                await sub.ack(delivery.event.sequence)
+
+        await asyncio.wait_for(asyncio.gather(*(consume(s) for s in subs)), 120)
+        await asyncio.sleep(1.0)  # anything delivered twice would show now
+        for sub in subs:
+            while not await sub.nothing_for(0.1):
+                seen.append((-1, -1))
+            sub.close()
+    sequences = [seq for seq, _ in seen]
+    assert len(sequences) == total, len(sequences) - total
+    assert len(set(sequences)) == total
+
+
+async def _task_events(stub: events_pb2_grpc.EventServiceStub, task_id: str) -> list[str]:
+    replay = stub.Replay(events_pb2.ReplayRequest(filter=events_pb2.EventFilter(subject=task_id)))
+    return [reply.event.type async for reply in replay]
+
+
+@pytest.mark.pg
+async def test_cancel_on_another_replica_reaches_the_running_agent_once(
+    tmp_path: Path, pg_database: str
+) -> None:
+    settings = {"agents.plugins": PLUGINS, "rate_limit.enabled": False}
+    SlowAgent.cancelled.clear()
+    async with (
+        running_server(make_settings(tmp_path / "a", pg_database, **settings)) as one,
+        running_server(make_settings(tmp_path / "b", pg_database, **settings)) as two,
+        one.channel() as ch1,
+        two.channel() as ch2,
+    ):
+        on_a = agents_pb2_grpc.AgentServiceStub(ch1)
+        on_b = agents_pb2_grpc.AgentServiceStub(ch2)
+        running, queued = [
+            (
+                await on_a.SubmitTask(
+                    agents_pb2.SubmitTaskRequest(task=spec("test.slow", {"seconds": 30}))
+                )
+            ).task
+            for _ in range(2)
+        ]
+        assert queued.state == agents_pb2.TASK_STATE_QUEUED  # the slow agent runs one at a time
+        async with asyncio.timeout(10):
+            while (
+                await on_b.GetTask(agents_pb2.GetTaskRequest(id=running.id))
+            ).task.state != agents_pb2.TASK_STATE_RUNNING:
+                await asyncio.sleep(0.05)
+        for task in (queued, running):  # the queued one first: it must never start
+            started = time.monotonic()
+            answer = (await on_b.CancelTask(agents_pb2.CancelTaskRequest(id=task.id))).task
+            assert answer.state == agents_pb2.TASK_STATE_CANCELLED
+            assert time.monotonic() - started < 3.0
+            seen_by_a = (await on_a.GetTask(agents_pb2.GetTaskRequest(id=task.id))).task
+            assert seen_by_a.state == agents_pb2.TASK_STATE_CANCELLED
+        assert running.id in SlowAgent.cancelled  # the agent itself was told
+        with pytest.raises(grpc.aio.AioRpcError) as again:
+            await on_b.CancelTask(agents_pb2.CancelTaskRequest(id=running.id))
+        assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        await asyncio.sleep(0.5)  # anything late would have landed by now
+        events = events_pb2_grpc.EventServiceStub(ch1)
+        finals = {"task.succeeded", "task.failed", "task.cancelled", "task.timed_out"}
+        for task, started_ever in ((running, True), (queued, False)):
+            types = await _task_events(events, task.id)
+            assert [t for t in types if t in finals] == ["task.cancelled"], types
+            assert ("task.started" in types) is started_ever, types
