@@ -11,7 +11,7 @@ from google.protobuf import wrappers_pb2
 from grpc import aio
 
 from datamcp.core.context import current_principal, current_request_id
-from datamcp.core.errors import Conflict, FieldViolation, InvalidArgument
+from datamcp.core.errors import Conflict, FieldViolation, InvalidArgument, Unavailable
 from datamcp.entrypoints.grpc.server import Registration
 
 SERVICE = "datamcp.test.Probe"
@@ -40,6 +40,15 @@ async def _conflict(request: S, context: aio.ServicerContext) -> S:
     raise Conflict("version 3 expected, found 4", reason="VERSION_MISMATCH")
 
 
+async def _leaky_sql(request: S, context: aio.ServicerContext) -> S:
+    """What a careless wrapper of a driver error would say."""
+    raise Unavailable(
+        "event store unavailable: OperationalError: (sqlite3.OperationalError) disk I/O error\n"
+        "[SQL: INSERT INTO events (tenant, id, data) VALUES (?, ?, ?)]\n"
+        "[parameters: ('other-tenant', 'secret-id', '{\"secret\": 1}')]"
+    )
+
+
 def _handlers() -> dict[str, grpc.RpcMethodHandler]:
     def unary(fn: Any) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(
@@ -52,6 +61,7 @@ def _handlers() -> dict[str, grpc.RpcMethodHandler]:
         "Boom": unary(_boom),
         "Invalid": unary(_invalid),
         "Conflict": unary(_conflict),
+        "LeakySql": unary(_leaky_sql),
     }
 
 

@@ -131,6 +131,9 @@ def rich_details(error: grpc.RpcError) -> dict[str, Any]:
             error_details_pb2.BadRequest,
             error_details_pb2.RetryInfo,
             error_details_pb2.QuotaFailure,
+            error_details_pb2.PreconditionFailure,
+            error_details_pb2.ResourceInfo,
+            error_details_pb2.DebugInfo,
         ):
             if detail.Is(cls.DESCRIPTOR):
                 message = cls()

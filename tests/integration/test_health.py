@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2 as std_health_pb2
 from grpc_health.v1 import health_pb2_grpc as std_health_grpc
 
 from datamcp.v1 import health_pb2, health_pb2_grpc
-from tests.support import make_settings, running_server
+from tests.support import make_settings, rich_details, running_server
 
 SERVING = std_health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = std_health_pb2.HealthCheckResponse.NOT_SERVING
@@ -82,5 +82,9 @@ async def test_watch_health_streams_current_report_then_changes(tmp_path: Path) 
         last = await asyncio.wait_for(stream.read(), 5)
         assert last.report.status == health_pb2.COMPONENT_STATUS_UNHEALTHY
         assert not last.report.serving[""]
-        assert await asyncio.wait_for(stream.read(), 5) == grpc.aio.EOF
+        # Then the server ends the stream: reconnect elsewhere.
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await asyncio.wait_for(stream.read(), 5)
         await stopping
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert rich_details(ended.value)["ErrorInfo"].reason == "SERVER_SHUTTING_DOWN"

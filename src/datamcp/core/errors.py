@@ -127,5 +127,9 @@ ECHO_LIMIT = 120
 
 def clip(value: str, limit: int = ECHO_LIMIT) -> str:
     """``value`` as an error message may echo it: cut to ``limit`` characters
-    (a huge id must not make the error itself too large to deliver)."""
-    return value if len(value) <= limit else f"{value[:limit]}...({len(value)} chars)"
+    (a huge id must not make the error itself too large to deliver), control
+    characters escaped (``x\\x00t``: visible, and harmless in logs)."""
+    text = value if len(value) <= limit else value[:limit]
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return text if len(value) <= limit else f"{text}...({len(value)} chars)"

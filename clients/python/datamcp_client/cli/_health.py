@@ -41,9 +41,17 @@ async def _health(args: argparse.Namespace, client: Client, out: Output) -> int:
         report = await client.health.report(refresh=args.refresh)
         _render(out, report)
         return ExitCode.OK if report.ok else ExitCode.FAILED
+    from datamcp_client.errors import UnavailableError  # grpc: not on --help's path
+
     last = None
-    async for last in client.health.watch():
-        _render(out, last)
+    try:
+        async for last in client.health.watch():
+            _render(out, last)
+    except UnavailableError as exc:
+        # The server ends the stream when it stops, after its final report:
+        # the watch is over; the exit code follows that report.
+        if exc.reason != "SERVER_SHUTTING_DOWN" or last is None:
+            raise
     return ExitCode.OK if last is not None and last.ok else ExitCode.FAILED
 
 

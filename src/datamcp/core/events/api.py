@@ -21,6 +21,8 @@ from datamcp.core.events.subscriptions import (
 
 DEFAULT_CREDITS = 100
 MAX_CREDITS = 10_000
+#: Longest error text a nack stores with a delivery (longer text is cut).
+MAX_NACK_ERROR = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,22 +155,25 @@ class EventsApi:
         self, tenant: str, page_size: int, page_token: str
     ) -> tuple[list[tuple[Subscription, SubscriptionStats]], str]:
         size = paging.page_size(page_size)
-        after = paging.decode(page_token) or ""
-        if not isinstance(after, str):
-            raise paging.bad_token()
+        after = paging.after_text(page_token)
         page = await self.subscriptions.list_with_stats(tenant, after, size)
         token = paging.encode(page[-1][0].name) if len(page) == size else ""
         return page, token
 
     async def dead_letters(
-        self, tenant: str, name: str, page_size: int, page_token: str
+        self,
+        tenant: str,
+        name: str,
+        page_size: int,
+        page_token: str,
+        fits: paging.Fits | None = None,
     ) -> tuple[list[DeadLetter], str]:
+        """A page of a subscription's dead letters (``fits``: see :func:`paging.fill`)."""
         size = paging.page_size(page_size)
-        after_seq = paging.decode(page_token) or 0
-        if not isinstance(after_seq, int):
-            raise paging.bad_token()
-        page = await self.subscriptions.dead_letters(tenant, name, after_seq, size)
-        token = paging.encode(page[-1].event.seq) if len(page) == size else ""
+        after_seq = paging.after_number(page_token)
+        found = await self.subscriptions.dead_letters(tenant, name, after_seq, size)
+        page, more = paging.fill(found, len(found) == size, fits)
+        token = paging.encode(page[-1].event.seq) if more and page else ""
         return page, token
 
     async def delete_subscription(self, tenant: str, name: str) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from datamcp.core.errors import FieldViolation, InvalidArgument
+from datamcp.core.errors import FieldViolation, InvalidArgument, clip
 
 #: Lower-case dotted names of at least two segments: ``pipeline.run.succeeded``.
 TYPE_RE = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)+$")
@@ -26,8 +26,16 @@ PATTERN_RE = re.compile(r"^(\*|[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)*(\.\*)?)$")
 ALL_TENANTS = "*"
 MAX_ID = 128
 MAX_SOURCE = 512
+MAX_TYPE = 256
 MAX_SUBJECT = 512
+MAX_CORRELATION_ID = 128
+MAX_TRACEPARENT = 128
+MAX_FILTER_TYPES = 64
 DEFAULT_MAX_DATA_BYTES = 256 * 1024
+#: Event times an event may carry: years 1 to 9999 (what a Timestamp holds).
+MIN_TIME = -62_135_596_800.0
+MAX_TIME = 253_402_300_799.0
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,19 +111,29 @@ def new_event(
     def bad(name: str, why: str) -> None:
         violations.append(FieldViolation(f"{field_prefix}{name}", why))
 
-    if not TYPE_RE.match(type or ""):
-        bad("type", "must be lower-case dotted words, at least two (e.g. task.succeeded)")
-    if not source or len(source) > MAX_SOURCE:
-        bad("source", f"required, at most {MAX_SOURCE} characters (a URI reference)")
-    if len(subject) > MAX_SUBJECT:
-        bad("subject", f"at most {MAX_SUBJECT} characters")
-    if id is not None and (not id or len(id) > MAX_ID):
-        bad("id", f"when given, 1 to {MAX_ID} characters")
+    if len(type) > MAX_TYPE or not TYPE_RE.match(type or ""):
+        bad(
+            "type",
+            f"lower-case dotted words, at least two (e.g. task.succeeded), at most {MAX_TYPE} "
+            "characters",
+        )
+    if not source or not _plain(source, MAX_SOURCE):
+        bad("source", f"required: a URI reference of at most {MAX_SOURCE} characters")
+    if not _plain(subject, MAX_SUBJECT):
+        bad("subject", f"at most {MAX_SUBJECT} characters, no control characters")
+    if id is not None and (not id or not _plain(id, MAX_ID)):
+        bad("id", f"when given, 1 to {MAX_ID} characters, no control characters")
+    if not _plain(correlation_id, MAX_CORRELATION_ID):
+        bad("correlation_id", f"at most {MAX_CORRELATION_ID} characters, no control characters")
+    if not _plain(traceparent, MAX_TRACEPARENT):
+        bad("traceparent", f"at most {MAX_TRACEPARENT} characters, no control characters")
+    if time_ is not None and not MIN_TIME <= time_ <= MAX_TIME:  # also NaN
+        bad("time", "a time between 0001-01-01 and 9999-12-31 (UTC)")
     text = ""
     try:
-        text = json.dumps(data, separators=(",", ":"))
-    except (TypeError, ValueError):
-        bad("data", "must be JSON")
+        text = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        bad("data", "must be JSON (no NaN or Infinity)")
     size = len(text) if text.isascii() else len(text.encode("utf-8"))
     if size > max_data_bytes:
         bad("data", f"{size} bytes is over the {max_data_bytes}-byte limit")
@@ -135,11 +153,21 @@ def new_event(
     )
 
 
+def _plain(text: str, limit: int) -> bool:
+    """At most ``limit`` characters and no control characters: what ids,
+    sources and subjects may be (they are keys, log fields and headers)."""
+    return len(text) <= limit and _CONTROL.search(text) is None
+
+
 def validate_pattern(pattern: str, field_name: str = "types") -> None:
-    if not PATTERN_RE.match(pattern):
+    if len(pattern) > MAX_TYPE or not PATTERN_RE.match(pattern):
         raise InvalidArgument(
-            f"invalid type pattern {pattern!r}",
-            [FieldViolation(field_name, "exact type, prefix ending in '.*', or '*'")],
+            f"invalid type pattern {clip(pattern)!r}",
+            [
+                FieldViolation(
+                    field_name, f"exact type, prefix ending in '.*', or '*'; up to {MAX_TYPE} chars"
+                )
+            ],
             reason="INVALID_PATTERN",
         )
 
@@ -167,9 +195,32 @@ class EventFilter:
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, types: Sequence[str] = (), source: str = "", subject: str = "") -> EventFilter:
+    def build(
+        cls, types: Sequence[str] = (), source: str = "", subject: str = "", prefix: str = ""
+    ) -> EventFilter:
+        """A checked filter (``prefix`` goes before field names in violations).
+
+        Raises:
+            InvalidArgument: a bad pattern, too many of them, or a source or
+                subject an event could not have.
+        """
+        bad: list[FieldViolation] = []
+        message = "invalid event filter"
+        if len(types) > MAX_FILTER_TYPES:
+            bad.append(FieldViolation(f"{prefix}types", f"at most {MAX_FILTER_TYPES} patterns"))
         for pattern in types:
-            validate_pattern(pattern)
+            try:
+                validate_pattern(pattern, f"{prefix}types")
+            except InvalidArgument as exc:
+                bad.extend(exc.violations)
+                message = exc.message
+                break
+        if not _plain(source, MAX_SOURCE):
+            bad.append(FieldViolation(f"{prefix}source", f"at most {MAX_SOURCE} characters"))
+        if not _plain(subject, MAX_SUBJECT):
+            bad.append(FieldViolation(f"{prefix}subject", f"at most {MAX_SUBJECT} characters"))
+        if bad:
+            raise InvalidArgument(message, bad, reason="INVALID_FILTER")
         return cls(tuple(types), source, subject)
 
     def matches(self, event: Event) -> bool:

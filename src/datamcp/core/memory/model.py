@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from datamcp.core.errors import FieldViolation, InvalidArgument
+from datamcp.core.errors import FieldViolation, InvalidArgument, clip
 
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 STORE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -29,6 +29,9 @@ MAX_TAG = 64
 MAX_METADATA = 32
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 1024
+#: Longest time to live: 100 years. An expiry further out would leave the
+#: range every reader (a protobuf Timestamp, a datetime) can represent.
+MAX_TTL = 100 * 365.25 * 86_400
 
 
 class Strategy(enum.IntEnum):
@@ -46,7 +49,7 @@ class Strategy(enum.IntEnum):
             return cls[name.strip().upper()]
         except KeyError:
             raise InvalidArgument(
-                f"unknown strategy {name!r}",
+                f"unknown strategy {clip(name)!r}",
                 [FieldViolation(field_name, "timestamp_wins, source_priority, merge or manual")],
             ) from None
 
@@ -94,7 +97,7 @@ class Version:
             return cls(int(hlc, 16), origin)
         except ValueError:
             raise InvalidArgument(
-                f"malformed version {text!r}",
+                f"malformed version {clip(text)!r}",
                 [FieldViolation(field_name, "a version as returned by Put/Get: <hex>@<store>")],
             ) from None
 
@@ -274,7 +277,7 @@ def check_namespace(namespace: str, field_name: str = "namespace", *, prefix: bo
     )
     if not ok:
         raise InvalidArgument(
-            f"invalid namespace {namespace!r}",
+            f"invalid namespace {clip(namespace)!r}",
             [
                 FieldViolation(
                     field_name,

@@ -21,7 +21,6 @@ minting store means no concurrent tombstones to conflict).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -30,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from typing import Any
 
-from datamcp.core.background import cancel_and_wait
+from datamcp.core.background import cancel_and_wait, wait_at_most
 from datamcp.core.errors import (
     Conflict,
     DataMCPError,
@@ -38,10 +37,12 @@ from datamcp.core.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
+    clip,
 )
 from datamcp.core.events.model import Event
 from datamcp.core.memory.clock import HybridClock, join
 from datamcp.core.memory.model import (
+    MAX_TTL,
     PutOp,
     Record,
     check_key,
@@ -51,7 +52,7 @@ from datamcp.core.memory.model import (
     in_prefix,
 )
 from datamcp.core.memory.ports import MemoryStore
-from datamcp.core.paging import bad_token, decode, encode, page_size
+from datamcp.core.paging import Fits, bad_token, decode, encode, fill, page_size
 from datamcp.core.signals import LocalSignals, Signals
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class MemoryService:
         state = self._states.get(store_id or self.primary_id)
         if state is None:
             raise NotFound(
-                f"no memory store {store_id!r} (known: {', '.join(sorted(self._states))})",
+                f"no memory store {clip(store_id)!r} (known: {', '.join(sorted(self._states))})",
                 reason="STORE_NOT_FOUND",
                 metadata={"store": store_id, "field": field_name},
             )
@@ -227,8 +228,12 @@ class MemoryService:
                             "(memory.max_value_bytes)",
                         )
                     )
-        if ttl is not None and ttl <= 0:
-            bad.append(FieldViolation(f"{field_prefix}ttl", "must be positive when given"))
+        if ttl is not None and not 0 < ttl <= MAX_TTL:  # also NaN
+            bad.append(
+                FieldViolation(
+                    f"{field_prefix}ttl", "when given, more than 0s and at most 100 years"
+                )
+            )
         if bad:
             raise InvalidArgument("invalid memory write", bad, reason="INVALID_MEMORY_WRITE")
         return PutOp(
@@ -526,9 +531,16 @@ class MemoryService:
         token: str = "",
         store_id: str = "",
         include_deleted: bool = False,
+        fits: Fits | None = None,
     ) -> tuple[list[Record], str]:
         return await self._search(
-            tenant, prefix, size, token, store_id=store_id, live_only=not include_deleted
+            tenant,
+            prefix,
+            size,
+            token,
+            store_id=store_id,
+            live_only=not include_deleted,
+            fits=fits,
         )
 
     async def search(
@@ -542,6 +554,7 @@ class MemoryService:
         size: int = 0,
         token: str = "",
         store_id: str = "",
+        fits: Fits | None = None,
     ) -> tuple[list[Record], str]:
         return await self._search(
             tenant,
@@ -552,6 +565,7 @@ class MemoryService:
             tags=tags,
             metadata=dict(metadata or {}),
             text=text,
+            fits=fits,
         )
 
     async def _search(
@@ -566,9 +580,11 @@ class MemoryService:
         tags: Sequence[str] = (),
         metadata: dict[str, str] | None = None,
         text: str = "",
+        fits: Fits | None = None,
     ) -> tuple[list[Record], str]:
         """A page of matches, filtered by the store (so a page is full while
-        matches remain); the token is the last (namespace, key) returned."""
+        matches remain) and cut where ``fits`` says (see ``paging.fill``);
+        the token is the last (namespace, key) returned."""
         check_namespace(prefix, "namespace_prefix", prefix=True)
         limit = page_size(size)
         store = self.store(store_id)
@@ -583,11 +599,21 @@ class MemoryService:
             metadata=metadata,
             text_contains=text.lower(),
         )
-        return page, encode(list(page[-1].ident)) if len(page) == limit else ""
+        page, more = fill(page, len(page) == limit, fits)
+        return page, encode(list(page[-1].ident)) if more and page else ""
 
     async def history(
-        self, tenant: str, namespace: str, key: str, *, size: int = 0, store_id: str = ""
+        self,
+        tenant: str,
+        namespace: str,
+        key: str,
+        *,
+        size: int = 0,
+        store_id: str = "",
+        fits: Fits | None = None,
     ) -> list[Record]:
+        """The current version then older ones, newest first: at most
+        ``size``, and no more than ``fits`` takes (see ``paging.fill``)."""
         check_namespace(namespace)
         check_key(key)
         limit = page_size(size)
@@ -600,7 +626,7 @@ class MemoryService:
                 metadata={"namespace": namespace, "key": key},
             )
         older = await store.history(tenant, namespace, key, limit - 1) if limit > 1 else []
-        return [current, *older]
+        return fill([current, *older], False, fits)[0]
 
     async def watch(
         self, tenant: str, prefix: str, from_seq: int, store_id: str = ""
@@ -621,8 +647,7 @@ class MemoryService:
                 yield record
             moved, cursor = last != cursor, last
             if not moved:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), 1.0)
+                await wait_at_most(changed, 1.0)
 
 
 def _position(token: str) -> tuple[str, str] | None:

@@ -23,7 +23,14 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from datamcp.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from datamcp.core.background import wait_at_most
+from datamcp.core.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    clip,
+)
 from datamcp.core.events.model import Event
 from datamcp.core.instances import Instance, is_gone
 from datamcp.core.memory.clock import dominates, join
@@ -43,7 +50,7 @@ from datamcp.core.memory.model import (
 from datamcp.core.memory.ports import MemoryStore, SyncLedger
 from datamcp.core.memory.resolve import Policy, Relation, relation, settle
 from datamcp.core.memory.service import MemoryService, Publish
-from datamcp.core.paging import encode, keyset, page_size
+from datamcp.core.paging import Fits, encode, fill, keyset, page_size
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +124,7 @@ class SyncEngine:
         for i, store_id in enumerate(stores):
             if store_id not in known:
                 raise NotFound(
-                    f"no memory store {store_id!r} (known: {', '.join(known)})",
+                    f"no memory store {clip(store_id)!r} (known: {', '.join(known)})",
                     reason="STORE_NOT_FOUND",
                     metadata={"store": store_id, "field": f"stores[{i}]"},
                 )
@@ -129,7 +136,7 @@ class SyncEngine:
             )
         for i, store_id in enumerate(req.priority):
             if store_id not in known:
-                bad.append(FieldViolation(f"priority[{i}]", f"unknown store {store_id!r}"))
+                bad.append(FieldViolation(f"priority[{i}]", f"unknown store {clip(store_id)!r}"))
         if req.mode not in (SyncMode.INCREMENTAL, SyncMode.FULL):
             bad.append(FieldViolation("mode", "incremental or full"))
         try:
@@ -449,7 +456,9 @@ class SyncEngine:
         run = await self.find_run(tenant, run_id)
         if run is None:
             raise NotFound(
-                f"no sync run {run_id!r}", reason="SYNC_RUN_NOT_FOUND", metadata={"sync_id": run_id}
+                f"no sync run {clip(run_id)!r}",
+                reason="SYNC_RUN_NOT_FOUND",
+                metadata={"sync_id": run_id},
             )
         return run
 
@@ -475,24 +484,30 @@ class SyncEngine:
                 await asyncio.sleep(0.5)  # owned by another process: poll
                 continue
             if live.run.tenant != tenant:
-                raise NotFound(f"no sync run {run_id!r}", reason="SYNC_RUN_NOT_FOUND")
+                raise NotFound(f"no sync run {clip(run_id)!r}", reason="SYNC_RUN_NOT_FOUND")
             changed = live.changed
             run = replace(live.run)
             yield run
             if run.status.final:
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), 5.0)
+            await wait_at_most(changed, 5.0)
 
     async def list_conflicts(
-        self, tenant: str, status: ConflictStatus, prefix: str, size: int, token: str
+        self,
+        tenant: str,
+        status: ConflictStatus,
+        prefix: str,
+        size: int,
+        token: str,
+        *,
+        fits: Fits | None = None,
     ) -> tuple[list[Conflict], str]:
+        """A page of conflicts, cut where ``fits`` says (see ``paging.fill``)."""
         check_namespace(prefix, "namespace_prefix", prefix=True)
         limit = page_size(size)
         found = await self.ledger.list_conflicts(tenant, status, prefix, keyset(token), limit + 1)
-        more = len(found) > limit
-        found = found[:limit]
-        return found, encode([found[-1].detected_at, found[-1].id]) if more else ""
+        found, more = fill(found[:limit], len(found) > limit, fits)
+        return found, encode([found[-1].detected_at, found[-1].id]) if more and found else ""
 
     async def resolve(
         self, tenant: str, conflict_id_: str, *, version: str = "", value_json: str | None = None
@@ -508,7 +523,7 @@ class SyncEngine:
         conflict = await self.ledger.get_conflict(tenant, conflict_id_)
         if conflict is None:
             raise NotFound(
-                f"no conflict {conflict_id_!r}",
+                f"no conflict {clip(conflict_id_)!r}",
                 reason="CONFLICT_NOT_FOUND",
                 metadata={"conflict_id": conflict_id_},
             )

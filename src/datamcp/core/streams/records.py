@@ -18,6 +18,10 @@ from datamcp.core.streams.model import AggFunction, StreamSpec
 
 #: Longest key (as JSON text) a record may have.
 MAX_KEY_CHARS = 512
+#: Event times a record may carry, in epoch ms: years 1 to 9999 (what a
+#: Timestamp and a datetime hold; further out, window bounds overflow).
+MIN_TIME_MS = -62_135_596_800_000
+MAX_TIME_MS = 253_402_300_799_999
 _MISSING = object()
 
 
@@ -55,7 +59,7 @@ def parse_time_ms(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        if not math.isfinite(value):
+        if not math.isfinite(value) or not MIN_TIME_MS <= value * 1000 <= MAX_TIME_MS:
             return None
         return round(value * 1000)
     if isinstance(value, str):
@@ -80,6 +84,8 @@ class RecordReader:
         ``default_time`` (epoch seconds) is the carrying event's time, used
         when the spec names no event-time field.
         """
+        if isinstance(record, Rejection):  # the entry point could not read it
+            return record
         if not isinstance(record, Mapping):
             return Rejection("", "a record must be a JSON object")
         spec = self._spec
@@ -91,7 +97,8 @@ class RecordReader:
             if time_ms is None:
                 return Rejection(
                     spec.event_time_field,
-                    "event time must be epoch seconds or an RFC 3339 timestamp",
+                    "event time must be epoch seconds or an RFC 3339 timestamp, "
+                    "between years 1 and 9999",
                 )
         else:
             time_ms = round(default_time * 1000)

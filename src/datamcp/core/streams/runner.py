@@ -24,12 +24,15 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from datamcp.core.background import wait_at_most
+from datamcp.core.errors import DataMCPError
 from datamcp.core.events.bus import EventBus
 from datamcp.core.events.model import Event, new_event
 from datamcp.core.events.subscriptions import Delivery, Subscription, SubscriptionService
@@ -127,18 +130,23 @@ class JobRunner:
             except Exception as exc:
                 self._failures += 1
                 self.restarts += 1
+                error_id = os.urandom(6).hex()
                 log.warning(
                     "stream job step failed; resuming from the last checkpoint",
-                    extra={"job_id": self.job.id},
+                    extra={"job_id": self.job.id, "error_id": error_id},
                     exc_info=exc,
+                )
+                # last_error is shown to callers (GetStreamJob): no internals.
+                shown = (
+                    exc.message
+                    if isinstance(exc, DataMCPError)
+                    else f"a step failed (error id {error_id}); resuming from the last checkpoint"
                 )
                 with contextlib.suppress(Exception):
                     if sub is not None:
                         await self._subs.release(sub, consumer)
                     async with self._uow() as tx:
-                        await tx.streams.record_error(
-                            self.job.id, self._owner, f"{type(exc).__name__}: {exc}"[:1000]
-                        )
+                        await tx.streams.record_error(self.job.id, self._owner, shown[:1000])
                         await tx.commit()
                 await asyncio.sleep(RESTART_BACKOFF.delay(self._failures))
 
@@ -170,8 +178,7 @@ class JobRunner:
                             raise Fenced(job.id)
                         await tx.commit()
                     renewed = now
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stored.wait(), self._poll)
+                await wait_at_most(stored, self._poll)
                 continue
             before = counters.copy()
             late = self._apply(job, engine, deliveries, counters)

@@ -8,7 +8,7 @@ from datamcp.core.agents.agent import Capability
 from datamcp.core.agents.model import AuditRecord, Task, TaskSpec
 from datamcp.core.agents.registry import AgentSlot
 from datamcp.core.agents.remote import Hello
-from datamcp.entrypoints.grpc.convert import duration, timestamp
+from datamcp.entrypoints.grpc.convert import duration, duration_seconds, timestamp
 from datamcp.entrypoints.grpc.values import fill_value, from_struct, from_value, to_struct
 from datamcp.v1 import agents_pb2
 
@@ -24,9 +24,11 @@ def spec_from_proto(message: agents_pb2.TaskSpec) -> TaskSpec:
     return TaskSpec(
         capability=message.capability,
         agent_id=message.agent_id,
-        input=from_value(message.input) if message.HasField("input") else None,
+        input=from_value(message.input, "task.input") if message.HasField("input") else None,
         priority=message.priority,
-        timeout=message.timeout.ToNanoseconds() / 1e9 if message.HasField("timeout") else None,
+        timeout=duration_seconds(message.timeout, "task.timeout")
+        if message.HasField("timeout")
+        else None,
         request_id=message.request_id,
         max_attempts=message.max_attempts,
         correlation_id=message.correlation_id,
@@ -95,8 +97,12 @@ def capability_from_proto(message: agents_pb2.Capability) -> Capability:
     return Capability(
         message.name,
         message.description,
-        from_struct(message.input_schema) if message.HasField("input_schema") else None,
-        from_struct(message.output_schema) if message.HasField("output_schema") else None,
+        from_struct(message.input_schema, "input_schema")
+        if message.HasField("input_schema")
+        else None,
+        from_struct(message.output_schema, "output_schema")
+        if message.HasField("output_schema")
+        else None,
     )
 
 

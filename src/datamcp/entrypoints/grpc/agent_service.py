@@ -22,7 +22,7 @@ from datamcp.entrypoints.grpc.agent_convert import (
     spec_from_proto,
     task_to_proto,
 )
-from datamcp.entrypoints.grpc.convert import duration, timestamp
+from datamcp.entrypoints.grpc.convert import duration, duration_seconds, timestamp
 from datamcp.entrypoints.grpc.values import from_value, to_value
 from datamcp.v1 import agents_pb2, agents_pb2_grpc
 
@@ -132,7 +132,9 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
     async def SendAgentRequest(
         self, request: agents_pb2.SendAgentRequestRequest, context: aio.ServicerContext
     ) -> agents_pb2.SendAgentRequestResponse:
-        timeout = request.timeout.ToNanoseconds() / 1e9 if request.HasField("timeout") else None
+        timeout = (
+            duration_seconds(request.timeout, "timeout") if request.HasField("timeout") else None
+        )
         limit = _wait_limit(context)
         if limit is not None:
             timeout = min(timeout, limit) if timeout is not None else limit
@@ -140,7 +142,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
             current_principal.get().tenant,
             request.source_agent_id,
             request.target,
-            from_value(request.input) if request.HasField("input") else None,
+            from_value(request.input, "input") if request.HasField("input") else None,
             limit=timeout,
             correlation_id=request.correlation_id,
         )
@@ -238,7 +240,9 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
                 p = message.progress
                 await remote.progress(p.task_id, p.percent, p.message)
             elif kind == "result":
-                remote.result(message.result.task_id, from_value(message.result.output))
+                remote.result(
+                    message.result.task_id, from_value(message.result.output, "result.output")
+                )
             elif kind == "failure":
                 f = message.failure
                 remote.failure(f.task_id, f.reason, f.message, f.retryable)

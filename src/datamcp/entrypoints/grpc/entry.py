@@ -3,12 +3,18 @@ metrics and error mapping for every call, in one wrapper per method.
 
 The wrapper is built once per method when the service is registered (see
 ``wrapping.py``), so a call pays one extra coroutine frame for all of it.
-The standard health and reflection services stay open and are not wrapped
-(the health ``Watch`` writes through ``context.write``, which wrappers break).
+The standard health and reflection services stay open: no credentials, and
+only their streams are wrapped (to end them at shutdown).
+
+Long-lived calls (any method that streams requests or responses) are
+tracked (``live.py``): at shutdown :meth:`Entry.end_streams` ends them at
+once with UNAVAILABLE.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import os
 import random
@@ -26,6 +32,8 @@ from datamcp.core.errors import DataMCPError, FieldViolation, InvalidArgument
 from datamcp.core.metrics import MetricsRegistry
 from datamcp.core.ratelimit import KeyedRateLimiter
 from datamcp.entrypoints.grpc.errors import internal_status, status_code, to_status
+from datamcp.entrypoints.grpc.live import LiveCall, LiveCalls, shutting_down
+from datamcp.entrypoints.grpc.nul import refuse_nul
 from datamcp.entrypoints.grpc.wrapping import rebuild
 
 log = logging.getLogger(__name__)
@@ -81,18 +89,66 @@ class Entry:
         self._limiter = limiter
         self._metrics = metrics
         self._auth_enabled = authenticator.enabled
+        self.live = LiveCalls()
+
+    def end_streams(self) -> None:
+        """End every long-lived call now, each with UNAVAILABLE (the server
+        is shutting down; clients reconnect elsewhere). Calls that start
+        later end the same way as soon as they start."""
+        self.live.end_all()
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """``handler`` behind the entry; open services are returned as they are."""
-        if method.startswith(OPEN_PREFIXES):
-            return handler
+        """``handler`` behind the entry (open services: see :meth:`_open`)."""
         request_streaming = bool(handler.request_streaming)
+        if method.startswith(OPEN_PREFIXES):
+            return self._open(handler)
         behavior: Callable[[Callable[..., Any]], Callable[..., Any]]
         if handler.response_streaming:
             behavior = partial(self._stream, method, streaming_request=request_streaming)
         else:
             behavior = partial(self._unary, method, streaming_request=request_streaming)
         return rebuild(handler, behavior, _safe_deserializer(handler.request_deserializer))
+
+    def _open(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """An open service's method: undecodable requests are INVALID_ARGUMENT
+        (not UNKNOWN naming a parser exception) and streams end with
+        UNAVAILABLE at shutdown; nothing else is added."""
+        deserializer = _safe_deserializer(handler.request_deserializer)
+        if handler.request_streaming or handler.response_streaming:
+            return rebuild(
+                handler, partial(self._closable, streaming=handler.request_streaming), deserializer
+            )
+        return rebuild(handler, _parsed, deserializer)
+
+    def _closable(self, inner: Callable[..., Any], *, streaming: bool) -> Callable[..., Any]:
+        """An open service's stream (a generator), tracked like ours."""
+        if not inspect.isasyncgenfunction(inner):
+            return _parsed(inner)
+        live = self.live
+
+        async def stream(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            if request is _MALFORMED:
+                await _abort(context, to_status(_malformed()))
+            if streaming:
+                request = _parsed_requests(request, context)
+            call = live.open()
+            try:
+                async for response in inner(request, context):
+                    call.sending = True
+                    yield response
+                    call.sent()
+            except (asyncio.CancelledError, Exception) as exc:
+                if isinstance(exc, asyncio.CancelledError):
+                    ended = call.ended_here()
+                else:
+                    ended = call.exiting = call.ended
+                if ended:
+                    await _abort(context, to_status(shutting_down(), current_request_id.get()))
+                raise
+            finally:
+                live.close(call)
+
+        return stream
 
     def _admit(self, method: str, roles: tuple[str, ...], context: aio.ServicerContext) -> None:
         """Set the call's request id and principal, or raise why it may not proceed."""
@@ -149,6 +205,7 @@ class Entry:
             # on the path every unary call takes.
             start = time.perf_counter()
             code: str | None = "OK"
+            call = self.live.open() if streaming_request else None
             try:
                 self._admit(method, roles, context)
                 return await inner(_validated(request, streaming_request), context)
@@ -159,10 +216,15 @@ class Entry:
                 code = _code_of(exc)
                 await self._fail(context, exc, method)
                 raise
-            except BaseException:
+            except asyncio.CancelledError:
                 code = "CANCELLED"
+                if call is not None and call.ended_here():
+                    code = "UNAVAILABLE"
+                    await self._fail(context, shutting_down(), method)
                 raise
             finally:
+                if call is not None:
+                    self.live.close(call)
                 self._record(method, context, code, start)
 
         return behavior
@@ -173,45 +235,58 @@ class Entry:
         roles = self._auth.required_roles(method)
 
         async def behavior(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-            async with _Call(self, method, context):
+            async with _Call(self, method, context) as call:
                 self._admit(method, roles, context)
                 async for response in inner(_validated(request, streaming_request), context):
+                    call.sending = True
                     yield response
+                    call.sent()
 
         return behavior
 
 
 class _Call:
-    """One call's bookkeeping: maps what escapes the handler to a status and
-    records the outcome in the metrics. A class, not a generator-based
-    context manager, because it runs on every call."""
+    """One streaming call's bookkeeping: tracks it (to end it at shutdown),
+    maps what escapes the handler to a status, and records the outcome in
+    the metrics. A class, not a generator-based context manager, because it
+    runs on every call."""
 
-    __slots__ = ("context", "entry", "method", "start")
+    __slots__ = ("context", "entry", "live", "method", "start")
 
     def __init__(self, entry: Entry, method: str, context: aio.ServicerContext) -> None:
         self.entry = entry
         self.method = method
         self.context = context
         self.start = time.perf_counter()
+        self.live: LiveCall | None = None
 
-    async def __aenter__(self) -> None:
-        return None
+    async def __aenter__(self) -> LiveCall:
+        self.live = self.entry.live.open()
+        return self.live
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
         code: str | None = "OK"
+        assert self.live is not None
         try:
             if exc is None:
                 return
             if isinstance(exc, aio.AbortError):
                 code = None  # the handler aborted; the context knows the code
             elif isinstance(exc, Exception):
+                if self.live.ended:  # whatever it was: what ended it was the shutdown
+                    self.live.exiting = True
+                    exc = shutting_down()
                 code = _code_of(exc)
                 await self.entry._fail(self.context, exc, self.method)
+            elif isinstance(exc, asyncio.CancelledError) and self.live.ended_here():
+                code = "UNAVAILABLE"
+                await self.entry._fail(self.context, shutting_down(), self.method)
             else:
                 code = "CANCELLED"
         finally:
+            self.entry.live.close(self.live)
             self.entry._record(self.method, self.context, code, self.start)
 
 
@@ -225,7 +300,7 @@ def _validated(request: Any, streaming_request: bool) -> Any:
         return _checked(request)
     if request is _MALFORMED:
         raise _malformed()
-    return request
+    return refuse_nul(request)
 
 
 async def _abort(context: aio.ServicerContext, status: grpc.Status) -> None:
@@ -234,8 +309,29 @@ async def _abort(context: aio.ServicerContext, status: grpc.Status) -> None:
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
+def _parsed(inner: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """An open unary method: an undecodable request is INVALID_ARGUMENT."""
+
+    async def call(request: Any, context: aio.ServicerContext) -> Any:
+        if request is _MALFORMED:
+            await _abort(context, to_status(_malformed()))
+        return await inner(request, context)
+
+    return call
+
+
+async def _parsed_requests(
+    requests: AsyncIterator[Any], context: aio.ServicerContext
+) -> AsyncIterator[Any]:
+    """An open stream's requests, aborting at an undecodable one."""
+    async for item in requests:
+        if item is _MALFORMED:
+            await _abort(context, to_status(_malformed()))
+        yield item
+
+
 async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
     async for request in requests:
         if request is _MALFORMED:
             raise _malformed()
-        yield request
+        yield refuse_nul(request)

@@ -5,19 +5,20 @@ from __future__ import annotations
 from datamcp.core.events.api import EventDraft
 from datamcp.core.events.model import Event, EventFilter
 from datamcp.core.events.subscriptions import DeadLetter, Subscription, SubscriptionStats
-from datamcp.entrypoints.grpc.convert import duration, timestamp
+from datamcp.entrypoints.grpc.convert import duration, epoch_of, timestamp
 from datamcp.entrypoints.grpc.values import fill_value, from_value
 from datamcp.v1 import events_pb2
 
 
-def draft_from_proto(message: events_pb2.CloudEvent) -> EventDraft:
+def draft_from_proto(message: events_pb2.CloudEvent, prefix: str = "event.") -> EventDraft:
+    """An event to publish; ``prefix`` names it in field violations."""
     return EventDraft(
         type=message.type,
         source=message.source,
-        data=from_value(message.data),
+        data=from_value(message.data, f"{prefix}data"),
         subject=message.subject,
         id=message.id,
-        time=message.time.ToNanoseconds() / 1e9 if message.HasField("time") else None,
+        time=epoch_of(message.time, f"{prefix}time") if message.HasField("time") else None,
         correlation_id=message.correlation_id,
         traceparent=message.traceparent,
     )
@@ -41,8 +42,8 @@ def event_to_proto(event: Event) -> events_pb2.CloudEvent:
     return message
 
 
-def filter_from_proto(message: events_pb2.EventFilter) -> EventFilter:
-    return EventFilter.build(list(message.types), message.source, message.subject)
+def filter_from_proto(message: events_pb2.EventFilter, prefix: str = "filter.") -> EventFilter:
+    return EventFilter.build(list(message.types), message.source, message.subject, prefix)
 
 
 def filter_to_proto(value: EventFilter) -> events_pb2.EventFilter:

@@ -10,9 +10,10 @@ from grpc import aio
 
 from datamcp.core.context import current_principal
 from datamcp.core.errors import FieldViolation, InvalidArgument
-from datamcp.core.events.api import EventsApi
+from datamcp.core.events.api import MAX_NACK_ERROR, EventsApi
 from datamcp.core.events.bus import PublishResult
 from datamcp.core.events.consumer import Consumer
+from datamcp.entrypoints.grpc.convert import Packer, epoch_of, page_bytes, seconds_of
 from datamcp.entrypoints.grpc.event_convert import (
     dead_letter_to_proto,
     draft_from_proto,
@@ -30,8 +31,14 @@ def _result(r: PublishResult) -> events_pb2.PublishResponse:
 
 
 class EventService(events_pb2_grpc.EventServiceServicer):
-    def __init__(self, api: EventsApi) -> None:
+    """Args:
+    api: the core's events API.
+    page_bytes: most bytes the items of one answer take (``convert.page_bytes``).
+    """
+
+    def __init__(self, api: EventsApi, page_bytes: int = page_bytes(4 << 20)) -> None:
         self._api = api
+        self._page_bytes = page_bytes
 
     async def Publish(
         self, request: events_pb2.PublishRequest, context: aio.ServicerContext
@@ -44,7 +51,12 @@ class EventService(events_pb2_grpc.EventServiceServicer):
         self, request: events_pb2.PublishBatchRequest, context: aio.ServicerContext
     ) -> events_pb2.PublishBatchResponse:
         tenant = current_principal.get().tenant
-        results = await self._api.publish(tenant, [draft_from_proto(e) for e in request.events])
+        many = len(request.events) > 1
+        drafts = [
+            draft_from_proto(e, f"events[{i}]." if many else "event.")
+            for i, e in enumerate(request.events)
+        ]
+        results = await self._api.publish(tenant, drafts)
         return events_pb2.PublishBatchResponse(results=[_result(r) for r in results])
 
     async def Subscribe(
@@ -85,10 +97,10 @@ class EventService(events_pb2_grpc.EventServiceServicer):
         return await self._api.open_consumer(
             tenant,
             request.subscription,
-            filter_from_proto(request.filter) if has_filter else None,
+            filter_from_proto(request.filter, "open.filter.") if has_filter else None,
             credits=request.max_in_flight,
             from_earliest=request.start_position == events_pb2.START_POSITION_EARLIEST,
-            visibility_timeout=request.visibility_timeout.ToNanoseconds() / 1e9,
+            visibility_timeout=seconds_of(request.visibility_timeout, "open.visibility_timeout"),
             max_attempts=request.max_attempts,
         )
 
@@ -100,11 +112,13 @@ class EventService(events_pb2_grpc.EventServiceServicer):
             if kind == "ack":
                 await consumer.ack(list(message.ack.sequences))
             elif kind == "nack":
-                retry = message.nack.retry_after
+                nack = message.nack
                 await consumer.nack(
-                    message.nack.sequence,
-                    message.nack.error,
-                    retry.ToNanoseconds() / 1e9 if message.nack.HasField("retry_after") else None,
+                    nack.sequence,
+                    nack.error[:MAX_NACK_ERROR],
+                    seconds_of(nack.retry_after, "nack.retry_after")
+                    if nack.HasField("retry_after")
+                    else None,
                 )
             elif kind == "flow":
                 consumer.grant(message.flow.credits)
@@ -114,7 +128,7 @@ class EventService(events_pb2_grpc.EventServiceServicer):
     ) -> AsyncIterator[events_pb2.ReplayResponse]:
         tenant = current_principal.get().tenant
         from_time = (
-            request.from_time.ToNanoseconds() / 1e9 if request.HasField("from_time") else None
+            epoch_of(request.from_time, "from_time") if request.HasField("from_time") else None
         )
         events = self._api.replay(
             tenant,
@@ -150,12 +164,11 @@ class EventService(events_pb2_grpc.EventServiceServicer):
         self, request: events_pb2.ListDeadLettersRequest, context: aio.ServicerContext
     ) -> events_pb2.ListDeadLettersResponse:
         tenant = current_principal.get().tenant
-        page, token = await self._api.dead_letters(
-            tenant, request.subscription, request.page_size, request.page_token
+        page = Packer(dead_letter_to_proto, self._page_bytes)
+        _, token = await self._api.dead_letters(
+            tenant, request.subscription, request.page_size, request.page_token, page
         )
-        return events_pb2.ListDeadLettersResponse(
-            dead_letters=[dead_letter_to_proto(d) for d in page], next_page_token=token
-        )
+        return events_pb2.ListDeadLettersResponse(dead_letters=page.messages, next_page_token=token)
 
     async def RedriveDeadLetters(
         self, request: events_pb2.RedriveDeadLettersRequest, context: aio.ServicerContext

@@ -1,4 +1,5 @@
-"""datamcp.v1.HealthService: the operator's view of health and metrics."""
+"""datamcp.v1.HealthService: the operator's view of health and metrics; and
+the standard grpc.health.v1 servicer the server feeds."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from grpc import aio
+from grpc_health.v1 import health
+from grpc_health.v1 import health_pb2 as std
 
 from datamcp.core.health import HealthMonitor, HealthReport
 from datamcp.core.metrics import MetricsRegistry
@@ -14,12 +17,9 @@ from datamcp.v1 import health_pb2, health_pb2_grpc
 
 
 class HealthService(health_pb2_grpc.HealthServiceServicer):
-    def __init__(
-        self, monitor: HealthMonitor, metrics: MetricsRegistry, stopping: asyncio.Event
-    ) -> None:
+    def __init__(self, monitor: HealthMonitor, metrics: MetricsRegistry) -> None:
         self._monitor = monitor
         self._metrics = metrics
-        self._stopping = stopping
         self._last: tuple[HealthReport | None, health_pb2.HealthReport] = (
             None,
             health_pb2.HealthReport(),
@@ -66,6 +66,60 @@ class HealthService(health_pb2_grpc.HealthServiceServicer):
     ) -> AsyncIterator[health_pb2.WatchHealthResponse]:
         report = await self._current()
         yield health_pb2.WatchHealthResponse(report=self._proto(report))
-        while not self._stopping.is_set():
+        # Until the client leaves or the server ends the stream at shutdown
+        # (after the final all-NOT_SERVING report).
+        while True:
             report = await self._monitor.wait_for_change()
             yield health_pb2.WatchHealthResponse(report=self._proto(report))
+
+
+class StandardHealth(health.aio.HealthServicer):  # type: ignore[misc]
+    """grpc.health.v1.Health as the server feeds it, with two changes to the
+    library's servicer: ``List`` is implemented (the library left it
+    unimplemented: it answered UNKNOWN naming an exception class), and
+    ``Watch`` is a generator, not a loop over ``context.write``, so the
+    server can end it at shutdown like any other stream (``live.py``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._statuses: dict[str, int] = {"": std.HealthCheckResponse.SERVING}
+        self._changed = asyncio.Event()
+        self._final = False
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def set(self, service: str, status: int) -> None:
+        if not self._final:
+            self._statuses[service] = status
+            self._notify()
+        await super().set(service, status)
+
+    async def enter_graceful_shutdown(self) -> None:
+        self._final = True
+        self._statuses = dict.fromkeys(self._statuses, std.HealthCheckResponse.NOT_SERVING)
+        self._notify()
+        await super().enter_graceful_shutdown()
+
+    async def Watch(
+        self, request: std.HealthCheckRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[std.HealthCheckResponse]:
+        last = None
+        while True:
+            changed = self._changed
+            status = self._statuses.get(request.service, std.HealthCheckResponse.SERVICE_UNKNOWN)
+            if status != last:
+                yield std.HealthCheckResponse(status=status)
+                last = status
+            await changed.wait()
+
+    async def List(
+        self, request: std.HealthListRequest, context: aio.ServicerContext
+    ) -> std.HealthListResponse:
+        return std.HealthListResponse(
+            statuses={
+                name: std.HealthCheckResponse(status=status)
+                for name, status in self._statuses.items()
+            }
+        )

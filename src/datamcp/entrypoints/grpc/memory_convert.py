@@ -14,7 +14,7 @@ from datamcp.core.memory.model import (
     SyncRequest,
     SyncRun,
 )
-from datamcp.entrypoints.grpc.convert import duration, timestamp
+from datamcp.entrypoints.grpc.convert import duration, duration_seconds, timestamp
 from datamcp.entrypoints.grpc.values import fill_value
 from datamcp.v1 import memory_pb2 as pb
 
@@ -122,5 +122,8 @@ def conflict_status(value: int) -> ConflictStatus:
     return ConflictStatus(value)
 
 
-def ttl_seconds(message: Any) -> float | None:
-    return message.ttl.ToNanoseconds() / 1e9 if message.HasField("ttl") else None
+def ttl_seconds(message: Any, prefix: str = "") -> float | None:
+    """A Put's time to live in seconds (None: never expires)."""
+    if not message.HasField("ttl"):
+        return None
+    return duration_seconds(message.ttl, f"{prefix}ttl")  # range: MemoryService.op

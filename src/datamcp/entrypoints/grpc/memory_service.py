@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 from grpc import aio
 
 from datamcp.core.context import current_tenant
-from datamcp.core.errors import FieldViolation, InvalidArgument
+from datamcp.core.errors import DataMCPError, FieldViolation, InvalidArgument
 from datamcp.core.memory.model import Record
 from datamcp.core.memory.system import MemorySystem
+from datamcp.entrypoints.grpc.convert import Packer, page_bytes
 from datamcp.entrypoints.grpc.memory_convert import (
     conflict_status,
     conflict_to_proto,
@@ -25,23 +28,34 @@ from datamcp.entrypoints.grpc.values import from_value
 from datamcp.v1 import memory_pb2 as pb
 from datamcp.v1 import memory_pb2_grpc
 
+log = logging.getLogger(__name__)
+
 
 def _value(message: Any, field: str = "value") -> Any:
     if not message.HasField("value"):
         raise InvalidArgument(
             "a value is required", [FieldViolation(field, "set a JSON value (null is allowed)")]
         )
-    return from_value(message.value)
+    return from_value(message.value, field)
 
 
 class MemorySyncService(memory_pb2_grpc.MemorySyncServiceServicer):
-    def __init__(self, memory: MemorySystem) -> None:
+    """Args:
+    memory: the memory system (service, sync).
+    page_bytes: most bytes the items of one answer take (``convert.page_bytes``).
+    """
+
+    def __init__(self, memory: MemorySystem, page_bytes: int = page_bytes(4 << 20)) -> None:
         self._memory = memory
         self._service = memory.service
         self._sync = memory.sync
+        self._page_bytes = page_bytes
 
     def _out(self, record: Record, store: str) -> pb.MemoryRecord:
         return record_to_proto(record, store or self._service.primary_id)
+
+    def _records(self, store: str) -> Packer[Record, pb.MemoryRecord]:
+        return Packer(lambda r: self._out(r, store), self._page_bytes)
 
     async def Put(self, request: pb.PutRequest, context: aio.ServicerContext) -> pb.PutResponse:
         op = self._service.op(
@@ -76,22 +90,23 @@ class MemorySyncService(memory_pb2_grpc.MemorySyncServiceServicer):
         return pb.DeleteResponse(record=self._out(record, request.store))
 
     async def List(self, request: pb.ListRequest, context: aio.ServicerContext) -> pb.ListResponse:
-        records, token = await self._service.list_records(
+        page = self._records(request.store)
+        _, token = await self._service.list_records(
             current_tenant(),
             request.namespace_prefix,
             size=request.page_size,
             token=request.page_token,
             store_id=request.store,
             include_deleted=request.include_deleted,
+            fits=page,
         )
-        return pb.ListResponse(
-            records=[self._out(r, request.store) for r in records], next_page_token=token
-        )
+        return pb.ListResponse(records=page.messages, next_page_token=token)
 
     async def Search(
         self, request: pb.SearchRequest, context: aio.ServicerContext
     ) -> pb.SearchResponse:
-        records, token = await self._service.search(
+        page = self._records(request.store)
+        _, token = await self._service.search(
             current_tenant(),
             request.namespace_prefix,
             tags=list(request.tags),
@@ -100,10 +115,9 @@ class MemorySyncService(memory_pb2_grpc.MemorySyncServiceServicer):
             size=request.page_size,
             token=request.page_token,
             store_id=request.store,
+            fits=page,
         )
-        return pb.SearchResponse(
-            records=[self._out(r, request.store) for r in records], next_page_token=token
-        )
+        return pb.SearchResponse(records=page.messages, next_page_token=token)
 
     async def BatchPut(
         self, request: pb.BatchPutRequest, context: aio.ServicerContext
@@ -122,7 +136,7 @@ class MemorySyncService(memory_pb2_grpc.MemorySyncServiceServicer):
                         _value(e, f"{prefix}value"),
                         tags=list(e.tags),
                         metadata=dict(e.metadata),
-                        ttl=ttl_seconds(e),
+                        ttl=ttl_seconds(e, prefix),
                         expected_version=e.expected_version,
                         field_prefix=prefix,
                     )
@@ -137,14 +151,16 @@ class MemorySyncService(memory_pb2_grpc.MemorySyncServiceServicer):
     async def GetHistory(
         self, request: pb.GetHistoryRequest, context: aio.ServicerContext
     ) -> pb.GetHistoryResponse:
-        versions = await self._service.history(
+        page = self._records(request.store)
+        await self._service.history(
             current_tenant(),
             request.namespace,
             request.key,
             size=request.page_size,
             store_id=request.store,
+            fits=page,
         )
-        return pb.GetHistoryResponse(versions=[self._out(v, request.store) for v in versions])
+        return pb.GetHistoryResponse(versions=page.messages)
 
     async def WatchChanges(
         self, request: pb.WatchChangesRequest, context: aio.ServicerContext
@@ -180,7 +196,15 @@ class MemorySyncService(memory_pb2_grpc.MemorySyncServiceServicer):
                     out.lag = max(lags)
                 out.healthy = True
             except Exception as exc:
-                out.healthy, out.error = False, f"{type(exc).__name__}: {exc}"[:500]
+                out.healthy = False
+                if isinstance(exc, DataMCPError):  # an outage, as the store translated it
+                    out.error = exc.message
+                else:  # the text of anything else is for the log, not the caller
+                    error_id = os.urandom(6).hex()
+                    log.warning(
+                        "memory store stats failed", exc_info=exc, extra={"error_id": error_id}
+                    )
+                    out.error = f"memory store {store.id} failed (error id {error_id})"
             return out
 
         described = await asyncio.gather(*(describe(s) for s in stores))
@@ -217,23 +241,23 @@ class MemorySyncService(memory_pb2_grpc.MemorySyncServiceServicer):
     async def ListConflicts(
         self, request: pb.ListConflictsRequest, context: aio.ServicerContext
     ) -> pb.ListConflictsResponse:
-        conflicts, token = await self._sync.list_conflicts(
+        page = Packer(conflict_to_proto, self._page_bytes)
+        _, token = await self._sync.list_conflicts(
             current_tenant(),
             conflict_status(request.status),
             request.namespace_prefix,
             request.page_size,
             request.page_token,
+            fits=page,
         )
-        return pb.ListConflictsResponse(
-            conflicts=[conflict_to_proto(c) for c in conflicts], next_page_token=token
-        )
+        return pb.ListConflictsResponse(conflicts=page.messages, next_page_token=token)
 
     async def ResolveConflict(
         self, request: pb.ResolveConflictRequest, context: aio.ServicerContext
     ) -> pb.ResolveConflictResponse:
         value_json = None
         if request.HasField("value"):
-            value_json = json.dumps(from_value(request.value), separators=(",", ":"))
+            value_json = json.dumps(from_value(request.value, "value"), separators=(",", ":"))
         conflict, record = await self._sync.resolve(
             current_tenant(), request.conflict_id, version=request.version, value_json=value_json
         )

@@ -80,7 +80,7 @@ class PipelineService(StreamJobMethods, pipelines_pb2_grpc.PipelineServiceServic
             current_tenant(),
             definition_from(request),
             preview_rows=request.preview_rows,
-            params=from_struct(request.params) if request.HasField("params") else None,
+            params=from_struct(request.params, "params") if request.HasField("params") else None,
         )
         out = pb.ValidatePipelineResponse(
             valid=not result.problems,
@@ -101,7 +101,7 @@ class PipelineService(StreamJobMethods, pipelines_pb2_grpc.PipelineServiceServic
         run, duplicate = await self.pipelines.run(
             current_tenant(),
             request.id,
-            params=from_struct(request.params) if request.HasField("params") else None,
+            params=from_struct(request.params, "params") if request.HasField("params") else None,
             request_id=request.request_id,
             correlation_id=request.correlation_id,
         )

@@ -4,7 +4,8 @@ It wraps every service's handlers once at registration (OpenTelemetry
 outermost, then the entry; see ``wrapping.py`` for why there are no grpc
 interceptors), the standard ``grpc.health.v1`` servicer fed by the health
 monitor, reflection for every service, TLS, and graceful shutdown:
-NOT_SERVING first, then new calls refused, in-flight calls given the grace.
+NOT_SERVING first, then new calls refused and long-lived streams ended
+(UNAVAILABLE: reconnect elsewhere), in-flight unary calls given the grace.
 """
 
 from __future__ import annotations
@@ -17,18 +18,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from datamcp import __version__
 from datamcp.bootstrap import App
 from datamcp.core.errors import ConfigError
 from datamcp.core.health import HealthMonitor, HealthReport
 from datamcp.entrypoints.grpc.agent_service import AgentService
+from datamcp.entrypoints.grpc.convert import page_bytes
 from datamcp.entrypoints.grpc.entry import OPEN_PREFIXES, Entry
 from datamcp.entrypoints.grpc.event_service import EventService
-from datamcp.entrypoints.grpc.health_service import HealthService
+from datamcp.entrypoints.grpc.health_service import HealthService, StandardHealth
 from datamcp.entrypoints.grpc.memory_service import MemorySyncService
 from datamcp.entrypoints.grpc.pipeline_service import PipelineService
 from datamcp.entrypoints.grpc.tracing import MethodTracing
@@ -83,18 +86,32 @@ def service_name(descriptor_module: Any, service: str) -> str:
     return str(descriptor_module.DESCRIPTOR.services_by_name[service].full_name)
 
 
-def core_services(app: App, monitor: HealthMonitor, stopping: asyncio.Event) -> list[Registration]:
+def hosted_services() -> list[ServiceDescriptor]:
+    """The descriptor of every service the server hosts (what reflection
+    lists): the mesh's own, the standard health and reflection."""
+    return [
+        datamcp_health_pb2.DESCRIPTOR.services_by_name["HealthService"],
+        events_pb2.DESCRIPTOR.services_by_name["EventService"],
+        agents_pb2.DESCRIPTOR.services_by_name["AgentService"],
+        memory_pb2.DESCRIPTOR.services_by_name["MemorySyncService"],
+        pipelines_pb2.DESCRIPTOR.services_by_name["PipelineService"],
+        health_pb2.DESCRIPTOR.services_by_name["Health"],
+        reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+    ]
+
+
+def core_services(app: App, monitor: HealthMonitor) -> list[Registration]:
     """The services this build hosts, in registration order."""
     return [
         Registration(
             service_name(datamcp_health_pb2, "HealthService"),
             datamcp_health_pb2_grpc.add_HealthServiceServicer_to_server,
-            HealthService(monitor, app.metrics, stopping),
+            HealthService(monitor, app.metrics),
         ),
         Registration(
             service_name(events_pb2, "EventService"),
             events_pb2_grpc.add_EventServiceServicer_to_server,
-            EventService(app.events),
+            EventService(app.events, page_bytes(app.settings.server.max_message_bytes)),
             needs=("database", "event_bus"),
         ),
         Registration(
@@ -106,7 +123,7 @@ def core_services(app: App, monitor: HealthMonitor, stopping: asyncio.Event) -> 
         Registration(
             service_name(memory_pb2, "MemorySyncService"),
             memory_pb2_grpc.add_MemorySyncServiceServicer_to_server,
-            MemorySyncService(app.memory),
+            MemorySyncService(app.memory, page_bytes(app.settings.server.max_message_bytes)),
             needs=("database", "event_bus"),
         ),
         Registration(
@@ -136,12 +153,13 @@ class MeshServer:
             timeout=settings.health.check_timeout,
             version=__version__,
         )
-        self.registrations = [*core_services(app, self.monitor, self.stopping), *extra]
+        self.registrations = [*core_services(app, self.monitor), *extra]
         for registration in self.registrations:
             self.monitor.register_service(registration.name, registration.needs)
-        self.health = health.aio.HealthServicer()
+        self.health = StandardHealth()
         self.tracer_provider = tracing.build_tracer_provider(app.settings.tracing)
         self.port = 0
+        self.entry: Entry | None = None
         self._server: aio.Server | None = None
         self._stopped = asyncio.Event()
 
@@ -151,7 +169,7 @@ class MeshServer:
         tracing_ = MethodTracing(
             provider, OPEN_PREFIXES + UNTRACED_STREAMS, self.app.settings.tracing.sample_ratio
         )
-        entry = Entry(self.app.authenticator, self.app.limiter, self.app.metrics)
+        entry = self.entry = Entry(self.app.authenticator, self.app.limiter, self.app.metrics)
 
         def wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
             return tracing_.wrap(method, entry.wrap(method, handler))
@@ -246,7 +264,8 @@ class MeshServer:
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
-        """Graceful shutdown: NOT_SERVING, drain delay, refuse new calls, grace."""
+        """Graceful shutdown: NOT_SERVING, drain delay, refuse new calls, end
+        long-lived streams (UNAVAILABLE), give unary calls the grace."""
         if self.stopping.is_set():
             await self._stopped.wait()
             return
@@ -259,7 +278,17 @@ class MeshServer:
         if s.drain_delay:
             await asyncio.sleep(s.drain_delay)
         if self._server is not None:
-            await self._server.stop(grace)
+            # New calls are refused from the stop's first step; then the
+            # long-lived streams end (clients reconnect elsewhere) and only
+            # in-flight unary calls use the grace.
+            stopped = asyncio.ensure_future(self._server.stop(grace))
+            await asyncio.sleep(0)
+            while self.entry is not None and not stopped.done():
+                # Again while any is left: a handler may have swallowed the
+                # cancellation (or been sending when it came).
+                self.entry.end_streams()
+                await asyncio.wait({stopped}, timeout=0.5)
+            await stopped
         await self.app.close()
         self.tracer_provider.shutdown()
         self._stopped.set()

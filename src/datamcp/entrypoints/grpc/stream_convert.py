@@ -16,7 +16,7 @@ from datamcp.core.streams.model import (
     Window,
     WindowKind,
 )
-from datamcp.entrypoints.grpc.convert import duration, timestamp
+from datamcp.entrypoints.grpc.convert import duration, duration_seconds, timestamp
 from datamcp.entrypoints.grpc.values import from_value, to_value
 from datamcp.v1 import streams_pb2
 
@@ -36,8 +36,9 @@ _FUNCTION = {
 _FUNCTION_OUT = {v: k for k, v in _FUNCTION.items()}
 
 
-def _ms(d: duration_pb2.Duration) -> int:
-    return int(d.ToNanoseconds() // 1_000_000)
+def _ms(d: duration_pb2.Duration, field: str) -> int:
+    """A well-formed Duration in milliseconds (the range is the core's to say)."""
+    return int(duration_seconds(d, field) * 1000)
 
 
 def spec_from_proto(spec: streams_pb2.StreamJobSpec, prefix: str = "job.spec.") -> StreamSpec:
@@ -54,7 +55,7 @@ def spec_from_proto(spec: streams_pb2.StreamJobSpec, prefix: str = "job.spec.") 
             tuple(e.types),
             e.source,
             e.subject,
-            {k: from_value(v) for k, v in e.where.items()},
+            {k: from_value(v, f"{prefix}events.where.{k}") for k, v in e.where.items()},
             e.from_earliest,
         )
     kind = _KIND.get(spec.window.kind)
@@ -73,8 +74,14 @@ def spec_from_proto(spec: streams_pb2.StreamJobSpec, prefix: str = "job.spec.") 
         raise InvalidArgument("invalid stream job", bad, reason="INVALID_STREAM_JOB")
     assert kind is not None
     w = spec.window
+    window = f"{prefix}window."
     return StreamSpec(
-        window=Window(kind, _ms(w.size), _ms(w.slide), _ms(w.gap)),
+        window=Window(
+            kind,
+            _ms(w.size, f"{window}size"),
+            _ms(w.slide, f"{window}slide"),
+            _ms(w.gap, f"{window}gap"),
+        ),
         aggregations=tuple(aggs),
         sink=Sink(
             spec.sink.emit_events,
@@ -85,9 +92,9 @@ def spec_from_proto(spec: streams_pb2.StreamJobSpec, prefix: str = "job.spec.") 
         source=source,
         key_fields=tuple(spec.key_fields),
         event_time_field=spec.event_time_field,
-        watermark_delay_ms=_ms(spec.watermark_delay),
-        allowed_lateness_ms=_ms(spec.allowed_lateness),
-        idle_timeout_ms=_ms(spec.idle_timeout),
+        watermark_delay_ms=_ms(spec.watermark_delay, f"{prefix}watermark_delay"),
+        allowed_lateness_ms=_ms(spec.allowed_lateness, f"{prefix}allowed_lateness"),
+        idle_timeout_ms=_ms(spec.idle_timeout, f"{prefix}idle_timeout"),
     )
 
 

@@ -9,11 +9,15 @@ service, ``app.streams``) before serving.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
+from google.protobuf import struct_pb2
 from grpc import aio
 
 from datamcp.core.context import current_principal
+from datamcp.core.errors import InvalidArgument
 from datamcp.core.streams import PushMessage, StreamService
+from datamcp.core.streams.records import Rejection
 from datamcp.entrypoints.grpc.stream_convert import job_to_proto, spec_from_proto
 from datamcp.entrypoints.grpc.values import from_struct
 from datamcp.v1 import streams_pb2
@@ -63,9 +67,8 @@ class StreamJobMethods:
     ) -> streams_pb2.PushRecordsResponse:
         async def messages() -> AsyncIterator[PushMessage]:
             async for request in request_iterator:
-                yield PushMessage(
-                    request.job_id, [from_struct(r) for r in request.records], request.request_id
-                )
+                records = [_record(r) for r in request.records]
+                yield PushMessage(request.job_id, records, request.request_id)
 
         summary = await self.streams.push(current_principal.get().tenant, messages())
         return streams_pb2.PushRecordsResponse(
@@ -76,3 +79,13 @@ class StreamJobMethods:
                 for r in summary.rejections
             ],
         )
+
+
+def _record(record: struct_pb2.Struct) -> Any:
+    """A pushed record as data, or, when it is not JSON (NaN, too deep), its
+    rejection: refused alone with its field, like any other bad record."""
+    try:
+        return from_struct(record, "")
+    except InvalidArgument as exc:
+        (violation,) = exc.violations
+        return Rejection(violation.field.lstrip("."), violation.description)
