@@ -526,12 +526,6 @@ async def test_pushed_records_out_of_range_are_refused_one_by_one(
     assert job.last_error == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agents (issue 16, lead): ListTasks pages are bounded by count only; five echo "
-    "tasks of 900 kB (input and result) make a 9 MB answer. Wire AgentManager.list_tasks "
-    "through core.paging.fill with convert.Packer as memory and dead letters do.",
-)
 async def test_list_tasks_pages_are_bounded_by_bytes(tmp_path: Path) -> None:
     big = to_value("y" * 900_000)
     async with running_server(make_settings(tmp_path)) as srv, srv.channel() as ch:

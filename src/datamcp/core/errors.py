@@ -133,3 +133,19 @@ def clip(value: str, limit: int = ECHO_LIMIT) -> str:
     if not text.isprintable():
         text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
     return text if len(value) <= limit else f"{text}...({len(value)} chars)"
+
+
+def failure_text(exc: BaseException) -> str:
+    """What a stored failure (a dead letter's last error, say) may say about
+    ``exc``: a core error's reason and message; for anything else only that
+    it was unexpected, with an error id to find its stack in the log (which
+    the caller writes, with ``error_id(exc)``)."""
+    if isinstance(exc, DataMCPError):
+        return clip(f"{exc.reason}: {exc.message}", 1000)
+    return f"unexpected error (error id {error_id(exc)})"
+
+
+def error_id(exc: BaseException) -> str:
+    """A short id for ``exc`` (the same for one exception object), to log
+    beside its stack and show where its text may not go."""
+    return f"{id(exc) & 0xFFFFFFFFFFFF:012x}"

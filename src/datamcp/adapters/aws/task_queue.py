@@ -15,7 +15,7 @@ from typing import Any
 from datamcp.adapters.aws.session import EntryFailure, send_with_retries
 from datamcp.adapters.aws.sqs import SqsQueue, batch_failures, fifo_token
 from datamcp.core.agents.queued import QueuedTask
-from datamcp.core.errors import Unavailable
+from datamcp.core.errors import FieldViolation, InvalidArgument, Unavailable
 
 #: SQS's message size limit before 2025 (kept so any queue or emulator takes it).
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -27,9 +27,10 @@ class SqsTaskQueue(SqsQueue):
     async def send(self, task: QueuedTask) -> None:
         body = json.dumps(task.to_message(), separators=(",", ":"))
         if len(body.encode()) > MAX_MESSAGE_BYTES:
-            raise Unavailable(
-                f"{self.name}: the task is {len(body.encode())} bytes as a message; "
-                f"queues take {MAX_MESSAGE_BYTES}",
+            raise InvalidArgument(
+                f"the task is {len(body.encode())} bytes as a queue message; queues take "
+                f"{MAX_MESSAGE_BYTES}: send a smaller input, or run the task in-process",
+                [FieldViolation("task.input", f"at most ~{MAX_MESSAGE_BYTES} bytes when queued")],
                 reason="TASK_TOO_LARGE_FOR_QUEUE",
             )
         entry: dict[str, Any] = {

@@ -185,8 +185,10 @@ class AgentCalls:
         agent_id: str = "",
         page_size: int = 0,
         page_token: str = "",
+        fits: paging.Fits | None = None,
     ) -> tuple[list[AuditRecord], str]:
-        """One page of agent-to-agent call records, newest first."""
+        """One page of agent-to-agent call records, newest first (``fits``:
+        see :func:`paging.fill`)."""
         size = paging.page_size(page_size)
         before = paging.keyset(page_token)
         async with self._core.uow() as tx:
@@ -197,5 +199,6 @@ class AgentCalls:
                 before=before,
                 limit=size,
             )
-        last = records[-1] if len(records) == size else None
-        return records, paging.encode([last.started_at, last.id]) if last else ""
+        page, more = paging.fill(records, len(records) == size, fits)
+        last = page[-1] if more and page else None
+        return page, paging.encode([last.started_at, last.id]) if last else ""

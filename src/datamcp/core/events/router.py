@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from datamcp.core.background import cancel_and_wait
-from datamcp.core.errors import ConfigError, NotFound
+from datamcp.core.errors import ConfigError, NotFound, error_id, failure_text
 from datamcp.core.events.api import EventDraft, EventsApi
 from datamcp.core.events.consumer import Consumer
 from datamcp.core.events.model import TYPE_RE, Event, EventFilter
@@ -139,10 +139,14 @@ class Router:
                     except Exception as exc:
                         log.warning(
                             "trigger action failed",
-                            extra={"trigger": trigger.name, "event_id": event.id},
+                            extra={
+                                "trigger": trigger.name,
+                                "event_id": event.id,
+                                "error_id": error_id(exc),
+                            },
                             exc_info=exc,
                         )
-                        await consumer.nack(event.seq, f"{type(exc).__name__}: {exc}")
+                        await consumer.nack(event.seq, failure_text(exc))
                     else:
                         await consumer.ack([event.seq])
             except asyncio.CancelledError:

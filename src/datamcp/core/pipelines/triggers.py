@@ -16,7 +16,13 @@ from typing import Any
 from croniter import croniter
 
 from datamcp.core.background import cancel_and_wait
-from datamcp.core.errors import DataMCPError, FailedPrecondition, NotFound
+from datamcp.core.errors import (
+    DataMCPError,
+    FailedPrecondition,
+    NotFound,
+    error_id,
+    failure_text,
+)
 from datamcp.core.events.api import EventsApi
 from datamcp.core.events.consumer import Consumer
 from datamcp.core.events.model import Event
@@ -118,7 +124,12 @@ class EventTriggers:
                     except FailedPrecondition as exc:
                         await consumer.nack(event.seq, exc.message, retry_after=5.0)
                     except Exception as exc:
-                        await consumer.nack(event.seq, f"{type(exc).__name__}: {exc}")
+                        log.warning(
+                            "pipeline trigger failed",
+                            extra={"event_id": event.id, "error_id": error_id(exc)},
+                            exc_info=exc,
+                        )
+                        await consumer.nack(event.seq, failure_text(exc))
                     else:
                         await consumer.ack([event.seq])
             except asyncio.CancelledError:

@@ -22,7 +22,7 @@ from datamcp.entrypoints.grpc.agent_convert import (
     spec_from_proto,
     task_to_proto,
 )
-from datamcp.entrypoints.grpc.convert import duration, duration_seconds, timestamp
+from datamcp.entrypoints.grpc.convert import Packer, duration, duration_seconds, timestamp
 from datamcp.entrypoints.grpc.values import from_value, to_value
 from datamcp.v1 import agents_pb2, agents_pb2_grpc
 
@@ -39,9 +39,10 @@ def _wait_limit(context: aio.ServicerContext) -> float | None:
 
 
 class AgentService(agents_pb2_grpc.AgentServiceServicer):
-    def __init__(self, manager: AgentManager, hub: RemoteHub) -> None:
+    def __init__(self, manager: AgentManager, hub: RemoteHub, page_bytes: int) -> None:
         self._manager = manager
         self._hub = hub
+        self._page_bytes = page_bytes
 
     async def ListAgents(
         self, request: agents_pb2.ListAgentsRequest, context: aio.ServicerContext
@@ -105,17 +106,17 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
             raise InvalidArgument(
                 "unknown task state", [FieldViolation("states", "TASK_STATE_* values only")]
             )
-        tasks, token = await self._manager.list_tasks(
+        page = Packer(task_to_proto, self._page_bytes)
+        _, token = await self._manager.list_tasks(
             current_principal.get().tenant,
             states=states,
             capability=request.capability,
             correlation_id=request.correlation_id,
             page_size=request.page_size,
             page_token=request.page_token,
+            fits=page,
         )
-        return agents_pb2.ListTasksResponse(
-            tasks=[task_to_proto(t) for t in tasks], next_page_token=token
-        )
+        return agents_pb2.ListTasksResponse(tasks=page.messages, next_page_token=token)
 
     async def CancelTask(
         self, request: agents_pb2.CancelTaskRequest, context: aio.ServicerContext
@@ -151,16 +152,16 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
     async def ListAuditRecords(
         self, request: agents_pb2.ListAuditRecordsRequest, context: aio.ServicerContext
     ) -> agents_pb2.ListAuditRecordsResponse:
-        records, token = await self._manager.calls.audit_records(
+        page = Packer(audit_to_proto, self._page_bytes)
+        _, token = await self._manager.calls.audit_records(
             current_principal.get().tenant,
             correlation_id=request.correlation_id,
             agent_id=request.agent_id,
             page_size=request.page_size,
             page_token=request.page_token,
+            fits=page,
         )
-        return agents_pb2.ListAuditRecordsResponse(
-            records=[audit_to_proto(r) for r in records], next_page_token=token
-        )
+        return agents_pb2.ListAuditRecordsResponse(records=page.messages, next_page_token=token)
 
     async def Connect(
         self,

@@ -117,7 +117,7 @@ def core_services(app: App, monitor: HealthMonitor) -> list[Registration]:
         Registration(
             service_name(agents_pb2, "AgentService"),
             agents_pb2_grpc.add_AgentServiceServicer_to_server,
-            AgentService(app.agents, app.remote),
+            AgentService(app.agents, app.remote, page_bytes(app.settings.server.max_message_bytes)),
             needs=("database", "event_bus"),
         ),
         Registration(

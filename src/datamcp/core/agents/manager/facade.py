@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
+from datamcp.core import paging
 from datamcp.core.agents.agent import Agent, AgentDescriptor
 from datamcp.core.agents.calls import AgentCalls
 from datamcp.core.agents.manager.agents import AgentHosting
@@ -206,6 +207,7 @@ class AgentManager:
         correlation_id: str = "",
         page_size: int = 0,
         page_token: str = "",
+        fits: paging.Fits | None = None,
     ) -> tuple[list[Task], str]:
         return await self.core.queries.list_tasks(
             tenant,
@@ -214,6 +216,7 @@ class AgentManager:
             correlation_id=correlation_id,
             page_size=page_size,
             page_token=page_token,
+            fits=fits,
         )
 
     async def wait(self, tenant: str, task_id: str, within: float | None = None) -> Task:

@@ -74,8 +74,10 @@ class TaskQueries:
         correlation_id: str = "",
         page_size: int = 0,
         page_token: str = "",
+        fits: paging.Fits | None = None,
     ) -> tuple[list[Task], str]:
-        """One page of the tenant's tasks, newest first, and the next page's token."""
+        """One page of the tenant's tasks, newest first, and the next page's
+        token (``fits``: see :func:`paging.fill`)."""
         size = paging.page_size(page_size)
         before = paging.keyset(page_token)
         async with self._uow() as tx:
@@ -87,8 +89,9 @@ class TaskQueries:
                 before=before,
                 limit=size,
             )
-        token = paging.encode([tasks[-1].created_at, tasks[-1].id]) if len(tasks) == size else ""
-        return [self._live.fresher(t) for t in tasks], token
+        page, more = paging.fill([self._live.fresher(t) for t in tasks], len(tasks) == size, fits)
+        token = paging.encode([page[-1].created_at, page[-1].id]) if more and page else ""
+        return page, token
 
     async def wait(self, tenant: str, task_id: str, within: float | None = None) -> Task:
         """The task once final (or as it is when ``within`` seconds pass)."""

@@ -34,6 +34,7 @@ from datamcp.core.errors import (
     ResourceExhausted,
     Unavailable,
     clip,
+    error_id,
 )
 from datamcp.core.ports import UnitOfWorkFactory
 from datamcp.core.resilience import RetryPolicy
@@ -261,13 +262,17 @@ class TaskRunner:
             retryable = isinstance(exc, Unavailable)
             return TaskError(exc.reason, exc.message, retryable, caller_fault=not outage)
         if isinstance(exc, (ConnectionError, TimeoutError)):
-            return TaskError("AGENT_UNAVAILABLE", f"{type(exc).__name__}: {exc}", True)
+            return TaskError("AGENT_UNAVAILABLE", clip(f"agent unavailable: {exc}"), True)
         log.warning(
             "agent raised",
-            extra={"task_id": live.task.id, "agent_id": live.task.agent_id},
+            extra={
+                "task_id": live.task.id,
+                "agent_id": live.task.agent_id,
+                "error_id": error_id(exc),
+            },
             exc_info=exc,
         )
-        return TaskError("AGENT_ERROR", clip(f"{type(exc).__name__}: {exc}", MAX_ERROR_MESSAGE))
+        return TaskError("AGENT_ERROR", f"the agent failed unexpectedly (error id {error_id(exc)})")
 
     # --- retries --------------------------------------------------------------------
 
