@@ -153,9 +153,9 @@ def _missing_schema(connection: Connection) -> list[str]:
             missing.append(f"index {_TTL_INDEX}")
         if _OLD_INDEX in indexes:
             missing.append(f"the removal of index {_OLD_INDEX}")
-    if "memory_history" in tables:
-        if _LOG_INDEX not in {ix["name"] for ix in inspector.get_indexes("memory_history")}:
-            missing.append(f"index {_LOG_INDEX}")
+    history = inspector.get_indexes("memory_history") if "memory_history" in tables else []
+    if "memory_history" in tables and _LOG_INDEX not in {ix["name"] for ix in history}:
+        missing.append(f"index {_LOG_INDEX}")
     return missing
 
 

@@ -644,9 +644,7 @@ class MemoryService:
         cursor = from_seq
         while True:
             changed = state.changed
-            page, last = await state.store.changes(
-                tenant, cursor, SCAN_PAGE, prefix, versions=True
-            )
+            page, last = await state.store.changes(tenant, cursor, SCAN_PAGE, prefix, versions=True)
             for record in page:
                 yield record
             moved, cursor = last != cursor, last
