@@ -12,14 +12,18 @@ from pathlib import Path
 import grpc
 import pytest
 
+from datamcp.entrypoints.grpc.values import from_value
 from datamcp.v1 import agents_pb2, agents_pb2_grpc, events_pb2_grpc
 from tests.agent_plugins import PLUGINS
+from tests.integration.test_agent_hardening import OTHER_KEY, two_tenants
 from tests.integration.test_agents import spec
 from tests.integration.test_replica_signals import _task_events
-from tests.support import RunningServer, make_settings, running_server
+from tests.remote_agent import PyRemoteAgent
+from tests.support import API_KEY, RunningServer, apikey, make_settings, running_server
 
 pytestmark = pytest.mark.pg
 
+ACME, GLOBEX = apikey(API_KEY), apikey(OTHER_KEY)
 FINALS = {"task.succeeded", "task.failed", "task.cancelled", "task.timed_out"}
 
 
@@ -163,3 +167,63 @@ async def test_a_pooled_task_past_its_deadline_times_out_once(
         types = await _task_events(events_pb2_grpc.EventServiceStub(ch), late.id)
         assert [t for t in types if t in FINALS] == ["task.timed_out"], types
         assert "task.started" not in types, types
+
+
+async def test_a_remote_agent_connected_to_one_replica_serves_its_tenant_on_every_replica(
+    tmp_path: Path, pg_database: str
+) -> None:
+    settings = two_tenants()
+    async with (
+        running_server(make_settings(tmp_path / "a", pg_database, **settings)) as one,
+        running_server(make_settings(tmp_path / "b", pg_database, **settings)) as two,
+        two.channel() as ch2,
+    ):
+        on_b = agents_pb2_grpc.AgentServiceStub(ch2)
+        async with PyRemoteAgent(one.channel(), ACME, "worker", ["work.far"]) as agent:
+            async with asyncio.timeout(10):  # B hears of it by signal
+                while agent.agent_id not in {
+                    a.id
+                    for a in (
+                        await on_b.ListAgents(agents_pb2.ListAgentsRequest(), metadata=ACME)
+                    ).agents
+                }:
+                    await asyncio.sleep(0.05)
+            by_capability = await on_b.ExecuteTask(
+                agents_pb2.ExecuteTaskRequest(task=spec("work.far", {"n": 1})),
+                metadata=ACME,
+                timeout=20,
+            )
+            pinned = await on_b.ExecuteTask(
+                agents_pb2.ExecuteTaskRequest(task=spec("", {"n": 2}, agent_id=agent.agent_id)),
+                metadata=ACME,
+                timeout=20,
+            )
+            for answer, n in ((by_capability, 1), (pinned, 2)):
+                assert answer.task.state == agents_pb2.TASK_STATE_SUCCEEDED
+                assert from_value(answer.task.result) == {"agent": "worker", "input": {"n": n}}
+            got = (
+                await on_b.GetAgent(agents_pb2.GetAgentRequest(id=agent.agent_id), metadata=ACME)
+            ).agent
+            assert [c.name for c in got.capabilities] == ["work.far"]
+            # Another tenant sees nothing of it, on any replica.
+            listed = await on_b.ListAgents(agents_pb2.ListAgentsRequest(), metadata=GLOBEX)
+            assert agent.agent_id not in {a.id for a in listed.agents}
+            for task in (spec("work.far", {}), spec("", {}, agent_id=agent.agent_id)):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await on_b.SubmitTask(agents_pb2.SubmitTaskRequest(task=task), metadata=GLOBEX)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(grpc.aio.AioRpcError) as hidden:
+                await on_b.GetAgent(agents_pb2.GetAgentRequest(id=agent.agent_id), metadata=GLOBEX)
+            assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+        assert agent.inputs == [{"n": 1}, {"n": 2}]
+        # Gone from A: B stops accepting its work.
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    await on_b.SubmitTask(
+                        agents_pb2.SubmitTaskRequest(task=spec("work.far", {})), metadata=ACME
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+                    break
+                await asyncio.sleep(0.1)

@@ -44,6 +44,15 @@ class Instance:
         return cls(uuid.uuid4().hex, host, os.getpid(), version, now, now)
 
 
+@dataclass(frozen=True, slots=True)
+class ListedAgent:
+    """An agent an instance hosts, as the others see it (its descriptor as JSON)."""
+
+    agent_id: str
+    instance_id: str
+    descriptor: str
+
+
 async def register(uow: UnitOfWorkFactory, instance: Instance) -> None:
     async with uow() as tx:
         await tx.instances.add(instance)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 if TYPE_CHECKING:
     from datamcp.core.agents.ports import AuditRepository, TaskRepository
     from datamcp.core.events.ports import EventRepository
-    from datamcp.core.instances import Instance
+    from datamcp.core.instances import Instance, ListedAgent
     from datamcp.core.pipelines.ports import PipelineRepository
     from datamcp.core.streams.ports import StreamRepository
 
@@ -24,7 +24,19 @@ class InstanceRepository(Protocol):
     async def touch(self, instance_id: str, at: float) -> None: ...
     async def stop(self, instance_id: str, at: float) -> None: ...
     async def get(self, instance_id: str) -> Instance | None: ...
-    async def prune(self, before: float, keep: str) -> int: ...
+    async def prune(self, before: float, keep: str) -> int:
+        """Delete instances silent since ``before`` (never ``keep``) and the
+        agents they listed."""
+        ...
+
+    async def list_agent(
+        self, instance_id: str, agent_id: str, descriptor: str, at: float
+    ) -> None: ...
+    async def unlist_agent(self, agent_id: str) -> None: ...
+    async def listed_agents(self, alive_since: float) -> list[ListedAgent]:
+        """Agents listed by instances that heartbeated since ``alive_since``
+        and did not stop."""
+        ...
 
 
 class UnitOfWork(Protocol):

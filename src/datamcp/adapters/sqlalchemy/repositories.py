@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from datamcp.adapters.sqlalchemy.tables import instances
-from datamcp.core.instances import Instance
+from datamcp.adapters.sqlalchemy.tables import instance_agents, instances
+from datamcp.core.instances import Instance, ListedAgent
 
 
 class SqlInstanceRepository:
@@ -47,4 +47,30 @@ class SqlInstanceRepository:
         result = await self._conn.execute(
             delete(instances).where(instances.c.heartbeat_at < before, instances.c.id != keep)
         )
+        await self._conn.execute(
+            delete(instance_agents).where(
+                instance_agents.c.instance_id.not_in(select(instances.c.id))
+            )
+        )
         return int(result.rowcount or 0)
+
+    async def list_agent(self, instance_id: str, agent_id: str, descriptor: str, at: float) -> None:
+        await self._conn.execute(
+            insert(instance_agents).values(
+                agent_id=agent_id, instance_id=instance_id, descriptor=descriptor, listed_at=at
+            )
+        )
+
+    async def unlist_agent(self, agent_id: str) -> None:
+        await self._conn.execute(
+            delete(instance_agents).where(instance_agents.c.agent_id == agent_id)
+        )
+
+    async def listed_agents(self, alive_since: float) -> list[ListedAgent]:
+        a, i = instance_agents, instances
+        rows = await self._conn.execute(
+            select(a.c.agent_id, a.c.instance_id, a.c.descriptor)
+            .join(i, i.c.id == a.c.instance_id)
+            .where(i.c.stopped_at.is_(None), i.c.heartbeat_at >= alive_since)
+        )
+        return [ListedAgent(r.agent_id, r.instance_id, r.descriptor) for r in rows]

@@ -33,6 +33,16 @@ instances = Table(
     Column("stopped_at", Float, nullable=True),
 )
 
+#: The agents each instance hosts for the others to see (remote agents).
+instance_agents = Table(
+    "instance_agents",
+    metadata,
+    Column("agent_id", String(200), primary_key=True),
+    Column("instance_id", String(32), nullable=False, index=True),
+    Column("descriptor", Text, nullable=False),
+    Column("listed_at", Float, nullable=False),
+)
+
 # --- event bus -----------------------------------------------------------------
 # BigInteger on PostgreSQL, INTEGER (the rowid alias, so AUTOINCREMENT works) on SQLite.
 Seq = BigInteger().with_variant(Integer(), "sqlite")

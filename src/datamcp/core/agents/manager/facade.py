@@ -10,6 +10,7 @@ from datamcp.core import paging
 from datamcp.core.agents.agent import Agent, AgentDescriptor
 from datamcp.core.agents.calls import AgentCalls
 from datamcp.core.agents.manager.agents import AgentHosting
+from datamcp.core.agents.manager.directory import AgentDirectory, listing
 from datamcp.core.agents.manager.lifecycle import Lifecycle
 from datamcp.core.agents.manager.live import LiveTasks
 from datamcp.core.agents.manager.placement import Placement
@@ -87,7 +88,17 @@ class AgentManager:
         queries = TaskQueries(
             uow, live, runner, recorder, clock, me=instance.id, stale_after=p.stale_after
         )
-        validator = TaskValidator(registry, schemas, p, clock)
+        self.directory = directory = AgentDirectory(
+            uow=uow,
+            me=instance.id,
+            signals=recorder.signals,
+            clock=clock,
+            stale_after=p.stale_after,
+            check_interval=p.orphan_interval,
+            enabled=shared_pool,
+            schemas=schemas,
+        )
+        validator = TaskValidator(registry, schemas, p, clock, directory)
         self.pool = pool = TaskPool(
             uow=uow,
             me=instance.id,
@@ -145,26 +156,45 @@ class AgentManager:
         return self._hosting.add_agent(agent, agent_id)
 
     def attach(self, descriptor: AgentDescriptor, runner: Runner) -> AgentSlot:
-        """Host an agent by its descriptor (remote agents come in this way)."""
-        return self._hosting.attach(descriptor, runner)
+        """Host an agent by its descriptor (remote agents come in this way;
+        they are listed for the other processes too)."""
+        slot = self._hosting.attach(descriptor, runner)
+        self.directory.publish(descriptor)
+        return slot
 
     def detach(self, agent_id: str) -> None:
         self._hosting.detach(agent_id)
+        self.directory.withdraw(agent_id)
 
     def agents(self, tenant: str, capability: str = "") -> list[AgentSlot]:
-        return self._hosting.agents(tenant, capability)
+        """The agents ``tenant`` may use: this process's, then those of the
+        other processes (remote agents connected there)."""
+        here = self._hosting.agents(tenant, capability)
+        known = {s.id for s in here}
+        there = [
+            listing(d)
+            for d in self.directory.visible(tenant)
+            if d.id not in known
+            and (not capability or any(c.name == capability for c in d.capabilities))
+        ]
+        return here + there
 
     def agent(self, tenant: str, agent_id: str) -> AgentSlot:
+        found = self.directory.find(agent_id, tenant)
+        if found is not None and self.registry.slot(agent_id) is None:
+            return listing(found)
         return self._hosting.agent(tenant, agent_id)
 
     # --- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.core.lifecycle.start()
+        await self.directory.start()
         await self.pool.start()
 
     async def stop(self) -> None:
         await self.pool.stop()
+        await self.directory.stop()
         await self.core.lifecycle.stop(self._hosting.local)
 
     async def adopt_orphans(self) -> int:

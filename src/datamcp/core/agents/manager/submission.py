@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from datamcp.core.agents.agent import Capability
+from datamcp.core.agents.agent import AgentDescriptor, Capability
+from datamcp.core.agents.manager.directory import AgentDirectory
 from datamcp.core.agents.manager.live import LiveTask, LiveTasks
 from datamcp.core.agents.manager.placement import Placement
 from datamcp.core.agents.manager.policy import MAX_PRIORITY, MIN_PRIORITY, TaskPolicy
@@ -67,8 +68,10 @@ class TaskValidator:
         schemas: SchemaCache,
         policy: TaskPolicy,
         clock: Callable[[], float],
+        directory: AgentDirectory | None = None,
     ) -> None:
         self._registry = registry
+        self._directory = directory
         self._schemas = schemas
         self._policy = policy
         self._clock = clock
@@ -126,22 +129,23 @@ class TaskValidator:
         capability = spec.capability
         if spec.agent_id:  # pinned to one agent: it must offer the capability
             slot = self._registry.get(spec.agent_id, tenant)
-            if slot is None:
+            agent = slot.descriptor if slot is not None else self._elsewhere(spec.agent_id, tenant)
+            if agent is None:
                 bad.append(FieldViolation("task.agent_id", f"no agent {clip(spec.agent_id)!r}"))
                 return capability, None
-            offered = slot.descriptor.capabilities
+            offered = agent.capabilities
             if not capability and len(offered) == 1:
                 capability = offered[0].name
             elif not capability:
                 names = ", ".join(c.name for c in offered)
                 bad.append(FieldViolation("task.capability", f"name one of: {names}"))
                 return capability, None
-            cap = slot.capability(capability)
+            cap = next((c for c in offered if c.name == capability), None)
             if cap is None:
                 bad.append(
                     FieldViolation(
                         "task.capability",
-                        f"agent {slot.id} does not offer {clip(capability)!r}",
+                        f"agent {agent.id} does not offer {clip(capability)!r}",
                     )
                 )
             return capability, cap
@@ -149,6 +153,8 @@ class TaskValidator:
             bad.append(FieldViolation("task.capability", "set a capability or an agent_id"))
             return capability, None
         cap = self._registry.capability(capability, tenant)
+        if cap is None and self._directory is not None:
+            cap = self._directory.capability(capability, tenant)  # served by another process
         if cap is None:
             known = sorted(
                 {c.name for s in self._registry.visible(tenant) for c in s.descriptor.capabilities}
@@ -160,6 +166,9 @@ class TaskValidator:
                 )
             )
         return capability, cap
+
+    def _elsewhere(self, agent_id: str, tenant: str) -> AgentDescriptor | None:
+        return self._directory.find(agent_id, tenant) if self._directory is not None else None
 
     def _input_json(self, value: Any, bad: list[FieldViolation]) -> str | None:
         """The input as compact JSON, or None with a violation."""
