@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from datamcp.core.background import cancel_and_wait
-from datamcp.core.errors import FailedPrecondition, NotFound
+from datamcp.core.errors import FailedPrecondition, NotFound, error_id
 from datamcp.core.events.bus import EventBus
 from datamcp.core.events.model import Event
 from datamcp.core.instances import is_gone
@@ -283,8 +283,12 @@ class RunManager:
             await asyncio.shield(self._finish(run, state, error, live=live))
             raise
         except Exception as exc:
-            log.exception("pipeline run failed", extra={"run_id": run.id})
-            error = RunError("INTERNAL", f"{type(exc).__name__}: {exc}")
+            log.error(
+                "pipeline run failed unexpectedly",
+                extra={"run_id": run.id, "error_id": error_id(exc)},
+                exc_info=exc,
+            )
+            error = RunError("INTERNAL", f"the run failed unexpectedly (error id {error_id(exc)})")
         await asyncio.shield(self._finish(run, state, error, cursor=cursor, live=live))
 
     async def _reset_attempt(self, live: _Live) -> None:
@@ -467,7 +471,8 @@ class RunManager:
                     return
             if changed is not None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await changed.wait()
             else:
                 await asyncio.sleep(wait)
 
