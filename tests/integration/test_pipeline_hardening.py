@@ -18,6 +18,7 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
+from datamcp.adapters.pipelines.csv import MAX_LINE
 from datamcp.entrypoints.grpc.values import from_value, to_struct
 from datamcp.v1 import pipelines_pb2 as pb
 from datamcp.v1 import pipelines_pb2_grpc
@@ -96,7 +97,7 @@ async def test_csv_field_over_the_size_limit_fails_the_run_never_drops_rows(
     server: RunningServer, tmp_path: Path
 ) -> None:
     s = stub(server)
-    big = "y" * (17 * 1024 * 1024)
+    big = "y" * (MAX_LINE + 1024 * 1024)
     (tmp_path / "files" / "big.csv").write_text(f"a,b\n1,x\n2,{big}\n3\n4,z\n")
     spec = {
         "name": "big",
@@ -113,7 +114,9 @@ async def test_csv_field_over_the_size_limit_fails_the_run_never_drops_rows(
     finally:
         db.close()
     # Under the limit the same shape loads whole, and the counters add up.
-    (tmp_path / "files" / "ok.csv").write_text(f"a,b\n1,x\n2,{'y' * 15_000_000}\n3,z\n4\n")
+    (tmp_path / "files" / "ok.csv").write_text(
+        f"a,b\n1,x\n2,{'y' * (MAX_LINE - 1024 * 1024)}\n3,z\n4\n"
+    )
     run = await run_to_end(s, {**spec, "name": "ok", "source": {"csv": {"path": "ok.csv"}}})
     assert run.state == S.RUN_STATE_SUCCEEDED, run.error
     assert (run.rows_read, run.rows_written, run.rows_rejected) == (4, 3, 1)
