@@ -15,7 +15,7 @@
   task it started has ended or is handed back (``QueuedTasks.release``).
 - The instance heartbeat, written while invocations run, so the tasks of a
   container that crashed are recognised as orphans after
-  ``max(60 s, 6 x health.interval)``.
+  ``replicas.stale_after``.
 - The dead-letter queue client (``serverless.dead_letter_queue_url``), made
   on the first permanent failure (``_failures``).
 """
@@ -150,7 +150,7 @@ async def _heartbeats(application: App) -> None:
     """Keep this container's instance fresh while an invocation runs."""
     from datamcp.core import instances
 
-    every = application.settings.health.interval
+    every = application.settings.replicas.heartbeat_interval
     while True:
         if time.monotonic() - _this.heartbeat_at >= every:
             try:

@@ -7,6 +7,7 @@ Async engines are bound to the running loop, so nothing here runs at import.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -36,6 +37,7 @@ from datamcp.core.agents.queued import TaskQueue
 from datamcp.core.agents.remote import Grant, RemoteHub
 from datamcp.core.agents.triggers import SUBMIT_TASK, submit_task_action
 from datamcp.core.auth import Authenticator
+from datamcp.core.background import cancel_and_wait
 from datamcp.core.due import DueWork
 from datamcp.core.errors import ConfigError, Unavailable
 from datamcp.core.events.api import EventsApi
@@ -84,6 +86,7 @@ class App:
     signals: Signals = field(default_factory=LocalSignals)
     #: Time-based work the schedule handler starts (services register here).
     due: DueWork = field(default_factory=DueWork)
+    _heartbeats: asyncio.Task[None] | None = None
 
     def uow(self) -> UnitOfWork:
         return SqlUnitOfWork(self.engine)
@@ -236,7 +239,14 @@ class App:
         )
 
     async def start(self) -> None:
-        """Start background work (the event writer, retention, triggers)."""
+        """Start background work (the heartbeat, the event writer, retention,
+        triggers)."""
+        self._heartbeats = asyncio.create_task(
+            instances.heartbeats(
+                self.uow, self.instance.id, self.settings.replicas.heartbeat_interval
+            ),
+            name="instance-heartbeats",
+        )
         await self.signals.start()
         if self.limiter is not None and not isinstance(self.signals, LocalSignals):
             await self.limiter.share(self.signals)  # quotas hold mesh-wide
@@ -278,6 +288,7 @@ class App:
         if self.limiter is not None:
             await self.limiter.close()
         await self.signals.stop()
+        await cancel_and_wait(self._heartbeats)
         # The database may be the very reason we are stopping.
         with contextlib.suppress(Exception):
             await instances.mark_stopped(self.uow, self.instance.id)
@@ -421,9 +432,12 @@ async def _memory(
         policies=policies,
         instance=instance,
         instances=lookup,
+        stale_after=settings.replicas.stale_after,
     )
     scheduler = SyncScheduler(sync, [Schedule.from_config(s) for s in m.schedules])
-    return MemorySystem(service, sync, scheduler)
+    return MemorySystem(
+        service, sync, scheduler, recovery_interval=settings.replicas.check_interval
+    )
 
 
 def _streams(
@@ -489,9 +503,20 @@ def _agent_manager(
     a = settings.agents
     # TaskPolicy's fields are named after their agents.* settings.
     shared = {f.name: getattr(a, f.name) for f in fields(TaskPolicy) if hasattr(a, f.name)}
-    policy = TaskPolicy(**shared, stale_after=max(60.0, 6 * settings.health.interval))
+    policy = TaskPolicy(
+        **shared,
+        stale_after=settings.replicas.stale_after,
+        orphan_interval=settings.replicas.check_interval,
+    )
     manager = AgentManager(
-        bus, uow, instance, policy=policy, strategy=a.strategy, signals=bus.signals
+        bus,
+        uow,
+        instance,
+        policy=policy,
+        strategy=a.strategy,
+        signals=bus.signals,
+        # Replicas share one PostgreSQL database; SQLite has one process.
+        shared_pool=not isinstance(bus.signals, LocalSignals),
     )
     manager.add_agent(EchoAgent())
     manager.add_agent(ProfileAgent({"roots": [str(r) for r in a.profile_roots]}))

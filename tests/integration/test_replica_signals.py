@@ -175,15 +175,17 @@ async def test_cancel_on_another_replica_reaches_the_running_agent_once(
     ):
         on_a = agents_pb2_grpc.AgentServiceStub(ch1)
         on_b = agents_pb2_grpc.AgentServiceStub(ch2)
-        running, queued = [
+        # The slow agent runs one task at a time on each replica: the first
+        # runs on A, the second on B (from the shared pool), the third waits.
+        running, on_other, queued = [
             (
                 await on_a.SubmitTask(
                     agents_pb2.SubmitTaskRequest(task=spec("test.slow", {"seconds": 30}))
                 )
             ).task
-            for _ in range(2)
+            for _ in range(3)
         ]
-        assert queued.state == agents_pb2.TASK_STATE_QUEUED  # the slow agent runs one at a time
+        assert queued.state == agents_pb2.TASK_STATE_QUEUED
         async with asyncio.timeout(10):
             while (
                 await on_b.GetTask(agents_pb2.GetTaskRequest(id=running.id))
@@ -197,6 +199,7 @@ async def test_cancel_on_another_replica_reaches_the_running_agent_once(
             seen_by_a = (await on_a.GetTask(agents_pb2.GetTaskRequest(id=task.id))).task
             assert seen_by_a.state == agents_pb2.TASK_STATE_CANCELLED
         assert running.id in SlowAgent.cancelled  # the agent itself was told
+        await on_a.CancelTask(agents_pb2.CancelTaskRequest(id=on_other.id))
         with pytest.raises(grpc.aio.AioRpcError) as again:
             await on_b.CancelTask(agents_pb2.CancelTaskRequest(id=running.id))
         assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION

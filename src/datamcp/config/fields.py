@@ -220,7 +220,7 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "streams.lease",
         "float",
-        15.0,
+        6.0,
         "seconds a process holds a stream job without checkpointing; a dead process's jobs "
         "resume elsewhere after it",
     ),
@@ -295,6 +295,25 @@ FIELDS: tuple[Field, ...] = (
     Field("pipelines.s3_region", "str", "us-east-1", "region of S3 sources and destinations"),
     Field("pipelines.s3_endpoint_url", "str", None, "S3 endpoint (moto, MinIO); default AWS"),
     Field("health.interval", "float", 5.0, "seconds between component checks"),
+    Field(
+        "replicas.heartbeat_interval",
+        "float",
+        2.0,
+        "seconds between this process's heartbeats in the database (how others know it lives)",
+    ),
+    Field(
+        "replicas.stale_after",
+        "float",
+        8.0,
+        "seconds without a heartbeat after which a process counts as dead and its work is "
+        "taken over (at least 2 x replicas.heartbeat_interval)",
+    ),
+    Field(
+        "replicas.check_interval",
+        "float",
+        2.0,
+        "seconds between looks for work left by dead processes (tasks, runs, sync runs)",
+    ),
     Field("health.check_timeout", "float", 2.0, "seconds a component check may take"),
     Field(
         "health.dependencies",

@@ -127,6 +127,15 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaSettings:
+    """How processes sharing one database watch each other (core.instances)."""
+
+    heartbeat_interval: float = 2.0
+    stale_after: float = 8.0
+    check_interval: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
 class EventSettings:
     max_event_bytes: int = 256 * 1024
     max_batch: int = 1000
@@ -190,7 +199,7 @@ class PipelineSettings:
 
 @dataclass(frozen=True, slots=True)
 class StreamSettings:
-    lease: float = 15.0
+    lease: float = 6.0
     poll_interval: float = 0.5
     batch: int = 500
     max_jobs_per_tenant: int = 100
@@ -248,6 +257,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    replicas: ReplicaSettings = field(default_factory=ReplicaSettings)
     events: EventSettings = field(default_factory=EventSettings)
     agents: AgentSettings = field(default_factory=AgentSettings)
     pipelines: PipelineSettings = field(default_factory=PipelineSettings)
@@ -499,6 +509,7 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             check_timeout=r.number("health.check_timeout", 0.01),
             dependencies=_dependencies(r),
         ),
+        replicas=_replicas(r),
         events=EventSettings(
             max_event_bytes=r.number("events.max_event_bytes", 1, int),
             max_batch=r.number("events.max_batch", 1, int),
@@ -706,6 +717,17 @@ def _agents(r: _Reader) -> AgentSettings:
     )
     if settings.default_timeout > settings.max_timeout:
         r.fail("agents.default_timeout", "must not exceed agents.max_timeout")
+    return settings
+
+
+def _replicas(r: _Reader) -> ReplicaSettings:
+    settings = ReplicaSettings(
+        heartbeat_interval=r.number("replicas.heartbeat_interval", 0.05),
+        stale_after=r.number("replicas.stale_after", 0.1),
+        check_interval=r.number("replicas.check_interval", 0.05),
+    )
+    if settings.stale_after < 2 * settings.heartbeat_interval:
+        r.fail("replicas.stale_after", "must be at least 2 x replicas.heartbeat_interval")
     return settings
 
 

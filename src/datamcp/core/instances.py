@@ -1,13 +1,16 @@
 """Server instances: who is running against this database, and since when.
 
-Each server registers itself at start and heartbeats through the database
-health check, which proves the database is reachable *and* writable. Later
-services use the registry to tell work owned by a dead process from work
-owned by a live one.
+Each server registers itself at start and heartbeats every
+``replicas.heartbeat_interval`` (the database health check writes one too,
+which proves the database is reachable *and* writable). Services use the
+registry to tell work owned by a dead process from work owned by a live
+one: silent for ``replicas.stale_after``, or its pid gone on this host.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import socket
 import time
@@ -15,6 +18,8 @@ import uuid
 from dataclasses import dataclass
 
 from datamcp.core.ports import UnitOfWorkFactory
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +54,18 @@ async def heartbeat(uow: UnitOfWorkFactory, instance_id: str) -> None:
     async with uow() as tx:
         await tx.instances.touch(instance_id, time.time())
         await tx.commit()
+
+
+async def heartbeats(uow: UnitOfWorkFactory, instance_id: str, every: float) -> None:
+    """Heartbeat every ``every`` seconds until cancelled (a failed write is
+    logged and tried again at the next beat: the others see this process as
+    gone only after ``stale_after`` without one)."""
+    while True:
+        try:
+            await heartbeat(uow, instance_id)
+        except Exception:
+            log.warning("instance heartbeat failed", exc_info=True)
+        await asyncio.sleep(every)
 
 
 async def mark_stopped(uow: UnitOfWorkFactory, instance_id: str) -> None:

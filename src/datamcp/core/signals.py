@@ -116,6 +116,12 @@ class KeyedWaiters:
         self._waiting: dict[str, set[asyncio.Event]] = {}
         signals.subscribe(topic, self._on_signal)
 
+    def poke(self, key: str) -> None:
+        """Wake the waiters on ``key`` (a change made in this process, whose
+        own signals do not come back to it)."""
+        if key in self._waiting:
+            self._on_signal(key)
+
     def _on_signal(self, key: str) -> None:
         if not key:
             for events in self._waiting.values():

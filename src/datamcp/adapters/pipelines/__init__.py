@@ -48,7 +48,8 @@ def build_pipeline_service(
         max_retries=p.max_retries,
         retry_base_delay=p.retry_base_delay,
         max_concurrent_runs=p.max_concurrent_runs,
-        stale_after=max(60.0, 6 * settings.health.interval),
+        stale_after=settings.replicas.stale_after,
+        recovery_interval=settings.replicas.check_interval,
     )
     runs = RunManager(events.bus, uow, engine, instance_id, policy)
     return PipelineService(uow, runs, engine.connectors, events, schedule_tick=p.schedule_tick)

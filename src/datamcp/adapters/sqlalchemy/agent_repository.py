@@ -18,6 +18,7 @@ from datamcp.adapters.sqlalchemy.sqlite_driver import (
 )
 from datamcp.adapters.sqlalchemy.tables import audit_records, tasks
 from datamcp.core.agents.model import AuditRecord, Task, TaskError, TaskState
+from datamcp.core.agents.ports import POOL_OWNER, PoolClaim
 
 _FINAL = [int(s) for s in TaskState if s.final]
 _FINAL_JSON = json_list(_FINAL)
@@ -306,6 +307,59 @@ class SqlTaskRepository:
             )
         ).all()
         return sorted((_task(r) for r in rows), key=lambda t: (-t.priority, t.created_at))
+
+    async def claim_pooled(self, owner: str, want: PoolClaim, now: float) -> list[Task]:
+        t = tasks
+        targets = [and_(t.c.pinned == 1, t.c.agent_id == want.agent_id)]
+        if want.capabilities:
+            targets.append(and_(t.c.pinned == 0, t.c.capability.in_(want.capabilities)))
+        pick = select(t.c.id).where(
+            t.c.owner == POOL_OWNER,
+            t.c.state == int(TaskState.QUEUED),
+            t.c.deadline > now,
+            or_(*targets),
+        )
+        if want.tenants is not None:
+            pick = pick.where(t.c.tenant.in_(sorted(want.tenants)))
+        if want.excluded:
+            pick = pick.where(t.c.tenant.not_in(sorted(want.excluded)))
+        return await self._take(owner, pick, want.limit)
+
+    async def claim_expired(self, owner: str, now: float, limit: int) -> list[Task]:
+        pick = select(tasks.c.id).where(
+            tasks.c.owner == POOL_OWNER,
+            tasks.c.state == int(TaskState.QUEUED),
+            tasks.c.deadline <= now,
+        )
+        return await self._take(owner, pick, limit)
+
+    async def _take(self, owner: str, pick: Any, limit: int) -> list[Task]:
+        """The best ``limit`` rows of ``pick`` become ``owner``'s; rows locked
+        by another claimer are skipped (a CTE, so the LIMIT holds)."""
+        ids = (
+            pick.order_by(tasks.c.priority.desc(), tasks.c.created_at, tasks.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=self._lite is None)
+            .cte("picked")
+        )
+        rows = (
+            await self._conn.execute(
+                update(tasks)
+                .where(tasks.c.id.in_(select(ids.c.id)), tasks.c.owner == POOL_OWNER)
+                .values(owner=owner)
+                .returning(*tasks.c)
+            )
+        ).all()
+        return sorted((_task(r) for r in rows), key=lambda t: (-t.priority, t.created_at))
+
+    async def pooled_targets(self) -> list[tuple[bool, str]]:
+        t = tasks
+        rows = await self._conn.execute(
+            select(t.c.pinned, t.c.agent_id, t.c.capability)
+            .where(t.c.owner == POOL_OWNER, t.c.state == int(TaskState.QUEUED))
+            .distinct()
+        )
+        return [(True, row.agent_id) if row.pinned else (False, row.capability) for row in rows]
 
 
 class SqlAuditRepository:

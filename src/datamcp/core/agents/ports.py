@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from datamcp.core.agents.model import AuditRecord, Task, TaskState
+
+#: The owner of tasks waiting in the shared pool (no process holds them yet).
+POOL_OWNER = "pool"
 
 
 class TaskRepository(Protocol):
@@ -59,6 +63,35 @@ class TaskRepository(Protocol):
     ) -> list[Task]:
         """Unfinished tasks of ``from_owners`` become ``owner``'s; returns them."""
         ...
+
+    async def claim_pooled(self, owner: str, want: PoolClaim, now: float) -> list[Task]:
+        """Up to ``want.limit`` QUEUED tasks of the pool (POOL_OWNER) that
+        ``want`` describes and whose deadline is after ``now`` become
+        ``owner``'s, best first (priority, then age); rows other processes
+        are claiming at the same moment are skipped, never waited for."""
+        ...
+
+    async def claim_expired(self, owner: str, now: float, limit: int) -> list[Task]:
+        """Pool tasks whose deadline passed become ``owner``'s (to be ended)."""
+        ...
+
+    async def pooled_targets(self) -> list[tuple[bool, str]]:
+        """What the pool holds work for: (pinned, agent id) or (False, capability)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PoolClaim:
+    """What one agent may take from the pool."""
+
+    capabilities: tuple[str, ...]
+    #: Tasks pinned to this agent id are its too.
+    agent_id: str
+    #: Only these tenants' tasks (None: any tenant's).
+    tenants: frozenset[str] | None
+    #: Never these tenants' (their circuit is open on this agent).
+    excluded: frozenset[str]
+    limit: int
 
 
 class AuditRepository(Protocol):

@@ -99,6 +99,7 @@ class SyncEngine:
         instances: Callable[[str], Awaitable[Instance | None]] | None = None,
         page: int = PAGE,
         clock: Callable[[], float] = time.time,
+        stale_after: float = 8.0,
     ) -> None:
         self.service = service
         self.ledger = ledger
@@ -108,6 +109,7 @@ class SyncEngine:
         self._lookup = instances
         self._page = page
         self._now = clock
+        self._stale_after = stale_after
         self._live: dict[str, _Live] = {}
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
@@ -591,7 +593,7 @@ class SyncEngine:
             if run.id in self._live:
                 continue
             owner = await self._lookup(run.owner) if run.owner else None
-            if owner is None or is_gone(owner, now, 60.0):
+            if owner is None or is_gone(owner, now, self._stale_after):
                 run.status = RunStatus.INTERRUPTED
                 run.error = "the process running it died; the next sync resumes from checkpoints"
                 run.ended_at = now

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from datamcp.core.background import cancel_and_wait
 from datamcp.core.health import CheckResult, Status
 from datamcp.core.memory.schedule import SyncScheduler
 from datamcp.core.memory.service import MemoryService
@@ -19,9 +20,17 @@ class MemorySystem:
     service: MemoryService
     sync: SyncEngine
     scheduler: SyncScheduler
+    #: Seconds between looks for sync runs of dead processes (``replicas.check_interval``).
+    recovery_interval: float = 2.0
+    _recovery: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
         await self.service.start()
+        await self._recover()
+        self._recovery = asyncio.create_task(self._recovery_loop(), name="sync-recovery")
+        await self.scheduler.start()
+
+    async def _recover(self) -> None:
         try:
             interrupted = await self.sync.recover()
         except Exception:
@@ -29,9 +38,14 @@ class MemorySystem:
         else:
             if interrupted:
                 log.info("sync runs interrupted by a dead process", extra={"runs": interrupted})
-        await self.scheduler.start()
+
+    async def _recovery_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.recovery_interval)
+            await self._recover()
 
     async def stop(self) -> None:
+        await cancel_and_wait(self._recovery)
         await self.scheduler.stop()
         await self.sync.stop()
         await self.service.stop()

@@ -42,8 +42,8 @@ class RunPolicy:
     retry_base_delay: float = 0.5
     retry_max_delay: float = 30.0
     max_concurrent_runs: int = 4
-    stale_after: float = 60.0
-    recovery_interval: float = 30.0
+    stale_after: float = 8.0
+    recovery_interval: float = 2.0
 
 
 @dataclass(slots=True)

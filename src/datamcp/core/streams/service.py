@@ -65,7 +65,7 @@ class PushSummary:
 
 @dataclass(frozen=True, slots=True)
 class StreamPolicy:
-    lease: float = 15.0
+    lease: float = 6.0
     poll_interval: float = 0.5
     batch: int = 500
     max_jobs_per_tenant: int = 100

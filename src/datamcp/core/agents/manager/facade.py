@@ -14,6 +14,7 @@ from datamcp.core.agents.manager.lifecycle import Lifecycle
 from datamcp.core.agents.manager.live import LiveTasks
 from datamcp.core.agents.manager.placement import Placement
 from datamcp.core.agents.manager.policy import TaskPolicy
+from datamcp.core.agents.manager.pool import TaskPool
 from datamcp.core.agents.manager.queries import TaskQueries
 from datamcp.core.agents.manager.recording import TaskRecorder
 from datamcp.core.agents.manager.running import TaskRunner
@@ -59,6 +60,8 @@ class AgentManager:
         policy: limits, retries, recovery.
         strategy: how an agent is picked among those available.
         signals: wake-ups to and from the other processes on this database.
+        shared_pool: put tasks no agent here has room for in the pool that
+            every process on the database takes from (see ``pool.py``).
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class AgentManager:
         strategy: str = "least_loaded",
         clock: Callable[[], float] = time.time,
         signals: Signals | None = None,
+        shared_pool: bool = False,
     ) -> None:
         self.policy = p = policy or TaskPolicy()
         self.registry = registry = AgentRegistry(strategy)
@@ -84,6 +88,17 @@ class AgentManager:
             uow, live, runner, recorder, clock, me=instance.id, stale_after=p.stale_after
         )
         validator = TaskValidator(registry, schemas, p, clock)
+        self.pool = pool = TaskPool(
+            uow=uow,
+            me=instance.id,
+            registry=registry,
+            placement=placement,
+            runner=runner,
+            signals=recorder.signals,
+            clock=clock,
+            check_interval=p.orphan_interval,
+            enabled=shared_pool,
+        )
         self.core = TaskCore(
             uow=uow,
             instance=instance,
@@ -103,6 +118,7 @@ class AgentManager:
                 runner=runner,
                 queries=queries,
                 recorder=recorder,
+                pool=pool,
                 policy=p,
                 clock=clock,
             ),
@@ -145,8 +161,10 @@ class AgentManager:
 
     async def start(self) -> None:
         await self.core.lifecycle.start()
+        await self.pool.start()
 
     async def stop(self) -> None:
+        await self.pool.stop()
         await self.core.lifecycle.stop(self._hosting.local)
 
     async def adopt_orphans(self) -> int:
@@ -258,6 +276,7 @@ class AgentManager:
             "tasks_queued": float(self.queued),
             "tasks_running": float(self.running),
             "tasks_completed": float(self.completed),
+            "tasks_claimed_from_pool": float(self.pool.claimed),
             "tasks_failed": float(self.failed),
         }
         for slot in self.registry.all():

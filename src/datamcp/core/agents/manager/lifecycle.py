@@ -15,6 +15,7 @@ from datamcp.core.agents.manager.policy import TaskPolicy
 from datamcp.core.agents.manager.recording import TaskRecorder
 from datamcp.core.agents.manager.running import TaskRunner
 from datamcp.core.agents.model import Task, TaskState
+from datamcp.core.agents.ports import POOL_OWNER
 from datamcp.core.agents.queued import is_queue_owner
 from datamcp.core.background import cancel_and_wait
 from datamcp.core.instances import Instance, is_gone, prune
@@ -158,8 +159,9 @@ class Lifecycle:
         async with self._uow() as tx:
             gone: list[str] = []
             for owner in await tx.tasks.owners_of_unfinished():
-                # Queued tasks belong to their queue until a handler claims them.
-                if is_queue_owner(owner) or (owner == me and not own_too):
+                # Queued tasks belong to their queue until a handler claims
+                # them, pooled ones to the pool until a process does.
+                if is_queue_owner(owner) or owner == POOL_OWNER or (owner == me and not own_too):
                     continue
                 if owner != me:
                     inst = await tx.instances.get(owner)

@@ -116,6 +116,9 @@ class Placement:
         #: Tasks sitting out a retry backoff (they count against the queue too).
         self.delayed = 0
         self.starter: Starter | None = None
+        #: Told when a slot still has room after taking this process's queued
+        #: tasks (the shared pool may hold more for it).
+        self.on_room: Callable[[AgentSlot], None] | None = None
 
     @property
     def queued(self) -> int:
@@ -155,6 +158,8 @@ class Placement:
         while slot.connected and not slot.saturated:
             live = self.queues.take(slot, self._live)
             if live is None:
+                if self.on_room is not None:
+                    self.on_room(slot)
                 return
             self._stop_timer(live)
             self._starter.start(live, slot)

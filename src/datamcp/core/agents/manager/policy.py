@@ -27,8 +27,8 @@ class TaskPolicy:
     max_call_depth: int = 8
     recovery: str = "retry"
     remote_disconnect: str = "requeue"
-    orphan_interval: float = 30.0
-    stale_after: float = 60.0
+    orphan_interval: float = 2.0
+    stale_after: float = 8.0
     #: Rows of instances silent or stopped this long are deleted by the sweep.
     instance_retention: float = RETENTION
     #: Seconds an agent gets to stop after its task was cancelled or ran out

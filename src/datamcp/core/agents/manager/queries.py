@@ -16,11 +16,11 @@ from datamcp.core.agents.manager.live import LiveTasks
 from datamcp.core.agents.manager.recording import TaskRecorder
 from datamcp.core.agents.manager.running import TaskRunner, cancelled_error
 from datamcp.core.agents.model import Task, TaskState
+from datamcp.core.agents.ports import POOL_OWNER
 from datamcp.core.agents.queued import is_queue_owner
 from datamcp.core.errors import DeadlineExceeded, FailedPrecondition, NotFound, clip
 from datamcp.core.instances import is_gone
 from datamcp.core.ports import UnitOfWorkFactory
-from datamcp.core.signals import KeyedWaiters
 
 #: Seconds a cancel of a task another process runs waits for its final state,
 #: and between its store reads meanwhile (it is woken by the owner's signal).
@@ -49,7 +49,7 @@ class TaskQueries:
         self._runner = runner
         self._recorder = recorder
         self._clock = clock
-        self._changes = KeyedWaiters(recorder.signals, "tasks")
+        self._changes = recorder.changes
 
     async def stored(self, tenant: str, task_id: str) -> Task | None:
         async with self._uow() as tx:
@@ -94,10 +94,24 @@ class TaskQueries:
         return page, token
 
     async def wait(self, tenant: str, task_id: str, within: float | None = None) -> Task:
-        """The task once final (or as it is when ``within`` seconds pass)."""
+        """The task once final (or as it is when ``within`` seconds pass),
+        whichever process runs it."""
+        deadline = None if within is None else self._clock() + within
         live = self._live.of(tenant, task_id)
+        task = live.task if live is not None else await self.get(tenant, task_id)
+        while live is None and not task.state.final:
+            # Run by another process (or waiting in the pool): follow the store.
+            left = None if deadline is None else deadline - self._clock()
+            if left is not None and left <= 0:
+                return task
+            every = self._changes.poll_interval(WATCH_POLL, WATCH_POLL_UNSIGNALLED)
+            await self._changes.wait(task_id, every if left is None else min(left, every))
+            live = self._live.of(tenant, task_id)
+            if live is None:
+                task = await self.get(tenant, task_id)
         if live is None:
-            return await self.get(tenant, task_id)
+            return task
+        within = None if deadline is None else max(0.0, deadline - self._clock())
         if not live.done.is_set():
             # asyncio.timeout, not wait_for: no extra task per waiting call.
             with contextlib.suppress(TimeoutError):
@@ -164,13 +178,13 @@ class TaskQueries:
         return _cancelled(task)
 
     async def _take_if_orphaned(self, task: Task) -> None:
-        """Adopt a task nobody runs: owned by a queue, or by a process that
-        is gone (it then ends, cancelled, through recovery)."""
+        """Adopt a task nobody runs: owned by a queue or the pool, or by a
+        process that is gone (it then ends, cancelled, through recovery)."""
         owner = await self._owner_of(task.id)
         if owner is None or owner == self._me:
             return
         async with self._uow() as tx:
-            if not is_queue_owner(owner):
+            if not is_queue_owner(owner) and owner != POOL_OWNER:
                 holder = await tx.instances.get(owner)
                 if holder is not None and not is_gone(holder, self._clock(), self._stale):
                     return
@@ -196,16 +210,24 @@ class TaskQueries:
             while not task.state.final:
                 every = self._changes.poll_interval(WATCH_POLL, WATCH_POLL_UNSIGNALLED)
                 await self._changes.wait(task_id, every)
+                live = self._live.of(tenant, task_id)
+                if live is not None:  # it became ours (claimed from the pool)
+                    break
                 fresh = await self.get(tenant, task_id)
                 if fresh != task:
                     task = fresh
                     yield task
-            return
+            if live is None:
+                return
+            seen: Task | None = task
+        else:
+            seen = None
         queue: asyncio.Queue[Task] = asyncio.Queue()
         live.watchers.add(queue)
         try:
             last = live.task
-            yield last
+            if last != seen:
+                yield last
             while not last.state.final:
                 last = await queue.get()
                 while not queue.empty() and not last.state.final:

@@ -18,12 +18,13 @@ from typing import Any
 from datamcp.core.agents.manager.live import LiveTask
 from datamcp.core.agents.manager.policy import FINAL_WRITE_ATTEMPTS, PROGRESS_INTERVAL
 from datamcp.core.agents.model import AuditRecord, Task, TaskState
+from datamcp.core.agents.ports import POOL_OWNER
 from datamcp.core.errors import Unavailable
 from datamcp.core.events.bus import EventBus, PublishResult
 from datamcp.core.events.model import Event
 from datamcp.core.ports import UnitOfWork, Write, WriteOp
 from datamcp.core.resilience import RetryPolicy
-from datamcp.core.signals import LocalSignals, Signals
+from datamcp.core.signals import KeyedWaiters, LocalSignals, Signals
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,14 @@ class TaskRecorder:
         self.signals = signals or LocalSignals()
         self._retry = retry
         self._clock = clock
+        #: Followers of tasks stored by any process (this one's changes too).
+        self.changes = KeyedWaiters(self.signals, "tasks")
         self.insert_op = WriteOp("tasks.insert", 0, self._apply_insert)
+        self._pool_op = WriteOp("tasks.pool", 0, _apply_pool)
         self.save_op = WriteOp("tasks.save", 1, self._apply_save)
         self._finish_op = WriteOp("tasks.finish", 1, self._apply_finish)
         self._audit_op = WriteOp("audit.add", 2, _apply_audit)
-        self._task_ops = (self.insert_op, self.save_op, self._finish_op)
+        self._task_ops = (self.insert_op, self._pool_op, self.save_op, self._finish_op)
 
     async def publish(
         self, events: Sequence[Event], writes: Sequence[Write] = ()
@@ -67,11 +71,16 @@ class TaskRecorder:
         changed.update(e.subject for e in events if e.type.startswith("task.") and e.subject)
         for task_id in changed:
             self.signals.send("tasks", task_id)
+            self.changes.poke(task_id)
         return results
 
     def insert(self, task: Task) -> Write:
         """A new task's row, under this process."""
         return Write(self.insert_op, task)
+
+    def pooled(self, task: Task) -> Write:
+        """A new task's row, in the shared pool (owned by no process yet)."""
+        return Write(self._pool_op, task)
 
     def save(self, task: Task) -> Write:
         """A task's row as it is now."""
@@ -205,6 +214,10 @@ class _Final:
 def _task_of(write: Write) -> Task:
     item = write.item
     return item.task if isinstance(item, _Final) else item
+
+
+async def _apply_pool(tx: UnitOfWork, tasks: Sequence[Task]) -> None:
+    await tx.tasks.insert([(task, POOL_OWNER) for task in tasks])
 
 
 async def _apply_audit(tx: UnitOfWork, records: Sequence[AuditRecord]) -> None:

@@ -13,6 +13,7 @@ from datamcp.core.agents.agent import Capability
 from datamcp.core.agents.manager.live import LiveTask, LiveTasks
 from datamcp.core.agents.manager.placement import Placement
 from datamcp.core.agents.manager.policy import MAX_PRIORITY, MIN_PRIORITY, TaskPolicy
+from datamcp.core.agents.manager.pool import TaskPool
 from datamcp.core.agents.manager.queries import TaskQueries
 from datamcp.core.agents.manager.recording import TaskRecorder, log_failure
 from datamcp.core.agents.manager.running import TaskRunner
@@ -34,6 +35,7 @@ from datamcp.core.errors import (
     Unavailable,
     clip,
 )
+from datamcp.core.events.model import Event
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,9 +227,11 @@ class Submission:
         runner: TaskRunner,
         queries: TaskQueries,
         recorder: TaskRecorder,
+        pool: TaskPool,
         policy: TaskPolicy,
         clock: Callable[[], float],
     ) -> None:
+        self._pool = pool
         self._validator = validator
         self._live = live
         self._placement = placement
@@ -286,6 +290,9 @@ class Submission:
         live = self._live.add(task)
         events = [self._recorder.event(task, "task.submitted", now=now)]
         slot = self._placement.select(live)
+        if slot is None and self._pool.takes(task):
+            self._live.forget(live)
+            return await self._to_pool(task.evolve(state=TaskState.QUEUED), events)
         if slot is not None:
             self._placement.claim(live, slot, now)
             events.append(self._recorder.event(live.task, "task.started", now=now))
@@ -310,6 +317,18 @@ class Submission:
             return stored, True
         self._placed(live, slot)
         return live.task, False
+
+    async def _to_pool(self, task: Task, events: list[Event]) -> tuple[Task, bool]:
+        """Store a task no agent here has room for in the shared pool, where
+        any process with room claims it."""
+        result = (await self._recorder.publish(events, [self._recorder.pooled(task)]))[0]
+        if result.duplicate:  # another replica stored it first
+            stored = await self._queries.stored(task.tenant, task.id)
+            if stored is None:
+                raise Unavailable("task submission raced with a delete; retry")
+            return stored, True
+        self._pool.pooled(task)
+        return task, False
 
     def _placed(self, live: LiveTask, slot: AgentSlot | None) -> None:
         """Run a new task on the slot it claimed, or queue it (already QUEUED)."""
