@@ -283,12 +283,11 @@ class RunManager:
             await asyncio.shield(self._finish(run, state, error, live=live))
             raise
         except Exception as exc:
+            eid = error_id(exc)
             log.error(
-                "pipeline run failed unexpectedly",
-                extra={"run_id": run.id, "error_id": error_id(exc)},
-                exc_info=exc,
+                "pipeline run failed", extra={"run_id": run.id, "error_id": eid}, exc_info=exc
             )
-            error = RunError("INTERNAL", f"the run failed unexpectedly (error id {error_id(exc)})")
+            error = RunError("INTERNAL", f"the run failed unexpectedly (error id {eid})")
         await asyncio.shield(self._finish(run, state, error, cursor=cursor, live=live))
 
     async def _reset_attempt(self, live: _Live) -> None:
@@ -493,9 +492,8 @@ def _snapshot(run: Run) -> Run:
 
 
 def _describe(exc: BaseException, attempts: int) -> str:
-    notes = "; ".join(getattr(exc, "__notes__", []))
-    text = f"{exc} (after {attempts} attempt(s))"
-    return f"{text}; {notes}" if notes else text
+    notes = "".join(f"; {n}" for n in getattr(exc, "__notes__", []))
+    return f"{exc} (after {attempts} attempt(s)){notes}"
 
 
 def new_run_id() -> str:
