@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from datamcp.entrypoints.grpc.values import from_value, to_value
 from datamcp.v1 import (
     agents_pb2,
     agents_pb2_grpc,
@@ -18,6 +19,8 @@ from datamcp.v1 import (
     events_pb2_grpc,
     health_pb2,
     health_pb2_grpc,
+    memory_pb2,
+    memory_pb2_grpc,
 )
 from tests.agent_plugins import PLUGINS, SlowAgent
 from tests.events_client import Subscriber, cloud_event
@@ -210,3 +213,43 @@ async def test_cancel_on_another_replica_reaches_the_running_agent_once(
             types = await _task_events(events, task.id)
             assert [t for t in types if t in finals] == ["task.cancelled"], types
             assert ("task.started" in types) is started_ever, types
+
+
+@pytest.mark.pg
+async def test_memory_watch_on_another_replica_sees_every_version(
+    tmp_path: Path, pg_database: str
+) -> None:
+    settings = {"memory.history_depth": 100, "rate_limit.enabled": False}
+    async with (
+        running_server(make_settings(tmp_path / "a", pg_database, **settings)) as one,
+        running_server(make_settings(tmp_path / "b", pg_database, **settings)) as two,
+        one.channel() as ch1,
+        two.channel() as ch2,
+    ):
+        writer = memory_pb2_grpc.MemorySyncServiceStub(ch1)
+        watcher = memory_pb2_grpc.MemorySyncServiceStub(ch2)
+        call = watcher.WatchChanges(memory_pb2.WatchChangesRequest(namespace_prefix="w"))
+        seen: list[tuple[str, float]] = []
+
+        async def read(count: int) -> None:
+            async for change in call:
+                seen.append((change.record.key, from_value(change.record.value)))
+                if len(seen) == count:
+                    return
+
+        reader = asyncio.create_task(read(40))
+        await asyncio.sleep(0.3)
+        # Two keys written in turn, faster than any poll: each version counts.
+        for i in range(20):
+            for key in ("x", "y"):
+                await writer.Put(memory_pb2.PutRequest(namespace="w", key=key, value=to_value(i)))
+        await asyncio.wait_for(reader, 15)
+        call.cancel()
+        assert seen == [(key, i) for i in range(20) for key in ("x", "y")]
+        # A watcher started later replays the same log from the history.
+        again = watcher.WatchChanges(memory_pb2.WatchChangesRequest(namespace_prefix="w"))
+        try:
+            replay = [await asyncio.wait_for(again.read(), 10) for _ in range(40)]
+        finally:
+            again.cancel()
+        assert [(r.record.key, from_value(r.record.value)) for r in replay] == seen

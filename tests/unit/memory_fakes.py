@@ -98,11 +98,20 @@ class FakeStore:
         return copy.deepcopy(r) if r is not None else None
 
     async def changes(
-        self, tenant: str, after: int, limit: int, prefix: str = "", skip_via: str = ""
+        self,
+        tenant: str,
+        after: int,
+        limit: int,
+        prefix: str = "",
+        skip_via: str = "",
+        *,
+        versions: bool = False,
     ) -> tuple[list[Record], int]:
+        rows = list(self.records.values())
+        if versions:
+            rows += [r for older in self.history_rows.values() for r in older]
         feed = sorted(
-            (r for r in self.records.values() if r.tenant == tenant and r.seq > after),
-            key=lambda r: r.seq,
+            (r for r in rows if r.tenant == tenant and r.seq > after), key=lambda r: r.seq
         )[:limit]
         if not feed:
             return [], after

@@ -128,12 +128,16 @@ _CHECKPOINT = text(
 _PREFIX = "(namespace = :p OR (namespace > :p_lo AND namespace < :p_hi))"
 # Partial: records without a TTL (most) cost the index nothing on write.
 _OLD_INDEX, _TTL_INDEX = "ix_memory_records_live_expiry", "ix_memory_records_ttl"
-_EXPIRES_INDEX = (
+_LOG_INDEX = "ix_memory_history_tenant_seq"
+#: Indexes stores made by earlier versions lack (or should not have).
+_INDEX_FIXES = (
     text(f"DROP INDEX IF EXISTS {_OLD_INDEX}"),  # an earlier, full index
     text(
         f"CREATE INDEX IF NOT EXISTS {_TTL_INDEX} ON memory_records (expires_at) "
         "WHERE deleted = 0 AND expires_at IS NOT NULL"
     ),
+    # The change log reads replaced versions by (tenant, seq) too.
+    text(f"CREATE INDEX IF NOT EXISTS {_LOG_INDEX} ON memory_history (tenant, seq)"),
 )
 
 
@@ -149,6 +153,9 @@ def _missing_schema(connection: Connection) -> list[str]:
             missing.append(f"index {_TTL_INDEX}")
         if _OLD_INDEX in indexes:
             missing.append(f"the removal of index {_OLD_INDEX}")
+    history = inspector.get_indexes("memory_history") if "memory_history" in tables else []
+    if "memory_history" in tables and _LOG_INDEX not in {ix["name"] for ix in history}:
+        missing.append(f"index {_LOG_INDEX}")
     return missing
 
 
@@ -414,7 +421,7 @@ class SqlMemoryStore:
                     )
                 if missing:
                     await conn.run_sync(metadata.create_all)
-                    for statement in _EXPIRES_INDEX:  # older stores had none
+                    for statement in _INDEX_FIXES:
                         await conn.execute(statement)
                 owner = (
                     await conn.execute(text("SELECT label FROM memory_meta WHERE name = 'store'"))
@@ -483,15 +490,25 @@ class SqlMemoryStore:
         return to_record(rows[0]) if rows else None
 
     async def changes(
-        self, tenant: str, after: int, limit: int, prefix: str = "", skip_via: str = ""
+        self,
+        tenant: str,
+        after: int,
+        limit: int,
+        prefix: str = "",
+        skip_via: str = "",
+        *,
+        versions: bool = False,
     ) -> tuple[list[Record], int]:
+        # With versions: the replaced versions the history keeps carry the
+        # seq they were written with, so the two tables together are the log.
+        tables = ("memory_records", "memory_history") if versions else ("memory_records",)
+        seqs = " UNION ALL ".join(
+            f"SELECT seq FROM {t} WHERE tenant = :t AND seq > :a" for t in tables
+        )
         async with self._engine.connect() as conn:
             last = (
                 await conn.execute(
-                    text(
-                        "SELECT max(seq) FROM (SELECT seq FROM memory_records "
-                        "WHERE tenant = :t AND seq > :a ORDER BY seq LIMIT :l) AS page"
-                    ),
+                    text(f"SELECT max(seq) FROM ({seqs} ORDER BY seq LIMIT :l) AS page"),
                     {"t": tenant, "a": after, "l": limit},
                 )
             ).scalar_one_or_none()
@@ -508,7 +525,12 @@ class SqlMemoryStore:
                 params.update(_prefix_params(prefix))
             rows = (
                 await conn.execute(
-                    text(f"SELECT {COLUMNS} FROM memory_records WHERE {where} ORDER BY seq"),
+                    text(
+                        " UNION ALL ".join(
+                            f"SELECT {COLUMNS} FROM {t} WHERE {where}" for t in tables
+                        )
+                        + " ORDER BY seq"
+                    ),
                     params,
                 )
             ).all()

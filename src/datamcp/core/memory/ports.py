@@ -62,11 +62,20 @@ class MemoryStore(Protocol):
     async def get(self, tenant: str, namespace: str, key: str) -> Record | None: ...
 
     async def changes(
-        self, tenant: str, after: int, limit: int, prefix: str = "", skip_via: str = ""
+        self,
+        tenant: str,
+        after: int,
+        limit: int,
+        prefix: str = "",
+        skip_via: str = "",
+        *,
+        versions: bool = False,
     ) -> tuple[list[Record], int]:
         """Up to ``limit`` positions of the feed after ``after``: the records there
         (in ``seq`` order) under ``prefix`` not copied from ``skip_via``, and the
-        last position read (``after`` when the feed holds nothing newer)."""
+        last position read (``after`` when the feed holds nothing newer). With
+        ``versions``, every version written after ``after`` that the history
+        still keeps, not only each key's latest (the change log a watcher reads)."""
         ...
 
     async def pending(self, tenant: str, after: int) -> int:

@@ -631,8 +631,10 @@ class MemoryService:
     async def watch(
         self, tenant: str, prefix: str, from_seq: int, store_id: str = ""
     ) -> AsyncIterator[Record]:
-        """The change feed after ``from_seq``, forever (polls every second for
-        writes by other processes; wakes at once on this process's writes)."""
+        """Every version written after ``from_seq`` (that the history still
+        keeps: ``memory.history_depth`` per key), in write order, forever;
+        woken by writes of this process and, by signal, of the others (a
+        poll every second is the fallback)."""
         check_namespace(prefix, "namespace_prefix", prefix=True)
         if from_seq < 0:
             raise InvalidArgument(
@@ -642,7 +644,7 @@ class MemoryService:
         cursor = from_seq
         while True:
             changed = state.changed
-            page, last = await state.store.changes(tenant, cursor, SCAN_PAGE, prefix)
+            page, last = await state.store.changes(tenant, cursor, SCAN_PAGE, prefix, versions=True)
             for record in page:
                 yield record
             moved, cursor = last != cursor, last

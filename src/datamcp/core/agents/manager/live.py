@@ -45,6 +45,9 @@ class LiveTask:
     progress_count: int = 0
     #: The insert, when the task was started before it was stored.
     stored: asyncio.Future[Any] | None = None
+    #: Its final state is set here but not stored yet: nobody is shown it
+    #: until it is (``done`` is set then).
+    final_pending: bool = False
 
     @property
     def target(self) -> tuple[bool, str]:
@@ -82,7 +85,7 @@ class LiveTasks:
     def fresher(self, task: Task) -> Task:
         """The live state of a stored task, when this process runs it."""
         live = self._by_id.get(task.id)
-        return live.task if live is not None else task
+        return live.task if live is not None and not live.final_pending else task
 
     def unfinished(self) -> list[LiveTask]:
         return [live for live in self._by_id.values() if not live.task.state.final]

@@ -59,6 +59,8 @@ class TaskQueries:
         """Raises NotFound: no such task for this tenant."""
         live = self._live.of(tenant, task_id)
         if live is not None:
+            if live.final_pending:  # a final state is shown once it is stored
+                await live.done.wait()
             return live.task
         task = await self.stored(tenant, task_id)
         if task is None:

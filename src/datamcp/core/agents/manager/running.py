@@ -353,6 +353,7 @@ class TaskRunner:
             ended_at=now,
             updated_at=now,
         )
+        live.final_pending = True
         try:
             if not await self.recorder.store_final(live.task):
                 # Ended elsewhere first (a cancel, an adopter): that is the truth.
@@ -368,6 +369,7 @@ class TaskRunner:
                 self.failed += 1
             self._live.forget(live)
             live.runner = None
+            live.final_pending = False
             live.done.set()
             live.notify()
 
