@@ -18,6 +18,7 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
+from datamcp.adapters.pipelines.csv import MAX_LINE
 from datamcp.entrypoints.grpc.values import from_value, to_struct
 from datamcp.v1 import pipelines_pb2 as pb
 from datamcp.v1 import pipelines_pb2_grpc
@@ -96,7 +97,7 @@ async def test_csv_field_over_the_size_limit_fails_the_run_never_drops_rows(
     server: RunningServer, tmp_path: Path
 ) -> None:
     s = stub(server)
-    big = "y" * (17 * 1024 * 1024)
+    big = "y" * (MAX_LINE + 1024 * 1024)
     (tmp_path / "files" / "big.csv").write_text(f"a,b\n1,x\n2,{big}\n3\n4,z\n")
     spec = {
         "name": "big",
@@ -113,7 +114,9 @@ async def test_csv_field_over_the_size_limit_fails_the_run_never_drops_rows(
     finally:
         db.close()
     # Under the limit the same shape loads whole, and the counters add up.
-    (tmp_path / "files" / "ok.csv").write_text(f"a,b\n1,x\n2,{'y' * 15_000_000}\n3,z\n4\n")
+    (tmp_path / "files" / "ok.csv").write_text(
+        f"a,b\n1,x\n2,{'y' * (MAX_LINE - 1024 * 1024)}\n3,z\n4\n"
+    )
     run = await run_to_end(s, {**spec, "name": "ok", "source": {"csv": {"path": "ok.csv"}}})
     assert run.state == S.RUN_STATE_SUCCEEDED, run.error
     assert (run.rows_read, run.rows_written, run.rows_rejected) == (4, 3, 1)
@@ -556,3 +559,32 @@ async def test_pipelines_runs_and_rejects_belong_to_their_tenant(
         with pytest.raises(grpc.RpcError) as info:
             await s.GetRun(pb.GetRunRequest(id=theirs.id), metadata=b)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_an_unexpected_failure_reads_an_error_id_never_internals(
+    server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """A fault nobody planned for (a bug, a library raising something odd)
+    fails the run with INTERNAL and an error id; the class name and the
+    text (which may carry paths or SQL) go to the log under that id only."""
+    from datamcp.adapters.pipelines.csv import CsvSource
+
+    def broken(self: CsvSource) -> list[str]:
+        raise KeyError("/srv/secret/path SELECT * FROM credentials")
+
+    monkeypatch.setattr(CsvSource, "_open", broken)
+    (tmp_path / "files" / "in.csv").write_text("a\n1\n")
+    spec = {
+        "name": "faulty",
+        "source": {"csv": {"path": "in.csv"}},
+        "destination": {"jsonl": {"path": "out.jsonl"}},
+    }
+    with caplog.at_level("ERROR", logger="datamcp.core.pipelines.runs"):
+        run = await run_to_end(stub(server), spec)
+    assert run.state == S.RUN_STATE_FAILED
+    assert run.error.reason == "INTERNAL"
+    assert run.error.message.startswith("the run failed unexpectedly (error id ")
+    assert not any(w in run.error.message for w in (*INTERNALS, "KeyError", "/srv"))
+    error_id = run.error.message.rsplit(" ", 1)[-1].rstrip(")")
+    logged = [r for r in caplog.records if getattr(r, "error_id", None) == error_id]
+    assert logged and logged[0].exc_info is not None

@@ -348,3 +348,70 @@ def to_value(data: Any) -> Any:
     from datamcp.entrypoints.grpc.values import to_value as tv
 
     return tv(data)
+
+
+GROUP_SPEC = {
+    "name": "by-region",
+    "source": {"csv": {"path": "sales.csv", "null_values": ["NA"]}},
+    "transforms": [
+        {"cast": {"amount": "float"}},
+        {"filter": "status != 'void'"},
+        {
+            "aggregate": {
+                "group_by": ["region"],
+                "aggregations": [
+                    {"op": "count", "output": "n"},
+                    {"op": "sum", "column": "amount", "output": "total"},
+                ],
+            }
+        },
+    ],
+    "destination": {"table": {"connection": "out", "table": "by_region"}},
+}
+
+
+@pytest.mark.parametrize("kept", [1000, 2])
+async def test_csv_aggregate_counts_rejects_and_keeps_group_order(
+    tmp_path: Path, database_url: str, kept: int
+) -> None:
+    """CSV -> cast -> filter -> aggregate: the rows a cast rejects or a filter
+    drops are out of the sums, counted at their stage, each reject kept with
+    its reason (up to rejects_kept, all counted); groups come in the order
+    they are first seen."""
+    lines = ["region,amount,status"]
+    for i in range(300):
+        amount = "bad" if i % 50 == 7 else ("NA" if i % 40 == 3 else f"{i % 10}.5")
+        lines.append(
+            f"{['west', 'east', 'north'][i % 3]},{amount},{'void' if i % 25 == 0 else 'ok'}"
+        )
+    settings = make_settings(
+        tmp_path, database_url, **overrides(tmp_path, **{"pipelines.rejects_kept": kept})
+    )
+    write_csv(tmp_path, "sales.csv", "\n".join(lines) + "\n")
+    async with running_server(settings) as srv:
+        s = stub(srv)
+        await s.CreatePipeline(pb.CreatePipelineRequest(spec_text=json.dumps(GROUP_SPEC)))
+        run = (await s.RunPipeline(pb.RunPipelineRequest(id="by-region"))).run
+        final = await wait_final(s, run.id)
+        assert final.state == S.RUN_STATE_SUCCEEDED, final.error
+        stages = {st.stage: st for st in final.stages}
+        cast, keep = stages["transforms[0].cast"], stages["transforms[1].filter"]
+        bad = [i for i in range(300) if i % 50 == 7]
+        void = [i for i in range(300) if i % 25 == 0 and i not in bad]
+        assert (final.rows_read, cast.read, cast.rejected) == (300, 300, len(bad))
+        assert (keep.read, keep.written) == (300 - len(bad), 300 - len(bad) - len(void))
+        assert stages["transforms[2].aggregate"].written == 3
+        assert final.rows_rejected == len(bad) and final.rows_written == 3
+        got = await s.GetRun(pb.GetRunRequest(id=run.id, reject_limit=100))
+        assert len(got.rejects) == min(kept, len(bad))
+        assert all(r.reason == "cast amount: 'bad' is not a number" for r in got.rejects)
+        assert all(r.stage == "transforms[0].cast" for r in got.rejects)
+    alive = [i for i in range(300) if i not in bad and i not in void]
+    expected = []
+    for region in ("east", "north", "west"):  # row 0 (west) is void
+        rows = [i for i in alive if ["west", "east", "north"][i % 3] == region]
+        amounts = [i % 10 + 0.5 for i in rows if i % 40 != 3]
+        expected.append((region, len(rows), sum(amounts)))
+    got_rows = table_rows(tmp_path, "SELECT region, n, total FROM by_region ORDER BY rowid")
+    assert [(r, n) for r, n, _t in got_rows] == [(r, n) for r, n, _t in expected]
+    assert all(abs(t - e[2]) < 1e-9 for (_r, _n, t), e in zip(got_rows, expected, strict=True))

@@ -38,6 +38,8 @@ Step = Callable[[Rel], Rel]
 RID = "__rid"
 AT = "__at"
 WHY = "__why"
+REJECTED = "__rj"  # WHY is not null: a reject (else a filter or dedupe dropped the row)
+N = "__n"
 
 
 @dataclass(slots=True)
@@ -199,6 +201,9 @@ class Barrier:
         self.created = False
         self.partial: Callable[[Rel], Rel] = lambda r: r
         self.result: Callable[[Rel], Rel] = lambda r: r
+        # The partial grouped by more columns too, with a row count (``N``):
+        # lets a scan aggregate its rows in the same pass that checks them.
+        self.grouped: Callable[[Rel, Sequence[str]], Rel] | None = None
 
     def push(self, table: pa.Table) -> None:
         if self.counted:
@@ -217,6 +222,15 @@ class Barrier:
             self.counters.read += rows
             self.counters.written += rows
         self.partial(rel.select(*[C(c) for c in self.columns])).create(self.table)
+        self.created = True
+
+    def adopt(self, rel: Rel, rows: int) -> None:
+        """``rel``, the output of ``grouped`` for the rows alive (``rows``),
+        as the partials (the extra group columns dropped)."""
+        if self.counted:
+            self.counters.read += rows
+            self.counters.written += rows
+        rel.select(StarExpression(exclude=[AT, REJECTED, N])).create(self.table)
         self.created = True
 
     def finish(self, rows_per_batch: int) -> Iterator[pa.Table]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from datamcp.core.background import cancel_and_wait
-from datamcp.core.errors import FailedPrecondition, NotFound
+from datamcp.core.errors import FailedPrecondition, NotFound, error_id
 from datamcp.core.events.bus import EventBus
 from datamcp.core.events.model import Event
 from datamcp.core.instances import is_gone
@@ -283,8 +283,11 @@ class RunManager:
             await asyncio.shield(self._finish(run, state, error, live=live))
             raise
         except Exception as exc:
-            log.exception("pipeline run failed", extra={"run_id": run.id})
-            error = RunError("INTERNAL", f"{type(exc).__name__}: {exc}")
+            eid = error_id(exc)
+            log.error(
+                "pipeline run failed", extra={"run_id": run.id, "error_id": eid}, exc_info=exc
+            )
+            error = RunError("INTERNAL", f"the run failed unexpectedly (error id {eid})")
         await asyncio.shield(self._finish(run, state, error, cursor=cursor, live=live))
 
     async def _reset_attempt(self, live: _Live) -> None:
@@ -467,7 +470,8 @@ class RunManager:
                     return
             if changed is not None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await changed.wait()
             else:
                 await asyncio.sleep(wait)
 
@@ -488,9 +492,8 @@ def _snapshot(run: Run) -> Run:
 
 
 def _describe(exc: BaseException, attempts: int) -> str:
-    notes = "; ".join(getattr(exc, "__notes__", []))
-    text = f"{exc} (after {attempts} attempt(s))"
-    return f"{text}; {notes}" if notes else text
+    notes = "".join(f"; {n}" for n in getattr(exc, "__notes__", []))
+    return f"{exc} (after {attempts} attempt(s)){notes}"
 
 
 def new_run_id() -> str:

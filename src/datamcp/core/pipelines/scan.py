@@ -16,9 +16,9 @@ import duckdb
 import pyarrow as pa
 from duckdb import FunctionExpression, StarExpression
 
-from datamcp.core.pipelines.exprc import C
+from datamcp.core.pipelines.exprc import C, F
 from datamcp.core.pipelines.model import StageCounters
-from datamcp.core.pipelines.plan import AT, RID, WHY, Barrier, Chain, RejectSink
+from datamcp.core.pipelines.plan import AT, REJECTED, RID, WHY, Barrier, Chain, N, RejectSink
 
 InThread = Callable[..., Awaitable[Any]]
 
@@ -45,25 +45,57 @@ async def scan(
         rel = source.relation(con, names).select(StarExpression(), rid.alias(RID))
         rel = first.apply(first.start(rel))
         if len(segments) > 1:
-            assert isinstance(segments[1], Barrier)
-            await in_thread(rel.create, "__scan")
+            barrier = segments[1]
+            assert isinstance(barrier, Barrier)
+            flagged = rel.select(StarExpression(), C(WHY).isnotnull().alias(REJECTED))
+            if barrier.grouped is not None:
+                # Aggregated in the scan's own pass, grouped by status too:
+                # no row is kept, only partials and counts per status.
+                keep = flagged.select(*[C(c) for c in [*barrier.columns, AT, REJECTED]])
+                await in_thread(barrier.grouped(keep, [AT, REJECTED]).create, "__scan")
+            else:
+                await in_thread(flagged.create, "__scan")
             table = con.table("__scan")
-            total, alive = await in_thread(_account, first, table, sink)
+            count = F("sum", C(N)) if barrier.grouped is not None else F("count_star")
+            stats = table.aggregate([C(AT), C(REJECTED), count], group_expr=f"{AT}, {REJECTED}")
+            total, alive, rejected = _account(first, await in_thread(stats.fetchall))
             source_counters.read += total
             source_counters.written += total
-            await in_thread(segments[1].push_relation, table.filter(C(AT).isnull()), alive)
-        else:
-            reader = await in_thread(rel.to_arrow_reader, chunk_rows)
-            while (batch := await in_thread(_next, reader)) is not None:
-                out = pa.Table.from_batches([batch])
-                source_counters.read += out.num_rows
-                source_counters.written += out.num_rows
-                await write([first.account(out, sink)])
-                await progress()
-        for raw, reason, number in await in_thread(source.scan_rejects):
-            source_counters.read += 1
-            row = raw if isinstance(raw, dict) else dict(zip(names, raw, strict=False))
-            sink.add(source_counters, reason, row, number)
+            await _source_rejects(source, names, sink, source_counters, in_thread)
+            if rejected:
+                # The rejected rows themselves (when only partials were kept,
+                # the scan is read again for the first ones).
+                rows = table if barrier.grouped is None else rel
+                kept = rows.filter(C(WHY).isnotnull()).limit(max(0, sink.room()))
+                found = await in_thread(kept.to_arrow_table) if sink.room() > 0 else None
+                _keep(first, found, sink, rejected)
+            alive_rel = table.filter(C(AT).isnull())
+            if barrier.grouped is not None:
+                await in_thread(barrier.adopt, alive_rel, alive)
+            else:
+                await in_thread(barrier.push_relation, alive_rel, alive)
+            return
+        reader = await in_thread(rel.to_arrow_reader, chunk_rows)
+        while (batch := await in_thread(_next, reader)) is not None:
+            out = pa.Table.from_batches([batch])
+            source_counters.read += out.num_rows
+            source_counters.written += out.num_rows
+            await write([first.account(out, sink)])
+            await progress()
+        await _source_rejects(source, names, sink, source_counters, in_thread)
+
+
+async def _source_rejects(
+    source: Any,
+    names: Mapping[str, str],
+    sink: RejectSink,
+    counters: StageCounters,
+    in_thread: InThread,
+) -> None:
+    for raw, reason, number in await in_thread(source.scan_rejects):
+        counters.read += 1
+        row = raw if isinstance(raw, dict) else dict(zip(names, raw, strict=False))
+        sink.add(counters, reason, row, number)
 
 
 @contextlib.contextmanager
@@ -86,34 +118,34 @@ def _next(reader: Any) -> pa.RecordBatch | None:
         return None
 
 
-def _account(chain: Chain, table: duckdb.DuckDBPyRelation, sink: RejectSink) -> tuple[int, int]:
-    """Counters and rejects of the rows kept in ``table``: (rows, rows alive)."""
-    flags = table.select(C(AT), C(WHY).isnotnull().alias("__rj"))
-    groups = flags.aggregate(
-        [C(AT), C("__rj"), FunctionExpression("count_star").alias("__n")], group_expr="__at, __rj"
-    ).fetchall()
-    stopped = {k: 0 for k in range(len(chain.stages))}
-    rejected = {k: 0 for k in range(len(chain.stages))}
+def _account(chain: Chain, groups: list[tuple[Any, ...]]) -> tuple[int, int, dict[int, int]]:
+    """Stage counters from the rows per (stopping stage, rejected): (rows,
+    rows alive, rejects per stage)."""
+    stopped = dict.fromkeys(range(len(chain.stages)), 0)
+    rejected: dict[int, int] = {}
     total = 0
     for at, rj, n in groups:
-        total += n
+        total += int(n)
         if at is not None:
-            stopped[at] += n
+            stopped[at] += int(n)
             if rj:
-                rejected[at] += n
+                rejected[at] = rejected.get(at, 0) + int(n)
     count = total
     for k, info in enumerate(chain.stages):
         info.counters.read += count
         count -= stopped[k]
         info.counters.written += count
-    if any(rejected.values()):
-        rows = table.filter(C(WHY).isnotnull()).limit(max(0, sink.room())).to_arrow_table()
-        for row in rows.to_pylist():
-            info = chain.stages[row[AT]]
-            values = {c: row[p] for c in info.before.cols if (p := info.before.phys[c]) in row}
-            sink.add(info.counters, row[WHY], values)
-            rejected[row[AT]] -= 1
-        for k, n in rejected.items():
-            if n:
-                sink.count(chain.stages[k].counters, n)
-    return total, count
+    return total, count, rejected
+
+
+def _keep(chain: Chain, rows: pa.Table | None, sink: RejectSink, rejected: dict[int, int]) -> None:
+    """The first rejected ``rows`` kept with their reasons; all counted."""
+    left = dict(rejected)
+    for row in rows.to_pylist() if rows is not None else []:
+        info = chain.stages[row[AT]]
+        values = {c: row[p] for c in info.before.cols if (p := info.before.phys[c]) in row}
+        sink.add(info.counters, row[WHY], values)
+        left[row[AT]] -= 1
+    for k, n in left.items():
+        if n:
+            sink.count(chain.stages[k].counters, n)

@@ -5,14 +5,14 @@ non-number under sum or avg rejects its row."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import duckdb
 
 from datamcp.core.pipelines.checker import Checker
 from datamcp.core.pipelines.exprc import NUMERIC, C, Expr, F, K, notnull, when
-from datamcp.core.pipelines.plan import RID, PlanBuilder, Rel
+from datamcp.core.pipelines.plan import RID, N, PlanBuilder, Rel
 
 T = duckdb.sqltypes
 
@@ -106,6 +106,14 @@ def build(b: PlanBuilder, o: Mapping[str, Any], path: str) -> None:  # noqa: PLR
     def partial(rel: Rel) -> Rel:
         return rel.aggregate([*exprs, *partials, F("min", C(RID)).alias(first)], group_expr=keys)
 
+    def grouped(rel: Rel, extra: Sequence[str]) -> Rel:
+        more = [C(x) for x in extra]
+        count = F("count_star").alias(N)
+        return rel.aggregate(
+            [*exprs, *more, *partials, F("min", C(RID)).alias(first), count],
+            group_expr=", ".join([*group, *extra]),
+        )
+
     new_phys = {name: b.new_phys() for name, _e, _k in finals}
 
     def result(rel: Rel) -> Rel:
@@ -115,6 +123,8 @@ def build(b: PlanBuilder, o: Mapping[str, Any], path: str) -> None:  # noqa: PLR
         return ordered.select(*exprs, *[C(new_phys[n]) for n, _e, _k in finals])
 
     barrier.partial = partial
+    if group:  # (without keys, no rows alive must still give one row: unfused)
+        barrier.grouped = grouped
     barrier.result = result
     kinds = {c: L.kinds[c] for c in group_names}
     phys = {c: L.phys[c] for c in group_names}
