@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,21 @@ class LocalSignals:
         return None
 
 
+class Listener:
+    """Signals about one key, heard since the last :meth:`wait`."""
+
+    def __init__(self, event: asyncio.Event) -> None:
+        self._event = event
+
+    async def wait(self, within: float) -> None:
+        """Return once a signal came since the last wait (at once if one
+        already did), or after ``within`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self._event.wait()
+        self._event.clear()
+
+
 class KeyedWaiters:
     """Waiting for signals of one topic about one key (a task id, a store):
     one subscription for the topic, a dict of waiters by key."""
@@ -131,15 +146,15 @@ class KeyedWaiters:
         for event in self._waiting.get(key, ()):
             event.set()
 
-    async def wait(self, key: str, within: float) -> None:
-        """Return on a signal about ``key`` or after ``within`` seconds."""
+    @contextlib.contextmanager
+    def listen(self, key: str) -> Iterator[Listener]:
+        """Hear signals about ``key`` while inside: listen first, then read
+        the store, then wait, and a signal sent during the read is not lost."""
         event = asyncio.Event()
         waiting = self._waiting.setdefault(key, set())
         waiting.add(event)
         try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(within):
-                    await event.wait()
+            yield Listener(event)
         finally:
             waiting.discard(event)
             if not waiting:

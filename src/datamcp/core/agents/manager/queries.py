@@ -100,19 +100,21 @@ class TaskQueries:
         whichever process runs it."""
         deadline = None if within is None else self._clock() + within
         live = self._live.of(tenant, task_id)
-        task = live.task if live is not None else await self.get(tenant, task_id)
-        while live is None and not task.state.final:
-            # Run by another process (or waiting in the pool): follow the store.
-            left = None if deadline is None else deadline - self._clock()
-            if left is not None and left <= 0:
-                return task
-            every = self._changes.poll_interval(WATCH_POLL, WATCH_POLL_UNSIGNALLED)
-            await self._changes.wait(task_id, every if left is None else min(left, every))
-            live = self._live.of(tenant, task_id)
-            if live is None:
-                task = await self.get(tenant, task_id)
         if live is None:
-            return task
+            # Run by another process (or waiting in the pool): follow the store.
+            with self._changes.listen(task_id) as changed:
+                task = await self.get(tenant, task_id)
+                while live is None and not task.state.final:
+                    left = None if deadline is None else deadline - self._clock()
+                    if left is not None and left <= 0:
+                        return task
+                    every = self._changes.poll_interval(WATCH_POLL, WATCH_POLL_UNSIGNALLED)
+                    await changed.wait(every if left is None else min(left, every))
+                    live = self._live.of(tenant, task_id)
+                    if live is None:
+                        task = await self.get(tenant, task_id)
+            if live is None:
+                return task
         within = None if deadline is None else max(0.0, deadline - self._clock())
         if not live.done.is_set():
             # asyncio.timeout, not wait_for: no extra task per waiting call.
@@ -166,10 +168,11 @@ class TaskQueries:
             await live.done.wait()
             return _cancelled(live.task)
         deadline = self._clock() + CANCEL_WAIT
-        task = requested
-        while not task.state.final and (left := deadline - self._clock()) > 0:
-            await self._changes.wait(task_id, min(left, CANCEL_POLL))
+        with self._changes.listen(task_id) as changed:
             task = await self.get(tenant, task_id)
+            while not task.state.final and (left := deadline - self._clock()) > 0:
+                await changed.wait(min(left, CANCEL_POLL))
+                task = await self.get(tenant, task_id)
         if not task.state.final:
             raise DeadlineExceeded(
                 f"cancel of task {task_id} requested; it has not stopped yet: "
@@ -205,20 +208,21 @@ class TaskQueries:
         """The task now, then on every change until it is final."""
         live = self._live.of(tenant, task_id)
         if live is None:
-            task = await self.get(tenant, task_id)
-            yield task
             # Owned by another process: follow it through the store, woken by
             # its signals (the poll is the fallback).
-            while not task.state.final:
-                every = self._changes.poll_interval(WATCH_POLL, WATCH_POLL_UNSIGNALLED)
-                await self._changes.wait(task_id, every)
-                live = self._live.of(tenant, task_id)
-                if live is not None:  # it became ours (claimed from the pool)
-                    break
-                fresh = await self.get(tenant, task_id)
-                if fresh != task:
-                    task = fresh
-                    yield task
+            with self._changes.listen(task_id) as changed:
+                task = await self.get(tenant, task_id)
+                yield task
+                while not task.state.final:
+                    every = self._changes.poll_interval(WATCH_POLL, WATCH_POLL_UNSIGNALLED)
+                    await changed.wait(every)
+                    live = self._live.of(tenant, task_id)
+                    if live is not None:  # it became ours (claimed from the pool)
+                        break
+                    fresh = await self.get(tenant, task_id)
+                    if fresh != task:
+                        task = fresh
+                        yield task
             if live is None:
                 return
             seen: Task | None = task
