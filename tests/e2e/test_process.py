@@ -36,7 +36,10 @@ def test_sigterm_flips_health_to_not_serving_then_exits_zero(tmp_path: Path) -> 
             server.proc.send_signal(signal.SIGTERM)
             assert next(watch).status == std.HealthCheckResponse.NOT_SERVING
             watch.cancel()
-        assert server.proc.wait(20) == 0
+        try:
+            assert server.proc.wait(20) == 0
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 20 s after SIGTERM; its log: {server.logs()[-20:]}")
     messages = [line.get("message") for line in server.logs()]
     assert messages.index("shutting down") < messages.index("stopped")
 

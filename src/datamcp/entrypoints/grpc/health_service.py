@@ -4,6 +4,7 @@ the standard grpc.health.v1 servicer the server feeds."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from grpc import aio
@@ -85,10 +86,29 @@ class StandardHealth(health.aio.HealthServicer):  # type: ignore[misc]
         self._statuses: dict[str, int] = {"": std.HealthCheckResponse.SERVING}
         self._changed = asyncio.Event()
         self._final = False
+        # Per open Watch, the last change it has answered (see delivered()).
+        self._generation = 0
+        self._answered: dict[object, int] = {}
+        self._progress = asyncio.Event()
 
     def _notify(self) -> None:
+        self._generation += 1
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def _answer(self, watcher: object, generation: int) -> None:
+        self._answered[watcher] = generation
+        self._progress.set()
+
+    async def delivered(self, within: float) -> None:
+        """Wait (at most ``within`` seconds) until every open Watch has sent
+        the latest statuses: at shutdown a prober sees NOT_SERVING before
+        its stream is ended."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                while any(g < self._generation for g in self._answered.values()):
+                    self._progress.clear()
+                    await self._progress.wait()
 
     async def set(self, service: str, status: int) -> None:
         if not self._final:
@@ -106,13 +126,22 @@ class StandardHealth(health.aio.HealthServicer):  # type: ignore[misc]
         self, request: std.HealthCheckRequest, context: aio.ServicerContext
     ) -> AsyncIterator[std.HealthCheckResponse]:
         last = None
-        while True:
-            changed = self._changed
-            status = self._statuses.get(request.service, std.HealthCheckResponse.SERVICE_UNKNOWN)
-            if status != last:
-                yield std.HealthCheckResponse(status=status)
-                last = status
-            await changed.wait()
+        watcher = object()
+        self._answered[watcher] = -1
+        try:
+            while True:
+                changed, generation = self._changed, self._generation
+                status = self._statuses.get(
+                    request.service, std.HealthCheckResponse.SERVICE_UNKNOWN
+                )
+                if status != last:
+                    yield std.HealthCheckResponse(status=status)
+                    last = status
+                self._answer(watcher, generation)
+                await changed.wait()
+        finally:
+            del self._answered[watcher]
+            self._progress.set()
 
     async def List(
         self, request: std.HealthListRequest, context: aio.ServicerContext

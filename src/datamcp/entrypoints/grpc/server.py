@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from datamcp import __version__
 from datamcp.bootstrap import App
+from datamcp.core.background import finish_watched
 from datamcp.core.errors import ConfigError
 from datamcp.core.health import HealthMonitor, HealthReport
 from datamcp.entrypoints.grpc.agent_service import AgentService
@@ -274,6 +275,7 @@ class MeshServer:
         self.stopping.set()
         log.info("shutting down", extra={"grace_seconds": grace})
         await self.health.enter_graceful_shutdown()
+        await self.health.delivered(within=1.0)
         await self.monitor.shutdown()
         if s.drain_delay:
             await asyncio.sleep(s.drain_delay)
@@ -289,7 +291,11 @@ class MeshServer:
                 self.entry.end_streams()
                 await asyncio.wait({stopped}, timeout=0.5)
             await stopped
-        await self.app.close()
+        await finish_watched(self.app.close(), 5.0, _slow_close)
         self.tracer_provider.shutdown()
         self._stopped.set()
         log.info("stopped")
+
+
+def _slow_close(waiting: list[str]) -> None:
+    log.warning("shutdown is taking long; still waiting", extra={"tasks": waiting})
