@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from datamcp.core.errors import (
     ConfigError,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -51,11 +52,15 @@ PERMANENT: tuple[type[BaseException], ...] = (
     ConfigError,
     ValueError,  # a malformed event or message
 )
+#: Preconditions no retry in this container changes: what its package left out.
+PERMANENT_REASONS = frozenset({"PIPELINE_ENGINE_MISSING"})
 #: Error text kept in a letter's attributes (SQS attributes are small).
 MAX_ERROR = 1000
 
 
 def permanent(exc: BaseException) -> bool:
+    if isinstance(exc, FailedPrecondition):
+        return exc.reason in PERMANENT_REASONS
     return isinstance(exc, PERMANENT)
 
 

@@ -231,12 +231,13 @@ class App:
             running=lambda: memory.sync.running,
             stop=memory.sync.stop,
         )
-        self.due.register(
-            "pipelines",
-            pipeline_schedules,
-            running=lambda: pipelines.runs.running,
-            stop=pipelines.runs.stop,
-        )
+        if pipelines.runs.can_run():  # not in the Lambda zip: the servers fire them
+            self.due.register(
+                "pipelines",
+                pipeline_schedules,
+                running=lambda: pipelines.runs.running,
+                stop=pipelines.runs.stop,
+            )
 
     async def start(self) -> None:
         """Start background work (the heartbeat, the event writer, retention,

@@ -9,7 +9,7 @@ import pytest
 
 from datamcp.core.errors import InvalidArgument
 from datamcp.core.pipelines.ports import PermanentError
-from datamcp.core.pipelines.spec import parse_document, parse_spec
+from datamcp.core.pipelines.spec import load_text, parse_document, parse_spec
 from datamcp.core.pipelines.transforms import KINDS
 from tests.unit.pipeline_fakes import run
 
@@ -67,6 +67,24 @@ def test_document_round_trips_through_canonical_form() -> None:
         }
     )
     assert parse_spec(doc.spec.to_dict()) == doc.spec
+
+
+def test_yaml_specs_read_only_true_and_false_as_booleans() -> None:
+    """YAML 1.1 reads on/off/yes/no as booleans: lookup's ``on:`` key was
+    ``True`` ("keys must be strings") and listed ``yes`` values were no text."""
+    text = """
+name: yaml12
+source: {csv: {path: in.csv}}
+transforms:
+  - lookup: {source: {csv: {path: ref.csv}}, on: {id: id}, columns: [tag]}
+  - validate: {in_list: {answer: [yes, no, on, off, Y]}}
+destination: {jsonl: {path: out.jsonl}}
+"""
+    doc = parse_document(load_text(text))
+    lookup, validate = (t.options for t in doc.spec.transforms)
+    assert lookup["on"] == {"id": "id"}
+    assert validate["in_list"] == {"answer": ["yes", "no", "on", "off", "Y"]}
+    assert load_text("a: [true, False, TRUE]") == {"a": [True, False, True]}
 
 
 def test_cast_rejects_bad_values_with_reasons_and_keeps_good_rows() -> None:

@@ -21,15 +21,16 @@ import io
 import mmap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import duckdb
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from datamcp.adapters.pipelines.files import abort_temp, commit_temp, open_temp
 from datamcp.adapters.pipelines.values import plain
 from datamcp.core.pipelines.checker import Checker, char, delimiter, file_options, null_values
 from datamcp.core.pipelines.ports import PermanentError, SourceBatch, WriteResult
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
 
 # The longest row. DuckDB's reader keeps buffers of twice this per thread, so
 # it sets the reader's memory (and a run's peak RSS) as much as the row limit.
@@ -120,6 +121,8 @@ class CsvSource:
                     )
 
     def _open(self) -> list[str]:
+        import duckdb  # with the run, never with the spec (the Lambda zip has no DuckDB)
+
         self._long_lines()
         names = list(self.wanted) if self.no_header else self._header()
         if self.wanted and not self.no_header:
@@ -168,6 +171,8 @@ class CsvSource:
         """The scan as a relation on the engine's connection, the columns in
         ``names`` (column -> new name) only: the engine runs its first
         stages inside the scan. Read its rejects with ``scan_rejects``."""
+        import duckdb  # with the run, never with the spec (the Lambda zip has no DuckDB)
+
         self._scan_con = con
         index = self._all.index
         base = self._scan(con, len(self._all))
@@ -196,14 +201,20 @@ class CsvSource:
 
     def narrow(self, columns: Sequence[str]) -> None:
         """Read only ``columns`` from here on (the others are not converted)."""
+        import duckdb  # with the run, never with the spec (the Lambda zip has no DuckDB)
+
         self._names = list(columns)
         index = self._all.index
-        self._rel = self._base.select(*[duckdb.ColumnExpression(f"c{index(c)}") for c in columns])
+        column = duckdb.ColumnExpression
+        self._rel = self._base.select(*[column(f"c{index(c)}") for c in columns])
 
     async def read(self, size: int) -> SourceBatch | None:
         return await asyncio.to_thread(self._read, size)
 
     def _read(self, size: int) -> SourceBatch | None:
+        import duckdb  # with the run, never with the spec (the Lambda zip has no DuckDB)
+        import pyarrow as pa
+
         if self._done or self._con is None:
             return None
         try:

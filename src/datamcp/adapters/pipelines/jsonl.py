@@ -11,15 +11,16 @@ import io
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from datamcp.adapters.pipelines.files import abort_temp, commit_temp, open_temp
 from datamcp.adapters.pipelines.values import plain, python_rows
 from datamcp.core.pipelines.checker import Checker, file_options
 from datamcp.core.pipelines.frame import RowBatches, json_safe
 from datamcp.core.pipelines.ports import PermanentError, SourceBatch, WriteResult
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class JsonlSource:

@@ -10,14 +10,15 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from datamcp.adapters.pipelines.csv import CsvDestination, CsvSource
 from datamcp.adapters.pipelines.jsonl import JsonlDestination, JsonlSource
 from datamcp.core.pipelines.checker import Checker, delimiter, file_format, null_values
 from datamcp.core.pipelines.ports import PermanentError, SourceBatch, TransientError, WriteResult
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class S3Settings:

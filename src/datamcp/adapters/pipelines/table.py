@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,10 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from datamcp.adapters.pipelines.sql import _fail, async_url
 from datamcp.adapters.pipelines.sql import quote as _q
-from datamcp.adapters.pipelines.sqlite_table import SqliteTableDestination
 from datamcp.adapters.pipelines.values import python_rows
 from datamcp.core.pipelines.checker import IDENT_RE, Checker
 from datamcp.core.pipelines.ports import PermanentError, WriteResult
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _SA_TYPES: dict[str, Any] = {
     "integer": sa.BigInteger,
@@ -236,5 +237,8 @@ def destination(connectors: Any, o: Mapping[str, Any], run_id: str, where: str) 
                 f"{where}: an in-memory SQLite database cannot be a destination",
                 "INVALID_PIPELINE",
             )
+        # ADBC is imported with the run, never with the spec (see csv.py).
+        from datamcp.adapters.pipelines.sqlite_table import SqliteTableDestination
+
         return SqliteTableDestination(u.database, o["table"], **kw)
     return SqlAlchemyTableDestination(url, o["table"], **kw)

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def plain(table: pa.Table, kinds: Sequence[str]) -> pa.Table:
     """``table`` with timestamps as ISO 8601 text (UTC, ``+00:00``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     columns = []
     for col, kind in zip(table.columns, kinds, strict=True):
         if kind == "timestamp":

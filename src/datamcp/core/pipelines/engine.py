@@ -17,7 +17,7 @@ import contextlib
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,46 +32,18 @@ from datamcp.core.pipelines.plan import RID, Barrier, Chain, Layout, PlanBuilder
 from datamcp.core.pipelines.ports import (
     Connectors,
     Destination,
+    Outcome,
     PermanentError,
+    Progress,
+    ProgressFn,
     ReadContext,
+    RejectLimit,
     Source,
     SourceBatch,
 )
 from datamcp.core.pipelines.scan import scan
 from datamcp.core.pipelines.spec import PipelineSpec
 from datamcp.core.pipelines.transforms import REGISTRY, lookup
-
-
-@dataclass(slots=True)
-class Progress:
-    stages: list[StageCounters]
-    rejects: list[Reject]
-    final: bool = False
-
-    @property
-    def read(self) -> int:
-        return self.stages[0].read
-
-    @property
-    def written(self) -> int:
-        return self.stages[-1].written
-
-    @property
-    def rejected(self) -> int:
-        return sum(s.rejected for s in self.stages)
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    stages: list[StageCounters]
-    cursor: Any
-
-
-ProgressFn = Callable[[Progress], Awaitable[None]]
-
-
-class RejectLimit(Exception):
-    pass
 
 
 @dataclass(slots=True)

@@ -11,8 +11,6 @@ import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
-import pyarrow as pa
-
 from datamcp.core.events.bus import EventBus
 from datamcp.core.events.model import Event, EventFilter
 from datamcp.core.pipelines.frame import field, json_text
@@ -20,7 +18,6 @@ from datamcp.core.pipelines.ports import ReadContext, SourceBatch
 
 COLUMNS = ["seq", "id", "type", "source", "subject", "time", "correlation_id", "data"]
 KINDS = ["integer", "string", "string", "string", "string", "timestamp", "string", "json"]
-SCHEMA = pa.schema([field(c, k) for c, k in zip(COLUMNS, KINDS, strict=True)])
 
 
 class EventSource:
@@ -50,8 +47,11 @@ class EventSource:
         if not rows:
             self._events = None
             return None
-        columns = [pa.array([r[i] for r in rows], f.type) for i, f in enumerate(SCHEMA)]
-        return SourceBatch(pa.Table.from_arrays(columns, schema=SCHEMA))
+        import pyarrow as pa  # with the run, never with the spec
+
+        schema = pa.schema([field(c, k) for c, k in zip(COLUMNS, KINDS, strict=True)])
+        columns = [pa.array([r[i] for r in rows], f.type) for i, f in enumerate(schema)]
+        return SourceBatch(pa.Table.from_arrays(columns, schema=schema))
 
     async def close(self) -> None:
         events, self._events = self._events, None

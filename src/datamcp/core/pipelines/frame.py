@@ -4,6 +4,10 @@ Arrow with the types of the first batch.
 
 Pipeline types: string, integer, float, boolean, timestamp, json (JSON text;
 objects and lists from a source are kept as JSON).
+
+Arrow is imported when a batch is made, not with this module: the spec side
+of the kinds (and the Lambda functions, whose package leaves the engine
+out) import this module without it.
 """
 
 from __future__ import annotations
@@ -12,23 +16,34 @@ import datetime as dt
 import json
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
+if TYPE_CHECKING:
+    import pyarrow as pa
 
-ARROW: dict[str, pa.DataType] = {
-    "string": pa.string(),
-    "integer": pa.int64(),
-    "float": pa.float64(),
-    "boolean": pa.bool_(),
-    "timestamp": pa.timestamp("us", tz="UTC"),
-    "json": pa.string(),
-}
 JSON_FIELD = b"datamcp.json"
+
+
+@cache
+def arrow_types() -> dict[str, pa.DataType]:
+    """The Arrow type of each pipeline type."""
+    import pyarrow as pa
+
+    return {
+        "string": pa.string(),
+        "integer": pa.int64(),
+        "float": pa.float64(),
+        "boolean": pa.bool_(),
+        "timestamp": pa.timestamp("us", tz="UTC"),
+        "json": pa.string(),
+    }
 
 
 def kind_of(field: pa.Field) -> str:
     """The pipeline type of an Arrow column."""
+    import pyarrow as pa
+
     t = field.type
     if field.metadata and field.metadata.get(JSON_FIELD):
         return "json"
@@ -48,8 +63,10 @@ def kind_of(field: pa.Field) -> str:
 
 
 def field(name: str, kind: str) -> pa.Field:
+    import pyarrow as pa
+
     meta = {JSON_FIELD: b"1"} if kind == "json" else None
-    return pa.field(name, ARROW[kind], metadata=meta)
+    return pa.field(name, arrow_types()[kind], metadata=meta)
 
 
 def value_kind(v: Any) -> str | None:
@@ -140,6 +157,8 @@ def rows_to_table(
     """Rows (lists in column order) as an Arrow table of ``kinds``; a row
     with a value that does not fit its column's type is returned as a
     reject (row, reason) instead."""
+    import pyarrow as pa
+
     good: list[list[Any]] = []
     rejects: list[tuple[list[Any], str]] = []
     for row in rows:
@@ -154,7 +173,8 @@ def rows_to_table(
             rejects.append((list(row), str(exc)))
             continue
         good.append(out)
-    arrays = [pa.array([r[i] for r in good], type=ARROW[kinds[c]]) for i, c in enumerate(columns)]
+    types = arrow_types()
+    arrays = [pa.array([r[i] for r in good], type=types[kinds[c]]) for i, c in enumerate(columns)]
     schema = pa.schema([field(c, kinds[c]) for c in columns])
     return pa.Table.from_arrays(arrays, schema=schema), rejects
 

@@ -13,7 +13,6 @@ import pyarrow.compute as pc
 from duckdb import StarExpression
 
 from datamcp.core.pipelines.exprc import C, K
-from datamcp.core.pipelines.model import Pipeline
 from datamcp.core.pipelines.plan import Layout
 from datamcp.core.pipelines.ports import PermanentError, ReadContext
 
@@ -70,13 +69,3 @@ def _gt(a: Any, b: Any, numeric: bool | None) -> bool:
         except (TypeError, ValueError):
             return True
     return str(a) > str(b)
-
-
-def start_cursor(pipeline: Pipeline) -> Any:
-    """Where a run of ``pipeline`` starts: the stored cursor, else the spec's
-    ``incremental.initial``."""
-    if pipeline.spec.incremental is None:
-        return None
-    if pipeline.cursor is not None:
-        return pipeline.cursor
-    return pipeline.spec.incremental.get("initial")

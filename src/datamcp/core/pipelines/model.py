@@ -124,3 +124,13 @@ def run_id_for(tenant: str, request_id: str) -> str:
     """A request id maps to one run id per tenant, so a retried start (even on
     another replica) cannot create a second run."""
     return str(uuid.uuid5(_RUN_NAMESPACE, f"{tenant}\x00{request_id}"))
+
+
+def start_cursor(pipeline: Pipeline) -> Any:
+    """Where a run of ``pipeline`` starts: the stored cursor, else the spec's
+    ``incremental.initial``."""
+    if pipeline.spec.incremental is None:
+        return None
+    if pipeline.cursor is not None:
+        return pipeline.cursor
+    return pipeline.spec.incremental.get("initial")

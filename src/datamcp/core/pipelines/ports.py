@@ -3,15 +3,16 @@ connectors that build them from a spec, and the store of pipelines and runs."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any, Protocol
 
 from datamcp.core.errors import FieldViolation
-from datamcp.core.pipelines.model import Pipeline, Reject, Run, RunState
+from datamcp.core.pipelines.model import Pipeline, Reject, Run, RunState, StageCounters
 from datamcp.core.pipelines.spec import Part, PipelineSpec
+
+if TYPE_CHECKING:  # the engine's libraries are imported by the engine, not here
+    import pyarrow as pa
 
 
 class TransientError(Exception):
@@ -162,3 +163,38 @@ class PipelineRepository(Protocol):
     async def clear_rejects(self, run_id: str) -> None: ...
 
     async def rejects(self, tenant: str, run_id: str, limit: int) -> list[Reject]: ...
+
+
+# ---- what a run reports ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Progress:
+    stages: list[StageCounters]
+    rejects: list[Reject]
+    final: bool = False
+
+    @property
+    def read(self) -> int:
+        return self.stages[0].read
+
+    @property
+    def written(self) -> int:
+        return self.stages[-1].written
+
+    @property
+    def rejected(self) -> int:
+        return sum(s.rejected for s in self.stages)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    stages: list[StageCounters]
+    cursor: Any
+
+
+ProgressFn = Callable[[Progress], Awaitable[None]]
+
+
+class RejectLimit(Exception):
+    pass

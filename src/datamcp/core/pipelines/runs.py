@@ -16,19 +16,26 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datamcp.core.background import cancel_and_wait
 from datamcp.core.errors import FailedPrecondition, NotFound, error_id
 from datamcp.core.events.bus import EventBus
 from datamcp.core.events.model import Event
 from datamcp.core.instances import is_gone
-from datamcp.core.pipelines.engine import Engine, Progress, RejectLimit
-from datamcp.core.pipelines.incremental import start_cursor
-from datamcp.core.pipelines.model import Pipeline, Reject, Run, RunError, RunState
-from datamcp.core.pipelines.ports import PermanentError, ReadContext, TransientError
+from datamcp.core.pipelines.model import Pipeline, Reject, Run, RunError, RunState, start_cursor
+from datamcp.core.pipelines.ports import (
+    PermanentError,
+    Progress,
+    ReadContext,
+    RejectLimit,
+    TransientError,
+)
 from datamcp.core.ports import UnitOfWork, UnitOfWorkFactory, Write, WriteOp
 from datamcp.core.resilience import RetryPolicy
+
+if TYPE_CHECKING:
+    from datamcp.core.pipelines.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +97,7 @@ class RunManager:
         self,
         bus: EventBus,
         uow: UnitOfWorkFactory,
-        engine: Engine,
+        engine: Callable[[], Engine],
         instance_id: str,
         policy: RunPolicy,
         *,
@@ -98,7 +105,8 @@ class RunManager:
     ) -> None:
         self._bus = bus
         self._uow = uow
-        self.engine = engine
+        self._make_engine = engine
+        self._engine: Engine | None = None
         self.instance_id = instance_id
         self.policy = policy
         self._clock = clock
@@ -110,6 +118,28 @@ class RunManager:
         self.failed = 0
         self.cancelled = 0
         self.rows_written = 0
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, made on first use: its libraries (DuckDB, Arrow) are
+        imported then, so a package without them (the Lambda zip) parses,
+        stores and lists pipelines, and only running one needs them.
+
+        Raises:
+            FailedPrecondition: reason ``PIPELINE_ENGINE_MISSING`` when this
+                deployment does not include them.
+        """
+        if self._engine is None:
+            self._engine = self._make_engine()
+        return self._engine
+
+    def can_run(self) -> bool:
+        """Whether this deployment can run pipelines (see :attr:`engine`)."""
+        try:
+            self.engine  # noqa: B018
+        except FailedPrecondition:
+            return False
+        return True
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -173,8 +203,10 @@ class RunManager:
 
         Raises:
             FailedPrecondition: reason ``PIPELINE_BUSY`` when the pipeline already
-                has an unfinished run.
+                has an unfinished run, ``PIPELINE_ENGINE_MISSING`` when this
+                deployment cannot run pipelines.
         """
+        self.engine  # noqa: B018 - refuse before anything is stored
         async with self._uow() as tx:
             existing = await tx.pipelines.get_run(pipeline.tenant, run_id)
         if existing is not None:

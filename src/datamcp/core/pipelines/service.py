@@ -402,7 +402,13 @@ class PipelineService:
             await asyncio.sleep(self._tick)
 
     async def fire_due(self) -> int:
-        """Start a run for every due schedule slot this replica claims."""
+        """Start a run for every due schedule slot this replica claims.
+
+        Raises:
+            FailedPrecondition: this deployment cannot run pipelines (nothing
+                is claimed: the servers fire those slots).
+        """
+        self.runs.engine  # noqa: B018
         return await fire_due(self._uow, self.runs, self._clock())
 
     async def _run_for_event(self, pipeline: str, event: Event, params: Mapping[str, Any]) -> Run:

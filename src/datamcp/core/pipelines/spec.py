@@ -285,8 +285,24 @@ def _never_fires(schedule: str) -> bool:
     return False
 
 
+class _Loader(yaml.SafeLoader):
+    """The safe loader with YAML 1.2's booleans: only true/false (any case).
+    YAML 1.1 also reads on/off/yes/no/y/n as booleans, so ``lookup``'s
+    ``on: {id: id}`` had a key ``True`` and a ``yes`` in a list was no text."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def load_text(text: str) -> Any:
-    """Parse YAML (JSON is YAML too) with the safe loader.
+    """Parse YAML (JSON is YAML too) with the safe loader and YAML 1.2's
+    booleans.
 
     Raises:
         InvalidArgument: the text is not YAML/JSON, or is over 1 MiB.
@@ -298,7 +314,7 @@ def load_text(text: str) -> Any:
             reason="INVALID_PIPELINE",
         )
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""

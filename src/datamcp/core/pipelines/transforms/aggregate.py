@@ -6,15 +6,14 @@ non-number under sum or avg rejects its row."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import duckdb
+from typing import TYPE_CHECKING, Any
 
 from datamcp.core.pipelines.checker import Checker
-from datamcp.core.pipelines.exprc import NUMERIC, C, Expr, F, K, notnull, when
-from datamcp.core.pipelines.plan import RID, N, PlanBuilder, Rel
 
-T = duckdb.sqltypes
+if TYPE_CHECKING:  # the engine is imported when a plan is built, not with the spec
+    from datamcp.core.pipelines.exprc import Expr
+    from datamcp.core.pipelines.plan import PlanBuilder, Rel
+
 
 KIND = "aggregate"
 OPS = ("count", "sum", "avg", "min", "max")
@@ -53,6 +52,11 @@ def build(b: PlanBuilder, o: Mapping[str, Any], path: str) -> None:  # noqa: PLR
     """Each chunk is aggregated on its own (partials: counts, sums, min,
     max, first row), the partials are merged at the end: memory holds one
     partial row per group and chunk, not the rows."""
+    from duckdb import sqltypes as T
+
+    from datamcp.core.pipelines.exprc import NUMERIC, C, F, K, notnull, when
+    from datamcp.core.pipelines.plan import RID, N
+
     L = b.layout
     group = b.need(o["group_by"], f"{path}.group_by")
     errors: list[tuple[Expr, Expr]] = []

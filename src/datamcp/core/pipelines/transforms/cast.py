@@ -5,17 +5,15 @@ Empty text is null."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-import duckdb
+from typing import TYPE_CHECKING, Any
 
 from datamcp.core.pipelines.checker import TYPES, Checker, long_form
-from datamcp.core.pipelines.exprc import JSON, C, Expr, F, K, Typed, coalesce, isnull, notnull, when
-from datamcp.core.pipelines.exprfn import text_of
-from datamcp.core.pipelines.plan import PlanBuilder
+
+if TYPE_CHECKING:  # the engine is imported when a plan is built, not with the spec
+    from datamcp.core.pipelines.exprc import Expr, Typed
+    from datamcp.core.pipelines.plan import PlanBuilder
 
 KIND = "cast"
-T = duckdb.sqltypes
 _TRUE = ["true", "t", "yes", "y", "1", "on"]
 _FALSE = ["false", "f", "no", "n", "0", "off"]
 
@@ -28,11 +26,18 @@ def parse(c: Checker, o: Any, path: str) -> dict[str, Any] | None:
 
 
 def _quoted(v: Expr) -> Expr:
+    from datamcp.core.pipelines.exprc import F, K
+
     return F("concat", K("'"), v, K("'"))
 
 
 def convert(source: Typed, target: str) -> tuple[Expr, Expr | None]:
     """(value, reason where it fails) for ``source`` cast to ``target``."""
+    from duckdb import sqltypes as T
+
+    from datamcp.core.pipelines.exprc import JSON, F, K, coalesce, notnull, when
+    from datamcp.core.pipelines.exprfn import text_of
+
     e, kind = source.expr, source.kind
     if kind in (target, "null"):
         return e, None
@@ -107,6 +112,8 @@ def convert(source: Typed, target: str) -> tuple[Expr, Expr | None]:
 
 
 def build(b: PlanBuilder, o: Mapping[str, Any], path: str) -> None:
+    from datamcp.core.pipelines.exprc import C, F, K, Typed, isnull, notnull
+
     mapping = o["columns"]
     b.need(list(mapping), f"{path}.columns")
     values: dict[str, Expr] = {}

@@ -6,15 +6,15 @@ not grow with the input."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING, Any
 
 from datamcp.core.pipelines.checker import Checker
-from datamcp.core.pipelines.exprc import C, Expr, F, K, Typed, notnull
-from datamcp.core.pipelines.exprfn import text_of
-from datamcp.core.pipelines.plan import AT, RID, PlanBuilder, Rel
+
+if TYPE_CHECKING:  # the engine is imported when a plan is built, not with the spec
+    import pyarrow as pa
+
+    from datamcp.core.pipelines.exprc import Expr
+    from datamcp.core.pipelines.plan import PlanBuilder, Rel
 
 KIND = "dedupe"
 
@@ -46,6 +46,13 @@ def seen_stage(
     """A stage that drops (dedupe) or rejects (``validate.unique``) a row
     whose key was seen before in the run; ``errors`` are other rules checked
     first."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from datamcp.core.pipelines.exprc import C, F, K, Typed, notnull
+    from datamcp.core.pipelines.exprfn import text_of
+    from datamcp.core.pipelines.plan import AT, RID
+
     L = b.layout
     k = len(b.chain.stages)
     parts = []

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datamcp.core.pipelines.checker import Checker
-from datamcp.core.pipelines.plan import PlanBuilder
 from datamcp.core.pipelines.transforms import select
+
+if TYPE_CHECKING:  # the engine is imported when a plan is built
+    from datamcp.core.pipelines.plan import PlanBuilder
 
 KIND = "drop"
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datamcp.core.pipelines.checker import Checker
-from datamcp.core.pipelines.exprc import truthy
-from datamcp.core.pipelines.plan import PlanBuilder, prefixed
+
+if TYPE_CHECKING:  # the engine is imported when a plan is built
+    from datamcp.core.pipelines.plan import PlanBuilder
 
 KIND = "filter"
 
@@ -23,6 +24,9 @@ def parse(c: Checker, o: Any, path: str) -> dict[str, Any] | None:
 
 
 def build(b: PlanBuilder, o: Mapping[str, Any], path: str) -> None:
+    from datamcp.core.pipelines.exprc import truthy
+    from datamcp.core.pipelines.plan import prefixed
+
     t = b.expression(o["expr"], f"{path}.expr")
     if t is not None:
         b.stage(path, errors=prefixed(t.errors, "filter: "), drop=~truthy(t))

@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
-
-import duckdb
-import pyarrow as pa
-from duckdb import FunctionExpression, StarExpression
+from typing import TYPE_CHECKING, Any
 
 from datamcp.core.pipelines.checker import Checker
-from datamcp.core.pipelines.exprc import C, Expr, K
-from datamcp.core.pipelines.frame import kind_of
-from datamcp.core.pipelines.plan import RID, Layout, PlanBuilder, Rel
 from datamcp.core.pipelines.ports import Connectors, PermanentError, ReadContext
 from datamcp.core.pipelines.spec import Part, PipelineSpec
+
+if TYPE_CHECKING:  # the engine is imported when a plan is built, not with the spec
+    import duckdb
+    import pyarrow as pa
+
+    from datamcp.core.pipelines.exprc import Expr
+    from datamcp.core.pipelines.plan import Layout, PlanBuilder, Rel
 
 KIND = "lookup"
 
@@ -40,6 +40,11 @@ def parse(c: Checker, o: Any, path: str) -> dict[str, Any] | None:
 
 
 def build(b: PlanBuilder, o: Mapping[str, Any], path: str) -> None:
+    import duckdb
+
+    from datamcp.core.pipelines.exprc import C, K
+    from datamcp.core.pipelines.plan import RID
+
     L = b.layout
     loaded = b.lookups.get(b.index)
     b.need(list(o["on"]), f"{path}.on")
@@ -103,6 +108,11 @@ async def load(
     Raises:
         PermanentError: reason ``LOOKUP_TOO_LARGE`` past ``limit`` rows.
     """
+    import pyarrow as pa
+
+    from datamcp.core.pipelines.frame import kind_of
+    from datamcp.core.pipelines.plan import Layout
+
     out: dict[int, tuple[str, Layout]] = {}
     plain = ReadContext(ctx.tenant, ctx.params)
     for n, part in enumerate(spec.transforms):
@@ -144,6 +154,8 @@ async def load(
 def _store_lookup(
     con: duckdb.DuckDBPyConnection, table: str, t: pa.Table, offset: int, first: bool
 ) -> None:
+    import pyarrow as pa
+
     t = t.append_column("__lrid", pa.array(range(offset, offset + t.num_rows), pa.int64()))
     rel = con.from_arrow(t)
     if first:
@@ -156,6 +168,10 @@ def _first_per_key(
     con: duckdb.DuckDBPyConnection, table: str, spec: PipelineSpec, n: int, phys: dict[str, str]
 ) -> str:
     """A view of the lookup table with one row per key (the first)."""
+    from duckdb import FunctionExpression, StarExpression
+
+    from datamcp.core.pipelines.exprc import C, K
+
     on = [phys[c] for c in spec.transforms[n].options["on"].values() if c in phys]
     if not on:
         return table

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datamcp.core.pipelines.checker import Checker, long_form
-from datamcp.core.pipelines.plan import PlanBuilder
+
+if TYPE_CHECKING:  # the engine is imported when a plan is built
+    from datamcp.core.pipelines.plan import PlanBuilder
 
 KIND = "rename"
 

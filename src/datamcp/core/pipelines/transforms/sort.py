@@ -4,11 +4,12 @@ A barrier: DuckDB sorts out of core past the memory limit."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datamcp.core.pipelines.checker import Checker
-from datamcp.core.pipelines.exprc import C
-from datamcp.core.pipelines.plan import RID, PlanBuilder, Rel
+
+if TYPE_CHECKING:  # the engine is imported when a plan is built
+    from datamcp.core.pipelines.plan import PlanBuilder, Rel
 
 KIND = "sort"
 
@@ -36,6 +37,9 @@ def parse(c: Checker, o: Any, path: str) -> dict[str, Any] | None:
 
 
 def build(b: PlanBuilder, o: Mapping[str, Any], path: str) -> None:
+    from datamcp.core.pipelines.exprc import C
+    from datamcp.core.pipelines.plan import RID
+
     order = []
     for n, key in enumerate(o["keys"]):
         found = b.need([key["column"]], f"{path}.keys[{n}].column")

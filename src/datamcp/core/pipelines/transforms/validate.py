@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
-
-import duckdb
+from typing import TYPE_CHECKING, Any
 
 from datamcp.core.pipelines.checker import TYPES, Checker
-from datamcp.core.pipelines.exprc import NUMERIC, C, Expr, F, K, Typed, isnull, notnull
-from datamcp.core.pipelines.exprfn import text_of
-from datamcp.core.pipelines.plan import PlanBuilder
 from datamcp.core.pipelines.transforms import dedupe
+
+if TYPE_CHECKING:  # the engine is imported when a plan is built, not with the spec
+    from datamcp.core.pipelines.exprc import Expr, Typed
+    from datamcp.core.pipelines.plan import PlanBuilder
 
 KIND = "validate"
 RULES = ("not_null", "unique", "range", "regex", "in_list", "schema")
@@ -66,23 +65,40 @@ def parse(c: Checker, o: Any, path: str) -> dict[str, Any] | None:
 
 def regex_problem(pattern: str) -> str:
     """Why DuckDB's regular expressions (RE2: linear time, so a pattern
-    cannot hang a run) refuse ``pattern``, or ''."""
+    cannot hang a run) refuse ``pattern``, or ''. (Where the engine is left
+    out, as in the Lambda zip, only Python's parser checks it: such a
+    deployment runs no pipelines.)"""
     try:
         re.compile(pattern)
+    except re.error as exc:
+        return str(exc).split("\n")[0][:200]
+    try:
+        import duckdb
+    except ImportError:
+        return ""
+    try:
+        from datamcp.core.pipelines.exprc import F, K
+
         con = duckdb.connect()
         con.sql("SELECT 1").select(F("regexp_full_match", K(""), K(pattern))).fetchall()
-    except (re.error, duckdb.Error) as exc:
+    except duckdb.Error as exc:
         return str(exc).split("\n")[0][:200]
     return ""
 
 
 def _shown(t: Typed) -> Expr:
+    from datamcp.core.pipelines.exprc import F, K
+    from datamcp.core.pipelines.exprfn import text_of
+
     if t.kind == "string":
         return F("concat", K("'"), t.expr, K("'"))
     return text_of(t)
 
 
 def build(b: PlanBuilder, o: Mapping[str, Any], path: str) -> None:
+    from datamcp.core.pipelines.exprc import NUMERIC, C, F, K, Typed, isnull, notnull
+    from datamcp.core.pipelines.exprfn import text_of
+
     L = b.layout
     errors: list[tuple[Expr, Expr]] = []
     for col in o["schema"]:
