@@ -28,17 +28,23 @@ def new_api_key() -> str:
 
 
 def write_config(
-    directory: Path, api_key: str, sample_ratio: float = 1.0, extra_toml: str = ""
+    directory: Path,
+    api_key: str,
+    sample_ratio: float = 1.0,
+    extra_toml: str = "",
+    top_level: str = "",
 ) -> Path:
     """Write the benchmark's TOML config into ``directory`` and return its path.
 
-    ``extra_toml`` is appended as is (further tables a section needs, e.g. ``[agents]``).
+    ``extra_toml`` is appended as is (further tables a section needs, e.g.
+    ``[agents]``); ``top_level`` (keys outside any table) goes first.
     """
     digest = hashlib.sha256(api_key.encode("utf-8")).hexdigest()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "bench.toml"
     path.write_text(
         f"""\
+{top_level}
 [[auth.api_keys]]
 name = "bench"
 sha256 = "{digest}"
