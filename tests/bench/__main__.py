@@ -14,7 +14,17 @@ import time
 import traceback
 from types import FrameType
 
-from tests.bench import agents, events, foundation, memory, pipelines, sdk, serverless, streams
+from tests.bench import (
+    agents,
+    events,
+    foundation,
+    memory,
+    pipelines,
+    replicas,
+    sdk,
+    serverless,
+    streams,
+)
 from tests.bench.common import BenchConfig, Section
 
 SECTIONS: list[Section] = [
@@ -26,6 +36,7 @@ SECTIONS: list[Section] = [
     Section(streams.NAME, streams.run),
     Section(serverless.NAME, serverless.run),
     Section(sdk.NAME, sdk.run),
+    Section(replicas.NAME, replicas.run),
 ]
 
 
