@@ -253,3 +253,43 @@ async def test_memory_watch_on_another_replica_sees_every_version(
         finally:
             again.cancel()
         assert [(r.record.key, from_value(r.record.value)) for r in replay] == seen
+
+
+@pytest.mark.pg
+async def test_watch_run_on_another_replica_follows_by_push(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """A run on one replica, watched on another: its progress and end arrive
+    by push (the watcher's fallback poll is 5 s)."""
+    from datamcp.v1 import pipelines_pb2 as ppb
+    from datamcp.v1 import pipelines_pb2_grpc as ppb_grpc
+
+    data = tmp_path / "files"
+    data.mkdir()
+    (data / "in.csv").write_text("id\n" + "".join(f"{i}\n" for i in range(50_000)))
+    settings = {"pipelines.data_roots": [str(data)], "rate_limit.enabled": False}
+    spec = (
+        "name: copy\nsource: {csv: {path: in.csv}}\n"
+        "transforms: [{cast: {id: integer}}, {sort: [-id]}]\n"
+        "destination: {jsonl: {path: out.jsonl}}\n"
+    )
+    async with (
+        running_server(make_settings(tmp_path / "a", pg_database, **settings)) as one,
+        running_server(make_settings(tmp_path / "b", pg_database, **settings)) as two,
+        one.channel() as ch1,
+        two.channel() as ch2,
+    ):
+        runner = ppb_grpc.PipelineServiceStub(ch1)
+        watcher = ppb_grpc.PipelineServiceStub(ch2)
+        await runner.CreatePipeline(ppb.CreatePipelineRequest(spec_text=spec))
+        run = (await runner.RunPipeline(ppb.RunPipelineRequest(id="copy"))).run
+        seen = []
+        async for update in watcher.WatchRun(ppb.WatchRunRequest(id=run.id), timeout=30):
+            seen.append((update.run.state, time.monotonic()))
+        final = (await runner.GetRun(ppb.GetRunRequest(id=run.id))).run
+    assert seen[-1][0] == ppb.RUN_STATE_SUCCEEDED
+    # The watcher knew of the end soon after it was stored (wall clock of
+    # both replicas: this host's).
+    ended_at = final.end_time.seconds + final.end_time.nanos / 1e9
+    known_at = time.time() - (time.monotonic() - seen[-1][1])
+    assert known_at - ended_at < 2.5, (seen, known_at - ended_at)

@@ -33,13 +33,16 @@ from datamcp.core.pipelines.ports import (
 )
 from datamcp.core.ports import UnitOfWork, UnitOfWorkFactory, Write, WriteOp
 from datamcp.core.resilience import RetryPolicy
+from datamcp.core.signals import KeyedWaiters
 
 if TYPE_CHECKING:
     from datamcp.core.pipelines.engine import Engine
 
 log = logging.getLogger(__name__)
 
-WATCH_POLL = 0.5
+#: Between store reads of a run another replica runs: its "runs" signals
+#: wake the watcher; the poll is the fallback (faster while signals are down).
+WATCH_POLL, WATCH_POLL_UNSIGNALLED = 5.0, 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,7 @@ class RunManager:
         self._live: dict[str, _Live] = {}
         self._slots = asyncio.Semaphore(policy.max_concurrent_runs)
         self._recovery: asyncio.Task[None] | None = None
+        self._changes = KeyedWaiters(bus.signals, "runs")
         self.started = 0
         self.succeeded = 0
         self.failed = 0
@@ -357,6 +361,7 @@ class RunManager:
         run.updated_at = self._clock()
         events = [self._event(run, event_type, live)] if event_type else []
         await self._bus.publish(events, [*extra, Write(SAVE, _snapshot(run))])
+        self._bus.signals.send("runs", run.id)
         live.touch()
 
     async def _finish(
@@ -387,6 +392,7 @@ class RunManager:
         }[state]
         try:
             await self._bus.publish([self._event(run, event_type, live)], writes)
+            self._bus.signals.send("runs", run.id)
         except Exception:
             log.exception("could not record the end of pipeline run", extra={"run_id": run.id})
         if state is RunState.SUCCEEDED:
@@ -482,30 +488,38 @@ class RunManager:
         """The run now and after each change, until it is final."""
         end = None if within is None else time.monotonic() + within
         last: tuple[Any, ...] | None = None
-        while True:
-            live = self._live.get(run_id)
-            changed = live.changed if live is not None else None
-            # A snapshot: get() may hand back the live run, which the runner
-            # keeps changing (even while this generator is suspended in its
-            # yield), so finality is judged on what was sent.
-            run = _snapshot(await self.get(tenant, run_id))
-            key = (run.state, run.updated_at, run.rows_read, run.rows_written, run.rows_rejected)
-            if key != last:
-                last = key
-                yield run
-            if run.state.final:
-                return
-            wait = WATCH_POLL
-            if end is not None:
-                wait = min(wait, end - time.monotonic())
-                if wait <= 0:
+        # Listening before each read: a change signalled during it is not lost.
+        with self._changes.listen(run_id) as elsewhere:
+            while True:
+                live = self._live.get(run_id)
+                changed = live.changed if live is not None else None
+                # A snapshot: get() may hand back the live run, which the runner
+                # keeps changing (even while this generator is suspended in its
+                # yield), so finality is judged on what was sent.
+                run = _snapshot(await self.get(tenant, run_id))
+                key = (
+                    run.state,
+                    run.updated_at,
+                    run.rows_read,
+                    run.rows_written,
+                    run.rows_rejected,
+                )
+                if key != last:
+                    last = key
+                    yield run
+                if run.state.final:
                     return
-            if changed is not None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await changed.wait()
-            else:
-                await asyncio.sleep(wait)
+                wait = self._changes.poll_interval(WATCH_POLL, WATCH_POLL_UNSIGNALLED)
+                if end is not None:
+                    wait = min(wait, end - time.monotonic())
+                    if wait <= 0:
+                        return
+                if changed is not None:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await changed.wait()
+                else:  # run by another replica (or not started yet)
+                    await elsewhere.wait(wait)
 
     async def wait(self, tenant: str, run_id: str) -> Run:
         final = None
