@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from datamcp.core.pipelines.spec import PipelineSpec
@@ -134,3 +134,12 @@ def start_cursor(pipeline: Pipeline) -> Any:
     if pipeline.cursor is not None:
         return pipeline.cursor
     return pipeline.spec.incremental.get("initial")
+
+
+def snapshot(run: Run) -> Run:
+    """A copy of ``run`` its runner no longer changes."""
+    return replace(run, stages=[replace(s) for s in run.stages], params=dict(run.params))
+
+
+def new_run_id() -> str:
+    return str(uuid.uuid4())

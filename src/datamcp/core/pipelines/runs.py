@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -22,8 +21,14 @@ from datamcp.core.background import cancel_and_wait
 from datamcp.core.errors import FailedPrecondition, NotFound, error_id
 from datamcp.core.events.bus import EventBus
 from datamcp.core.events.model import Event
-from datamcp.core.instances import is_gone
-from datamcp.core.pipelines.model import Pipeline, Reject, Run, RunError, RunState, start_cursor
+from datamcp.core.pipelines.model import (
+    Pipeline,
+    Run,
+    RunError,
+    RunState,
+    snapshot,
+    start_cursor,
+)
 from datamcp.core.pipelines.ports import (
     PermanentError,
     Progress,
@@ -31,7 +36,8 @@ from datamcp.core.pipelines.ports import (
     RejectLimit,
     TransientError,
 )
-from datamcp.core.ports import UnitOfWork, UnitOfWorkFactory, Write, WriteOp
+from datamcp.core.pipelines.run_store import CURSOR, INSERT, REJECTS, SAVE, orphaned_runs
+from datamcp.core.ports import UnitOfWorkFactory, Write
 from datamcp.core.resilience import RetryPolicy
 from datamcp.core.signals import KeyedWaiters
 
@@ -67,30 +73,6 @@ class _Live:
     def touch(self) -> None:
         self.changed.set()
         self.changed = asyncio.Event()
-
-
-async def _apply_insert(tx: UnitOfWork, runs: Sequence[Run]) -> None:
-    await tx.pipelines.insert_runs(runs)
-
-
-async def _apply_save(tx: UnitOfWork, runs: Sequence[Run]) -> None:
-    await tx.pipelines.save_runs(runs)
-
-
-async def _apply_rejects(tx: UnitOfWork, items: Sequence[tuple[Run, list[Reject]]]) -> None:
-    for run, rejects in items:
-        await tx.pipelines.add_rejects(run.id, run.tenant, rejects)
-
-
-async def _apply_cursor(tx: UnitOfWork, items: Sequence[tuple[str, Any]]) -> None:
-    for pipeline_id, cursor in items:
-        await tx.pipelines.set_cursor(pipeline_id, cursor)
-
-
-INSERT = WriteOp("pipeline_run.insert", 0, _apply_insert)
-SAVE = WriteOp("pipeline_run.save", 1, _apply_save)
-REJECTS = WriteOp("pipeline_run.rejects", 2, _apply_rejects)
-CURSOR = WriteOp("pipeline.cursor", 3, _apply_cursor)
 
 
 class RunManager:
@@ -174,17 +156,9 @@ class RunManager:
     async def recover(self) -> int:
         """Fail the unfinished runs of processes that are gone (a SIGKILL, a
         crash): their destinations were never committed."""
-        now = self._clock()
-        async with self._uow() as tx:
-            owners = await tx.pipelines.unfinished_owners()
-            dead = []
-            for owner in owners:
-                if owner == self.instance_id:
-                    continue
-                inst = await tx.instances.get(owner)
-                if inst is None or is_gone(inst, now, self.policy.stale_after):
-                    dead.append(owner)
-            runs = await tx.pipelines.runs_of_owners(dead) if dead else []
+        runs = await orphaned_runs(
+            self._uow, self.instance_id, self._clock(), self.policy.stale_after
+        )
         for run in runs:
             run.owner = self.instance_id
             error = RunError("PROCESS_DIED", "the server running this run stopped unexpectedly")
@@ -360,7 +334,7 @@ class RunManager:
         run = live.run
         run.updated_at = self._clock()
         events = [self._event(run, event_type, live)] if event_type else []
-        await self._bus.publish(events, [*extra, Write(SAVE, _snapshot(run))])
+        await self._bus.publish(events, [*extra, Write(SAVE, snapshot(run))])
         self._bus.signals.send("runs", run.id)
         live.touch()
 
@@ -384,7 +358,7 @@ class RunManager:
         if state is RunState.SUCCEEDED and cursor is not None:
             run.cursor_end = cursor
             writes.append(Write(CURSOR, (run.pipeline_id, cursor)))
-        writes.insert(0, Write(SAVE, _snapshot(run)))
+        writes.insert(0, Write(SAVE, snapshot(run)))
         event_type = {
             RunState.SUCCEEDED: "pipeline.run.succeeded",
             RunState.FAILED: "pipeline.run.failed",
@@ -496,7 +470,7 @@ class RunManager:
                 # A snapshot: get() may hand back the live run, which the runner
                 # keeps changing (even while this generator is suspended in its
                 # yield), so finality is judged on what was sent.
-                run = _snapshot(await self.get(tenant, run_id))
+                run = snapshot(await self.get(tenant, run_id))
                 key = (
                     run.state,
                     run.updated_at,
@@ -533,14 +507,6 @@ class RunManager:
         return len(self._live)
 
 
-def _snapshot(run: Run) -> Run:
-    return replace(run, stages=[replace(s) for s in run.stages], params=dict(run.params))
-
-
 def _describe(exc: BaseException, attempts: int) -> str:
     notes = "".join(f"; {n}" for n in getattr(exc, "__notes__", []))
     return f"{exc} (after {attempts} attempt(s)){notes}"
-
-
-def new_run_id() -> str:
-    return str(uuid.uuid4())

@@ -37,9 +37,17 @@ from datamcp.core.pipelines.limits import (
     shorten,
     text_problem,
 )
-from datamcp.core.pipelines.model import Pipeline, Reject, Run, RunState, Trigger, run_id_for
+from datamcp.core.pipelines.model import (
+    Pipeline,
+    Reject,
+    Run,
+    RunState,
+    Trigger,
+    new_run_id,
+    run_id_for,
+)
 from datamcp.core.pipelines.ports import Connectors, PermanentError, ReadContext, TransientError
-from datamcp.core.pipelines.runs import RunManager, new_run_id
+from datamcp.core.pipelines.runs import RunManager
 from datamcp.core.pipelines.spec import (
     NAME_HELP,
     NAME_RE,
