@@ -9,7 +9,9 @@ lower of the two, so losing either side only costs a re-read, never a change.
 Re-applying a page changes nothing (versions are compared, not counted), so
 a crash anywhere is repaired by the next sync.
 
-The checkpoint key of a pair is :func:`checkpoint_key`.
+The checkpoint key of a pair is :func:`checkpoint_key`; how far a store is
+behind (``ListStores``' lag) is read from those checkpoints by
+:func:`replication_lag`.
 """
 
 from __future__ import annotations
@@ -46,6 +48,28 @@ def checkpoint_key(tenant: str, prefix: str, source_id: str, target_id: str) -> 
     ``prefix`` keeps its checkpoint (the source's last sequence read) under,
     on both stores."""
     return f"{tenant}|{prefix}|{source_id}->{target_id}"
+
+
+async def replication_lag(
+    tenant: str, store: MemoryStore, primary: MemoryStore, stores: Sequence[MemoryStore]
+) -> int:
+    """How many of the tenant's changes whole-tenant syncs have yet to carry:
+    for a store other than the primary, the primary's changes after the
+    primary's checkpoint of ``store <- primary``; for the primary, the most
+    any other store has yet to pull from it (0 when it is alone)."""
+    if store.id != primary.id:
+        key = checkpoint_key(tenant, "", primary.id, store.id)
+        return await primary.pending(tenant, await primary.checkpoint(key))
+    peers = [s for s in stores if s.id != store.id]
+    if not peers:
+        return 0
+    lags = [
+        await store.pending(
+            tenant, await store.checkpoint(checkpoint_key(tenant, "", store.id, p.id))
+        )
+        for p in peers
+    ]
+    return max(lags)
 
 
 @dataclass(slots=True)
@@ -276,4 +300,4 @@ class Replicator:
         return Policy(strategy, tie, tuple(priority))
 
 
-__all__ = ["LiveRun", "Replicator", "checkpoint_key"]
+__all__ = ["LiveRun", "Replicator", "checkpoint_key", "replication_lag"]
