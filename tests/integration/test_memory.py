@@ -287,6 +287,31 @@ async def test_watch_changes_streams_the_feed_from_a_sequence(server: RunningSer
     assert [r.sequence for r in got] == sorted(r.sequence for r in got)
 
 
+async def test_list_stores_lag_counts_the_primarys_changes_a_store_has_yet_to_pull(
+    server: RunningServer,
+) -> None:
+    m = stub(server)
+
+    async def lags() -> dict[str, int]:
+        listed = (await m.ListStores(pb.ListStoresRequest())).stores
+        assert all(s.healthy for s in listed)
+        return {s.id: s.lag for s in listed}
+
+    for i in range(5):
+        await put(m, "lag", f"k{i}", i)
+    assert await lags() == {"main": 5, "b": 5, "c": 5}
+    await sync(m, stores=["main", "b"])
+    # b has pulled the primary's changes, c has not: the primary shows the most behind.
+    assert await lags() == {"main": 5, "b": 0, "c": 5}
+    await sync(m, stores=["main", "c"], namespace_prefix="lag")  # its own checkpoints
+    assert await lags() == {"main": 5, "b": 0, "c": 5}
+    await sync(m)
+    assert await lags() == {"main": 0, "b": 0, "c": 0}
+    await put(m, "lag", "k0", "changed")
+    await put(m, "lag", "only-b", 1, store="b")  # not the primary's: no lag
+    assert await lags() == {"main": 1, "b": 1, "c": 1}
+
+
 async def test_sync_full_incremental_idempotent_dry_run_and_list_stores(
     server: RunningServer,
 ) -> None:

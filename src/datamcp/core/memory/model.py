@@ -318,6 +318,65 @@ def check_labels(
     return bad
 
 
+def write_op(
+    namespace: str,
+    key: str,
+    value: Any,
+    *,
+    max_value_bytes: int,
+    delete: bool = False,
+    tags: Sequence[str] = (),
+    metadata: Mapping[str, str] | None = None,
+    ttl: float | None = None,
+    expected_version: str = "",
+    field_prefix: str = "",
+) -> PutOp:
+    """Validate one write; raises InvalidArgument listing every problem."""
+    bad: list[FieldViolation] = []
+    try:
+        check_namespace(namespace, f"{field_prefix}namespace")
+    except InvalidArgument as exc:
+        bad.extend(exc.violations)
+    try:
+        check_key(key, f"{field_prefix}key")
+    except InvalidArgument as exc:
+        bad.extend(exc.violations)
+    metadata = dict(metadata or {})
+    bad.extend(check_labels(tags, metadata, field_prefix))
+    value_json: str | None = None
+    if not delete:
+        try:
+            value_json = json.dumps(value, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError):
+            bad.append(FieldViolation(f"{field_prefix}value", "must be JSON"))
+        else:
+            size = len(value_json.encode("utf-8"))
+            if size > max_value_bytes:
+                bad.append(
+                    FieldViolation(
+                        f"{field_prefix}value",
+                        f"{size} bytes is over the {max_value_bytes}-byte limit "
+                        "(memory.max_value_bytes)",
+                    )
+                )
+    if ttl is not None and not 0 < ttl <= MAX_TTL:  # also NaN
+        bad.append(
+            FieldViolation(f"{field_prefix}ttl", "when given, more than 0s and at most 100 years")
+        )
+    if bad:
+        raise InvalidArgument("invalid memory write", bad, reason="INVALID_MEMORY_WRITE")
+    return PutOp(
+        namespace,
+        key,
+        value_json,
+        tuple(tags),
+        metadata,
+        ttl,
+        expected_version,
+        field_prefix,
+    )
+
+
 def in_prefix(namespace: str, prefix: str) -> bool:
     """Whether ``namespace`` is ``prefix`` or below it (``a/b`` holds ``a/b/c``)."""
     return not prefix or namespace == prefix or namespace.startswith(prefix + "/")

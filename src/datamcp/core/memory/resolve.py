@@ -11,6 +11,7 @@ converge, without minting new versions (which would themselves conflict).
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -171,3 +172,24 @@ def same_content(a: Record, b: Record) -> bool:
         and a.deleted == b.deleted
         and a.version == b.version
     )
+
+
+def conflict_id(tenant: str, namespace: str, key: str, versions: Sequence[Record]) -> str:
+    """A conflict's id: the same for the same versions, whichever store found it."""
+    parts = sorted(f"{r.version}:{sorted(r.vv.items())}" for r in versions)
+    raw = "\n".join([tenant, namespace, key, *parts])
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def winner_of(settled: Record, versions: Sequence[Record]) -> str:
+    """What a conflict's settlement is recorded as: the version it kept, or
+    "merged" when it is neither version."""
+    for v in versions:
+        if v.version == settled.version and v.value_json == settled.value_json:
+            return str(v.version)
+    if settled.leaves and any(
+        leaf["h"] == settled.hlc and leaf["o"] == settled.origin and leaf["v"] == settled.value_json
+        for leaf in settled.leaves
+    ):
+        return str(settled.version)
+    return "merged"

@@ -1,10 +1,7 @@
 """Reads and writes of memory records (Put, Get, Delete, List, Search, ...).
 
-Writes to a store go through one writer task per store that group-commits:
-while a transaction is in flight, later writes queue and go into the next
-one together, each checked against the state it would land on (expected
-version, existence). A failed write fails only its own job; a BatchPut is one
-job, so it is all or nothing.
+Writes to a store go through its group-committing writer (``writer.py``);
+a write is validated first (``model.write_op``).
 
 ``memory.*`` events of a write on a store that is the application database
 commit in the write's own transaction (an outbox: no committed write without
@@ -21,8 +18,6 @@ minting store means no concurrent tombstones to conflict).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -30,63 +25,37 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from datamcp.core.background import cancel_and_wait, wait_at_most
-from datamcp.core.errors import (
-    Conflict,
-    DataMCPError,
-    FieldViolation,
-    InvalidArgument,
-    NotFound,
-    Unavailable,
-    clip,
-)
+from datamcp.core.errors import DataMCPError, FieldViolation, InvalidArgument, NotFound, clip
 from datamcp.core.events.model import Event
-from datamcp.core.memory.clock import HybridClock, join
+from datamcp.core.memory.clock import HybridClock
 from datamcp.core.memory.model import (
-    MAX_TTL,
     PutOp,
     Record,
     check_key,
-    check_labels,
     check_namespace,
-    dumps,
     in_prefix,
+    write_op,
 )
 from datamcp.core.memory.ports import MemoryStore
+from datamcp.core.memory.writer import MAX_BATCH, StoreWriter
 from datamcp.core.paging import Fits, bad_token, decode, encode, fill, page_size
 from datamcp.core.signals import LocalSignals, Signals
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[Sequence[Event]], Awaitable[Any]]
-_Done = list[list[Record] | DataMCPError]
-MAX_BATCH = 1000
 SCAN_PAGE = 500
-
-
-@dataclass(slots=True)
-class _Job:
-    tenant: str
-    ops: list[PutOp]
-    future: asyncio.Future[list[Record]]
-    join_vv: Mapping[str, int] | None = None
 
 
 @dataclass(slots=True)
 class _StoreState:
     store: MemoryStore
-    clock: HybridClock = field(default_factory=HybridClock)
-    queue: asyncio.Queue[_Job] = field(default_factory=asyncio.Queue)
-    writer: asyncio.Task[None] | None = None
+    writer: StoreWriter
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def notify(self) -> None:
         self.changed.set()
         self.changed = asyncio.Event()
-
-
-def event_id(kind: str, tenant: str, record: Record) -> str:
-    raw = f"{kind}:{tenant}/{record.namespace}/{record.key}@{record.version}"
-    return raw if len(raw) <= 128 else f"{kind}:{hashlib.sha256(raw.encode()).hexdigest()}"
 
 
 class MemoryService:
@@ -124,13 +93,19 @@ class MemoryService:
         self.purge_batch = purge_batch
         self._purger: asyncio.Task[None] | None = None
         self.purged = 0
-        self._states = {s.id: _StoreState(s, HybridClock(clock)) for s in stores}
         primaries = [s.id for s in stores if s.primary]
         self.primary_id = primaries[0] if primaries else stores[0].id
         self._publish = publish
         self.history_depth = history_depth
         self.max_value_bytes = max_value_bytes
         self._now = clock
+        outbox = publish is not None or committed is not None
+        self._states = {
+            s.id: _StoreState(
+                s, StoreWriter(s, HybridClock(clock), clock, history_depth, outbox, self._written)
+            )
+            for s in stores
+        }
         self._background: set[asyncio.Task[Any]] = set()
         self.writes = 0
 
@@ -142,10 +117,7 @@ class MemoryService:
 
     async def start(self) -> None:
         for state in self._states.values():
-            if state.writer is None:
-                state.writer = asyncio.create_task(
-                    self._write_loop(state), name=f"memory-writer:{state.store.id}"
-                )
+            state.writer.start()
         if self._purger is None and self.purge_interval > 0:
             self._purger = asyncio.create_task(self._purge_loop(), name="memory-purge")
 
@@ -153,8 +125,7 @@ class MemoryService:
         await cancel_and_wait(self._purger)
         self._purger = None
         for state in self._states.values():
-            await cancel_and_wait(state.writer)
-            state.writer = None
+            await state.writer.stop()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
@@ -172,7 +143,7 @@ class MemoryService:
         return state
 
     def clock(self, store_id: str) -> HybridClock:
-        return self._state(store_id).clock
+        return self._state(store_id).writer.clock
 
     def notify(self, store_id: str) -> None:
         """Wake change-feed watchers of a store, here and in the other
@@ -201,50 +172,17 @@ class MemoryService:
         field_prefix: str = "",
     ) -> PutOp:
         """Validate one write; raises InvalidArgument listing every problem."""
-        bad: list[FieldViolation] = []
-        try:
-            check_namespace(namespace, f"{field_prefix}namespace")
-        except InvalidArgument as exc:
-            bad.extend(exc.violations)
-        try:
-            check_key(key, f"{field_prefix}key")
-        except InvalidArgument as exc:
-            bad.extend(exc.violations)
-        metadata = dict(metadata or {})
-        bad.extend(check_labels(tags, metadata, field_prefix))
-        value_json: str | None = None
-        if not delete:
-            try:
-                value_json = json.dumps(value, separators=(",", ":"), allow_nan=False)
-            except (TypeError, ValueError):
-                bad.append(FieldViolation(f"{field_prefix}value", "must be JSON"))
-            else:
-                size = len(value_json.encode("utf-8"))
-                if size > self.max_value_bytes:
-                    bad.append(
-                        FieldViolation(
-                            f"{field_prefix}value",
-                            f"{size} bytes is over the {self.max_value_bytes}-byte limit "
-                            "(memory.max_value_bytes)",
-                        )
-                    )
-        if ttl is not None and not 0 < ttl <= MAX_TTL:  # also NaN
-            bad.append(
-                FieldViolation(
-                    f"{field_prefix}ttl", "when given, more than 0s and at most 100 years"
-                )
-            )
-        if bad:
-            raise InvalidArgument("invalid memory write", bad, reason="INVALID_MEMORY_WRITE")
-        return PutOp(
+        return write_op(
             namespace,
             key,
-            value_json,
-            tuple(tags),
-            metadata,
-            ttl,
-            expected_version,
-            field_prefix,
+            value,
+            max_value_bytes=self.max_value_bytes,
+            delete=delete,
+            tags=tags,
+            metadata=metadata,
+            ttl=ttl,
+            expected_version=expected_version,
+            field_prefix=field_prefix,
         )
 
     # --- writes -------------------------------------------------------------------
@@ -264,197 +202,24 @@ class MemoryService:
             raise InvalidArgument(
                 "too many entries", [FieldViolation("entries", f"at most {MAX_BATCH}")]
             )
-        state = self._state(store_id)
-        if state.writer is None:
-            raise Unavailable("the memory service is not running", reason="MEMORY_STOPPED")
-        future: asyncio.Future[list[Record]] = asyncio.get_running_loop().create_future()
-        state.queue.put_nowait(_Job(tenant, list(ops), future, join_vv))
-        return await asyncio.shield(future)
+        return await self._state(store_id).writer.write(tenant, ops, join_vv)
 
     async def put(self, tenant: str, op: PutOp, store_id: str = "") -> Record:
         return (await self.write(tenant, [op], store_id))[0]
 
-    async def _write_loop(self, state: _StoreState) -> None:
-        while True:
-            jobs = [await state.queue.get()]
-            count = len(jobs[0].ops)
-            while count < MAX_BATCH and not state.queue.empty():
-                job = state.queue.get_nowait()
-                jobs.append(job)
-                count += len(job.ops)
-            try:
-                await self._settle(state, jobs)
-            finally:
-                for _ in jobs:
-                    state.queue.task_done()
-
-    async def _settle(self, state: _StoreState, jobs: list[_Job]) -> None:
-        """Commit ``jobs`` and answer each. A commit that fails for anything
-        but an outage is retried in halves until the offending job fails
-        alone: one caller's write never fails another's (the event bus does
-        the same)."""
-        try:
-            done, events, durable = await self._commit(state, jobs)
-        except Unavailable as exc:
-            log.warning("memory store write failed", exc_info=exc)
-            _fail(jobs, exc)
-            return
-        except Exception as exc:
-            if len(jobs) > 1:
-                middle = len(jobs) // 2
-                await self._settle(state, jobs[:middle])
-                await self._settle(state, jobs[middle:])
-                return
-            log.error("a memory write could not be stored", exc_info=exc)
-            _fail(jobs, exc)
-            return
-        written: list[Record] = []
-        for job, result in zip(jobs, done, strict=True):
-            if job.future.done():
-                continue
-            if isinstance(result, BaseException):
-                job.future.set_exception(result)
-            else:
-                job.future.set_result(result)
-                written.extend(result)
+    def _written(
+        self, store_id: str, written: list[Record], events: list[Event], durable: bool
+    ) -> None:
+        """After a group commit: wake watchers, pass the events on."""
         if written:
             self.writes += len(written)
-            self.notify(state.store.id)
+            self.notify(store_id)
         if events:
             if durable:
                 if self._committed is not None:
                     self._committed()
             elif self._publish is not None:
                 self.spawn(self._publish(events), "memory events")
-
-    async def _commit(
-        self, state: _StoreState, jobs: list[_Job]
-    ) -> tuple[_Done, list[Event], bool]:
-        results: _Done = []
-        events: list[Event] = []
-        durable = False
-        now = self._now()
-        async with state.store.transaction() as tx:
-            current: dict[tuple[str, str, str], Record | None] = {}
-            by_tenant: dict[str, set[tuple[str, str]]] = {}
-            for job in jobs:
-                by_tenant.setdefault(job.tenant, set()).update(
-                    (o.namespace, o.key) for o in job.ops
-                )
-            for tenant, idents in by_tenant.items():
-                found = await tx.get_many(tenant, sorted(idents))
-                for ns, key in idents:
-                    current[(tenant, ns, key)] = found.get((ns, key))
-            writes: dict[tuple[str, str, str], Record] = {}
-            replaced: list[Record] = []
-            for job in jobs:
-                overlay: dict[tuple[str, str, str], Record] = {}
-                try:
-                    for op in job.ops:
-                        slot = (job.tenant, op.namespace, op.key)
-                        cur = overlay.get(slot) or writes.get(slot) or current[slot]
-                        overlay[slot] = self._apply(
-                            state, job.tenant, op, cur, now=now, join_vv=job.join_vv
-                        )
-                except DataMCPError as exc:
-                    results.append(exc)
-                    continue
-                for slot, record in overlay.items():
-                    previous = writes.get(slot) or current[slot]
-                    if previous is not None:
-                        replaced.append(previous)
-                    writes[slot] = record
-                done = [overlay[(job.tenant, o.namespace, o.key)] for o in job.ops]
-                results.append(done)
-                events.extend(
-                    self._event(state.store.id, r, expired=o.expire)
-                    for o, r in zip(job.ops, done, strict=True)
-                )
-            if writes:
-                await tx.write(list(writes.values()), replaced, self.history_depth)
-                if self._publish is not None or self._committed is not None:
-                    durable = await tx.add_events(events)
-                await tx.commit()
-        return results, events, durable
-
-    def _apply(
-        self,
-        state: _StoreState,
-        tenant: str,
-        op: PutOp,
-        cur: Record | None,
-        *,
-        now: float,
-        join_vv: Mapping[str, int] | None,
-    ) -> Record:
-        if op.expected_version:
-            current_version = str(cur.version) if cur is not None else ""
-            if current_version != op.expected_version:
-                raise Conflict(
-                    f"{op.namespace}/{op.key} is at version {current_version or '(none)'}, "
-                    f"not {op.expected_version}; read it again and retry",
-                    reason="VERSION_MISMATCH",
-                    metadata={
-                        "namespace": op.namespace,
-                        "key": op.key,
-                        "current_version": current_version,
-                        "expected_version": op.expected_version,
-                    },
-                )
-        live = cur is not None and cur.visible(now)
-        if op.expire and (cur is None or cur.deleted or not cur.expired(now)):
-            raise Conflict(
-                f"{op.namespace}/{op.key} is no longer expired",
-                reason="NOT_EXPIRED",
-                metadata={"namespace": op.namespace, "key": op.key},
-            )
-        if op.value_json is None and not live and not join_vv and not op.expire:
-            raise NotFound(
-                f"no memory {op.namespace}/{op.key}",
-                reason="MEMORY_NOT_FOUND",
-                metadata={"namespace": op.namespace, "key": op.key},
-            )
-        after = cur.hlc if cur is not None else 0
-        vv = dict(cur.vv) if cur is not None else {}
-        if join_vv:
-            vv = join(vv, join_vv)
-            after = max(after, *join_vv.values())
-        hlc = state.clock.now(after)
-        vv[state.store.id] = hlc
-        return Record(
-            tenant=tenant,
-            namespace=op.namespace,
-            key=op.key,
-            value_json=op.value_json,
-            hlc=hlc,
-            origin=state.store.id,
-            vv=vv,
-            tags=op.tags if op.value_json is not None else (),
-            metadata=dict(op.metadata) if op.value_json is not None else {},
-            created_at=cur.created_at if cur is not None and live else now,
-            updated_at=now,
-            expires_at=now + op.ttl if op.ttl else None,
-            deleted=op.value_json is None,
-            base_json=cur.value_json if cur is not None and not cur.deleted else None,
-        )
-
-    @staticmethod
-    def _event(store_id: str, r: Record, *, expired: bool = False) -> Event:
-        kind = "memory.expired" if expired else "memory.deleted" if r.deleted else "memory.put"
-        return Event(
-            id=event_id(kind, r.tenant, r),
-            source=f"/memory/{store_id}",
-            type=kind,
-            subject=f"{r.namespace}/{r.key}"[:512],
-            time=r.updated_at,
-            tenant=r.tenant,
-            data={
-                "namespace": r.namespace,
-                "key": r.key,
-                "version": str(r.version),
-                "store": store_id,
-            },
-        )
 
     # --- expiry -------------------------------------------------------------------
 
@@ -684,10 +449,4 @@ class AgentMemory:
         return [r.to_dict() for r in records if in_prefix(r.namespace, namespace)]
 
 
-__all__ = ["AgentMemory", "MemoryService", "dumps"]
-
-
-def _fail(jobs: list[_Job], exc: BaseException) -> None:
-    for job in jobs:
-        if not job.future.done():
-            job.future.set_exception(exc)
+__all__ = ["AgentMemory", "MemoryService", "Publish"]

@@ -1,14 +1,11 @@
-"""Synchronisation across stores: persisted runs, checkpoints, conflicts.
+"""Synchronisation across stores: persisted runs, their events, conflicts.
 
-A sync pulls every ordered pair of the chosen stores (``target <- source``):
-it reads the source's change feed after the pair's checkpoint in large
-keyset pages, compares each change with the target's record by version
-vector, and writes what is newer or settles what is concurrent, one target
-transaction per page (records, history and the checkpoint together). The
-checkpoint is kept on both sides, as CouchDB does; a sync resumes from the
-lower of the two, so losing either side only costs a re-read, never a change.
-Re-applying a page changes nothing (versions are compared, not counted), so
-a crash anywhere is repaired by the next sync.
+A sync pulls every ordered pair of the chosen stores (``target <- source``,
+see ``replicate.py`` for a pull, its checkpoints and how conflicts are
+detected and settled). A run is stored before it starts and saved as it
+goes; runs of a process that died are marked interrupted, and the next sync
+resumes from the checkpoints. Pending conflicts are listed and resolved by
+hand here.
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from datamcp.core.background import wait_at_most
 from datamcp.core.errors import (
@@ -45,36 +42,13 @@ from datamcp.core.memory.model import (
     SyncRequest,
     SyncRun,
     check_namespace,
-    in_prefix,
 )
-from datamcp.core.memory.ports import MemoryStore, SyncLedger
-from datamcp.core.memory.resolve import Policy, Relation, relation, settle
+from datamcp.core.memory.ports import SyncLedger
+from datamcp.core.memory.replicate import PAGE, LiveRun, Replicator
 from datamcp.core.memory.service import MemoryService, Publish
 from datamcp.core.paging import Fits, encode, fill, keyset, page_size
 
 log = logging.getLogger(__name__)
-
-PAGE = 5000
-SAVE_EVERY = 1.0
-MAX_CONFLICT_EVENTS = 100
-
-
-@dataclass(slots=True)
-class _Live:
-    run: SyncRun
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-    conflicts: set[str] = field(default_factory=set)
-
-    def notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-
-def conflict_id(tenant: str, namespace: str, key: str, versions: Sequence[Record]) -> str:
-    parts = sorted(f"{r.version}:{sorted(r.vv.items())}" for r in versions)
-    raw = "\n".join([tenant, namespace, key, *parts])
-    return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
 class SyncEngine:
@@ -104,14 +78,14 @@ class SyncEngine:
         self.service = service
         self.ledger = ledger
         self._publish = publish
-        self._policies = sorted(policies, key=lambda p: len(p.prefix), reverse=True)
         self._instance = instance
         self._lookup = instances
-        self._page = page
         self._now = clock
         self._stale_after = stale_after
-        self._live: dict[str, _Live] = {}
-        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._live: dict[str, LiveRun] = {}
+        self._pairs = Replicator(
+            service, ledger, policies=policies, page=page, clock=clock, emit=self._emit
+        )
 
     @property
     def running(self) -> int:
@@ -175,7 +149,7 @@ class SyncEngine:
             owner=self._instance.id if self._instance else "",
         )
         await self.ledger.add_run(run)
-        live = _Live(run)
+        live = LiveRun(run)
         self._live[run.id] = live
         self._emit(
             tenant,
@@ -195,14 +169,14 @@ class SyncEngine:
             await asyncio.shield(live.task)
         return run
 
-    async def _execute(self, live: _Live, req: SyncRequest) -> None:
+    async def _execute(self, live: LiveRun, req: SyncRequest) -> None:
         run = live.run
         try:
             stores = [self.service.store(s) for s in run.stores]
             for target in stores:
                 for source in stores:
                     if source is not target:
-                        await self._pull(live, req, source, target)
+                        await self._pairs.pull(live, req, source, target)
         except asyncio.CancelledError:
             run.status, run.error = RunStatus.INTERRUPTED, "the server stopped during the sync"
             raise
@@ -217,7 +191,7 @@ class SyncEngine:
                 await asyncio.shield(self.ledger.save_run(run))
             self._finished(live)
 
-    def _finished(self, live: _Live) -> None:
+    def _finished(self, live: LiveRun) -> None:
         run = live.run
         if run.status == RunStatus.SUCCEEDED:
             self._emit(
@@ -246,188 +220,6 @@ class SyncEngine:
             )
         live.notify()
         self._live.pop(run.id, None)
-
-    def _policy(self, namespace: str, req: SyncRequest, stores: Sequence[str]) -> Policy:
-        found = next((p for p in self._policies if in_prefix(namespace, p.prefix)), None)
-        strategy = req.strategy or (found.strategy if found else Strategy.TIMESTAMP_WINS)
-        tie = req.tie_break or (found.tie_break if found else Strategy.TIMESTAMP_WINS)
-        # The configured store order, not the run's: every run must rank alike.
-        configured = tuple(s.id for s in self.service.stores)
-        priority = req.priority or (found.priority if found and found.priority else configured)
-        return Policy(strategy, tie, tuple(priority))
-
-    async def _pull(
-        self, live: _Live, req: SyncRequest, source: MemoryStore, target: MemoryStore
-    ) -> None:
-        run = live.run
-        tenant = run.tenant
-        replication = f"{tenant}|{run.namespace_prefix}|{source.id}->{target.id}"
-        lock = self._locks.setdefault((tenant, source.id, target.id), asyncio.Lock())
-        async with lock:  # two runs on one pair would only repeat each other's work
-            cursor = 0
-            if run.mode == SyncMode.INCREMENTAL:
-                cursor = min(
-                    await source.checkpoint(replication), await target.checkpoint(replication)
-                )
-            start, saved = cursor, time.monotonic()
-            clock = self.service.clock(target.id)
-            policies: dict[str, Policy] = {}
-            while True:
-                page, last = await source.changes(
-                    tenant, cursor, self._page, run.namespace_prefix, skip_via=target.id
-                )
-                if last == cursor:
-                    break
-                run.records_read += len(page)
-                if page:
-                    clock.observe(max(r.hlc for r in page))
-                for r in page:
-                    if r.namespace not in policies:
-                        policies[r.namespace] = self._policy(r.namespace, req, run.stores)
-                await self._apply_page(
-                    live,
-                    req,
-                    (source, target),
-                    page,
-                    policies=policies,
-                    checkpoint=(replication, last),
-                )
-                cursor = last
-                if time.monotonic() - saved > SAVE_EVERY:
-                    saved = time.monotonic()
-                    if not run.dry_run:
-                        await source.set_checkpoint(replication, cursor)
-                    await self.ledger.save_run(run)
-                live.notify()
-            if cursor != start and not run.dry_run:
-                await source.set_checkpoint(replication, cursor)
-
-    async def _apply_page(
-        self,
-        live: _Live,
-        req: SyncRequest,
-        pair: tuple[MemoryStore, MemoryStore],
-        page: list[Record],
-        *,
-        policies: dict[str, Policy],
-        checkpoint: tuple[str, int],
-    ) -> None:
-        run = live.run
-        target = pair[1]
-        recorded: set[str] = set()
-        for attempt in range(3):
-            async with target.transaction() as tx:
-                local = await tx.get_many(run.tenant, [r.ident for r in page])
-                writes, replaced, conflicts = self._decide(run, page, local, policies, pair)
-                fresh = [c for c in conflicts if c.id not in recorded]
-                if run.dry_run:
-                    break
-                if not fresh or attempt == 2:
-                    if writes:
-                        await tx.write(writes, replaced, self.service.history_depth)
-                    await tx.set_checkpoint(*checkpoint)
-                    await tx.commit()
-                    break
-            # Conflicts are recorded before the page that detected them commits,
-            # so a crash in between re-detects them instead of losing them. The
-            # ledger may live in the target's database: record outside the
-            # transaction, then decide again (a writer may have moved on).
-            await self.ledger.add_conflicts(fresh)
-            recorded.update(c.id for c in fresh)
-        if fresh and not run.dry_run:
-            await self.ledger.add_conflicts(fresh)
-        if writes and not run.dry_run:
-            self.service.notify(target.id)
-        run.records_synced += len(writes)
-        # The same pair is met once per direction: count (and announce) it once.
-        conflicts = [c for c in conflicts if c.id not in live.conflicts]
-        live.conflicts.update(c.id for c in conflicts)
-        run.conflicts_detected += len(conflicts)
-        pending = [c for c in conflicts if c.status == ConflictStatus.PENDING]
-        run.conflicts_pending += len(pending)
-        run.conflicts_resolved += len(conflicts) - len(pending)
-        for c in conflicts[:MAX_CONFLICT_EVENTS]:
-            if run.dry_run:
-                break
-            subject = f"{c.namespace}/{c.key}"[:512]
-            self._emit(
-                run.tenant,
-                "sync.conflict.detected",
-                subject,
-                f"detected:{c.id}",
-                {
-                    "sync_id": run.id,
-                    "conflict_id": c.id,
-                    "namespace": c.namespace,
-                    "key": c.key,
-                    "versions": [str(v.version) for v in c.versions],
-                },
-            )
-            if c.status == ConflictStatus.RESOLVED:
-                self._emit(
-                    run.tenant,
-                    "sync.conflict.resolved",
-                    subject,
-                    f"resolved:{c.id}",
-                    {
-                        "sync_id": run.id,
-                        "conflict_id": c.id,
-                        "namespace": c.namespace,
-                        "key": c.key,
-                        "winner": c.winner,
-                        "strategy": c.strategy.name.lower(),
-                    },
-                )
-
-    def _decide(
-        self,
-        run: SyncRun,
-        page: list[Record],
-        local: dict[tuple[str, str], Record],
-        policies: dict[str, Policy],
-        pair: tuple[MemoryStore, MemoryStore],
-    ) -> tuple[list[Record], list[Record], list[Conflict]]:
-        source, target = pair[0].id, pair[1].id
-        writes: list[Record] = []
-        replaced: list[Record] = []
-        conflicts: list[Conflict] = []
-        now = self._now()
-        for incoming in page:
-            mine = local.get(incoming.ident)
-            if mine is None:
-                incoming.via = source  # page records are this sync's own copies
-                writes.append(incoming)
-                continue
-            rel = relation(mine, incoming)
-            if rel == Relation.SAME_OR_OLDER:
-                continue
-            if rel == Relation.NEWER:
-                incoming.via = source
-                writes.append(incoming)
-                replaced.append(mine)
-                continue
-            policy = policies[incoming.namespace]
-            settled = settle(mine, incoming, policy)
-            versions = [mine, incoming]
-            conflict = Conflict(
-                id=conflict_id(run.tenant, incoming.namespace, incoming.key, versions),
-                tenant=run.tenant,
-                namespace=incoming.namespace,
-                key=incoming.key,
-                status=ConflictStatus.PENDING if settled is None else ConflictStatus.RESOLVED,
-                strategy=policy.strategy,
-                sync_id=run.id,
-                versions=versions,
-                winner="" if settled is None else _winner(settled, versions),
-                detected_at=now,
-                resolved_at=None if settled is None else now,
-            )
-            conflicts.append(conflict)
-            if settled is not None:
-                settled.via = target
-                writes.append(settled)
-                replaced.append(mine)
-        return writes, replaced, conflicts
 
     def _emit(
         self, tenant: str, kind: str, subject: str, ident: str, data: dict[str, object]
@@ -609,16 +401,4 @@ class SyncEngine:
                     await live.task
 
 
-def _winner(settled: Record, versions: Sequence[Record]) -> str:
-    for v in versions:
-        if v.version == settled.version and v.value_json == settled.value_json:
-            return str(v.version)
-    if settled.leaves and any(
-        leaf["h"] == settled.hlc and leaf["o"] == settled.origin and leaf["v"] == settled.value_json
-        for leaf in settled.leaves
-    ):
-        return str(settled.version)
-    return "merged"
-
-
-__all__ = ["SyncEngine", "conflict_id"]
+__all__ = ["SyncEngine"]

@@ -14,6 +14,8 @@ from grpc import aio
 from datamcp.core.context import current_tenant
 from datamcp.core.errors import DataMCPError, FieldViolation, InvalidArgument
 from datamcp.core.memory.model import Record
+from datamcp.core.memory.ports import MemoryStore
+from datamcp.core.memory.replicate import replication_lag
 from datamcp.core.memory.system import MemorySystem
 from datamcp.entrypoints.grpc.convert import Packer, page_bytes
 from datamcp.entrypoints.grpc.memory_convert import (
@@ -178,22 +180,11 @@ class MemorySyncService(memory_pb2_grpc.MemorySyncServiceServicer):
         stores = self._service.stores
         primary = self._service.store()
 
-        async def describe(store: Any) -> pb.MemoryStore:
+        async def describe(store: MemoryStore) -> pb.MemoryStore:
             out = pb.MemoryStore(id=store.id, url=store.url, primary=store.id == primary.id)
             try:
                 out.last_sequence, out.records = await store.stats(tenant)
-                peers = [s for s in stores if s.id != store.id]
-                if store.id != primary.id:
-                    rep = f"{tenant}||{primary.id}->{store.id}"
-                    out.lag = await primary.pending(tenant, await primary.checkpoint(rep))
-                elif peers:
-                    lags = [
-                        await store.pending(
-                            tenant, await store.checkpoint(f"{tenant}||{store.id}->{p.id}")
-                        )
-                        for p in peers
-                    ]
-                    out.lag = max(lags)
+                out.lag = await replication_lag(tenant, store, primary, stores)
                 out.healthy = True
             except Exception as exc:
                 out.healthy = False
