@@ -434,6 +434,7 @@ async def _memory(
         instance=instance,
         instances=lookup,
         stale_after=settings.replicas.stale_after,
+        signals=bus.signals,
     )
     scheduler = SyncScheduler(sync, [Schedule.from_config(s) for s in m.schedules])
     return MemorySystem(

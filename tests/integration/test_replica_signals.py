@@ -293,3 +293,44 @@ async def test_watch_run_on_another_replica_follows_by_push(
     ended_at = final.end_time.seconds + final.end_time.nanos / 1e9
     known_at = time.time() - (time.monotonic() - seen[-1][1])
     assert known_at - ended_at < 2.5, (seen, known_at - ended_at)
+
+
+@pytest.mark.pg
+async def test_watch_sync_run_on_another_replica_follows_by_push(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """A memory sync run by one replica, watched on another: its end arrives
+    by push (the watcher's fallback poll is 5 s)."""
+    stores = [
+        {"id": "main", "url": pg_database, "primary": True},
+        {"id": "edge", "url": f"sqlite:///{tmp_path / 'edge.db'}"},
+    ]
+    settings = {"memory.stores": stores, "rate_limit.enabled": False}
+    async with (
+        running_server(make_settings(tmp_path / "a", pg_database, **settings)) as one,
+        running_server(make_settings(tmp_path / "b", pg_database, **settings)) as two,
+        one.channel() as ch1,
+        two.channel() as ch2,
+    ):
+        runner = memory_pb2_grpc.MemorySyncServiceStub(ch1)
+        watcher = memory_pb2_grpc.MemorySyncServiceStub(ch2)
+        for chunk in range(10):  # enough to copy that the watcher waits for the end
+            entries = [
+                memory_pb2.PutEntry(namespace="n", key=f"k{chunk}-{i}", value=to_value(i))
+                for i in range(1000)
+            ]
+            await runner.BatchPut(memory_pb2.BatchPutRequest(entries=entries))
+        run = (
+            await runner.Synchronize(memory_pb2.SynchronizeRequest(background=True))
+        ).run
+        seen = []
+        async for update in watcher.WatchSyncRun(
+            memory_pb2.WatchSyncRunRequest(sync_id=run.sync_id), timeout=60
+        ):
+            seen.append((update.run.status, time.monotonic()))
+        final = (await runner.GetSyncRun(memory_pb2.GetSyncRunRequest(sync_id=run.sync_id))).run
+    assert seen[-1][0] == memory_pb2.SYNC_RUN_STATUS_SUCCEEDED, seen
+    ended_at = final.end_time.seconds + final.end_time.nanos / 1e9
+    known_at = time.time() - (time.monotonic() - seen[-1][1])
+    assert seen[0][0] == memory_pb2.SYNC_RUN_STATUS_RUNNING  # it waited for the end
+    assert known_at - ended_at < 2.5, (seen, known_at - ended_at)

@@ -107,6 +107,7 @@ class Replicator:
         page: int,
         clock: Callable[[], float],
         emit: Emit,
+        saved: Callable[[SyncRun], None] = lambda _run: None,
     ) -> None:
         self.service = service
         self.ledger = ledger
@@ -114,6 +115,7 @@ class Replicator:
         self._page = page
         self._now = clock
         self._emit = emit
+        self._saved = saved
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     async def pull(
@@ -159,6 +161,7 @@ class Replicator:
                     if not run.dry_run:
                         await source.set_checkpoint(replication, cursor)
                     await self.ledger.save_run(run)
+                    self._saved(run)
                 live.notify()
             if cursor != start and not run.dry_run:
                 await source.set_checkpoint(replication, cursor)

@@ -22,11 +22,13 @@ from dataclasses import replace
 
 from datamcp.core.background import wait_at_most
 from datamcp.core.errors import (
+    DataMCPError,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
     clip,
+    error_id,
 )
 from datamcp.core.events.model import Event
 from datamcp.core.instances import Instance, is_gone
@@ -47,6 +49,7 @@ from datamcp.core.memory.ports import SyncLedger
 from datamcp.core.memory.replicate import PAGE, LiveRun, Replicator
 from datamcp.core.memory.service import MemoryService, Publish
 from datamcp.core.paging import Fits, encode, fill, keyset, page_size
+from datamcp.core.signals import KeyedWaiters, LocalSignals, Signals
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ class SyncEngine:
         page: int = PAGE,
         clock: Callable[[], float] = time.time,
         stale_after: float = 8.0,
+        signals: Signals | None = None,
     ) -> None:
         self.service = service
         self.ledger = ledger
@@ -83,13 +87,26 @@ class SyncEngine:
         self._now = clock
         self._stale_after = stale_after
         self._live: dict[str, LiveRun] = {}
+        self._signals = signals or LocalSignals()
+        # Watchers of a run another replica executes: woken by its saves.
+        self._changes = KeyedWaiters(self._signals, "syncs")
         self._pairs = Replicator(
-            service, ledger, policies=policies, page=page, clock=clock, emit=self._emit
+            service,
+            ledger,
+            policies=policies,
+            page=page,
+            clock=clock,
+            emit=self._emit,
+            saved=self._saved,
         )
 
     @property
     def running(self) -> int:
         return len(self._live)
+
+    def _saved(self, run: SyncRun) -> None:
+        """Tell watchers on other replicas that ``run``'s stored state moved."""
+        self._signals.send("syncs", run.id)
 
     # --- runs ---------------------------------------------------------------------
 
@@ -149,6 +166,7 @@ class SyncEngine:
             owner=self._instance.id if self._instance else "",
         )
         await self.ledger.add_run(run)
+        self._saved(run)
         live = LiveRun(run)
         self._live[run.id] = live
         self._emit(
@@ -180,15 +198,21 @@ class SyncEngine:
         except asyncio.CancelledError:
             run.status, run.error = RunStatus.INTERRUPTED, "the server stopped during the sync"
             raise
-        except Exception as exc:
+        except DataMCPError as exc:  # a store down, a refused write: its own words
             log.warning("sync failed", extra={"sync_id": run.id}, exc_info=exc)
-            run.status, run.error = RunStatus.FAILED, f"{type(exc).__name__}: {exc}"
+            run.status, run.error = RunStatus.FAILED, exc.message
+        except Exception as exc:  # never the exception's class or text (internals)
+            eid = error_id(exc)
+            log.error("sync failed", extra={"sync_id": run.id, "error_id": eid}, exc_info=exc)
+            run.status = RunStatus.FAILED
+            run.error = f"the sync failed unexpectedly (error id {eid})"
         else:
             run.status = RunStatus.SUCCEEDED
         finally:
             run.ended_at = self._now()
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.ledger.save_run(run))
+                self._saved(run)
             self._finished(live)
 
     def _finished(self, live: LiveRun) -> None:
@@ -268,23 +292,25 @@ class SyncEngine:
         """The run now, then after each page, ending with its final state."""
         # Finality is judged on the copy that was sent: the live run keeps
         # changing while this generator is suspended in its yield.
-        while True:
-            live = self._live.get(run_id)
-            if live is None:
-                run = await self.get_run(tenant, run_id)
+        # Listening before each read: a save signalled during it is not lost.
+        with self._changes.listen(run_id) as elsewhere:
+            while True:
+                live = self._live.get(run_id)
+                if live is None:  # executed by another replica (or finished)
+                    run = await self.get_run(tenant, run_id)
+                    yield run
+                    if run.status.final:
+                        return
+                    await elsewhere.wait(self._changes.poll_interval(5.0, 0.5))
+                    continue
+                if live.run.tenant != tenant:
+                    raise NotFound(f"no sync run {clip(run_id)!r}", reason="SYNC_RUN_NOT_FOUND")
+                changed = live.changed
+                run = replace(live.run)
                 yield run
                 if run.status.final:
                     return
-                await asyncio.sleep(0.5)  # owned by another process: poll
-                continue
-            if live.run.tenant != tenant:
-                raise NotFound(f"no sync run {clip(run_id)!r}", reason="SYNC_RUN_NOT_FOUND")
-            changed = live.changed
-            run = replace(live.run)
-            yield run
-            if run.status.final:
-                return
-            await wait_at_most(changed, 5.0)
+                await wait_at_most(changed, 5.0)
 
     async def list_conflicts(
         self,
@@ -390,6 +416,7 @@ class SyncEngine:
                 run.error = "the process running it died; the next sync resumes from checkpoints"
                 run.ended_at = now
                 await self.ledger.save_run(run)
+                self._saved(run)
                 count += 1
         return count
 
