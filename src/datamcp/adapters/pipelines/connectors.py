@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from datamcp.adapters.http_agent import ApiConfig, _api_config
-from datamcp.adapters.pipelines.files import PathRefused, confine
+from datamcp.adapters.pipelines.files import confine
 from datamcp.adapters.pipelines.http import make_guard
 from datamcp.adapters.pipelines.s3 import S3Settings
 from datamcp.core.errors import ConfigError, FieldViolation
 from datamcp.core.events.bus import EventBus
+from datamcp.core.paths import PathRefused
 from datamcp.core.pipelines import kinds
 from datamcp.core.pipelines.ports import Destination, PermanentError, ReadContext, Source
 from datamcp.core.pipelines.spec import Part, PipelineSpec
