@@ -9,12 +9,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from datamcp.adapters.http_agent import ApiConfig, _api_config
-from datamcp.adapters.pipelines.files import PathRefused, confine
+from datamcp.adapters.http_api import ApiConfig, api_config
+from datamcp.adapters.pipelines.files import confine
 from datamcp.adapters.pipelines.http import make_guard
 from datamcp.adapters.pipelines.s3 import S3Settings
 from datamcp.core.errors import ConfigError, FieldViolation
 from datamcp.core.events.bus import EventBus
+from datamcp.core.paths import PathRefused
 from datamcp.core.pipelines import kinds
 from datamcp.core.pipelines.ports import Destination, PermanentError, ReadContext, Source
 from datamcp.core.pipelines.spec import Part, PipelineSpec
@@ -51,7 +52,7 @@ class PipelineConnectors:
         problems: list[str] = []
         self.apis: dict[str, ApiConfig] = {}
         for name, table in (http_apis or {}).items():
-            api = _api_config(str(name), table, problems)
+            api = api_config(str(name), table, problems)
             if api is not None:
                 self.apis[api.name] = api
         if problems:

@@ -9,55 +9,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from datamcp.core.pipelines.limits import shorten
+from datamcp.core import paths
+from datamcp.core.paths import PathRefused
 from datamcp.core.pipelines.ports import PermanentError
 
 
-class PathRefused(ValueError):
-    pass
-
-
 def confine(path: str, roots: Sequence[Path], *, must_exist: bool) -> Path:
-    """The real path of ``path`` inside one of ``roots``.
-
-    A relative path is looked up under each root in order (the first where it
-    exists; for a new file, the first root). Symlinks are resolved before the
-    check, so neither ``..`` nor a link can lead outside.
+    """The real path of ``path`` inside one of the data ``roots`` (the rule:
+    :func:`datamcp.core.paths.confine`).
 
     Raises:
         PathRefused: no roots configured, or the path is outside them, or
             (``must_exist``) it is not a file.
     """
     if not roots:
-        raise PathRefused("no pipelines.data_roots are configured; file access is off")
-    if not path or "\x00" in path:
-        raise PathRefused("empty or invalid path")
-    try:
-        return _confine(path, roots, must_exist=must_exist)
-    except PathRefused:
-        raise
-    except (OSError, ValueError):  # a name too long for the file system, ...
-        raise PathRefused("not a usable path (too long, or a part is too long)") from None
-
-
-def _confine(path: str, roots: Sequence[Path], *, must_exist: bool) -> Path:
-    real_roots = [Path(os.path.realpath(r)) for r in roots]
-    candidates = [Path(path)] if os.path.isabs(path) else [r / path for r in real_roots]
-    chosen: Path | None = None
-    for cand in candidates:
-        real = Path(os.path.realpath(cand))
-        inside = any(real == r or r in real.parents for r in real_roots)
-        if not inside:
-            raise PathRefused(f"{shorten(path)!r} is outside the data roots")
-        if real.is_file() or (not must_exist and chosen is None):
-            if real.is_file():
-                return real
-            chosen = real
-    if must_exist or chosen is None:
-        raise PathRefused(f"{shorten(path)!r}: no such file under the data roots")
-    if chosen.is_dir():
-        raise PathRefused(f"{shorten(path)!r} is a directory")
-    return chosen
+        raise PathRefused(
+            paths.NO_ROOTS, path, "no pipelines.data_roots are configured; file access is off"
+        )
+    return paths.confine(path, roots, must_exist=must_exist)
 
 
 def open_temp(target: Path, temp: Path, **kw: Any) -> Any:

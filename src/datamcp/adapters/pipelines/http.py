@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from datamcp.adapters.http_agent import ApiConfig, parse_retry_after, target_url
+from datamcp.adapters.http_api import ApiConfig, parse_retry_after, target_url
 from datamcp.core.agents.agent import AgentError
 from datamcp.core.errors import FieldViolation, ResourceExhausted, Unavailable
 from datamcp.core.pipelines.checker import Checker

@@ -15,24 +15,20 @@ date column with ``CAST(:day AS text)::date`` to pass the day as a string.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import datetime as dt
-import decimal
-import json
-import math
 import re
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from datamcp.adapters.sqlalchemy.engine import normalise_url
+from datamcp.adapters.sqlalchemy.sql_results import fetch, shape
+from datamcp.adapters.sqlalchemy.sql_statement import check_select
 from datamcp.core.agents.agent import Agent, AgentError, Capability, TaskContext, TaskRefused
 from datamcp.core.errors import ConfigError
 
@@ -40,17 +36,6 @@ _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Seconds a timed-out or cancelled query gets to be stopped in the database
 #: (within the task's cancel grace).
 STOP_TIMEOUT = 0.8
-
-#: Words that only appear in statements that change something. A query that
-#: contains one outside a literal or quoted name is refused.
-_FORBIDDEN = frozenset(
-    (
-        *("ALTER", "ANALYZE", "ATTACH", "CALL", "COPY", "CREATE", "DELETE", "DETACH"),
-        *("DROP", "EXEC", "EXECUTE", "GRANT", "INSERT", "INTO", "LOAD_EXTENSION"),
-        *("LOCK", "MERGE", "PRAGMA", "REINDEX", "RENAME", "REVOKE", "TRUNCATE"),
-        *("UPDATE", "UPSERT", "VACUUM"),
-    )
-)
 
 _QUERY_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -92,42 +77,6 @@ _RESULT_SCHEMA: dict[str, Any] = {
     },
 }
 
-#: PostgreSQL type OIDs (from the cursor description) to type names.
-_PG_TYPES = {
-    16: "boolean",
-    17: "bytea",
-    18: "char",
-    19: "name",
-    20: "bigint",
-    21: "smallint",
-    23: "integer",
-    25: "text",
-    26: "oid",
-    114: "json",
-    650: "cidr",
-    700: "real",
-    701: "double precision",
-    869: "inet",
-    1000: "boolean[]",
-    1005: "smallint[]",
-    1007: "integer[]",
-    1009: "text[]",
-    1016: "bigint[]",
-    1021: "real[]",
-    1022: "double precision[]",
-    1042: "character",
-    1043: "character varying",
-    1082: "date",
-    1083: "time",
-    1114: "timestamp",
-    1184: "timestamptz",
-    1186: "interval",
-    1231: "numeric[]",
-    1266: "timetz",
-    1700: "numeric",
-    2950: "uuid",
-    3802: "jsonb",
-}
 
 #: SQLSTATE classes/codes meaning "the database is not there right now".
 _PG_UNAVAILABLE = ("08", "53", "57P", "40001", "40P01")
@@ -220,7 +169,7 @@ class SqlAgent(Agent):
                     watchdog = asyncio.create_task(_interrupt_after(driver, budget))
                 try:
                     columns, rows, truncated = await conn.run_sync(
-                        _fetch, setup, statement, params, limit
+                        fetch, setup, statement, params, limit
                     )
                 except asyncio.CancelledError:  # the deadline, or the task was cancelled
                     await _stop_statement(engine, target, dialect)
@@ -239,7 +188,7 @@ class SqlAgent(Agent):
             if isinstance(exc, SQLAlchemyError | OSError) or getattr(exc, "sqlstate", None):
                 raise _classify(conn_name, exc) from exc
             raise
-        return _shape(columns, rows, truncated)
+        return shape(columns, rows, truncated)
 
     def _parse(self, payload: Any) -> tuple[str, URL, str, dict[str, Any], int]:
         """Connection name, its URL, query, parameters and row limit of a request."""
@@ -301,82 +250,6 @@ class SqlAgent(Agent):
         )
 
 
-def check_select(sql: str, dialect: str) -> str:
-    """Check that ``sql`` is one SELECT statement and return the text to run.
-
-    The text is cut at a final ``;``, and colons inside literals, quoted
-    names and comments are escaped so only ``:name`` outside them binds.
-
-    Raises:
-        AgentError: reason ``SQL_NOT_ALLOWED``, saying what was found.
-    """
-    lexer = _PG_LEXER if dialect == "postgresql" else _SQLITE_LEXER
-    out: list[str] = []
-    words: list[str] = []
-    ended = False
-    for token in lexer.finditer(sql):
-        kind, value = token.lastgroup, token.group()
-        if kind in {"space", "comment"}:
-            if kind == "comment" and "/*" in value[2:]:
-                raise _refuse("nested comment")
-            out.append(value.replace(":", "\\:"))
-            continue
-        if ended:
-            raise _refuse("more than one statement")
-        if kind == "open":
-            raise _refuse(f"unterminated {value} quote or comment")
-        if kind == "end":
-            ended = True
-        elif kind == "quoted":
-            out.append(value.replace(":", "\\:"))
-        else:
-            if kind == "word":
-                words.append(value.upper())
-            out.append(value)
-    if not words:
-        raise _refuse("the query is empty")
-    if words[0] not in {"SELECT", "WITH"}:
-        raise _refuse(f"it starts with {words[0]}")
-    found = sorted({w for w in words if w in _FORBIDDEN})
-    if found:
-        raise _refuse(f"it contains {', '.join(found)} (quote names that are these words)")
-    return "".join(out).strip()
-
-
-def _lexer(postgres: bool) -> re.Pattern[str]:
-    """Tokens of a query; the first alternative that matches wins."""
-    quoted = [
-        r"'(?:[^']|'')*'",
-        r'"(?:[^"]|"")*"',
-        r"`(?:[^`]|``)*`",
-    ]
-    if postgres:
-        # E'..' strings take backslash escapes; $tag$..$tag$ strings nothing.
-        quoted[:0] = [r"[eE]'(?:[^'\\]|\\.|'')*'", r"\$(?P<tag>(?:[^\W\d]\w*)?)\$.*?\$(?P=tag)\$"]
-    else:
-        quoted.append(r"\[[^\]]*\]")
-    parts = [
-        r"(?P<space>\s+)",
-        r"(?P<comment>--[^\n]*|/\*.*?\*/)",
-        f"(?P<quoted>{'|'.join(quoted)})",
-        r"(?P<open>/\*|['\"`" + ("" if postgres else r"\[") + r"])",
-        r"(?P<word>[^\W\d][\w$]*)",
-        r"(?P<end>;)",
-        r"(?P<other>.)",
-    ]
-    return re.compile("|".join(parts), re.DOTALL)
-
-
-_PG_LEXER = _lexer(postgres=True)
-_SQLITE_LEXER = _lexer(postgres=False)
-
-
-def _refuse(why: str) -> TaskRefused:
-    return TaskRefused(
-        f"only a single SELECT statement is allowed: {why}", reason="SQL_NOT_ALLOWED"
-    )
-
-
 async def _stop_statement(engine: AsyncEngine, target: Any, dialect: str) -> None:
     """Stop the statement running on ``target`` (the SQLite driver connection,
     or the PostgreSQL server process id) in the database itself, and
@@ -409,119 +282,6 @@ async def _interrupt_after(driver: Any, delay: float) -> None:
     interrupt = getattr(driver, "interrupt", None)
     if interrupt is not None:
         await interrupt()
-
-
-def _fetch(
-    conn: Connection, setup: Sequence[str], statement: str, params: dict[str, Any], limit: int
-) -> tuple[list[tuple[str, str | None]], list[Sequence[Any]], bool]:
-    """Run the query on the sync side of the connection; always roll back."""
-    try:
-        for command in setup:
-            conn.exec_driver_sql(command)
-        result = conn.execution_options(stream_results=True).execute(text(statement), params)
-        try:
-            if not result.returns_rows:
-                return [], [], False
-            description = result.cursor.description if result.cursor is not None else None
-            names = list(result.keys())
-            type_codes: list[Any] = [d[1] for d in description] if description else []
-            columns: list[tuple[str, str | None]] = [
-                (str(name), _PG_TYPES.get(code) if isinstance(code, int) else None)
-                for name, code in zip(names, type_codes or [None] * len(names), strict=True)
-            ]
-            rows: list[Sequence[Any]] = [tuple(row) for row in result.fetchmany(limit + 1)]
-        finally:
-            result.close()
-        return columns, rows[:limit], len(rows) > limit
-    finally:
-        conn.rollback()
-
-
-def _shape(
-    columns: list[tuple[str, str | None]], rows: list[Sequence[Any]], truncated: bool
-) -> dict[str, Any]:
-    out_rows = [[_json_safe(v) for v in row] for row in rows]
-    described = []
-    for index, (name, type_name) in enumerate(columns):
-        if type_name in {"json", "jsonb"}:
-            for row in out_rows:
-                if isinstance(row[index], str):
-                    row[index] = json.loads(row[index])
-        described.append({"name": name, "type": type_name or _infer([row[index] for row in rows])})
-    return {
-        "columns": described,
-        "rows": out_rows,
-        "row_count": len(out_rows),
-        "truncated": truncated,
-    }
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "real"
-    if isinstance(value, decimal.Decimal):
-        return "numeric"
-    if isinstance(value, dt.datetime):
-        return "timestamp"
-    if isinstance(value, dt.date):
-        return "date"
-    if isinstance(value, dt.time):
-        return "time"
-    if isinstance(value, dt.timedelta):
-        return "interval"
-    if isinstance(value, bytes | bytearray | memoryview):
-        return "blob"
-    if isinstance(value, uuid.UUID):
-        return "uuid"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, dict):
-        return "json"
-    return "text"
-
-
-def _infer(values: Sequence[Any]) -> str:
-    """A column's type from its Python values, when the driver does not say."""
-    kinds = {_kind(v) for v in values} - {"null"}
-    if not kinds:
-        return "null"
-    if len(kinds) == 1:
-        return kinds.pop()
-    if kinds <= {"integer", "real", "numeric"}:
-        return "real"
-    return "mixed"
-
-
-def _json_safe(value: Any) -> Any:
-    """A JSON-serialisable form of a value a driver returned."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, decimal.Decimal):
-        if not value.is_finite():
-            return str(value)
-        if value == value.to_integral_value():
-            return int(value)
-        as_float = float(value)
-        return as_float if decimal.Decimal(repr(as_float)) == value else str(value)
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    return str(value)
 
 
 def _classify(conn_name: str, exc: Exception) -> AgentError:
