@@ -32,7 +32,8 @@ from datamcp.core.errors import (
     clip,
 )
 from datamcp.core.events.model import Event
-from datamcp.core.instances import Instance, is_gone
+from datamcp.core.instance_model import Instance
+from datamcp.core.instances import is_gone
 from datamcp.core.memory.clock import dominates, join
 from datamcp.core.memory.model import (
     Conflict,

@@ -25,7 +25,7 @@ from datamcp.core.agents.queued import QueuedTasks
 from datamcp.core.agents.registry import AgentRegistry, AgentSlot, Runner
 from datamcp.core.agents.schema import SchemaCache
 from datamcp.core.events.bus import EventBus
-from datamcp.core.instances import Instance
+from datamcp.core.instance_model import Instance
 from datamcp.core.ports import UnitOfWork, UnitOfWorkFactory
 from datamcp.core.resilience import RetryPolicy
 from datamcp.core.signals import Signals
