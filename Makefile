@@ -15,7 +15,7 @@ PROTO_INCLUDE = $$($(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.d
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: install run test check lint fmt typecheck gen gen-check buf-lint breaking infra-check sam-lint sam-transform lambda-package bench clean
+.PHONY: install run test check lint fmt typecheck imports gen gen-check buf-lint breaking infra-check sam-lint sam-transform lambda-package bench clean
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,12 @@ fmt: install
 typecheck: install
 	$(BIN)/mypy src handlers clients/python/datamcp_client infra/sam
 
+# The import rules in pyproject.toml ([tool.importlinter]). datamcp is
+# imported first: its __path__ then spans src/ and gen/, so the graph has the
+# generated datamcp.v1 too (lint-imports alone would see src/ only).
+imports: install
+	$(PY) -c 'import sys, datamcp; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())' --no-cache --no-logo
+
 buf-lint:
 	$(BUF) lint
 
@@ -102,7 +108,7 @@ lambda-package: .build/lambda.json
 .build/lambda.json: $(VENV)/.installed pyproject.toml infra/sam/template.yaml infra/sam/package.py $(LAMBDA_SOURCES)
 	$(PY) infra/sam/package.py
 
-check: lint typecheck gen-check buf-lint breaking infra-check sam-lint sam-transform
+check: lint typecheck imports gen-check buf-lint breaking infra-check sam-lint sam-transform
 
 bench: install
 	$(PY) -m tests.bench

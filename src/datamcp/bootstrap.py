@@ -48,7 +48,7 @@ from datamcp.core.events.relay import BrokerRelay
 from datamcp.core.events.router import Router, Trigger
 from datamcp.core.events.subscriptions import SubscriptionService
 from datamcp.core.health import FunctionCheck, HealthCheck
-from datamcp.core.instances import Instance
+from datamcp.core.instance_model import Instance
 from datamcp.core.memory.model import NamespacePolicy, Strategy
 from datamcp.core.memory.schedule import SYNC_ACTION, Schedule, SyncScheduler, sync_action
 from datamcp.core.memory.service import AgentMemory, MemoryService

@@ -252,7 +252,7 @@ async def _store_task(app: Any, tenant: str, spec: TaskSpec, owner: str, state: 
 def _held_elsewhere(request_id: str, state: TaskState, *, alive: bool = True) -> str:
     """Store a task held by another container (an instance row with a fresh
     heartbeat on another host), as that container leaves it; its task id."""
-    from datamcp.core.instances import Instance
+    from datamcp.core.instance_model import Instance
 
     tenant, task_id = "default", task_id_for("default", request_id)
     owner = "e" * 32
@@ -352,7 +352,7 @@ def test_the_sweep_prunes_instance_rows_of_long_gone_containers(lambda_env: Path
     """Every cold start leaves an instance row; the servers' recovery sweep
     deletes the stopped or silent ones older than the retention (never its
     own), and a task of a pruned instance is still adopted as an orphan."""
-    from datamcp.core.instances import Instance
+    from datamcp.core.instance_model import Instance
 
     day = 86_400.0
     now = time.time()

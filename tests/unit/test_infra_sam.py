@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from datamcp.config.fields import FIELDS
+from datamcp.entrypoints import lambda_local
 from handlers._runtime import MARGIN_MAX, MARGIN_MIN, MARGIN_SHARE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,6 +110,18 @@ def test_every_function_names_a_real_handler_and_real_settings() -> None:
         migrates = variables["DATAMCP_DATABASE_MIGRATE"] == "verify"
         assert migrates or function == "MigrateFunction"
     assert not any("Url" in p and "Secret" not in p for p in t["Parameters"])
+
+
+def test_lambda_local_runs_the_handlers_the_template_names() -> None:
+    """``datamcp lambda-local`` finds handlers by name (datamcp never imports
+    the handlers package): the names are the template's and they load."""
+    handlers = {p["Handler"] for p in functions(template()).values()}
+    assert set(lambda_local.HANDLERS.values()) <= handlers
+    for name in lambda_local.HANDLERS.values():
+        assert callable(lambda_local.load(name))
+    context = lambda_local.load(f"{lambda_local.RUNTIME}.LocalContext")(5.0)
+    assert 0 < context.get_remaining_time_in_millis() <= 5000
+    assert callable(lambda_local.load(f"{lambda_local.RUNTIME}.shutdown"))
 
 
 def test_the_task_queue_redrives_to_a_dlq_and_outlasts_six_invocations() -> None:

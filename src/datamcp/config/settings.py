@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from datamcp.config.fields import BY_KEY, FIELDS
+from datamcp.core.auth import ApiKey, AuthSettings, JwtSettings
 from datamcp.core.context import valid_tenant
 from datamcp.core.errors import ConfigError
 
@@ -26,44 +27,6 @@ SECRET_ARN = re.compile(
     r"^arn:aws[a-z-]*:(secretsmanager:[a-z0-9-]+:\d{12}:secret:[\w/+=.@-]+"
     r"|ssm:[a-z0-9-]+:\d{12}:parameter/[\w/.-]+)$"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKey:
-    name: str
-    sha256: str
-    subject: str
-    tenant: str
-    roles: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class JwtSettings:
-    hs256_secret: str | None = None
-    rs256_public_key_file: Path | None = None
-    jwks_file: Path | None = None
-    issuer: str | None = None
-    audience: str | None = None
-    tenant_claim: str = "tenant"
-    roles_claim: str = "roles"
-    leeway: float = 30.0
-    #: Tenant of tokens without the tenant claim; None refuses such tokens.
-    default_tenant: str | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.hs256_secret or self.rs256_public_key_file or self.jwks_file)
-
-
-@dataclass(frozen=True, slots=True)
-class AuthSettings:
-    api_keys: tuple[ApiKey, ...] = ()
-    jwt: JwtSettings = field(default_factory=JwtSettings)
-    method_roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.api_keys) or self.jwt.enabled
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,16 +14,59 @@ import hmac
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from datamcp.config.settings import AuthSettings
 from datamcp.core.context import ANONYMOUS, Principal, valid_tenant
 from datamcp.core.errors import ConfigError, PermissionDenied, Unauthenticated
 
 _CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    name: str
+    sha256: str
+    subject: str
+    tenant: str
+    roles: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSettings:
+    hs256_secret: str | None = None
+    rs256_public_key_file: Path | None = None
+    jwks_file: Path | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    tenant_claim: str = "tenant"
+    roles_claim: str = "roles"
+    leeway: float = 30.0
+    #: Tenant of tokens without the tenant claim; None refuses such tokens.
+    default_tenant: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.hs256_secret or self.rs256_public_key_file or self.jwks_file)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Who may call: API keys, JWT verification, and the roles each method
+    needs. The core's own type; ``datamcp.config`` builds it from ``auth.*``."""
+
+    api_keys: tuple[ApiKey, ...] = ()
+    jwt: JwtSettings = field(default_factory=JwtSettings)
+    method_roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_keys) or self.jwt.enabled
+
 
 #: Protections that hold whatever ``auth.method_roles`` says: configured
 #: entries add methods, or add roles to one of these (never remove them).

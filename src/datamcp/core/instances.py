@@ -5,6 +5,7 @@ Each server registers itself at start and heartbeats every
 which proves the database is reachable *and* writable). Services use the
 registry to tell work owned by a dead process from work owned by a live
 one: silent for ``replicas.stale_after``, or its pid gone on this host.
+The records themselves are in ``instance_model``.
 """
 
 from __future__ import annotations
@@ -14,43 +15,11 @@ import logging
 import os
 import socket
 import time
-import uuid
-from dataclasses import dataclass
 
+from datamcp.core.instance_model import Instance
 from datamcp.core.ports import UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Instance:
-    id: str
-    host: str
-    pid: int
-    version: str
-    started_at: float
-    heartbeat_at: float
-    stopped_at: float | None = None
-
-    @classmethod
-    def for_this_process(cls, version: str) -> Instance:
-        now = time.time()
-        host = socket.gethostname()
-        # Lambda sandboxes can share a hostname and pid; the log stream names
-        # the sandbox, and keeps is_gone from probing another sandbox's pid here.
-        stream = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME")
-        if stream:
-            host = f"lambda:{stream}"[:255]
-        return cls(uuid.uuid4().hex, host, os.getpid(), version, now, now)
-
-
-@dataclass(frozen=True, slots=True)
-class ListedAgent:
-    """An agent an instance hosts, as the others see it (its descriptor as JSON)."""
-
-    agent_id: str
-    instance_id: str
-    descriptor: str
 
 
 async def register(uow: UnitOfWorkFactory, instance: Instance) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 if TYPE_CHECKING:
     from datamcp.core.agents.ports import AuditRepository, TaskRepository
     from datamcp.core.events.ports import EventRepository
-    from datamcp.core.instances import Instance, ListedAgent
+    from datamcp.core.instance_model import Instance, ListedAgent
     from datamcp.core.pipelines.ports import PipelineRepository
     from datamcp.core.streams.ports import StreamRepository
 

@@ -14,11 +14,15 @@ the event source mapping does with the answer:
   ``handlers.events.handler`` and is deleted when it returns.
 
 The handlers build the app from ``DATAMCP_*`` variables, as in Lambda.
+Like Lambda's runtime, this runner finds a handler by its name (the
+template's ``Handler``) when it runs: the ``handlers`` package is built on
+``datamcp``, and ``datamcp`` never imports it (``make imports``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import signal
@@ -30,11 +34,25 @@ log = logging.getLogger("datamcp.lambda_local")
 
 Handler = Callable[[Any, Any], Any]
 
+#: Each function's handler, as infra/sam/template.yaml names it.
+HANDLERS: Mapping[str, str] = {
+    "tasks": "handlers.tasks.handler",
+    "events": "handlers.events.handler",
+}
+#: The handlers' runtime: the context of a local invocation, and shutdown.
+RUNTIME = "handlers._runtime"
+
+
+def load(name: str) -> Any:
+    """``package.module.attribute`` imported by name, as Lambda loads a handler."""
+    module, _, attribute = name.rpartition(".")
+    return getattr(importlib.import_module(module), attribute)
+
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("lambda-local", help="poll an SQS queue and invoke the Lambda handlers")
     p.add_argument("--queue-url", required=True, help="the queue to poll")
-    p.add_argument("--function", choices=("tasks", "events"), default="tasks")
+    p.add_argument("--function", choices=tuple(HANDLERS), default="tasks")
     p.add_argument("--endpoint-url", help="SQS endpoint (moto: http://127.0.0.1:5000)")
     p.add_argument("--region", help="AWS region (default AWS_REGION or us-east-1)")
     p.add_argument("--batch-size", type=int, default=10, help="messages per receive (1-10)")
@@ -51,6 +69,7 @@ def main(args: argparse.Namespace) -> int:
     if not 1 <= args.batch_size <= 10 or not 0 <= args.wait <= 20:
         print("lambda-local: --batch-size is 1-10 and --wait 0-20", flush=True)
         return 2
+    shutdown = load(f"{RUNTIME}.shutdown")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -66,9 +85,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         poller.run(stop, until_empty=args.until_empty)
     finally:
-        from handlers import _runtime
-
-        _runtime.shutdown()
+        shutdown()
     return 0
 
 
@@ -92,6 +109,8 @@ class Poller:
         self._batch = batch_size
         self._wait = wait
         self._timeout = timeout
+        self._handler: Handler = load(HANDLERS[function])
+        self._context: Callable[[float], Any] = load(f"{RUNTIME}.LocalContext")
         self._sqs = boto3.client("sqs", region_name=region, endpoint_url=endpoint_url)
         self._arn = self._sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
             "Attributes"
@@ -131,11 +150,9 @@ class Poller:
         return len(messages)
 
     def _tasks(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from handlers import _runtime, tasks
-
         event = {"Records": [sqs_record(m, self._arn, self._region) for m in messages]}
         try:
-            answer = tasks.handler(event, _runtime.LocalContext(self._timeout))
+            answer = self._handler(event, self._context(self._timeout))
         except Exception:
             log.exception("the tasks handler failed; the whole batch stays on the queue")
             return []
@@ -143,12 +160,10 @@ class Poller:
         return [m for m in messages if m["MessageId"] not in failed]
 
     def _events(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from handlers import _runtime, events
-
         done = []
         for message in messages:
             try:
-                events.handler(json.loads(message["Body"]), _runtime.LocalContext(self._timeout))
+                self._handler(json.loads(message["Body"]), self._context(self._timeout))
             except Exception:
                 log.exception("the events handler failed", extra={"id": message["MessageId"]})
             else:

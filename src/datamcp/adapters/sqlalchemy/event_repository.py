@@ -29,8 +29,14 @@ from datamcp.adapters.sqlalchemy.sqlite_driver import (
     json_list,
 )
 from datamcp.adapters.sqlalchemy.tables import dead_letters, deliveries, events, subscriptions
-from datamcp.core.events.model import ALL_TENANTS, Event, EventFilter
-from datamcp.core.events.subscriptions import DeadLetter, Subscription, SubscriptionStats
+from datamcp.core.events.model import (
+    ALL_TENANTS,
+    DeadLetter,
+    Event,
+    EventFilter,
+    Subscription,
+    SubscriptionStats,
+)
 
 #: Advisory lock key serialising event appends on PostgreSQL ("dmcpevts").
 _APPEND_LOCK = 0x646D63706576747

@@ -6,7 +6,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from datamcp.adapters.sqlalchemy.tables import instance_agents, instances
-from datamcp.core.instances import Instance, ListedAgent
+from datamcp.core.instance_model import Instance, ListedAgent
 
 
 class SqlInstanceRepository:

@@ -11,13 +11,15 @@ from datamcp.core import paging
 from datamcp.core.errors import FieldViolation, InvalidArgument
 from datamcp.core.events.bus import EventBus, PublishResult
 from datamcp.core.events.consumer import Consumer
-from datamcp.core.events.model import Event, EventFilter, new_event
-from datamcp.core.events.subscriptions import (
+from datamcp.core.events.model import (
     DeadLetter,
+    Event,
+    EventFilter,
     Subscription,
-    SubscriptionService,
     SubscriptionStats,
+    new_event,
 )
+from datamcp.core.events.subscriptions import SubscriptionService
 
 DEFAULT_CREDITS = 100
 MAX_CREDITS = 10_000

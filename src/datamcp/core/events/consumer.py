@@ -14,8 +14,8 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 
 from datamcp.core.events.bus import EventBus
-from datamcp.core.events.model import Event
-from datamcp.core.events.subscriptions import Delivery, Subscription, SubscriptionService
+from datamcp.core.events.model import Delivery, Event, Subscription
+from datamcp.core.events.subscriptions import SubscriptionService
 
 LEASE_BATCH = 100
 

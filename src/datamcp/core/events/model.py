@@ -1,4 +1,5 @@
-"""Events in the CloudEvents 1.0 shape, and the filters subscriptions use.
+"""Events in the CloudEvents 1.0 shape, the filters subscriptions use, and
+the records of a subscription (its stats, deliveries and dead letters).
 
 An event's identity is (tenant, id): a producer may choose the id, and a
 second publish of an id already stored is a no-op (idempotent publish).
@@ -247,3 +248,45 @@ def _text_matches(want: str, value: str) -> bool:
     if want.endswith("*"):
         return value.startswith(want[:-1])
     return want == value
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    id: str
+    tenant: str
+    name: str
+    filter: EventFilter
+    cursor: int
+    max_attempts: int
+    visibility_timeout: float
+    created_at: float
+    #: Lease a delivery only while it heads its subject (per-subject order).
+    ordered: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionStats:
+    pending: int
+    in_flight: int
+    unread: int
+    dead_letters: int
+
+    @property
+    def lag(self) -> int:
+        """Events not yet acked: waiting, in flight, or not yet looked at."""
+        return self.pending + self.in_flight + self.unread
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    event: Event
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    subscription: str
+    event: Event
+    attempts: int
+    last_error: str
+    dead_at: float

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from datamcp.core.events.model import Event
-
-if TYPE_CHECKING:
-    from datamcp.core.events.subscriptions import DeadLetter, Subscription, SubscriptionStats
+from datamcp.core.events.model import DeadLetter, Event, Subscription, SubscriptionStats
 
 
 class Broker(Protocol):

@@ -18,10 +18,17 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from datamcp.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from datamcp.core.events.model import ALL_TENANTS, Event, EventFilter
+from datamcp.core.events.model import (
+    ALL_TENANTS,
+    DeadLetter,
+    Delivery,
+    Event,
+    EventFilter,
+    Subscription,
+    SubscriptionStats,
+)
 from datamcp.core.ports import UnitOfWork, UnitOfWorkFactory
 from datamcp.core.resilience import RetryPolicy
 
@@ -31,48 +38,6 @@ MATERIALISE_BATCH = 1000
 MAX_PAGES_PER_CYCLE = 20
 #: Events a consumer keeps read but not yet leased (beyond it, they are read again).
 KNOWN_MAX = 5000
-
-
-@dataclass(frozen=True, slots=True)
-class Subscription:
-    id: str
-    tenant: str
-    name: str
-    filter: EventFilter
-    cursor: int
-    max_attempts: int
-    visibility_timeout: float
-    created_at: float
-    #: Lease a delivery only while it heads its subject (per-subject order).
-    ordered: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriptionStats:
-    pending: int
-    in_flight: int
-    unread: int
-    dead_letters: int
-
-    @property
-    def lag(self) -> int:
-        """Events not yet acked: waiting, in flight, or not yet looked at."""
-        return self.pending + self.in_flight + self.unread
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    event: Event
-    attempt: int
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    subscription: str
-    event: Event
-    attempts: int
-    last_error: str
-    dead_at: float
 
 
 #: Redelivery backoff after a nack: 0.5 s doubling up to a minute, jittered.

@@ -31,7 +31,8 @@ from datamcp.core.errors import (
     error_id,
 )
 from datamcp.core.events.model import Event
-from datamcp.core.instances import Instance, is_gone
+from datamcp.core.instance_model import Instance
+from datamcp.core.instances import is_gone
 from datamcp.core.memory.clock import dominates, join
 from datamcp.core.memory.model import (
     Conflict,

@@ -34,8 +34,8 @@ from typing import Any
 from datamcp.core.background import wait_at_most
 from datamcp.core.errors import DataMCPError
 from datamcp.core.events.bus import EventBus
-from datamcp.core.events.model import Event, new_event
-from datamcp.core.events.subscriptions import Delivery, Subscription, SubscriptionService
+from datamcp.core.events.model import Delivery, Event, Subscription, new_event
+from datamcp.core.events.subscriptions import SubscriptionService
 from datamcp.core.ports import UnitOfWork, UnitOfWorkFactory
 from datamcp.core.resilience import RetryPolicy
 from datamcp.core.streams.model import RECORD_LATE, Counters, StreamJob

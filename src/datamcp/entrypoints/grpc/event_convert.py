@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from datamcp.core.events.api import EventDraft
-from datamcp.core.events.model import Event, EventFilter
-from datamcp.core.events.subscriptions import DeadLetter, Subscription, SubscriptionStats
+from datamcp.core.events.model import (
+    DeadLetter,
+    Event,
+    EventFilter,
+    Subscription,
+    SubscriptionStats,
+)
 from datamcp.entrypoints.grpc.convert import duration, epoch_of, timestamp
 from datamcp.entrypoints.grpc.values import fill_value, from_value
 from datamcp.v1 import events_pb2

@@ -208,6 +208,7 @@ class MeshServer:
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             reflection.aio.ReflectionServicer(names), registrar
         )
+        registrar.check(hosted_services())
         return server
 
     def _bind(self, server: aio.Server) -> int:

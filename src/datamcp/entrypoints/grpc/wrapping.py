@@ -17,16 +17,23 @@ Two per-call costs of ``grpc.aio`` that depend only on how handlers are added:
 
 ``WrappingRegistrar`` stands in for the server while a generated
 ``add_*Servicer_to_server`` function (or any code that adds handlers the same
-way) runs.
+way) runs. Before the server starts, ``check`` holds the method tables
+against the services' descriptors: a method of the proto with no handler
+(not in its table, or left to the generated base class, which answers
+UNIMPLEMENTED) stops the start, named, instead of failing its first caller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
+
+from datamcp.core.errors import ConfigError
 
 Wrap = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
 """(full method name, handler) -> the handler to serve instead."""
@@ -100,11 +107,14 @@ class WrappingRegistrar:
         self._server = server
         self._wrap = wrap
         self._methods: dict[str, grpc.RpcMethodHandler] = {}
+        #: Each service's table as it was added (unwrapped), for ``check``.
+        self._tables: dict[str, Mapping[str, grpc.RpcMethodHandler]] = {}
         server.add_generic_rpc_handlers((_MethodTable(self._methods),))
 
     def add_registered_method_handlers(
         self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
     ) -> None:
+        self._tables[service] = dict(handlers)
         for name, handler in handlers.items():
             method = f"/{service}/{name}"
             self._methods[method] = self._wrap(method, handler)
@@ -112,3 +122,58 @@ class WrappingRegistrar:
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         wrapped = tuple(_WrappedGeneric(h, self._wrap) for h in handlers)
         self._server.add_generic_rpc_handlers(wrapped)
+
+    def check(self, services: Iterable[ServiceDescriptor]) -> None:
+        """Every method of ``services`` and of every service added with a
+        table has a handler of its own; every handler is for a method of
+        its service's descriptor.
+
+        Raises:
+            ConfigError: naming each method without a handler (or handler
+                without a method).
+        """
+        wanted = {s.full_name: s for s in services}
+        problems: list[str] = []
+        pool = descriptor_pool.Default()
+        for name in self._tables.keys() - wanted.keys():
+            try:
+                wanted[name] = pool.FindServiceByName(name)
+            except KeyError:
+                problems.append(
+                    f"grpc service {name}: a method table, but no descriptor of it is loaded"
+                )
+        for name, descriptor in sorted(wanted.items()):
+            table = self._tables.get(name)
+            if table is None:
+                problems.append(
+                    f"grpc service {name}: hosted but never added (no handler for any method)"
+                )
+                continue
+            for method in descriptor.methods:
+                handler = table.get(method.name)
+                if handler is None:
+                    problems.append(
+                        f"grpc method /{name}/{method.name}: no handler "
+                        "(not in its service's table)"
+                    )
+                elif _is_generated_placeholder(handler):
+                    problems.append(
+                        f"grpc method /{name}/{method.name}: no handler (the servicer does "
+                        "not implement it; its generated base class answers UNIMPLEMENTED)"
+                    )
+            known = {m.name for m in descriptor.methods}
+            problems += [
+                f"grpc method /{name}/{m}: a handler, but the service has no such method"
+                for m in table
+                if m not in known
+            ]
+        if problems:
+            raise ConfigError(problems)
+
+
+def _is_generated_placeholder(handler: grpc.RpcMethodHandler) -> bool:
+    """Whether the handler's behavior is a generated servicer base class's
+    method (``*_pb2_grpc``): what a servicer inherits for a method it lacks."""
+    attribute, _ = _FACTORIES[(handler.request_streaming, handler.response_streaming)]
+    behavior = getattr(handler, attribute)
+    return str(getattr(behavior, "__module__", "")).endswith("_pb2_grpc")

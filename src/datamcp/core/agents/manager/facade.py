@@ -4,51 +4,31 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 
 from datamcp.core import paging
 from datamcp.core.agents.agent import Agent, AgentDescriptor
-from datamcp.core.agents.calls import AgentCalls
 from datamcp.core.agents.manager.agents import AgentHosting
+from datamcp.core.agents.manager.calls import AgentCalls
 from datamcp.core.agents.manager.directory import AgentDirectory, listing
 from datamcp.core.agents.manager.lifecycle import Lifecycle
 from datamcp.core.agents.manager.live import LiveTasks
+from datamcp.core.agents.manager.parts import TaskCore
 from datamcp.core.agents.manager.placement import Placement
 from datamcp.core.agents.manager.policy import TaskPolicy
 from datamcp.core.agents.manager.pool import TaskPool
 from datamcp.core.agents.manager.queries import TaskQueries
+from datamcp.core.agents.manager.queued import QueuedTasks
 from datamcp.core.agents.manager.recording import TaskRecorder
 from datamcp.core.agents.manager.running import TaskRunner
 from datamcp.core.agents.manager.submission import Submission, TaskValidator
 from datamcp.core.agents.model import AuditRecord, Task, TaskSpec, TaskState
-from datamcp.core.agents.queued import QueuedTasks
 from datamcp.core.agents.registry import AgentRegistry, AgentSlot, Runner
 from datamcp.core.agents.schema import SchemaCache
 from datamcp.core.events.bus import EventBus
-from datamcp.core.instances import Instance
+from datamcp.core.instance_model import Instance
 from datamcp.core.ports import UnitOfWork, UnitOfWorkFactory
 from datamcp.core.resilience import RetryPolicy
 from datamcp.core.signals import Signals
-
-
-@dataclass(frozen=True, slots=True)
-class TaskCore:
-    """The manager's parts, for what builds on it (queued execution, agent
-    calls) through their public methods."""
-
-    uow: UnitOfWorkFactory
-    instance: Instance
-    policy: TaskPolicy
-    clock: Callable[[], float]
-    registry: AgentRegistry
-    live: LiveTasks
-    validator: TaskValidator
-    recorder: TaskRecorder
-    placement: Placement
-    runner: TaskRunner
-    queries: TaskQueries
-    submission: Submission
-    lifecycle: Lifecycle
 
 
 class AgentManager:

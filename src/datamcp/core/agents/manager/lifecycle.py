@@ -18,7 +18,8 @@ from datamcp.core.agents.model import Task, TaskState
 from datamcp.core.agents.ports import POOL_OWNER
 from datamcp.core.agents.queued import is_queue_owner
 from datamcp.core.background import cancel_and_wait
-from datamcp.core.instances import Instance, is_gone, prune
+from datamcp.core.instance_model import Instance
+from datamcp.core.instances import is_gone, prune
 from datamcp.core.ports import UnitOfWorkFactory
 
 log = logging.getLogger(__name__)

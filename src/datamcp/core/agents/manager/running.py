@@ -19,7 +19,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from datamcp.core.agents.agent import AgentError, TaskRefused
 from datamcp.core.agents.manager.live import CANCEL, DEADLINE, DONE, AgentRun, LiveTask, LiveTasks
@@ -39,9 +39,6 @@ from datamcp.core.errors import (
 from datamcp.core.ports import UnitOfWorkFactory
 from datamcp.core.resilience import RetryPolicy
 
-if TYPE_CHECKING:
-    from datamcp.core.agents.calls import AgentCalls
-
 log = logging.getLogger(__name__)
 
 _Outcome = tuple[TaskState, Any, TaskError | None]
@@ -51,6 +48,21 @@ MAX_ERROR_MESSAGE = 2000
 #: Task errors that are not the running agent's fault: they never count
 #: against its health (the callee's, a disconnect, the caller's own input).
 _NOT_AGENT_FAULTS = ("AGENT_DISCONNECTED", "CALL_")
+
+
+class Caller(Protocol):
+    """Agent-to-agent calls as a running task makes them (``calls.AgentCalls``,
+    which builds on this runner: named here by what it does, not imported)."""
+
+    async def call(
+        self,
+        parent: Task | None,
+        source_agent_id: str,
+        target: str,
+        payload: Any,
+        *,
+        limit: float | None,
+    ) -> tuple[Task, str]: ...
 
 
 class _Context:
@@ -117,7 +129,7 @@ class TaskRunner:
             policy.max_attempts, policy.retry_base_delay, policy.retry_max_delay
         )
         #: Agent-to-agent calls, for the context (wired by the manager).
-        self.calls: AgentCalls | None = None
+        self.calls: Caller | None = None
         self.stopping = False
         self.completed = 0
         self.failed = 0

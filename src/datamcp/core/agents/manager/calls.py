@@ -9,10 +9,11 @@ import contextlib
 import time
 import uuid
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from datamcp.core import paging
 from datamcp.core.agents.agent import AgentError
+from datamcp.core.agents.manager.parts import TaskCore
 from datamcp.core.agents.model import (
     MAX_ID,
     MAX_NAME,
@@ -29,9 +30,6 @@ from datamcp.core.errors import (
     InvalidArgument,
     clip,
 )
-
-if TYPE_CHECKING:
-    from datamcp.core.agents.manager import TaskCore
 
 
 class AgentCalls:
