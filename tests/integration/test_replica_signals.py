@@ -320,9 +320,7 @@ async def test_watch_sync_run_on_another_replica_follows_by_push(
                 for i in range(1000)
             ]
             await runner.BatchPut(memory_pb2.BatchPutRequest(entries=entries))
-        run = (
-            await runner.Synchronize(memory_pb2.SynchronizeRequest(background=True))
-        ).run
+        run = (await runner.Synchronize(memory_pb2.SynchronizeRequest(background=True))).run
         seen = []
         async for update in watcher.WatchSyncRun(
             memory_pb2.WatchSyncRunRequest(sync_id=run.sync_id), timeout=60

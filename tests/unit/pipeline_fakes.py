@@ -13,9 +13,9 @@ import datamcp.adapters.pipelines  # noqa: F401 - registers the source and desti
 from datamcp.core.errors import FieldViolation
 from datamcp.core.pipelines.engine import Engine, Progress
 from datamcp.core.pipelines.frame import RowBatches
-from datamcp.core.pipelines.model import Reject
+from datamcp.core.pipelines.model import Part, PipelineSpec, Reject
 from datamcp.core.pipelines.ports import ReadContext, SourceBatch, WriteResult
-from datamcp.core.pipelines.spec import Part, PipelineSpec, parse_spec
+from datamcp.core.pipelines.spec import parse_spec
 
 
 class RowsSource:

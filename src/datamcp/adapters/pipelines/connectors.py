@@ -17,8 +17,8 @@ from datamcp.core.errors import ConfigError, FieldViolation
 from datamcp.core.events.bus import EventBus
 from datamcp.core.paths import PathRefused
 from datamcp.core.pipelines import kinds
+from datamcp.core.pipelines.model import Part, PipelineSpec
 from datamcp.core.pipelines.ports import Destination, PermanentError, ReadContext, Source
-from datamcp.core.pipelines.spec import Part, PipelineSpec
 from datamcp.core.resilience import CallGuard
 
 

@@ -27,7 +27,7 @@ import pyarrow as pa
 from datamcp.core.errors import InvalidArgument
 from datamcp.core.pipelines.frame import kind_of
 from datamcp.core.pipelines.incremental import Cursor
-from datamcp.core.pipelines.model import Reject, StageCounters
+from datamcp.core.pipelines.model import PipelineSpec, Reject, StageCounters
 from datamcp.core.pipelines.plan import RID, Barrier, Chain, Layout, PlanBuilder, RejectSink
 from datamcp.core.pipelines.ports import (
     Connectors,
@@ -42,7 +42,6 @@ from datamcp.core.pipelines.ports import (
     SourceBatch,
 )
 from datamcp.core.pipelines.scan import scan
-from datamcp.core.pipelines.spec import PipelineSpec
 from datamcp.core.pipelines.transforms import REGISTRY, lookup
 
 

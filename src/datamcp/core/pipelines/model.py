@@ -4,10 +4,74 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from datamcp.core.pipelines.spec import PipelineSpec
+from datamcp.core.events.model import EventFilter
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One source, transform or destination: its kind and normalized options."""
+
+    kind: str
+    options: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {self.kind: dict(self.options)}
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSpec:
+    source: Part
+    destination: Part
+    transforms: tuple[Part, ...] = ()
+    schedule: str = ""
+    triggers: tuple[Mapping[str, Any], ...] = ()
+    incremental: Mapping[str, Any] | None = None
+    timeout: float = 0.0  # 0 = server default
+    batch_size: int = 0  # 0 = server default
+    max_rejects: int = 0  # 0 = no limit
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "source": self.source.to_dict(),
+            "transforms": [t.to_dict() for t in self.transforms],
+            "destination": self.destination.to_dict(),
+        }
+        if self.schedule:
+            out["schedule"] = self.schedule
+        if self.triggers:
+            out["triggers"] = [dict(t) for t in self.triggers]
+        if self.incremental is not None:
+            out["incremental"] = dict(self.incremental)
+        if self.timeout:
+            out["timeout"] = self.timeout
+        if self.batch_size:
+            out["batch_size"] = self.batch_size
+        if self.max_rejects:
+            out["max_rejects"] = self.max_rejects
+        if self.params:
+            out["params"] = dict(self.params)
+        return out
+
+    def trigger_filters(self) -> list[EventFilter]:
+        return [
+            EventFilter.build(list(t["types"]), t.get("source", ""), t.get("subject", ""))
+            for t in self.triggers
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A spec file: optional name and description plus the spec."""
+
+    name: str
+    description: str
+    spec: PipelineSpec
+
 
 _RUN_NAMESPACE = uuid.UUID("a1a2d3c4-5f60-4a7b-8c9d-0e1f2a3b4c5d")
 

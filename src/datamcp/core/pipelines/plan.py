@@ -29,7 +29,8 @@ from duckdb import StarExpression
 
 from datamcp.core.errors import FieldViolation
 from datamcp.core.pipelines.expr import ExprError, parse
-from datamcp.core.pipelines.exprc import C, Compiler, Expr, K, Typed, when
+from datamcp.core.pipelines.exprc import C, Expr, K, Typed, when
+from datamcp.core.pipelines.exprcompile import Compiler
 from datamcp.core.pipelines.model import Reject, StageCounters
 
 VARCHAR = duckdb.sqltypes.VARCHAR

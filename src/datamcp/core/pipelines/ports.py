@@ -8,8 +8,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from datamcp.core.errors import FieldViolation
-from datamcp.core.pipelines.model import Pipeline, Reject, Run, RunState, StageCounters
-from datamcp.core.pipelines.spec import Part, PipelineSpec
+from datamcp.core.pipelines.model import (
+    Part,
+    Pipeline,
+    PipelineSpec,
+    Reject,
+    Run,
+    RunState,
+    StageCounters,
+)
 
 if TYPE_CHECKING:  # the engine's libraries are imported by the engine, not here
     import pyarrow as pa

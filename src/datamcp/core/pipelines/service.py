@@ -38,7 +38,9 @@ from datamcp.core.pipelines.limits import (
     text_problem,
 )
 from datamcp.core.pipelines.model import (
+    Document,
     Pipeline,
+    PipelineSpec,
     Reject,
     Run,
     RunState,
@@ -51,8 +53,6 @@ from datamcp.core.pipelines.runs import RunManager
 from datamcp.core.pipelines.spec import (
     NAME_HELP,
     NAME_RE,
-    Document,
-    PipelineSpec,
     load_text,
     parse_document,
     parse_spec,

@@ -12,9 +12,8 @@ from typing import Any
 from google.protobuf import json_format
 
 from datamcp.core.errors import FieldViolation, InvalidArgument
-from datamcp.core.pipelines.model import Pipeline, Reject, Run
+from datamcp.core.pipelines.model import Pipeline, PipelineSpec, Reject, Run
 from datamcp.core.pipelines.service import Definition
-from datamcp.core.pipelines.spec import PipelineSpec
 from datamcp.entrypoints.grpc.convert import timestamp
 from datamcp.entrypoints.grpc.values import fill_value, to_struct
 from datamcp.v1 import pipelines_pb2 as pb

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from datamcp.core.pipelines.checker import Checker
+from datamcp.core.pipelines.model import Part, PipelineSpec
 from datamcp.core.pipelines.ports import Connectors, PermanentError, ReadContext
-from datamcp.core.pipelines.spec import Part, PipelineSpec
 
 if TYPE_CHECKING:  # the engine is imported when a plan is built, not with the spec
     import duckdb
