@@ -12,7 +12,7 @@ from grpc import aio
 from datamcp.core.agents.manager import AgentManager
 from datamcp.core.agents.model import TaskState
 from datamcp.core.agents.remote import Assignment, Cancel, RemoteAgent, RemoteHub
-from datamcp.core.context import current_principal
+from datamcp.core.context import current_tenant
 from datamcp.core.errors import DeadlineExceeded, FieldViolation, InvalidArgument
 from datamcp.entrypoints.grpc.agent_convert import (
     agent_to_proto,
@@ -22,7 +22,13 @@ from datamcp.entrypoints.grpc.agent_convert import (
     spec_from_proto,
     task_to_proto,
 )
-from datamcp.entrypoints.grpc.convert import Packer, duration, duration_seconds, timestamp
+from datamcp.entrypoints.grpc.convert import (
+    Packer,
+    duration,
+    duration_seconds,
+    enum_filter,
+    timestamp,
+)
 from datamcp.entrypoints.grpc.values import from_value, to_value
 from datamcp.v1 import agents_pb2, agents_pb2_grpc
 
@@ -47,21 +53,21 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
     async def ListAgents(
         self, request: agents_pb2.ListAgentsRequest, context: aio.ServicerContext
     ) -> agents_pb2.ListAgentsResponse:
-        tenant = current_principal.get().tenant
+        tenant = current_tenant()
         slots = self._manager.agents(tenant, request.capability)
         return agents_pb2.ListAgentsResponse(agents=[agent_to_proto(s, tenant) for s in slots])
 
     async def GetAgent(
         self, request: agents_pb2.GetAgentRequest, context: aio.ServicerContext
     ) -> agents_pb2.GetAgentResponse:
-        tenant = current_principal.get().tenant
+        tenant = current_tenant()
         slot = self._manager.agent(tenant, request.id)
         return agents_pb2.GetAgentResponse(agent=agent_to_proto(slot, tenant))
 
     async def ExecuteTask(
         self, request: agents_pb2.ExecuteTaskRequest, context: aio.ServicerContext
     ) -> agents_pb2.ExecuteTaskResponse:
-        tenant = current_principal.get().tenant
+        tenant = current_tenant()
         spec = spec_from_proto(request.task)
         task = await self._manager.execute(tenant, spec, wait_limit=_wait_limit(context))
         if not task.state.final:
@@ -77,7 +83,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
     async def SubmitTask(
         self, request: agents_pb2.SubmitTaskRequest, context: aio.ServicerContext
     ) -> agents_pb2.SubmitTaskResponse:
-        tenant = current_principal.get().tenant
+        tenant = current_tenant()
         spec = spec_from_proto(request.task)
         if request.execution_mode == agents_pb2.EXECUTION_MODE_QUEUED:
             task, duplicate = await self._manager.queued_tasks.submit(tenant, spec)
@@ -95,20 +101,16 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
     async def GetTask(
         self, request: agents_pb2.GetTaskRequest, context: aio.ServicerContext
     ) -> agents_pb2.GetTaskResponse:
-        task = await self._manager.get(current_principal.get().tenant, request.id)
+        task = await self._manager.get(current_tenant(), request.id)
         return agents_pb2.GetTaskResponse(task=task_to_proto(task))
 
     async def ListTasks(
         self, request: agents_pb2.ListTasksRequest, context: aio.ServicerContext
     ) -> agents_pb2.ListTasksResponse:
-        states = [TaskState(s) for s in request.states if s in TaskState._value2member_map_]
-        if len(states) != len(request.states):
-            raise InvalidArgument(
-                "unknown task state", [FieldViolation("states", "TASK_STATE_* values only")]
-            )
+        states = enum_filter(request.states, TaskState, what="task state", prefix="TASK_STATE_")
         page = Packer(task_to_proto, self._page_bytes)
         _, token = await self._manager.list_tasks(
-            current_principal.get().tenant,
+            current_tenant(),
             states=states,
             capability=request.capability,
             correlation_id=request.correlation_id,
@@ -121,13 +123,13 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
     async def CancelTask(
         self, request: agents_pb2.CancelTaskRequest, context: aio.ServicerContext
     ) -> agents_pb2.CancelTaskResponse:
-        task = await self._manager.cancel(current_principal.get().tenant, request.id)
+        task = await self._manager.cancel(current_tenant(), request.id)
         return agents_pb2.CancelTaskResponse(task=task_to_proto(task))
 
     async def WatchTask(
         self, request: agents_pb2.WatchTaskRequest, context: aio.ServicerContext
     ) -> AsyncIterator[agents_pb2.WatchTaskResponse]:
-        async for task in self._manager.watch(current_principal.get().tenant, request.id):
+        async for task in self._manager.watch(current_tenant(), request.id):
             yield agents_pb2.WatchTaskResponse(task=task_to_proto(task))
 
     async def SendAgentRequest(
@@ -140,7 +142,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
         if limit is not None:
             timeout = min(timeout, limit) if timeout is not None else limit
         task, audit_id = await self._manager.calls.send_agent_request(
-            current_principal.get().tenant,
+            current_tenant(),
             request.source_agent_id,
             request.target,
             from_value(request.input, "input") if request.HasField("input") else None,
@@ -154,7 +156,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
     ) -> agents_pb2.ListAuditRecordsResponse:
         page = Packer(audit_to_proto, self._page_bytes)
         _, token = await self._manager.calls.audit_records(
-            current_principal.get().tenant,
+            current_tenant(),
             correlation_id=request.correlation_id,
             agent_id=request.agent_id,
             page_size=request.page_size,
@@ -174,7 +176,7 @@ class AgentService(agents_pb2_grpc.AgentServiceServicer):
                 "the first Connect message must be 'hello'",
                 [FieldViolation("hello", "required as the first message")],
             )
-        remote = self._hub.connect(hello_from_proto(first.hello), current_principal.get().tenant)
+        remote = self._hub.connect(hello_from_proto(first.hello), current_tenant())
         try:
             yield Response(
                 welcome=Response.Welcome(

@@ -4,8 +4,9 @@ metrics messages."""
 
 from __future__ import annotations
 
+import enum
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -191,3 +192,26 @@ def metrics_to_proto(snapshot: MetricsSnapshot) -> health_pb2.MetricsSnapshot:
         memory=section("memory"),
         infrastructure=section("infrastructure"),
     )
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def enum_filter(
+    values: Iterable[int], kind: type[E], *, what: str, prefix: str, field: str = "states"
+) -> list[E]:
+    """A repeated enum filter (``states`` of ListTasks, ListRuns...) as core
+    values.
+
+    Raises:
+        InvalidArgument: a value the enum does not have (sent by a client
+            built from a newer proto, or by hand).
+    """
+    values = list(values)
+    known = [kind(v) for v in values if v in kind._value2member_map_]
+    if len(known) != len(values):
+        raise InvalidArgument(
+            f"unknown {what}",
+            [FieldViolation(field, f"{prefix}* values only")],
+        )
+    return known

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from grpc import aio
 
-from datamcp.core.context import current_principal
+from datamcp.core.context import current_tenant
 from datamcp.core.errors import FieldViolation, InvalidArgument
 from datamcp.core.events.api import MAX_NACK_ERROR, EventsApi
 from datamcp.core.events.bus import PublishResult
@@ -43,14 +43,14 @@ class EventService(events_pb2_grpc.EventServiceServicer):
     async def Publish(
         self, request: events_pb2.PublishRequest, context: aio.ServicerContext
     ) -> events_pb2.PublishResponse:
-        tenant = current_principal.get().tenant
+        tenant = current_tenant()
         (result,) = await self._api.publish(tenant, [draft_from_proto(request.event)])
         return _result(result)
 
     async def PublishBatch(
         self, request: events_pb2.PublishBatchRequest, context: aio.ServicerContext
     ) -> events_pb2.PublishBatchResponse:
-        tenant = current_principal.get().tenant
+        tenant = current_tenant()
         many = len(request.events) > 1
         drafts = [
             draft_from_proto(e, f"events[{i}]." if many else "event.")
@@ -92,7 +92,7 @@ class EventService(events_pb2_grpc.EventServiceServicer):
             await asyncio.shield(consumer.close())
 
     async def _open(self, request: Open) -> Consumer:
-        tenant = current_principal.get().tenant
+        tenant = current_tenant()
         has_filter = request.HasField("filter")
         return await self._api.open_consumer(
             tenant,
@@ -126,7 +126,7 @@ class EventService(events_pb2_grpc.EventServiceServicer):
     async def Replay(
         self, request: events_pb2.ReplayRequest, context: aio.ServicerContext
     ) -> AsyncIterator[events_pb2.ReplayResponse]:
-        tenant = current_principal.get().tenant
+        tenant = current_tenant()
         from_time = (
             epoch_of(request.from_time, "from_time") if request.HasField("from_time") else None
         )
@@ -143,7 +143,7 @@ class EventService(events_pb2_grpc.EventServiceServicer):
     async def ListSubscriptions(
         self, request: events_pb2.ListSubscriptionsRequest, context: aio.ServicerContext
     ) -> events_pb2.ListSubscriptionsResponse:
-        tenant = current_principal.get().tenant
+        tenant = current_tenant()
         page, token = await self._api.list_subscriptions(
             tenant, request.page_size, request.page_token
         )
@@ -154,7 +154,7 @@ class EventService(events_pb2_grpc.EventServiceServicer):
     async def DeleteSubscription(
         self, request: events_pb2.DeleteSubscriptionRequest, context: aio.ServicerContext
     ) -> events_pb2.DeleteSubscriptionResponse:
-        tenant = current_principal.get().tenant
+        tenant = current_tenant()
         deliveries, dead = await self._api.delete_subscription(tenant, request.subscription)
         return events_pb2.DeleteSubscriptionResponse(
             dropped_deliveries=deliveries, dropped_dead_letters=dead
@@ -163,7 +163,7 @@ class EventService(events_pb2_grpc.EventServiceServicer):
     async def ListDeadLetters(
         self, request: events_pb2.ListDeadLettersRequest, context: aio.ServicerContext
     ) -> events_pb2.ListDeadLettersResponse:
-        tenant = current_principal.get().tenant
+        tenant = current_tenant()
         page = Packer(dead_letter_to_proto, self._page_bytes)
         _, token = await self._api.dead_letters(
             tenant, request.subscription, request.page_size, request.page_token, page
@@ -173,6 +173,6 @@ class EventService(events_pb2_grpc.EventServiceServicer):
     async def RedriveDeadLetters(
         self, request: events_pb2.RedriveDeadLettersRequest, context: aio.ServicerContext
     ) -> events_pb2.RedriveDeadLettersResponse:
-        tenant = current_principal.get().tenant
+        tenant = current_tenant()
         moved = await self._api.redrive(tenant, request.subscription, list(request.sequences))
         return events_pb2.RedriveDeadLettersResponse(redriven=moved)

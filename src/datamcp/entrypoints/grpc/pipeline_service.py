@@ -10,9 +10,9 @@ from typing import Any
 from grpc import aio
 
 from datamcp.core.context import current_tenant
-from datamcp.core.errors import FieldViolation, InvalidArgument
 from datamcp.core.pipelines.model import RunState
 from datamcp.core.pipelines.service import PipelineService as CorePipelineService
+from datamcp.entrypoints.grpc.convert import enum_filter
 from datamcp.entrypoints.grpc.pipeline_convert import (
     definition_from,
     pipeline_to_proto,
@@ -120,11 +120,7 @@ class PipelineService(StreamJobMethods, pipelines_pb2_grpc.PipelineServiceServic
     async def ListRuns(
         self, request: pb.ListRunsRequest, context: aio.ServicerContext
     ) -> pb.ListRunsResponse:
-        states = [RunState(s) for s in request.states if s in RunState._value2member_map_]
-        if len(states) != len(request.states):
-            raise InvalidArgument(
-                "unknown run state", [FieldViolation("states", "RUN_STATE_* values only")]
-            )
+        states = enum_filter(request.states, RunState, what="run state", prefix="RUN_STATE_")
         runs, token = await self.pipelines.list_runs(
             current_tenant(),
             pipeline=request.pipeline,

@@ -14,7 +14,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 from grpc import aio
 
-from datamcp.core.context import current_principal
+from datamcp.core.context import current_tenant
 from datamcp.core.errors import InvalidArgument
 from datamcp.core.streams import PushMessage, StreamService
 from datamcp.core.streams.records import Rejection
@@ -31,7 +31,7 @@ class StreamJobMethods:
     async def CreateStreamJob(
         self, request: streams_pb2.CreateStreamJobRequest, context: aio.ServicerContext
     ) -> streams_pb2.CreateStreamJobResponse:
-        tenant = current_principal.get().tenant
+        tenant = current_tenant()
         spec = spec_from_proto(request.job.spec)
         job, duplicate = await self.streams.create(
             tenant, request.job.name, spec, request.request_id
@@ -41,14 +41,14 @@ class StreamJobMethods:
     async def GetStreamJob(
         self, request: streams_pb2.GetStreamJobRequest, context: aio.ServicerContext
     ) -> streams_pb2.GetStreamJobResponse:
-        job = await self.streams.get(current_principal.get().tenant, request.id)
+        job = await self.streams.get(current_tenant(), request.id)
         return streams_pb2.GetStreamJobResponse(job=job_to_proto(job))
 
     async def ListStreamJobs(
         self, request: streams_pb2.ListStreamJobsRequest, context: aio.ServicerContext
     ) -> streams_pb2.ListStreamJobsResponse:
         jobs, token = await self.streams.page(
-            current_principal.get().tenant, request.page_size, request.page_token
+            current_tenant(), request.page_size, request.page_token
         )
         return streams_pb2.ListStreamJobsResponse(
             jobs=[job_to_proto(j) for j in jobs], next_page_token=token
@@ -57,7 +57,7 @@ class StreamJobMethods:
     async def DeleteStreamJob(
         self, request: streams_pb2.DeleteStreamJobRequest, context: aio.ServicerContext
     ) -> streams_pb2.DeleteStreamJobResponse:
-        await self.streams.delete(current_principal.get().tenant, request.id)
+        await self.streams.delete(current_tenant(), request.id)
         return streams_pb2.DeleteStreamJobResponse()
 
     async def PushRecords(
@@ -70,7 +70,7 @@ class StreamJobMethods:
                 records = [_record(r) for r in request.records]
                 yield PushMessage(request.job_id, records, request.request_id)
 
-        summary = await self.streams.push(current_principal.get().tenant, messages())
+        summary = await self.streams.push(current_tenant(), messages())
         return streams_pb2.PushRecordsResponse(
             accepted=summary.accepted,
             rejected=summary.rejected,
