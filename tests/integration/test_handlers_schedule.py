@@ -18,8 +18,8 @@ from sqlalchemy import text
 from datamcp.core.pipelines.model import RunState
 from datamcp.core.pipelines.service import Definition
 from handlers import _runtime, schedule
+from tests.integration.test_handlers_tasks import on_app
 from tests.lambda_events import scheduled_event
-from tests.unit.test_handlers_tasks import on_app
 
 ROOT = Path(__file__).resolve().parents[2]
 SLOT = 1_700_000_040.0  # a minute boundary
