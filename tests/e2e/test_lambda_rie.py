@@ -28,8 +28,8 @@ from datamcp.adapters.sqlalchemy.uow import SqlUnitOfWork
 from datamcp.core.agents.model import Task, TaskState, task_id_for
 from tests import lambda_rie
 from tests.agent_plugins import PLUGINS
+from tests.integration.test_handlers_migrate import CloudFormation
 from tests.lambda_events import sqs_event, sqs_record, task_body
-from tests.unit.test_handlers_migrate import CloudFormation
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Imported by nothing the handlers reach (left out of the package).

@@ -15,8 +15,8 @@ from datamcp.core.agents.model import TaskState, task_id_for
 from datamcp.core.errors import InvalidArgument
 from datamcp.core.events.model import EventFilter
 from handlers import _runtime, events, schedule
+from tests.integration.test_handlers_tasks import on_app, stored
 from tests.lambda_events import eventbridge_event, mesh_cloudevent, scheduled_event
-from tests.unit.test_handlers_tasks import on_app, stored
 
 TRIGGERS = [
     {

@@ -1,12 +1,11 @@
 """handlers.schedule.handler fires what the servers' schedulers would: cron
-memory syncs and pipeline cron schedules, each slot once, even when ticks
-overlap in two containers; and it never returns with their work running."""
+memory syncs and pipeline cron schedules, each slot once; and it never
+returns with their work running. (Ticks overlapping in two containers:
+``tests/e2e/test_handlers_schedule_overlap.py``.)"""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +17,9 @@ from sqlalchemy import text
 from datamcp.core.pipelines.model import RunState
 from datamcp.core.pipelines.service import Definition
 from handlers import _runtime, schedule
+from tests.integration.test_handlers_tasks import on_app
 from tests.lambda_events import scheduled_event
-from tests.unit.test_handlers_tasks import on_app
 
-ROOT = Path(__file__).resolve().parents[2]
 SLOT = 1_700_000_040.0  # a minute boundary
 SYNCS = [{"name": "minutely", "cron": "* * * * *", "strategy": "timestamp_wins"}]
 PIPELINE = """
@@ -145,52 +143,3 @@ def test_work_still_running_when_time_is_up_is_stopped_not_frozen(
     (run,) = runs_of(pipeline)
     assert run.state is RunState.FAILED and run.error.reason == "SERVER_STOPPED"
     assert not (tmp_path / "files" / "out.jsonl").exists()  # nothing half written
-
-
-OVERLAP = """
-import json, sys, time
-from handlers import _runtime, schedule
-from tests.lambda_events import scheduled_event
-slot, start_at = float(sys.argv[1]), float(sys.argv[2])
-import datamcp.bootstrap  # the app's imports, before the start line
-time.sleep(max(0.0, start_at - time.time()))
-answer = schedule.handler(scheduled_event(at=slot), _runtime.LocalContext(30))
-print(json.dumps(answer["due"]))
-_runtime.shutdown()
-"""
-
-
-def test_overlapping_ticks_in_two_containers_fire_each_slot_once(
-    lambda_env: dict[str, str], tmp_path: Path
-) -> None:
-    write_rows(tmp_path, 100)
-    pipeline = create_due_pipeline()
-    _runtime.shutdown()  # this process is not one of the containers
-    start_at = time.time() + 4.0
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", OVERLAP, str(SLOT), str(start_at)],
-            cwd=ROOT,
-            env={**_clean_env(), **lambda_env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    answers = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=90)
-        assert proc.returncode == 0, err[-3000:]
-        answers.append(json.loads(out.strip().splitlines()[-1]))
-    assert sum(a["pipelines"] for a in answers) == 1
-    assert sum(a["memory.sync"] for a in answers) == 1
-    (run,) = runs_of(pipeline)
-    assert run.state is RunState.SUCCEEDED
-    assert [s.id for s in sync_runs()] == [f"sched-minutely-{int(SLOT)}"]
-
-
-def _clean_env() -> dict[str, str]:
-    from tests.support import clean_env
-
-    return clean_env({})
