@@ -16,7 +16,7 @@ from datamcp.core.agents.agent import Agent, AgentError, Capability, TaskContext
 from datamcp.core.agents.manager import AgentManager, TaskPolicy
 from datamcp.core.agents.queued import QueuedTask
 from datamcp.core.events.bus import EventBus
-from datamcp.core.instances import Instance
+from datamcp.core.instance_model import Instance
 from tests.unit.fakes import FakeDatabase
 
 #: Quick retries; no background sweep during a test.

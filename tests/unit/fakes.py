@@ -29,7 +29,7 @@ from datamcp.core.agents.model import AuditRecord, Task, TaskError, TaskState
 from datamcp.core.agents.ports import POOL_OWNER, PoolClaim
 from datamcp.core.errors import InvalidArgument, Unavailable
 from datamcp.core.events.model import ALL_TENANTS, Event
-from datamcp.core.instances import Instance, ListedAgent
+from datamcp.core.instance_model import Instance, ListedAgent
 
 
 class Clock:

@@ -13,7 +13,7 @@ import pytest
 from datamcp.core.errors import InvalidArgument, Unavailable
 from datamcp.core.events.bus import EventBus, PublishResult
 from datamcp.core.events.model import Event, EventFilter
-from datamcp.core.instances import Instance
+from datamcp.core.instance_model import Instance
 from datamcp.core.ports import UnitOfWork, Write, WriteOp
 from tests.unit.fakes import Clock, FakeDatabase, outage
 
