@@ -35,7 +35,8 @@ from typing import Any
 from datamcp.adapters.sqlalchemy import migrate
 from datamcp.adapters.sqlalchemy.engine import create_engine
 from datamcp.adapters.sqlalchemy.memory_ledger import SqlSyncLedger
-from datamcp.adapters.sqlalchemy.memory_store import COLUMNS, SqlMemoryStore
+from datamcp.adapters.sqlalchemy.memory_schema import COLUMNS
+from datamcp.adapters.sqlalchemy.memory_store import SqlMemoryStore
 from datamcp.core.memory.model import SyncMode, SyncRequest
 from datamcp.core.memory.service import MemoryService
 from datamcp.core.memory.sync import SyncEngine

@@ -11,7 +11,7 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from datamcp.adapters.sqlalchemy.memory_store import to_record, to_row
+from datamcp.adapters.sqlalchemy.memory_schema import to_record, to_row
 from datamcp.adapters.sqlalchemy.tables import memory_conflicts, memory_schedules, memory_sync_runs
 from datamcp.adapters.sqlalchemy.uow import _turn
 from datamcp.core.memory.model import (

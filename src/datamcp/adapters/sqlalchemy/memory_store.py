@@ -19,18 +19,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
-    Connection,
-    Float,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
     event,
-    inspect,
     text,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -38,78 +27,24 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from datamcp.adapters.sqlalchemy import migrate
 from datamcp.adapters.sqlalchemy.errors import translate
 from datamcp.adapters.sqlalchemy.event_repository import SqlEventRepository
+from datamcp.adapters.sqlalchemy.memory_schema import (
+    COLUMNS,
+    INDEX_FIXES,
+    NAMES,
+    metadata,
+    missing_schema,
+    to_record,
+    to_row,
+    to_tuple,
+)
 from datamcp.adapters.sqlalchemy.uow import _turn
 from datamcp.core.errors import ConfigError, FailedPrecondition
 from datamcp.core.events.model import Event
 from datamcp.core.memory.model import Record
 
-metadata = MetaData()
-Big = BigInteger().with_variant(Integer(), "sqlite")
-
-
-def _record_columns() -> list[Column[Any]]:
-    return [
-        Column("tenant", String(128), primary_key=True),
-        Column("namespace", String(256), primary_key=True),
-        Column("key", String(512), primary_key=True),
-        Column("value", Text, nullable=True),
-        Column("tags", Text, nullable=False),
-        Column("metadata", Text, nullable=False),
-        Column("created_at", Float, nullable=False),
-        Column("updated_at", Float, nullable=False),
-        Column("expires_at", Float, nullable=True),
-        Column("hlc", BigInteger, nullable=False),
-        Column("origin", String(64), nullable=False),
-        Column("vv", Text, nullable=False),
-        Column("deleted", Integer, nullable=False),
-        Column("base", Text, nullable=True),
-        Column("leaves", Text, nullable=True),
-        Column("via", String(64), nullable=False),
-    ]
-
-
-memory_records = Table(
-    "memory_records",
-    metadata,
-    *_record_columns(),
-    Column("seq", BigInteger, nullable=False),
-    Index("ux_memory_records_seq", "seq", unique=True),
-    Index("ix_memory_records_tenant_seq", "tenant", "seq"),
-)
-
-memory_history = Table(
-    "memory_history",
-    metadata,
-    *_record_columns(),
-    Column("seq", BigInteger, nullable=False),
-    Column("hist_hlc", BigInteger, primary_key=True),
-    Column("hist_origin", String(64), primary_key=True),
-)
-
-memory_meta = Table(
-    "memory_meta",
-    metadata,
-    Column("name", String(32), primary_key=True),
-    Column("num", BigInteger, nullable=False),
-    Column("label", String(256), nullable=False),
-)
-
-memory_checkpoints = Table(
-    "memory_checkpoints",
-    metadata,
-    Column("replication", String(512), primary_key=True),
-    Column("seq", BigInteger, nullable=False),
-    Column("updated_at", Float, nullable=False),
-)
-
-COLUMNS = (
-    "tenant, namespace, key, value, tags, metadata, created_at, updated_at, expires_at, "
-    "hlc, origin, vv, deleted, base, leaves, via, seq"
-)
-_NAMES = [c.strip() for c in COLUMNS.split(",")]
 _HISTORY = text(
     f"INSERT INTO memory_history ({COLUMNS}, hist_hlc, hist_origin) "
-    f"VALUES ({', '.join(':' + n for n in _NAMES)}, :hlc, :origin) "
+    f"VALUES ({', '.join(':' + n for n in NAMES)}, :hlc, :origin) "
     "ON CONFLICT DO NOTHING"
 )
 _TRIM = text(
@@ -126,39 +61,6 @@ _CHECKPOINT = text(
     "ON CONFLICT (replication) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at"
 )
 _PREFIX = "(namespace = :p OR (namespace > :p_lo AND namespace < :p_hi))"
-# Partial: records without a TTL (most) cost the index nothing on write.
-_OLD_INDEX, _TTL_INDEX = "ix_memory_records_live_expiry", "ix_memory_records_ttl"
-_LOG_INDEX = "ix_memory_history_tenant_seq"
-#: Indexes stores made by earlier versions lack (or should not have).
-_INDEX_FIXES = (
-    text(f"DROP INDEX IF EXISTS {_OLD_INDEX}"),  # an earlier, full index
-    text(
-        f"CREATE INDEX IF NOT EXISTS {_TTL_INDEX} ON memory_records (expires_at) "
-        "WHERE deleted = 0 AND expires_at IS NOT NULL"
-    ),
-    # The change log reads replaced versions by (tenant, seq) too.
-    text(f"CREATE INDEX IF NOT EXISTS {_LOG_INDEX} ON memory_history (tenant, seq)"),
-)
-
-
-def _missing_schema(connection: Connection) -> list[str]:
-    """What of the store's schema is not there yet (tables, the TTL index), or
-    still there though it should not be (the earlier expiry index)."""
-    inspector = inspect(connection)
-    tables = set(inspector.get_table_names())
-    missing = [name for name in metadata.tables if name not in tables]
-    if "memory_records" in tables:
-        indexes = {ix["name"] for ix in inspector.get_indexes("memory_records")}
-        if _TTL_INDEX not in indexes:
-            missing.append(f"index {_TTL_INDEX}")
-        if _OLD_INDEX in indexes:
-            missing.append(f"the removal of index {_OLD_INDEX}")
-    history = inspector.get_indexes("memory_history") if "memory_history" in tables else []
-    if "memory_history" in tables and _LOG_INDEX not in {ix["name"] for ix in history}:
-        missing.append(f"index {_LOG_INDEX}")
-    return missing
-
-
 _LIVE = "deleted = 0 AND (expires_at IS NULL OR expires_at > :now)"
 
 
@@ -191,8 +93,8 @@ def _marks(sqlite: bool, count: int, start: int = 1) -> list[str]:
 
 
 def _upsert_sql(sqlite: bool) -> str:
-    marks = ", ".join(_marks(sqlite, len(_NAMES)))
-    updates = ", ".join(f"{n} = excluded.{n}" for n in _NAMES[3:])
+    marks = ", ".join(_marks(sqlite, len(NAMES)))
+    updates = ", ".join(f"{n} = excluded.{n}" for n in NAMES[3:])
     return (
         f"INSERT INTO memory_records ({COLUMNS}) VALUES ({marks}) "
         f"ON CONFLICT (tenant, namespace, key) DO UPDATE SET {updates}"
@@ -207,55 +109,6 @@ def _prefix_params(prefix: str) -> dict[str, str]:
     # '/' is 0x2F and '0' is 0x30: children of "a/b" sort strictly between
     # "a/b/" and "a/b0" (namespace characters are letters, digits, _ . -).
     return {"p": prefix, "p_lo": prefix + "/", "p_hi": prefix + "0"}
-
-
-def to_record(row: Sequence[Any]) -> Record:
-    return Record(
-        tenant=row[0],
-        namespace=row[1],
-        key=row[2],
-        value_json=row[3],
-        tags=tuple(json.loads(row[4])) if row[4] != "[]" else (),
-        metadata=json.loads(row[5]) if row[5] != "{}" else {},
-        created_at=row[6],
-        updated_at=row[7],
-        expires_at=row[8],
-        hlc=row[9],
-        origin=row[10],
-        vv=json.loads(row[11]),
-        deleted=bool(row[12]),
-        base_json=row[13],
-        leaves=json.loads(row[14]) if row[14] is not None else None,
-        via=row[15],
-        seq=row[16],
-    )
-
-
-def to_tuple(r: Record) -> tuple[Any, ...]:
-    """The row in ``COLUMNS`` order."""
-    return (
-        r.tenant,
-        r.namespace,
-        r.key,
-        r.value_json,
-        json.dumps(list(r.tags)) if r.tags else "[]",
-        json.dumps(r.metadata, sort_keys=True) if r.metadata else "{}",
-        r.created_at,
-        r.updated_at,
-        r.expires_at,
-        r.hlc,
-        r.origin,
-        json.dumps(r.vv, sort_keys=True, separators=(",", ":")),
-        int(r.deleted),
-        r.base_json,
-        None if r.leaves is None else json.dumps(r.leaves, separators=(",", ":")),
-        r.via or r.origin,
-        r.seq,
-    )
-
-
-def to_row(r: Record) -> dict[str, Any]:
-    return dict(zip(_NAMES, to_tuple(r), strict=True))
 
 
 class SqlStoreTx:
@@ -412,7 +265,7 @@ class SqlMemoryStore:
             await lock.acquire()
         try:
             async with migrate.locked(self._engine) as conn:
-                missing = await conn.run_sync(_missing_schema)
+                missing = await conn.run_sync(missing_schema)
                 if missing and not create:
                     raise FailedPrecondition(
                         f"memory store {self._id} ({self.url}) lacks {', '.join(missing)}: "
@@ -421,7 +274,7 @@ class SqlMemoryStore:
                     )
                 if missing:
                     await conn.run_sync(metadata.create_all)
-                    for statement in _INDEX_FIXES:
+                    for statement in INDEX_FIXES:
                         await conn.execute(statement)
                 owner = (
                     await conn.execute(text("SELECT label FROM memory_meta WHERE name = 'store'"))
