@@ -77,3 +77,17 @@ def test_tls_key_without_cert_is_rejected(tmp_path: Path) -> None:
 def test_dependency_targets_are_validated() -> None:
     with pytest.raises(ConfigError, match="tcp://host:port"):
         load_settings(environ={}, overrides={"health.dependencies": [{"target": "ftp://x"}]})
+
+
+def test_bounds_and_choices_come_from_the_field_table() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(
+            environ={"DATAMCP_LOGGING_LEVEL": "loud"},
+            overrides={"server.workers": 65, "tracing.sample_ratio": 2, "events.max_batch": 0},
+        )
+    text = "\n".join(err.value.problems)
+    assert "server.workers" in text and "between 1 and 64" in text
+    assert "tracing.sample_ratio" in text and "between 0 and 1.0" in text
+    assert "events.max_batch" in text and "must be >= 1" in text
+    assert "'loud' is not one of debug, info, warning, error" in text
+    assert load_settings(environ={"DATAMCP_LOGGING_LEVEL": "debug"}).logging.level == "DEBUG"

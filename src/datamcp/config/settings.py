@@ -8,16 +8,14 @@ once so a bad start reports every problem with what to do about it.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datamcp.config.fields import BY_KEY, FIELDS
+from datamcp.config.reader import Reader, merge
 from datamcp.core.auth import ApiKey, AuthSettings, JwtSettings
 from datamcp.core.context import valid_tenant
 from datamcp.core.errors import ConfigError
@@ -248,161 +246,34 @@ def load_settings(
         ConfigError: listing every invalid value and how to fix it.
     """
     env = os.environ if environ is None else environ
-    raw: dict[str, Any] = {f.key: f.default for f in FIELDS}
     problems: list[str] = []
-    path = config_file or env.get("DATAMCP_CONFIG")
-    if path:
-        raw.update(_read_config_file(Path(path), problems))
-    for f in FIELDS:
-        if f.env in env:
-            raw[f.key] = _parse_env(f.key, f.kind, env[f.env], problems)
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            raw[key] = value
+    raw = merge(config_file or env.get("DATAMCP_CONFIG"), overrides or {}, env, problems)
     settings = _build(raw, problems)
     if problems:
         raise ConfigError(problems)
     return settings
 
 
-def _read_config_file(path: Path, problems: list[str]) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        problems.append(f"config file {path}: not found (check --config / DATAMCP_CONFIG)")
-        return {}
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        problems.append(f"config file {path}: cannot be read as TOML: {exc}")
-        return {}
-    flat: dict[str, Any] = {}
-    _flatten(data, "", flat)
-    unknown = sorted(k for k in flat if k not in BY_KEY)
-    for key in unknown:
-        problems.append(f"config file {path}: unknown setting '{key}' (see README, Configuration)")
-    return {k: v for k, v in flat.items() if k in BY_KEY}
-
-
-def _flatten(data: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and dotted not in BY_KEY:
-            _flatten(value, dotted + ".", out)
-        else:
-            out[dotted] = value
-
-
-def _parse_env(key: str, kind: str, text: str, problems: list[str]) -> Any:
-    name = BY_KEY[key].env
-    try:
-        if kind == "bool":
-            lowered = text.strip().lower()
-            if lowered in {"1", "true", "yes", "on"}:
-                return True
-            if lowered in {"0", "false", "no", "off", ""}:
-                return False
-            raise ValueError("expected true or false")
-        if kind == "int":
-            return int(text)
-        if kind == "float":
-            return float(text)
-        if kind == "json":
-            return json.loads(text)
-    except ValueError as exc:
-        problems.append(f"{name}={text!r}: {exc}")
-        return BY_KEY[key].default
-    return text
-
-
-class _Reader:
-    """Typed access to the merged values that records, rather than raises, problems."""
-
-    def __init__(self, raw: Mapping[str, Any], problems: list[str]) -> None:
-        self.raw = raw
-        self.problems = problems
-
-    def fail(self, key: str, message: str) -> None:
-        field_ = BY_KEY[key]
-        where = f"{key} (env {field_.env}" + (f", flag {field_.flag})" if field_.flag else ")")
-        self.problems.append(f"{where}: {message}")
-
-    def str_(self, key: str, choices: tuple[str, ...] | None = None) -> str:
-        value = self.raw[key]
-        if not isinstance(value, str):
-            self.fail(key, f"expected a string, got {value!r}")
-            return str(BY_KEY[key].default)
-        if choices and value.lower() not in choices:
-            self.fail(key, f"{value!r} is not one of {', '.join(choices)}")
-            return str(BY_KEY[key].default)
-        return value.lower() if choices else value
-
-    def opt_str(self, key: str) -> str | None:
-        value = self.raw[key]
-        if value is None or value == "":
-            return None
-        return self.str_(key)
-
-    def queue_url(self, key: str) -> str | None:
-        value = self.opt_str(key)
-        if value is not None and not value.startswith(("https://", "http://")):
-            self.fail(key, "expected an SQS queue URL (https://sqs.<region>...)")
-        return value
-
-    def path(self, key: str, must_exist: bool = False) -> Path | None:
-        value = self.opt_str(key)
-        if value is None:
-            return None
-        path = Path(value).expanduser()
-        if must_exist and not path.is_file():
-            self.fail(key, f"file {path} does not exist")
-        return path
-
-    def number(self, key: str, minimum: float = 0.0, kind: type = float) -> Any:
-        value = self.raw[key]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(key, f"expected a number, got {value!r}")
-            return BY_KEY[key].default
-        if kind is int and not float(value).is_integer():
-            self.fail(key, f"expected a whole number, got {value!r}")
-            return BY_KEY[key].default
-        if value < minimum:
-            self.fail(key, f"must be >= {minimum}, got {value!r}")
-            return BY_KEY[key].default
-        return kind(value)
-
-    def bool_(self, key: str) -> bool:
-        value = self.raw[key]
-        if not isinstance(value, bool):
-            self.fail(key, f"expected true or false, got {value!r}")
-            return bool(BY_KEY[key].default)
-        return value
-
-
-#: Most server processes ``--workers`` starts.
-MAX_WORKERS = 64
-
-
 def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
-    r = _Reader(raw, problems)
-    data_dir = Path(r.str_("data_dir")).expanduser()
-    database_url = r.opt_str("database_url") or f"sqlite+aiosqlite:///{data_dir / 'datamcp.db'}"
+    r = Reader(raw, problems)
+    data_dir = Path(r.value("data_dir")).expanduser()
+    database_url = r.value("database_url") or f"sqlite+aiosqlite:///{data_dir / 'datamcp.db'}"
     host, port = _parse_listen(r)
     server = ServerSettings(
         host=host,
         port=port,
-        insecure=r.bool_("insecure"),
-        workers=r.number("server.workers", 1, int),
-        reuse_port=r.bool_("server.reuse_port"),
-        shutdown_grace=r.number("server.shutdown_grace"),
-        drain_delay=r.number("server.drain_delay"),
-        max_message_bytes=r.number("server.max_message_bytes", 1024, int),
-        max_concurrent_rpcs=r.number("server.max_concurrent_rpcs", 0, int),
-        compression=r.str_("server.compression", ("none", "gzip", "deflate")),
-        keepalive_time=r.number("server.keepalive_time", 1.0),
-        keepalive_timeout=r.number("server.keepalive_timeout", 1.0),
-        keepalive_min_client_interval=r.number("server.keepalive_min_client_interval", 1.0),
+        insecure=r.value("insecure"),
+        workers=r.value("server.workers"),
+        reuse_port=r.value("server.reuse_port"),
+        shutdown_grace=r.value("server.shutdown_grace"),
+        drain_delay=r.value("server.drain_delay"),
+        max_message_bytes=r.value("server.max_message_bytes"),
+        max_concurrent_rpcs=r.value("server.max_concurrent_rpcs"),
+        compression=r.value("server.compression"),
+        keepalive_time=r.value("server.keepalive_time"),
+        keepalive_timeout=r.value("server.keepalive_timeout"),
+        keepalive_min_client_interval=r.value("server.keepalive_min_client_interval"),
     )
-    if server.workers > MAX_WORKERS:
-        r.fail("server.workers", f"at most {MAX_WORKERS}")
     if server.workers > 1 and not database_url.startswith(("postgresql", "postgres")):
         r.fail(
             "server.workers",
@@ -412,9 +283,9 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
     if server.workers > 1 and port == 0:
         r.fail("server.workers", "workers share one port: give it (--listen HOST:PORT, not :0)")
     tls = TlsSettings(
-        cert_file=r.path("tls.cert_file", must_exist=True),
-        key_file=r.path("tls.key_file", must_exist=True),
-        client_ca_file=r.path("tls.client_ca_file", must_exist=True),
+        cert_file=r.value("tls.cert_file"),
+        key_file=r.value("tls.key_file"),
+        client_ca_file=r.value("tls.client_ca_file"),
     )
     if (tls.cert_file is None) != (tls.key_file is None):
         r.fail("tls.cert_file", "--tls-cert and --tls-key must be given together")
@@ -423,15 +294,15 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
     auth = AuthSettings(
         api_keys=_api_keys(r),
         jwt=JwtSettings(
-            hs256_secret=r.opt_str("auth.jwt.hs256_secret"),
-            rs256_public_key_file=r.path("auth.jwt.rs256_public_key_file", must_exist=True),
-            jwks_file=r.path("auth.jwt.jwks_file", must_exist=True),
-            issuer=r.opt_str("auth.jwt.issuer"),
-            audience=r.opt_str("auth.jwt.audience"),
-            tenant_claim=r.str_("auth.jwt.tenant_claim"),
-            roles_claim=r.str_("auth.jwt.roles_claim"),
-            leeway=r.number("auth.jwt.leeway"),
-            default_tenant=r.opt_str("auth.jwt.default_tenant"),
+            hs256_secret=r.value("auth.jwt.hs256_secret"),
+            rs256_public_key_file=r.value("auth.jwt.rs256_public_key_file"),
+            jwks_file=r.value("auth.jwt.jwks_file"),
+            issuer=r.value("auth.jwt.issuer"),
+            audience=r.value("auth.jwt.audience"),
+            tenant_claim=r.value("auth.jwt.tenant_claim"),
+            roles_claim=r.value("auth.jwt.roles_claim"),
+            leeway=r.value("auth.jwt.leeway"),
+            default_tenant=r.value("auth.jwt.default_tenant"),
         ),
         method_roles=_method_roles(r),
     )
@@ -447,7 +318,7 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             f"refusing to bind {server.host} without authentication: configure API keys "
             "or JWT, bind a loopback address, or pass --insecure",
         )
-    url_secret = r.opt_str("database_url_secret")
+    url_secret = r.value("database_url_secret")
     if url_secret is not None and not SECRET_ARN.match(url_secret):
         r.fail(
             "database_url_secret",
@@ -458,64 +329,62 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
         data_dir=data_dir,
         database_url=database_url,
         database_url_secret=url_secret,
-        database_migrate=r.str_("database_migrate", ("auto", "verify")),
+        database_migrate=r.value("database_migrate"),
         server=server,
         tls=tls,
         auth=auth,
         rate_limit=RateLimitSettings(
-            enabled=r.bool_("rate_limit.enabled"),
-            default=Quota(r.number("rate_limit.rate", 0.001), r.number("rate_limit.burst", 1, int)),
+            enabled=r.value("rate_limit.enabled"),
+            default=Quota(r.value("rate_limit.rate"), r.value("rate_limit.burst")),
             methods=_method_quotas(r),
         ),
         health=HealthSettings(
-            interval=r.number("health.interval", 0.05),
-            check_timeout=r.number("health.check_timeout", 0.01),
+            interval=r.value("health.interval"),
+            check_timeout=r.value("health.check_timeout"),
             dependencies=_dependencies(r),
         ),
         replicas=_replicas(r),
         events=EventSettings(
-            max_event_bytes=r.number("events.max_event_bytes", 1, int),
-            max_batch=r.number("events.max_batch", 1, int),
-            retention_age=r.number("events.retention_age"),
-            retention_count=r.number("events.retention_count", 0, int),
-            max_attempts=r.number("events.max_attempts", 1, int),
-            visibility_timeout=r.number("events.visibility_timeout", 0.01),
-            poll_interval=r.number("events.poll_interval", 0.01),
-            triggers=_tables(r, "events.triggers"),
+            max_event_bytes=r.value("events.max_event_bytes"),
+            max_batch=r.value("events.max_batch"),
+            retention_age=r.value("events.retention_age"),
+            retention_count=r.value("events.retention_count"),
+            max_attempts=r.value("events.max_attempts"),
+            visibility_timeout=r.value("events.visibility_timeout"),
+            poll_interval=r.value("events.poll_interval"),
+            triggers=r.tables("events.triggers"),
             brokers=_brokers(r),
         ),
         agents=_agents(r),
         pipelines=_pipelines(r, data_dir),
         streams=StreamSettings(
-            lease=r.number("streams.lease", 0.5),
-            poll_interval=r.number("streams.poll_interval", 0.01),
-            batch=r.number("streams.batch", 1, int),
-            max_jobs_per_tenant=r.number("streams.max_jobs_per_tenant", 1, int),
+            lease=r.value("streams.lease"),
+            poll_interval=r.value("streams.poll_interval"),
+            batch=r.value("streams.batch"),
+            max_jobs_per_tenant=r.value("streams.max_jobs_per_tenant"),
         ),
         memory=_memory(r),
         tracing=TracingSettings(
-            exporter=r.str_("tracing.exporter", ("none", "console", "otlp")),
-            sample_ratio=r.number("tracing.sample_ratio", 0.0),
-            otlp_endpoint=r.str_("tracing.otlp_endpoint"),
-            service_name=r.str_("tracing.service_name"),
+            exporter=r.value("tracing.exporter"),
+            sample_ratio=r.value("tracing.sample_ratio"),
+            otlp_endpoint=r.value("tracing.otlp_endpoint"),
+            service_name=r.value("tracing.service_name"),
         ),
         serverless=ServerlessSettings(
             dead_letter_queue_url=r.queue_url("serverless.dead_letter_queue_url"),
         ),
         logging=LoggingSettings(
-            level=r.str_("logging.level", ("debug", "info", "warning", "error")).upper(),
-            format=r.str_("logging.format", ("json", "text")),
+            level=r.value("logging.level").upper(),
+            format=r.value("logging.format"),
         ),
     )
-    if settings.tracing.sample_ratio > 1.0:
-        r.fail("tracing.sample_ratio", "must be between 0.0 and 1.0")
     if not database_url.startswith(("sqlite", "postgresql", "postgres")):
         r.fail("database_url", "only sqlite+aiosqlite:/// and postgresql:// URLs are supported")
     return settings
 
 
-def _parse_listen(r: _Reader) -> tuple[str, int]:
-    text = r.str_("listen")
+def _parse_listen(r: Reader) -> tuple[str, int]:
+    text = r.value("listen")
     host, sep, port_text = text.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
@@ -533,7 +402,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _api_keys(r: _Reader) -> tuple[ApiKey, ...]:
+def _api_keys(r: Reader) -> tuple[ApiKey, ...]:
     value = r.raw["auth.api_keys"]
     if not isinstance(value, list):
         r.fail("auth.api_keys", "expected a list of tables")
@@ -566,7 +435,7 @@ def _api_keys(r: _Reader) -> tuple[ApiKey, ...]:
     return tuple(keys)
 
 
-def _method_roles(r: _Reader) -> dict[str, tuple[str, ...]]:
+def _method_roles(r: Reader) -> dict[str, tuple[str, ...]]:
     value = r.raw["auth.method_roles"]
     if not isinstance(value, dict) or not all(
         isinstance(v, list) and k.startswith("/") for k, v in value.items()
@@ -576,7 +445,7 @@ def _method_roles(r: _Reader) -> dict[str, tuple[str, ...]]:
     return {k: tuple(str(x) for x in v) for k, v in value.items()}
 
 
-def _method_quotas(r: _Reader) -> dict[str, Quota]:
+def _method_quotas(r: Reader) -> dict[str, Quota]:
     value = r.raw["rate_limit.methods"]
     out: dict[str, Quota] = {}
     if not isinstance(value, dict):
@@ -594,16 +463,8 @@ def _method_quotas(r: _Reader) -> dict[str, Quota]:
     return out
 
 
-def _tables(r: _Reader, key: str) -> tuple[Mapping[str, Any], ...]:
-    value = r.raw[key]
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        r.fail(key, "expected a list of tables")
-        return ()
-    return tuple(value)
-
-
-def _brokers(r: _Reader) -> tuple[Mapping[str, Any], ...]:
-    brokers = _tables(r, "events.brokers")
+def _brokers(r: Reader) -> tuple[Mapping[str, Any], ...]:
+    brokers = r.tables("events.brokers")
     for i, b in enumerate(brokers):
         kind = b.get("kind")
         needs = {"eventbridge": "bus_name", "sqs": "queue_url"}.get(str(kind))
@@ -614,8 +475,8 @@ def _brokers(r: _Reader) -> tuple[Mapping[str, Any], ...]:
     return brokers
 
 
-def _grants(r: _Reader) -> tuple[Mapping[str, Any], ...]:
-    grants = _tables(r, "agents.grants")
+def _grants(r: Reader) -> tuple[Mapping[str, Any], ...]:
+    grants = r.tables("agents.grants")
     for i, g in enumerate(grants):
         tenants = g.get("tenants")
         if (
@@ -633,7 +494,7 @@ def _grants(r: _Reader) -> tuple[Mapping[str, Any], ...]:
     return grants
 
 
-def _agents(r: _Reader) -> AgentSettings:
+def _agents(r: Reader) -> AgentSettings:
     plugins = r.raw["agents.plugins"]
     if not isinstance(plugins, list) or not all(isinstance(p, str) and ":" in p for p in plugins):
         r.fail("agents.plugins", 'expected a list of "module:Class" strings')
@@ -654,47 +515,47 @@ def _agents(r: _Reader) -> AgentSettings:
         r.fail("agents.profile_roots", "expected a list of directories")
         roots = []
     settings = AgentSettings(
-        strategy=r.str_("agents.strategy", ("least_loaded", "round_robin", "weighted")),
-        queue_size=r.number("agents.queue_size", 1, int),
-        default_timeout=r.number("agents.default_timeout", 0.001),
-        min_timeout=r.number("agents.min_timeout", 0.0),
-        max_timeout=r.number("agents.max_timeout", 0.001),
-        max_attempts=r.number("agents.max_attempts", 1, int),
-        retry_base_delay=r.number("agents.retry_base_delay", 0.0),
-        retry_max_delay=r.number("agents.retry_max_delay", 0.0),
-        max_input_bytes=r.number("agents.max_input_bytes", 1, int),
-        max_call_depth=r.number("agents.max_call_depth", 1, int),
-        recovery=r.str_("agents.recovery", ("retry", "fail")),
-        remote_disconnect=r.str_("agents.remote_disconnect", ("requeue", "fail")),
-        heartbeat_interval=r.number("agents.heartbeat_interval", 0.01),
+        strategy=r.value("agents.strategy"),
+        queue_size=r.value("agents.queue_size"),
+        default_timeout=r.value("agents.default_timeout"),
+        min_timeout=r.value("agents.min_timeout"),
+        max_timeout=r.value("agents.max_timeout"),
+        max_attempts=r.value("agents.max_attempts"),
+        retry_base_delay=r.value("agents.retry_base_delay"),
+        retry_max_delay=r.value("agents.retry_max_delay"),
+        max_input_bytes=r.value("agents.max_input_bytes"),
+        max_call_depth=r.value("agents.max_call_depth"),
+        recovery=r.value("agents.recovery"),
+        remote_disconnect=r.value("agents.remote_disconnect"),
+        heartbeat_interval=r.value("agents.heartbeat_interval"),
         grants=_grants(r),
         plugins=tuple(plugins),
         sql_connections=dict(sql),
-        sql_row_limit=r.number("agents.sql_row_limit", 1, int),
+        sql_row_limit=r.value("agents.sql_row_limit"),
         http_apis=dict(apis),
         profile_roots=tuple(Path(p) for p in roots),
         task_queue_url=r.queue_url("agents.task_queue_url"),
-        task_queue_region=r.opt_str("agents.task_queue_region"),
-        task_queue_endpoint_url=r.opt_str("agents.task_queue_endpoint_url"),
-        task_queue_max_timeout=r.number("agents.task_queue_max_timeout", 0.001),
+        task_queue_region=r.value("agents.task_queue_region"),
+        task_queue_endpoint_url=r.value("agents.task_queue_endpoint_url"),
+        task_queue_max_timeout=r.value("agents.task_queue_max_timeout"),
     )
     if settings.default_timeout > settings.max_timeout:
         r.fail("agents.default_timeout", "must not exceed agents.max_timeout")
     return settings
 
 
-def _replicas(r: _Reader) -> ReplicaSettings:
+def _replicas(r: Reader) -> ReplicaSettings:
     settings = ReplicaSettings(
-        heartbeat_interval=r.number("replicas.heartbeat_interval", 0.05),
-        stale_after=r.number("replicas.stale_after", 0.1),
-        check_interval=r.number("replicas.check_interval", 0.05),
+        heartbeat_interval=r.value("replicas.heartbeat_interval"),
+        stale_after=r.value("replicas.stale_after"),
+        check_interval=r.value("replicas.check_interval"),
     )
     if settings.stale_after < 2 * settings.heartbeat_interval:
         r.fail("replicas.stale_after", "must be at least 2 x replicas.heartbeat_interval")
     return settings
 
 
-def _dependencies(r: _Reader) -> tuple[Dependency, ...]:
+def _dependencies(r: Reader) -> tuple[Dependency, ...]:
     value = r.raw["health.dependencies"]
     if not isinstance(value, list):
         r.fail("health.dependencies", "expected a list of {name, target, critical}")
@@ -717,10 +578,10 @@ _STRATEGIES = ("timestamp_wins", "source_priority", "merge", "manual")
 _TIE_BREAKS = ("timestamp_wins", "source_priority", "manual")
 
 
-def _memory(r: _Reader) -> MemorySettings:
+def _memory(r: Reader) -> MemorySettings:
     """The memory section; store ids, URLs, strategies and cron lines are checked here."""
     stores: list[MemoryStoreSettings] = []
-    for i, item in enumerate(_tables(r, "memory.stores")):
+    for i, item in enumerate(r.tables("memory.stores")):
         store_id, url = str(item.get("id", "")), str(item.get("url", ""))
         if not re.match(r"^[a-z0-9][a-z0-9_-]{0,62}$", store_id):
             r.fail("memory.stores", f"entry {i}: id must be lower-case letters, digits, - _")
@@ -734,7 +595,7 @@ def _memory(r: _Reader) -> MemorySettings:
     if stores and sum(s.primary for s in stores) != 1:
         r.fail("memory.stores", "exactly one store must have primary = true")
     known = set(ids) or {"primary"}
-    policies = _tables(r, "memory.policies")
+    policies = r.tables("memory.policies")
     for i, p in enumerate(policies):
         if str(p.get("strategy", "timestamp_wins")).lower() not in _STRATEGIES:
             r.fail("memory.policies", f"entry {i}: strategy: {', '.join(_STRATEGIES)}")
@@ -742,7 +603,7 @@ def _memory(r: _Reader) -> MemorySettings:
             r.fail("memory.policies", f"entry {i}: tie_break: {', '.join(_TIE_BREAKS)}")
         if not set(p.get("priority", [])) <= known:
             r.fail("memory.policies", f"entry {i}: priority names unknown stores")
-    schedules = _tables(r, "memory.schedules")
+    schedules = r.tables("memory.schedules")
     for i, sch in enumerate(schedules):
         from croniter import croniter
 
@@ -754,10 +615,10 @@ def _memory(r: _Reader) -> MemorySettings:
             r.fail("memory.schedules", f"entry {i}: stores names unknown stores")
     return MemorySettings(
         stores=tuple(stores),
-        history_depth=r.number("memory.history_depth", 0, int),
-        max_value_bytes=r.number("memory.max_value_bytes", 1, int),
-        purge_interval=r.number("memory.purge_interval", 0.0),
-        purge_batch=r.number("memory.purge_batch", 1, int),
+        history_depth=r.value("memory.history_depth"),
+        max_value_bytes=r.value("memory.max_value_bytes"),
+        purge_interval=r.value("memory.purge_interval"),
+        purge_batch=r.value("memory.purge_batch"),
         policies=policies,
         schedules=schedules,
     )
@@ -768,7 +629,7 @@ def default_data_root(data_dir: Path) -> Path:
     return data_dir / "files"
 
 
-def _pipelines(r: _Reader, data_dir: Path) -> PipelineSettings:
+def _pipelines(r: Reader, data_dir: Path) -> PipelineSettings:
     roots = r.raw["pipelines.data_roots"]
     if roots is None:  # not configured: one confined root inside the data dir
         roots = [str(default_data_root(data_dir))]
@@ -790,25 +651,25 @@ def _pipelines(r: _Reader, data_dir: Path) -> PipelineSettings:
         data_roots=tuple(Path(p).expanduser() for p in roots),
         sql_connections=dict(sql),
         http_apis=dict(apis),
-        batch_size=r.number("pipelines.batch_size", 1, int),
-        run_timeout=r.number("pipelines.run_timeout", 0.01),
-        max_retries=r.number("pipelines.max_retries", 0, int),
-        retry_base_delay=r.number("pipelines.retry_base_delay", 0.0),
-        max_concurrent_runs=r.number("pipelines.max_concurrent_runs", 1, int),
-        rejects_kept=r.number("pipelines.rejects_kept", 0, int),
-        max_lookup_rows=r.number("pipelines.max_lookup_rows", 1, int),
-        schedule_tick=r.number("pipelines.schedule_tick", 0.01),
-        progress_interval=r.number("pipelines.progress_interval", 0.01),
+        batch_size=r.value("pipelines.batch_size"),
+        run_timeout=r.value("pipelines.run_timeout"),
+        max_retries=r.value("pipelines.max_retries"),
+        retry_base_delay=r.value("pipelines.retry_base_delay"),
+        max_concurrent_runs=r.value("pipelines.max_concurrent_runs"),
+        rejects_kept=r.value("pipelines.rejects_kept"),
+        max_lookup_rows=r.value("pipelines.max_lookup_rows"),
+        schedule_tick=r.value("pipelines.schedule_tick"),
+        progress_interval=r.value("pipelines.progress_interval"),
         memory_limit=_memory_limit(r),
-        threads=r.number("pipelines.threads", 0, int),
-        chunk_rows=r.number("pipelines.chunk_rows", 1000, int),
-        s3_region=r.str_("pipelines.s3_region"),
-        s3_endpoint_url=r.opt_str("pipelines.s3_endpoint_url"),
+        threads=r.value("pipelines.threads"),
+        chunk_rows=r.value("pipelines.chunk_rows"),
+        s3_region=r.value("pipelines.s3_region"),
+        s3_endpoint_url=r.value("pipelines.s3_endpoint_url"),
     )
 
 
-def _memory_limit(r: Any) -> str:
-    value = str(r.str_("pipelines.memory_limit")).strip()
+def _memory_limit(r: Reader) -> str:
+    value = str(r.value("pipelines.memory_limit")).strip()
     if not re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", value):
         r.fail("pipelines.memory_limit", "expected a size such as '512MB' or '2GB'")
         return "512MB"
