@@ -12,10 +12,13 @@ import json
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from datamcp.config.fields import BY_KEY, FIELDS
+
+T = TypeVar("T")
 
 
 def merge(
@@ -145,6 +148,20 @@ class Reader:
             self.fail(key, f"must be {bound}, got {value!r}")
             return field_.default
         return int(value) if field_.kind == "int" else float(value)
+
+    def section(self, cls: type[T], prefix: str, **given: Any) -> T:
+        """A ``cls`` (a dataclass) whose fields are the settings ``prefix.<name>``.
+
+        Fields in ``given`` (values shaped or checked by the caller) are taken
+        as they are; fields without a setting keep ``cls``'s own default (a
+        core policy's fixed parts).
+        """
+        values = dict(given)
+        for f in fields(cls):  # type: ignore[arg-type]
+            key = f"{prefix}.{f.name}"
+            if f.name not in values and key in BY_KEY:
+                values[f.name] = self.value(key)
+        return cls(**values)
 
     def tables(self, key: str) -> tuple[Mapping[str, Any], ...]:
         """A ``json`` value that must be a list of tables."""
