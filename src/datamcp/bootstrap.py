@@ -12,7 +12,7 @@ import contextlib
 import os
 import resource
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,7 +31,7 @@ from datamcp.core.agents.builtin.echo import EchoAgent
 from datamcp.core.agents.builtin.memory import MemoryAgent, MemoryPort
 from datamcp.core.agents.builtin.pipeline import PipelineAgent, PipelinePort
 from datamcp.core.agents.builtin.profile import ProfileAgent
-from datamcp.core.agents.manager import AgentManager, TaskPolicy
+from datamcp.core.agents.manager import AgentManager
 from datamcp.core.agents.plugins import load_plugins
 from datamcp.core.agents.queued import TaskQueue
 from datamcp.core.agents.remote import Grant, RemoteHub
@@ -49,8 +49,7 @@ from datamcp.core.events.router import Router, Trigger
 from datamcp.core.events.subscriptions import SubscriptionService
 from datamcp.core.health import FunctionCheck, HealthCheck
 from datamcp.core.instance_model import Instance
-from datamcp.core.memory.model import NamespacePolicy, Strategy
-from datamcp.core.memory.schedule import SYNC_ACTION, Schedule, SyncScheduler, sync_action
+from datamcp.core.memory.schedule import SYNC_ACTION, SyncScheduler, sync_action
 from datamcp.core.memory.service import AgentMemory, MemoryService
 from datamcp.core.memory.sync import SyncEngine
 from datamcp.core.memory.system import MemorySystem
@@ -60,7 +59,7 @@ from datamcp.core.ports import UnitOfWork
 from datamcp.core.ratelimit import KeyedRateLimiter
 from datamcp.core.resilience import CircuitBreaker
 from datamcp.core.signals import LocalSignals, Signals
-from datamcp.core.streams import StreamPolicy, StreamService
+from datamcp.core.streams import StreamService
 
 
 @dataclass
@@ -417,26 +416,17 @@ async def _memory(
             found: Instance | None = await tx.instances.get(instance_id)
             return found
 
-    policies = [
-        NamespacePolicy(
-            str(p.get("prefix", "")),
-            Strategy.parse(str(p.get("strategy", "timestamp_wins"))),
-            Strategy.parse(str(p.get("tie_break", "timestamp_wins"))),
-            tuple(str(x) for x in p.get("priority", [])),
-        )
-        for p in m.policies
-    ]
     sync = SyncEngine(
         service,
         SqlSyncLedger(engine),
         publish=bus.publish,
-        policies=policies,
+        policies=m.policies,
         instance=instance,
         instances=lookup,
         stale_after=settings.replicas.stale_after,
         signals=bus.signals,
     )
-    scheduler = SyncScheduler(sync, [Schedule.from_config(s) for s in m.schedules])
+    scheduler = SyncScheduler(sync, m.schedules)
     return MemorySystem(
         service, sync, scheduler, recovery_interval=settings.replicas.check_interval
     )
@@ -445,10 +435,12 @@ async def _memory(
 def _streams(
     settings: Settings, uow: Any, events: EventsApi, instance: Instance, metrics: MetricsRegistry
 ) -> StreamService:
-    s = settings.streams
-    policy = StreamPolicy(s.lease, s.poll_interval, s.batch, s.max_jobs_per_tenant)
     streams = StreamService(
-        uow, events, instance.id, policy=policy, max_event_bytes=settings.events.max_event_bytes
+        uow,
+        events,
+        instance.id,
+        policy=settings.streams,
+        max_event_bytes=settings.events.max_event_bytes,
     )
     # Stream jobs report in the pipelines section (health.proto: "runs, rows,
     # stream jobs"); their keys all start with "stream_".
@@ -503,18 +495,11 @@ def _agent_manager(
     """The manager with the built-in agents (``memory`` and ``pipeline`` over
     their services' ports) and the plugins from config."""
     a = settings.agents
-    # TaskPolicy's fields are named after their agents.* settings.
-    shared = {f.name: getattr(a, f.name) for f in fields(TaskPolicy) if hasattr(a, f.name)}
-    policy = TaskPolicy(
-        **shared,
-        stale_after=settings.replicas.stale_after,
-        orphan_interval=settings.replicas.check_interval,
-    )
     manager = AgentManager(
         bus,
         uow,
         instance,
-        policy=policy,
+        policy=a.policy,
         strategy=a.strategy,
         signals=bus.signals,
         # Replicas share one PostgreSQL database; SQLite has one process.

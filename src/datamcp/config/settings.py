@@ -3,24 +3,60 @@
 ``load_settings`` merges defaults, an optional TOML config file, ``DATAMCP_*``
 environment variables and command-line values, then validates everything at
 once so a bad start reports every problem with what to do about it.
+
+Every default, bound and choice is stated once, on its
+:class:`~datamcp.config.fields.Field` (a setting that maps onto a core policy
+takes its default from that policy's dataclass). The dataclasses here have no
+defaults of their own: a :class:`Settings` comes only from ``load_settings``
+(``load_settings(environ={})`` is the all-defaults one), and each section is
+read field by field from the table (``Reader.section``), so a dataclass field
+is the setting of the same name. Where the core has a policy type (agents'
+``TaskPolicy``, ``StreamPolicy``, memory's ``NamespacePolicy`` and
+``Schedule``, auth's ``JwtSettings``), the settings hold it, built here, and
+the bootstrap passes it on as it is.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import re
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datamcp.config.fields import BY_KEY, FIELDS
-from datamcp.core.auth import ApiKey, AuthSettings, JwtSettings
+from datamcp.config import sections
+from datamcp.config.fields import BY_KEY
+from datamcp.config.reader import Reader, merge
+from datamcp.config.sections import Dependency, MemorySettings, MemoryStoreSettings, Quota
+from datamcp.core.agents.manager.policy import TaskPolicy
+from datamcp.core.auth import AuthSettings, JwtSettings
 from datamcp.core.context import valid_tenant
 from datamcp.core.errors import ConfigError
+from datamcp.core.streams.service import StreamPolicy
+
+__all__ = [
+    "SECRET_ARN",
+    "AgentSettings",
+    "Dependency",
+    "EventSettings",
+    "HealthSettings",
+    "LoggingSettings",
+    "MemorySettings",
+    "MemoryStoreSettings",
+    "PipelineSettings",
+    "Quota",
+    "RateLimitSettings",
+    "ReplicaSettings",
+    "ServerSettings",
+    "ServerlessSettings",
+    "Settings",
+    "TlsSettings",
+    "TracingSettings",
+    "default_data_root",
+    "load_settings",
+]
 
 #: Where ``database_url_secret`` may point: a Secrets Manager secret or an SSM parameter.
 SECRET_ARN = re.compile(
@@ -30,23 +66,17 @@ SECRET_ARN = re.compile(
 
 
 @dataclass(frozen=True, slots=True)
-class Quota:
-    rate: float
-    burst: int
-
-
-@dataclass(frozen=True, slots=True)
 class RateLimitSettings:
-    enabled: bool = True
-    default: Quota = Quota(200.0, 400)
-    methods: Mapping[str, Quota] = field(default_factory=dict)
+    enabled: bool
+    default: Quota
+    methods: Mapping[str, Quota]
 
 
 @dataclass(frozen=True, slots=True)
 class TlsSettings:
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    client_ca_file: Path | None = None
+    cert_file: Path | None
+    key_file: Path | None
+    client_ca_file: Path | None
 
     @property
     def enabled(self) -> bool:
@@ -55,19 +85,19 @@ class TlsSettings:
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
-    host: str = "127.0.0.1"
-    port: int = 50051
-    insecure: bool = False
-    workers: int = 1
-    reuse_port: bool = False
-    shutdown_grace: float = 10.0
-    drain_delay: float = 0.0
-    max_message_bytes: int = 4 * 1024 * 1024
-    max_concurrent_rpcs: int = 0
-    compression: str = "none"
-    keepalive_time: float = 60.0
-    keepalive_timeout: float = 20.0
-    keepalive_min_client_interval: float = 10.0
+    host: str
+    port: int
+    insecure: bool
+    workers: int
+    reuse_port: bool
+    shutdown_grace: float
+    drain_delay: float
+    max_message_bytes: int
+    max_concurrent_rpcs: int
+    compression: str
+    keepalive_time: float
+    keepalive_timeout: float
+    keepalive_min_client_interval: float
 
     @property
     def address(self) -> str:
@@ -76,159 +106,115 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class Dependency:
-    name: str
-    target: str
-    critical: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class HealthSettings:
-    interval: float = 5.0
-    check_timeout: float = 2.0
-    dependencies: tuple[Dependency, ...] = ()
+    interval: float
+    check_timeout: float
+    dependencies: tuple[Dependency, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class ReplicaSettings:
     """How processes sharing one database watch each other (core.instances)."""
 
-    heartbeat_interval: float = 2.0
-    stale_after: float = 8.0
-    check_interval: float = 2.0
+    heartbeat_interval: float
+    stale_after: float
+    check_interval: float
 
 
 @dataclass(frozen=True, slots=True)
 class EventSettings:
-    max_event_bytes: int = 256 * 1024
-    max_batch: int = 1000
-    retention_age: float = 7 * 86400.0
-    retention_count: int = 0
-    max_attempts: int = 5
-    visibility_timeout: float = 30.0
-    poll_interval: float = 0.25
-    triggers: tuple[Mapping[str, Any], ...] = ()
-    brokers: tuple[Mapping[str, Any], ...] = ()
+    max_event_bytes: int
+    max_batch: int
+    retention_age: float
+    retention_count: int
+    max_attempts: int
+    visibility_timeout: float
+    poll_interval: float
+    triggers: tuple[Mapping[str, Any], ...]
+    brokers: tuple[Mapping[str, Any], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class AgentSettings:
-    strategy: str = "least_loaded"
-    queue_size: int = 10_000
-    default_timeout: float = 300.0
-    min_timeout: float = 0.01
-    max_timeout: float = 86_400.0
-    max_attempts: int = 3
-    retry_base_delay: float = 0.1
-    retry_max_delay: float = 10.0
-    max_input_bytes: int = 1024 * 1024
-    max_call_depth: int = 8
-    recovery: str = "retry"
-    remote_disconnect: str = "requeue"
-    heartbeat_interval: float = 10.0
+    strategy: str
+    #: The ``agents.*`` settings the manager runs tasks by (and the replica timing).
+    policy: TaskPolicy
+    heartbeat_interval: float
     #: Each {agent, owner, tenants}: see ``core.agents.remote.Grant``.
-    grants: tuple[Mapping[str, Any], ...] = ()
-    plugins: tuple[str, ...] = ()
-    sql_connections: Mapping[str, str] = field(default_factory=dict)
-    sql_row_limit: int = 1000
-    http_apis: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    profile_roots: tuple[Path, ...] = ()
-    task_queue_url: str | None = None
-    task_queue_region: str | None = None
-    task_queue_endpoint_url: str | None = None
-    task_queue_max_timeout: float = 45.0
+    grants: tuple[Mapping[str, Any], ...]
+    plugins: tuple[str, ...]
+    sql_connections: Mapping[str, str]
+    sql_row_limit: int
+    http_apis: Mapping[str, Mapping[str, Any]]
+    profile_roots: tuple[Path, ...]
+    task_queue_url: str | None
+    task_queue_region: str | None
+    task_queue_endpoint_url: str | None
+    task_queue_max_timeout: float
 
 
 @dataclass(frozen=True, slots=True)
 class PipelineSettings:
-    data_roots: tuple[Path, ...] = ()
-    sql_connections: Mapping[str, str] = field(default_factory=dict)
-    http_apis: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    batch_size: int = 10_000
-    run_timeout: float = 3600.0
-    max_retries: int = 2
-    retry_base_delay: float = 0.5
-    max_concurrent_runs: int = 4
-    rejects_kept: int = 1000
-    max_lookup_rows: int = 1_000_000
-    schedule_tick: float = 1.0
-    progress_interval: float = 1.0
-    memory_limit: str = "512MB"
-    threads: int = 0
-    chunk_rows: int = 100_000
-    s3_region: str = "us-east-1"
-    s3_endpoint_url: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StreamSettings:
-    lease: float = 6.0
-    poll_interval: float = 0.5
-    batch: int = 500
-    max_jobs_per_tenant: int = 100
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryStoreSettings:
-    id: str
-    url: str
-    primary: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class MemorySettings:
-    """``stores`` empty means one store, ``primary``, in the application database."""
-
-    stores: tuple[MemoryStoreSettings, ...] = ()
-    history_depth: int = 10
-    max_value_bytes: int = 256 * 1024
-    purge_interval: float = 60.0
-    purge_batch: int = 500
-    policies: tuple[Mapping[str, Any], ...] = ()
-    schedules: tuple[Mapping[str, Any], ...] = ()
+    data_roots: tuple[Path, ...]
+    sql_connections: Mapping[str, str]
+    http_apis: Mapping[str, Mapping[str, Any]]
+    batch_size: int
+    run_timeout: float
+    max_retries: int
+    retry_base_delay: float
+    max_concurrent_runs: int
+    rejects_kept: int
+    max_lookup_rows: int
+    schedule_tick: float
+    progress_interval: float
+    memory_limit: str
+    threads: int
+    chunk_rows: int
+    s3_region: str
+    s3_endpoint_url: str | None
 
 
 @dataclass(frozen=True, slots=True)
 class TracingSettings:
-    exporter: str = "none"
-    sample_ratio: float = 1.0
-    otlp_endpoint: str = "http://127.0.0.1:4317"
-    service_name: str = "datamcp"
+    exporter: str
+    sample_ratio: float
+    otlp_endpoint: str
+    service_name: str
 
 
 @dataclass(frozen=True, slots=True)
 class ServerlessSettings:
     """What only the Lambda handlers read."""
 
-    dead_letter_queue_url: str | None = None
+    dead_letter_queue_url: str | None
 
 
 @dataclass(frozen=True, slots=True)
 class LoggingSettings:
-    level: str = "INFO"
-    format: str = "json"
+    level: str
+    format: str
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    data_dir: Path = Path(".datamcp")
-    database_url: str = ""
-    database_url_secret: str | None = None
-    database_migrate: str = "auto"
-    server: ServerSettings = field(default_factory=ServerSettings)
-    tls: TlsSettings = field(default_factory=TlsSettings)
-    auth: AuthSettings = field(default_factory=AuthSettings)
-    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
-    health: HealthSettings = field(default_factory=HealthSettings)
-    replicas: ReplicaSettings = field(default_factory=ReplicaSettings)
-    events: EventSettings = field(default_factory=EventSettings)
-    agents: AgentSettings = field(default_factory=AgentSettings)
-    pipelines: PipelineSettings = field(default_factory=PipelineSettings)
-    streams: StreamSettings = field(default_factory=StreamSettings)
-    memory: MemorySettings = field(default_factory=MemorySettings)
-    tracing: TracingSettings = field(default_factory=TracingSettings)
-    serverless: ServerlessSettings = field(default_factory=ServerlessSettings)
-    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    data_dir: Path
+    database_url: str
+    database_url_secret: str | None
+    database_migrate: str
+    server: ServerSettings
+    tls: TlsSettings
+    auth: AuthSettings
+    rate_limit: RateLimitSettings
+    health: HealthSettings
+    replicas: ReplicaSettings
+    events: EventSettings
+    agents: AgentSettings
+    pipelines: PipelineSettings
+    streams: StreamPolicy
+    memory: MemorySettings
+    tracing: TracingSettings
+    serverless: ServerlessSettings
+    logging: LoggingSettings
 
 
 def load_settings(
@@ -248,161 +234,75 @@ def load_settings(
         ConfigError: listing every invalid value and how to fix it.
     """
     env = os.environ if environ is None else environ
-    raw: dict[str, Any] = {f.key: f.default for f in FIELDS}
     problems: list[str] = []
-    path = config_file or env.get("DATAMCP_CONFIG")
-    if path:
-        raw.update(_read_config_file(Path(path), problems))
-    for f in FIELDS:
-        if f.env in env:
-            raw[f.key] = _parse_env(f.key, f.kind, env[f.env], problems)
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            raw[key] = value
-    settings = _build(raw, problems)
+    raw = merge(config_file or env.get("DATAMCP_CONFIG"), overrides or {}, env, problems)
+    settings = _build(Reader(raw, problems))
     if problems:
         raise ConfigError(problems)
     return settings
 
 
-def _read_config_file(path: Path, problems: list[str]) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        problems.append(f"config file {path}: not found (check --config / DATAMCP_CONFIG)")
-        return {}
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        problems.append(f"config file {path}: cannot be read as TOML: {exc}")
-        return {}
-    flat: dict[str, Any] = {}
-    _flatten(data, "", flat)
-    unknown = sorted(k for k in flat if k not in BY_KEY)
-    for key in unknown:
-        problems.append(f"config file {path}: unknown setting '{key}' (see README, Configuration)")
-    return {k: v for k, v in flat.items() if k in BY_KEY}
+def default_data_root(data_dir: Path) -> Path:
+    """Where pipelines read and write files when ``pipelines.data_roots`` is not set."""
+    return data_dir / "files"
 
 
-def _flatten(data: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and dotted not in BY_KEY:
-            _flatten(value, dotted + ".", out)
-        else:
-            out[dotted] = value
-
-
-def _parse_env(key: str, kind: str, text: str, problems: list[str]) -> Any:
-    name = BY_KEY[key].env
-    try:
-        if kind == "bool":
-            lowered = text.strip().lower()
-            if lowered in {"1", "true", "yes", "on"}:
-                return True
-            if lowered in {"0", "false", "no", "off", ""}:
-                return False
-            raise ValueError("expected true or false")
-        if kind == "int":
-            return int(text)
-        if kind == "float":
-            return float(text)
-        if kind == "json":
-            return json.loads(text)
-    except ValueError as exc:
-        problems.append(f"{name}={text!r}: {exc}")
-        return BY_KEY[key].default
-    return text
-
-
-class _Reader:
-    """Typed access to the merged values that records, rather than raises, problems."""
-
-    def __init__(self, raw: Mapping[str, Any], problems: list[str]) -> None:
-        self.raw = raw
-        self.problems = problems
-
-    def fail(self, key: str, message: str) -> None:
-        field_ = BY_KEY[key]
-        where = f"{key} (env {field_.env}" + (f", flag {field_.flag})" if field_.flag else ")")
-        self.problems.append(f"{where}: {message}")
-
-    def str_(self, key: str, choices: tuple[str, ...] | None = None) -> str:
-        value = self.raw[key]
-        if not isinstance(value, str):
-            self.fail(key, f"expected a string, got {value!r}")
-            return str(BY_KEY[key].default)
-        if choices and value.lower() not in choices:
-            self.fail(key, f"{value!r} is not one of {', '.join(choices)}")
-            return str(BY_KEY[key].default)
-        return value.lower() if choices else value
-
-    def opt_str(self, key: str) -> str | None:
-        value = self.raw[key]
-        if value is None or value == "":
-            return None
-        return self.str_(key)
-
-    def queue_url(self, key: str) -> str | None:
-        value = self.opt_str(key)
-        if value is not None and not value.startswith(("https://", "http://")):
-            self.fail(key, "expected an SQS queue URL (https://sqs.<region>...)")
-        return value
-
-    def path(self, key: str, must_exist: bool = False) -> Path | None:
-        value = self.opt_str(key)
-        if value is None:
-            return None
-        path = Path(value).expanduser()
-        if must_exist and not path.is_file():
-            self.fail(key, f"file {path} does not exist")
-        return path
-
-    def number(self, key: str, minimum: float = 0.0, kind: type = float) -> Any:
-        value = self.raw[key]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(key, f"expected a number, got {value!r}")
-            return BY_KEY[key].default
-        if kind is int and not float(value).is_integer():
-            self.fail(key, f"expected a whole number, got {value!r}")
-            return BY_KEY[key].default
-        if value < minimum:
-            self.fail(key, f"must be >= {minimum}, got {value!r}")
-            return BY_KEY[key].default
-        return kind(value)
-
-    def bool_(self, key: str) -> bool:
-        value = self.raw[key]
-        if not isinstance(value, bool):
-            self.fail(key, f"expected true or false, got {value!r}")
-            return bool(BY_KEY[key].default)
-        return value
-
-
-#: Most server processes ``--workers`` starts.
-MAX_WORKERS = 64
-
-
-def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
-    r = _Reader(raw, problems)
-    data_dir = Path(r.str_("data_dir")).expanduser()
-    database_url = r.opt_str("database_url") or f"sqlite+aiosqlite:///{data_dir / 'datamcp.db'}"
-    host, port = _parse_listen(r)
-    server = ServerSettings(
-        host=host,
-        port=port,
-        insecure=r.bool_("insecure"),
-        workers=r.number("server.workers", 1, int),
-        reuse_port=r.bool_("server.reuse_port"),
-        shutdown_grace=r.number("server.shutdown_grace"),
-        drain_delay=r.number("server.drain_delay"),
-        max_message_bytes=r.number("server.max_message_bytes", 1024, int),
-        max_concurrent_rpcs=r.number("server.max_concurrent_rpcs", 0, int),
-        compression=r.str_("server.compression", ("none", "gzip", "deflate")),
-        keepalive_time=r.number("server.keepalive_time", 1.0),
-        keepalive_timeout=r.number("server.keepalive_timeout", 1.0),
-        keepalive_min_client_interval=r.number("server.keepalive_min_client_interval", 1.0),
+def _build(r: Reader) -> Settings:
+    data_dir = Path(r.value("data_dir")).expanduser()
+    database_url = r.value("database_url") or f"sqlite+aiosqlite:///{data_dir / 'datamcp.db'}"
+    if not database_url.startswith(("sqlite", "postgresql", "postgres")):
+        r.fail("database_url", "only sqlite+aiosqlite:/// and postgresql:// URLs are supported")
+    server = _server(r, database_url)
+    tls = r.section(TlsSettings, "tls")
+    if (tls.cert_file is None) != (tls.key_file is None):
+        r.fail("tls.cert_file", "--tls-cert and --tls-key must be given together")
+    if tls.client_ca_file and not tls.cert_file:
+        r.fail("tls.client_ca_file", "mutual TLS needs --tls-cert and --tls-key as well")
+    auth = _auth(r, server)
+    url_secret = r.value("database_url_secret")
+    if url_secret is not None and not SECRET_ARN.match(url_secret):
+        r.fail(
+            "database_url_secret",
+            "expected arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME or "
+            "arn:aws:ssm:REGION:ACCOUNT:parameter/NAME",
+        )
+    replicas = r.section(ReplicaSettings, "replicas")
+    if replicas.stale_after < 2 * replicas.heartbeat_interval:
+        r.fail("replicas.stale_after", "must be at least 2 x replicas.heartbeat_interval")
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        database_url_secret=url_secret,
+        database_migrate=r.value("database_migrate"),
+        server=server,
+        tls=tls,
+        auth=auth,
+        rate_limit=RateLimitSettings(
+            enabled=r.value("rate_limit.enabled"),
+            default=Quota(r.value("rate_limit.rate"), r.value("rate_limit.burst")),
+            methods=sections.method_quotas(r),
+        ),
+        health=r.section(HealthSettings, "health", dependencies=sections.dependencies(r)),
+        replicas=replicas,
+        events=r.section(
+            EventSettings,
+            "events",
+            triggers=r.tables("events.triggers"),
+            brokers=sections.brokers(r),
+        ),
+        agents=_agents(r, replicas),
+        pipelines=_pipelines(r, data_dir),
+        streams=r.section(StreamPolicy, "streams"),
+        memory=sections.memory(r),
+        tracing=r.section(TracingSettings, "tracing"),
+        serverless=ServerlessSettings(r.queue_url("serverless.dead_letter_queue_url")),
+        logging=r.section(LoggingSettings, "logging", level=r.value("logging.level").upper()),
     )
-    if server.workers > MAX_WORKERS:
-        r.fail("server.workers", f"at most {MAX_WORKERS}")
+
+
+def _server(r: Reader, database_url: str) -> ServerSettings:
+    host, port = _parse_listen(r)
+    server = r.section(ServerSettings, "server", host=host, port=port, insecure=r.value("insecure"))
     if server.workers > 1 and not database_url.startswith(("postgresql", "postgres")):
         r.fail(
             "server.workers",
@@ -411,29 +311,24 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
         )
     if server.workers > 1 and port == 0:
         r.fail("server.workers", "workers share one port: give it (--listen HOST:PORT, not :0)")
-    tls = TlsSettings(
-        cert_file=r.path("tls.cert_file", must_exist=True),
-        key_file=r.path("tls.key_file", must_exist=True),
-        client_ca_file=r.path("tls.client_ca_file", must_exist=True),
-    )
-    if (tls.cert_file is None) != (tls.key_file is None):
-        r.fail("tls.cert_file", "--tls-cert and --tls-key must be given together")
-    if tls.client_ca_file and not tls.cert_file:
-        r.fail("tls.client_ca_file", "mutual TLS needs --tls-cert and --tls-key as well")
+    return server
+
+
+def _parse_listen(r: Reader) -> tuple[str, int]:
+    text = r.value("listen")
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        r.fail("listen", f"{text!r} is not HOST:PORT (for example 127.0.0.1:50051; port 0 = any)")
+        host, _, port_text = str(BY_KEY["listen"].default).rpartition(":")
+    return host, int(port_text)
+
+
+def _auth(r: Reader, server: ServerSettings) -> AuthSettings:
     auth = AuthSettings(
-        api_keys=_api_keys(r),
-        jwt=JwtSettings(
-            hs256_secret=r.opt_str("auth.jwt.hs256_secret"),
-            rs256_public_key_file=r.path("auth.jwt.rs256_public_key_file", must_exist=True),
-            jwks_file=r.path("auth.jwt.jwks_file", must_exist=True),
-            issuer=r.opt_str("auth.jwt.issuer"),
-            audience=r.opt_str("auth.jwt.audience"),
-            tenant_claim=r.str_("auth.jwt.tenant_claim"),
-            roles_claim=r.str_("auth.jwt.roles_claim"),
-            leeway=r.number("auth.jwt.leeway"),
-            default_tenant=r.opt_str("auth.jwt.default_tenant"),
-        ),
-        method_roles=_method_roles(r),
+        api_keys=sections.api_keys(r),
+        jwt=r.section(JwtSettings, "auth.jwt"),
+        method_roles=sections.method_roles(r),
     )
     default_tenant = auth.jwt.default_tenant
     if default_tenant is not None and not valid_tenant(default_tenant):
@@ -447,81 +342,7 @@ def _build(raw: Mapping[str, Any], problems: list[str]) -> Settings:
             f"refusing to bind {server.host} without authentication: configure API keys "
             "or JWT, bind a loopback address, or pass --insecure",
         )
-    url_secret = r.opt_str("database_url_secret")
-    if url_secret is not None and not SECRET_ARN.match(url_secret):
-        r.fail(
-            "database_url_secret",
-            "expected arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME or "
-            "arn:aws:ssm:REGION:ACCOUNT:parameter/NAME",
-        )
-    settings = Settings(
-        data_dir=data_dir,
-        database_url=database_url,
-        database_url_secret=url_secret,
-        database_migrate=r.str_("database_migrate", ("auto", "verify")),
-        server=server,
-        tls=tls,
-        auth=auth,
-        rate_limit=RateLimitSettings(
-            enabled=r.bool_("rate_limit.enabled"),
-            default=Quota(r.number("rate_limit.rate", 0.001), r.number("rate_limit.burst", 1, int)),
-            methods=_method_quotas(r),
-        ),
-        health=HealthSettings(
-            interval=r.number("health.interval", 0.05),
-            check_timeout=r.number("health.check_timeout", 0.01),
-            dependencies=_dependencies(r),
-        ),
-        replicas=_replicas(r),
-        events=EventSettings(
-            max_event_bytes=r.number("events.max_event_bytes", 1, int),
-            max_batch=r.number("events.max_batch", 1, int),
-            retention_age=r.number("events.retention_age"),
-            retention_count=r.number("events.retention_count", 0, int),
-            max_attempts=r.number("events.max_attempts", 1, int),
-            visibility_timeout=r.number("events.visibility_timeout", 0.01),
-            poll_interval=r.number("events.poll_interval", 0.01),
-            triggers=_tables(r, "events.triggers"),
-            brokers=_brokers(r),
-        ),
-        agents=_agents(r),
-        pipelines=_pipelines(r, data_dir),
-        streams=StreamSettings(
-            lease=r.number("streams.lease", 0.5),
-            poll_interval=r.number("streams.poll_interval", 0.01),
-            batch=r.number("streams.batch", 1, int),
-            max_jobs_per_tenant=r.number("streams.max_jobs_per_tenant", 1, int),
-        ),
-        memory=_memory(r),
-        tracing=TracingSettings(
-            exporter=r.str_("tracing.exporter", ("none", "console", "otlp")),
-            sample_ratio=r.number("tracing.sample_ratio", 0.0),
-            otlp_endpoint=r.str_("tracing.otlp_endpoint"),
-            service_name=r.str_("tracing.service_name"),
-        ),
-        serverless=ServerlessSettings(
-            dead_letter_queue_url=r.queue_url("serverless.dead_letter_queue_url"),
-        ),
-        logging=LoggingSettings(
-            level=r.str_("logging.level", ("debug", "info", "warning", "error")).upper(),
-            format=r.str_("logging.format", ("json", "text")),
-        ),
-    )
-    if settings.tracing.sample_ratio > 1.0:
-        r.fail("tracing.sample_ratio", "must be between 0.0 and 1.0")
-    if not database_url.startswith(("sqlite", "postgresql", "postgres")):
-        r.fail("database_url", "only sqlite+aiosqlite:/// and postgresql:// URLs are supported")
-    return settings
-
-
-def _parse_listen(r: _Reader) -> tuple[str, int]:
-    text = r.str_("listen")
-    host, sep, port_text = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        r.fail("listen", f"{text!r} is not HOST:PORT (for example 127.0.0.1:50051; port 0 = any)")
-        return "127.0.0.1", 50051
-    return host, int(port_text)
+    return auth
 
 
 def _is_loopback(host: str) -> bool:
@@ -533,283 +354,39 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _api_keys(r: _Reader) -> tuple[ApiKey, ...]:
-    value = r.raw["auth.api_keys"]
-    if not isinstance(value, list):
-        r.fail("auth.api_keys", "expected a list of tables")
-        return ()
-    keys: list[ApiKey] = []
-    for i, item in enumerate(value):
-        digest = str(item.get("sha256", "")).lower() if isinstance(item, dict) else ""
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            r.fail(
-                "auth.api_keys",
-                f"entry {i}: sha256 must be the hex SHA-256 of the key "
-                "(print one with `datamcp auth hash-key`); plain keys are never stored",
-            )
-            continue
-        assert isinstance(item, dict)
-        tenant = str(item.get("tenant", "default"))
-        if not valid_tenant(tenant):
-            r.fail("auth.api_keys", f"entry {i}: tenant must be letters, digits, - _ .")
-            continue
-        roles = item.get("roles", [])
-        keys.append(
-            ApiKey(
-                name=str(item.get("name", f"key-{i}")),
-                sha256=digest,
-                subject=str(item.get("subject", item.get("name", f"key-{i}"))),
-                tenant=tenant,
-                roles=tuple(str(x) for x in roles) if isinstance(roles, list) else (),
-            )
-        )
-    return tuple(keys)
-
-
-def _method_roles(r: _Reader) -> dict[str, tuple[str, ...]]:
-    value = r.raw["auth.method_roles"]
-    if not isinstance(value, dict) or not all(
-        isinstance(v, list) and k.startswith("/") for k, v in value.items()
-    ):
-        r.fail("auth.method_roles", 'expected {"/pkg.Service/Method": ["role", ...]}')
-        return {}
-    return {k: tuple(str(x) for x in v) for k, v in value.items()}
-
-
-def _method_quotas(r: _Reader) -> dict[str, Quota]:
-    value = r.raw["rate_limit.methods"]
-    out: dict[str, Quota] = {}
-    if not isinstance(value, dict):
-        r.fail("rate_limit.methods", 'expected {"/pkg.Service/Method": {rate, burst}}')
-        return out
-    for method, quota in value.items():
-        try:
-            rate, burst = float(quota["rate"]), int(quota["burst"])
-            if rate <= 0 or burst < 1:
-                raise ValueError
-        except (TypeError, KeyError, ValueError):
-            r.fail("rate_limit.methods", f"{method}: needs rate > 0 and burst >= 1")
-            continue
-        out[method] = Quota(rate, burst)
-    return out
-
-
-def _tables(r: _Reader, key: str) -> tuple[Mapping[str, Any], ...]:
-    value = r.raw[key]
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        r.fail(key, "expected a list of tables")
-        return ()
-    return tuple(value)
-
-
-def _brokers(r: _Reader) -> tuple[Mapping[str, Any], ...]:
-    brokers = _tables(r, "events.brokers")
-    for i, b in enumerate(brokers):
-        kind = b.get("kind")
-        needs = {"eventbridge": "bus_name", "sqs": "queue_url"}.get(str(kind))
-        if needs is None:
-            r.fail("events.brokers", f"entry {i}: kind must be eventbridge or sqs")
-        elif not b.get(needs):
-            r.fail("events.brokers", f"entry {i}: {kind} needs {needs}")
-    return brokers
-
-
-def _grants(r: _Reader) -> tuple[Mapping[str, Any], ...]:
-    grants = _tables(r, "agents.grants")
-    for i, g in enumerate(grants):
-        tenants = g.get("tenants")
-        if (
-            set(g) != {"agent", "owner", "tenants"}
-            or not all(isinstance(g[k], str) and g[k] for k in ("agent", "owner"))
-            or not isinstance(tenants, list)
-            or not tenants
-            or not all(isinstance(t, str) and t for t in tenants)
-        ):
-            r.fail(
-                "agents.grants",
-                f'entry {i}: expected {{agent = "name", owner = "tenant", '
-                'tenants = ["tenant", ...]}',
-            )
-    return grants
-
-
-def _agents(r: _Reader) -> AgentSettings:
-    plugins = r.raw["agents.plugins"]
-    if not isinstance(plugins, list) or not all(isinstance(p, str) and ":" in p for p in plugins):
-        r.fail("agents.plugins", 'expected a list of "module:Class" strings')
-        plugins = []
-    sql = r.raw["agents.sql_connections"]
-    if not isinstance(sql, dict) or not all(isinstance(v, str) for v in sql.values()):
-        r.fail("agents.sql_connections", "expected a table of name = SQLAlchemy URL")
-        sql = {}
-    apis = r.raw["agents.http_apis"]
-    if not isinstance(apis, dict) or not all(
-        isinstance(v, dict) and str(v.get("base_url", "")).startswith(("http://", "https://"))
-        for v in apis.values()
-    ):
-        r.fail("agents.http_apis", "expected a table of name = {base_url = 'https://...', ...}")
-        apis = {}
-    roots = r.raw["agents.profile_roots"]
-    if not isinstance(roots, list) or not all(isinstance(p, str) for p in roots):
-        r.fail("agents.profile_roots", "expected a list of directories")
-        roots = []
-    settings = AgentSettings(
-        strategy=r.str_("agents.strategy", ("least_loaded", "round_robin", "weighted")),
-        queue_size=r.number("agents.queue_size", 1, int),
-        default_timeout=r.number("agents.default_timeout", 0.001),
-        min_timeout=r.number("agents.min_timeout", 0.0),
-        max_timeout=r.number("agents.max_timeout", 0.001),
-        max_attempts=r.number("agents.max_attempts", 1, int),
-        retry_base_delay=r.number("agents.retry_base_delay", 0.0),
-        retry_max_delay=r.number("agents.retry_max_delay", 0.0),
-        max_input_bytes=r.number("agents.max_input_bytes", 1, int),
-        max_call_depth=r.number("agents.max_call_depth", 1, int),
-        recovery=r.str_("agents.recovery", ("retry", "fail")),
-        remote_disconnect=r.str_("agents.remote_disconnect", ("requeue", "fail")),
-        heartbeat_interval=r.number("agents.heartbeat_interval", 0.01),
-        grants=_grants(r),
-        plugins=tuple(plugins),
-        sql_connections=dict(sql),
-        sql_row_limit=r.number("agents.sql_row_limit", 1, int),
-        http_apis=dict(apis),
-        profile_roots=tuple(Path(p) for p in roots),
-        task_queue_url=r.queue_url("agents.task_queue_url"),
-        task_queue_region=r.opt_str("agents.task_queue_region"),
-        task_queue_endpoint_url=r.opt_str("agents.task_queue_endpoint_url"),
-        task_queue_max_timeout=r.number("agents.task_queue_max_timeout", 0.001),
+def _agents(r: Reader, replicas: ReplicaSettings) -> AgentSettings:
+    policy = r.section(
+        TaskPolicy,
+        "agents",
+        stale_after=replicas.stale_after,
+        orphan_interval=replicas.check_interval,
     )
-    if settings.default_timeout > settings.max_timeout:
+    if policy.default_timeout > policy.max_timeout:
         r.fail("agents.default_timeout", "must not exceed agents.max_timeout")
-    return settings
-
-
-def _replicas(r: _Reader) -> ReplicaSettings:
-    settings = ReplicaSettings(
-        heartbeat_interval=r.number("replicas.heartbeat_interval", 0.05),
-        stale_after=r.number("replicas.stale_after", 0.1),
-        check_interval=r.number("replicas.check_interval", 0.05),
-    )
-    if settings.stale_after < 2 * settings.heartbeat_interval:
-        r.fail("replicas.stale_after", "must be at least 2 x replicas.heartbeat_interval")
-    return settings
-
-
-def _dependencies(r: _Reader) -> tuple[Dependency, ...]:
-    value = r.raw["health.dependencies"]
-    if not isinstance(value, list):
-        r.fail("health.dependencies", "expected a list of {name, target, critical}")
-        return ()
-    deps: list[Dependency] = []
-    for i, item in enumerate(value):
-        target = str(item.get("target", "")) if isinstance(item, dict) else ""
-        if not target.startswith(("tcp://", "http://", "https://")) or not isinstance(item, dict):
-            r.fail(
-                "health.dependencies", f"entry {i}: target must be tcp://host:port or http(s)://"
-            )
-            continue
-        deps.append(
-            Dependency(str(item.get("name", target)), target, bool(item.get("critical", False)))
-        )
-    return tuple(deps)
-
-
-_STRATEGIES = ("timestamp_wins", "source_priority", "merge", "manual")
-_TIE_BREAKS = ("timestamp_wins", "source_priority", "manual")
-
-
-def _memory(r: _Reader) -> MemorySettings:
-    """The memory section; store ids, URLs, strategies and cron lines are checked here."""
-    stores: list[MemoryStoreSettings] = []
-    for i, item in enumerate(_tables(r, "memory.stores")):
-        store_id, url = str(item.get("id", "")), str(item.get("url", ""))
-        if not re.match(r"^[a-z0-9][a-z0-9_-]{0,62}$", store_id):
-            r.fail("memory.stores", f"entry {i}: id must be lower-case letters, digits, - _")
-        elif not url.startswith(("sqlite", "postgresql", "postgres")):
-            r.fail("memory.stores", f"entry {i} ({store_id}): url: sqlite:/// or postgresql://")
-        else:
-            stores.append(MemoryStoreSettings(store_id, url, bool(item.get("primary", False))))
-    ids = [s.id for s in stores]
-    if len(set(ids)) != len(ids):
-        r.fail("memory.stores", "store ids must be unique")
-    if stores and sum(s.primary for s in stores) != 1:
-        r.fail("memory.stores", "exactly one store must have primary = true")
-    known = set(ids) or {"primary"}
-    policies = _tables(r, "memory.policies")
-    for i, p in enumerate(policies):
-        if str(p.get("strategy", "timestamp_wins")).lower() not in _STRATEGIES:
-            r.fail("memory.policies", f"entry {i}: strategy: {', '.join(_STRATEGIES)}")
-        if str(p.get("tie_break", "timestamp_wins")).lower() not in _TIE_BREAKS:
-            r.fail("memory.policies", f"entry {i}: tie_break: {', '.join(_TIE_BREAKS)}")
-        if not set(p.get("priority", [])) <= known:
-            r.fail("memory.policies", f"entry {i}: priority names unknown stores")
-    schedules = _tables(r, "memory.schedules")
-    for i, sch in enumerate(schedules):
-        from croniter import croniter
-
-        if not sch.get("name") or not croniter.is_valid(str(sch.get("cron", ""))):
-            r.fail("memory.schedules", f"entry {i}: needs a name and a valid cron line")
-        if str(sch.get("strategy", "timestamp_wins")).lower() not in _STRATEGIES:
-            r.fail("memory.schedules", f"entry {i}: strategy: {', '.join(_STRATEGIES)}")
-        if not set(sch.get("stores", [])) <= known:
-            r.fail("memory.schedules", f"entry {i}: stores names unknown stores")
-    return MemorySettings(
-        stores=tuple(stores),
-        history_depth=r.number("memory.history_depth", 0, int),
-        max_value_bytes=r.number("memory.max_value_bytes", 1, int),
-        purge_interval=r.number("memory.purge_interval", 0.0),
-        purge_batch=r.number("memory.purge_batch", 1, int),
-        policies=policies,
-        schedules=schedules,
+    return r.section(
+        AgentSettings,
+        "agents",
+        policy=policy,
+        grants=sections.grants(r),
+        plugins=sections.plugins(r),
+        sql_connections=sections.sql_connections(r, "agents.sql_connections"),
+        http_apis=sections.http_apis(r, "agents.http_apis"),
+        profile_roots=tuple(Path(p) for p in sections.directories(r, "agents.profile_roots")),
+        task_queue_url=r.queue_url("agents.task_queue_url"),
     )
 
 
-def default_data_root(data_dir: Path) -> Path:
-    """Where pipelines read and write files when ``pipelines.data_roots`` is not set."""
-    return data_dir / "files"
-
-
-def _pipelines(r: _Reader, data_dir: Path) -> PipelineSettings:
-    roots = r.raw["pipelines.data_roots"]
-    if roots is None:  # not configured: one confined root inside the data dir
-        roots = [str(default_data_root(data_dir))]
-    if not isinstance(roots, list) or not all(isinstance(p, str) and p for p in roots):
-        r.fail("pipelines.data_roots", "expected a list of directories")
-        roots = []
-    sql = r.raw["pipelines.sql_connections"]
-    if not isinstance(sql, dict) or not all(isinstance(v, str) and v for v in sql.values()):
-        r.fail("pipelines.sql_connections", "expected a table of name = SQLAlchemy URL")
-        sql = {}
-    apis = r.raw["pipelines.http_apis"]
-    if not isinstance(apis, dict) or not all(
-        isinstance(v, dict) and str(v.get("base_url", "")).startswith(("http://", "https://"))
-        for v in apis.values()
-    ):
-        r.fail("pipelines.http_apis", "expected a table of name = {base_url = 'https://...', ...}")
-        apis = {}
-    return PipelineSettings(
+def _pipelines(r: Reader, data_dir: Path) -> PipelineSettings:
+    roots = (
+        [str(default_data_root(data_dir))]  # not configured: one confined root in the data dir
+        if r.raw["pipelines.data_roots"] is None
+        else sections.directories(r, "pipelines.data_roots")
+    )
+    return r.section(
+        PipelineSettings,
+        "pipelines",
         data_roots=tuple(Path(p).expanduser() for p in roots),
-        sql_connections=dict(sql),
-        http_apis=dict(apis),
-        batch_size=r.number("pipelines.batch_size", 1, int),
-        run_timeout=r.number("pipelines.run_timeout", 0.01),
-        max_retries=r.number("pipelines.max_retries", 0, int),
-        retry_base_delay=r.number("pipelines.retry_base_delay", 0.0),
-        max_concurrent_runs=r.number("pipelines.max_concurrent_runs", 1, int),
-        rejects_kept=r.number("pipelines.rejects_kept", 0, int),
-        max_lookup_rows=r.number("pipelines.max_lookup_rows", 1, int),
-        schedule_tick=r.number("pipelines.schedule_tick", 0.01),
-        progress_interval=r.number("pipelines.progress_interval", 0.01),
-        memory_limit=_memory_limit(r),
-        threads=r.number("pipelines.threads", 0, int),
-        chunk_rows=r.number("pipelines.chunk_rows", 1000, int),
-        s3_region=r.str_("pipelines.s3_region"),
-        s3_endpoint_url=r.opt_str("pipelines.s3_endpoint_url"),
+        sql_connections=sections.sql_connections(r, "pipelines.sql_connections"),
+        http_apis=sections.http_apis(r, "pipelines.http_apis"),
+        memory_limit=sections.memory_limit(r),
     )
-
-
-def _memory_limit(r: Any) -> str:
-    value = str(r.str_("pipelines.memory_limit")).strip()
-    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", value):
-        r.fail("pipelines.memory_limit", "expected a size such as '512MB' or '2GB'")
-        return "512MB"
-    return value

@@ -211,6 +211,34 @@ class NamespacePolicy:
     tie_break: Strategy = Strategy.TIMESTAMP_WINS
     priority: tuple[str, ...] = ()
 
+    @classmethod
+    def from_config(cls, raw: Mapping[str, Any]) -> NamespacePolicy:
+        """One ``memory.policies`` entry: {prefix, strategy, tie_break, priority}.
+
+        Raises:
+            InvalidArgument: an unknown strategy, or a tie-break that picks no
+                winner (merge).
+        """
+        strategy = Strategy.parse(str(raw.get("strategy", "timestamp_wins")))
+        tie_break = Strategy.parse(str(raw.get("tie_break", "timestamp_wins")), "tie_break")
+        if strategy == Strategy.UNSPECIFIED:
+            raise InvalidArgument(
+                "unknown strategy 'unspecified'",
+                [FieldViolation("strategy", "timestamp_wins, source_priority, merge or manual")],
+            )
+        if tie_break in (Strategy.UNSPECIFIED, Strategy.MERGE):
+            raise InvalidArgument(
+                f"tie_break {tie_break.name.lower()!r} picks no winner",
+                [FieldViolation("tie_break", "timestamp_wins, source_priority or manual")],
+            )
+        priority = raw.get("priority", [])
+        return cls(
+            str(raw.get("prefix", "")),
+            strategy,
+            tie_break,
+            tuple(str(x) for x in priority) if isinstance(priority, list) else (),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class SyncRequest:
