@@ -11,7 +11,7 @@ from typing import Any
 
 from datamcp.core.agents.manager.policy import TaskPolicy
 from datamcp.core.auth import JwtSettings
-from datamcp.core.pipelines.runs import RunPolicy
+from datamcp.core.pipelines.model import RunPolicy
 from datamcp.core.streams.service import StreamPolicy
 
 #: The kinds of value: ``file`` is the path of a file that must exist;

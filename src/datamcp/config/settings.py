@@ -34,6 +34,7 @@ from datamcp.core.agents.manager.policy import TaskPolicy
 from datamcp.core.auth import AuthSettings, JwtSettings
 from datamcp.core.context import valid_tenant
 from datamcp.core.errors import ConfigError
+from datamcp.core.pipelines.model import RunPolicy
 from datamcp.core.streams.service import StreamPolicy
 
 __all__ = [
@@ -158,11 +159,8 @@ class PipelineSettings:
     data_roots: tuple[Path, ...]
     sql_connections: Mapping[str, str]
     http_apis: Mapping[str, Mapping[str, Any]]
+    policy: RunPolicy
     batch_size: int
-    run_timeout: float
-    max_retries: int
-    retry_base_delay: float
-    max_concurrent_runs: int
     rejects_kept: int
     max_lookup_rows: int
     schedule_tick: float
@@ -291,7 +289,7 @@ def _build(r: Reader) -> Settings:
             brokers=sections.brokers(r),
         ),
         agents=_agents(r, replicas),
-        pipelines=_pipelines(r, data_dir),
+        pipelines=_pipelines(r, data_dir, replicas),
         streams=r.section(StreamPolicy, "streams"),
         memory=sections.memory(r),
         tracing=r.section(TracingSettings, "tracing"),
@@ -376,7 +374,7 @@ def _agents(r: Reader, replicas: ReplicaSettings) -> AgentSettings:
     )
 
 
-def _pipelines(r: Reader, data_dir: Path) -> PipelineSettings:
+def _pipelines(r: Reader, data_dir: Path, replicas: ReplicaSettings) -> PipelineSettings:
     roots = (
         [str(default_data_root(data_dir))]  # not configured: one confined root in the data dir
         if r.raw["pipelines.data_roots"] is None
@@ -385,6 +383,12 @@ def _pipelines(r: Reader, data_dir: Path) -> PipelineSettings:
     return r.section(
         PipelineSettings,
         "pipelines",
+        policy=r.section(
+            RunPolicy,
+            "pipelines",
+            stale_after=replicas.stale_after,
+            recovery_interval=replicas.check_interval,
+        ),
         data_roots=tuple(Path(p).expanduser() for p in roots),
         sql_connections=sections.sql_connections(r, "pipelines.sql_connections"),
         http_apis=sections.http_apis(r, "pipelines.http_apis"),

@@ -12,7 +12,7 @@ from datamcp.core.errors import FailedPrecondition
 from datamcp.core.events.api import EventsApi
 from datamcp.core.events.bus import EventBus
 from datamcp.core.pipelines import kinds
-from datamcp.core.pipelines.runs import RunManager, RunPolicy
+from datamcp.core.pipelines.runs import RunManager
 from datamcp.core.pipelines.service import PipelineService
 from datamcp.core.ports import UnitOfWorkFactory
 
@@ -61,15 +61,7 @@ def build_pipeline_service(
             threads=p.threads,
         )
 
-    policy = RunPolicy(
-        run_timeout=p.run_timeout,
-        max_retries=p.max_retries,
-        retry_base_delay=p.retry_base_delay,
-        max_concurrent_runs=p.max_concurrent_runs,
-        stale_after=settings.replicas.stale_after,
-        recovery_interval=settings.replicas.check_interval,
-    )
-    runs = RunManager(events.bus, uow, make_engine, instance_id, policy)
+    runs = RunManager(events.bus, uow, make_engine, instance_id, p.policy)
     return PipelineService(uow, runs, connectors, events, schedule_tick=p.schedule_tick)
 
 

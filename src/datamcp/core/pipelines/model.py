@@ -190,6 +190,20 @@ def run_id_for(tenant: str, request_id: str) -> str:
     return str(uuid.uuid5(_RUN_NAMESPACE, f"{tenant}\x00{request_id}"))
 
 
+@dataclass(frozen=True, slots=True)
+class RunPolicy:
+    """How runs are run: timeouts, retries, concurrency, and when another
+    replica's unfinished run counts as orphaned."""
+
+    run_timeout: float = 3600.0
+    max_retries: int = 2
+    retry_base_delay: float = 0.5
+    retry_max_delay: float = 30.0
+    max_concurrent_runs: int = 4
+    stale_after: float = 8.0
+    recovery_interval: float = 2.0
+
+
 def start_cursor(pipeline: Pipeline) -> Any:
     """Where a run of ``pipeline`` starts: the stored cursor, else the spec's
     ``incremental.initial``."""

@@ -25,6 +25,7 @@ from datamcp.core.pipelines.model import (
     Pipeline,
     Run,
     RunError,
+    RunPolicy,
     RunState,
     snapshot,
     start_cursor,
@@ -49,17 +50,6 @@ log = logging.getLogger(__name__)
 #: Between store reads of a run another replica runs: its "runs" signals
 #: wake the watcher; the poll is the fallback (faster while signals are down).
 WATCH_POLL, WATCH_POLL_UNSIGNALLED = 5.0, 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class RunPolicy:
-    run_timeout: float = 3600.0
-    max_retries: int = 2
-    retry_base_delay: float = 0.5
-    retry_max_delay: float = 30.0
-    max_concurrent_runs: int = 4
-    stale_after: float = 8.0
-    recovery_interval: float = 2.0
 
 
 @dataclass(slots=True)
