@@ -174,6 +174,8 @@ async def test_driver_errors_are_sqlalchemys(engine: AsyncEngine) -> None:
 def test_a_missing_parameter_is_named() -> None:
     with pytest.raises(KeyError, match="limit"):
         Prepared(BY_IDS).parameters({"ids": []})
+    with pytest.raises(KeyError, match="name"):
+        Prepared(INSERT).many_parameters([{"id": 1, "name": "a"}, {"id": 2}])
 
 
 def test_anonymous_parameters_keep_their_values() -> None:
