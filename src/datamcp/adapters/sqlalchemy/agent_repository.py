@@ -1,4 +1,11 @@
-"""SQL side of tasks and agent-to-agent audit records."""
+"""SQL side of tasks and agent-to-agent audit records.
+
+The hot statements (insert, save, holders, adopt) are written once and run
+through the unit of work's executor (``executor.py``: one driver trip each
+on SQLite, where SQLAlchemy's per-row parameter processing was measured as
+most of a commit's time). No dialect differences remain: ``FOR UPDATE`` (and
+``SKIP LOCKED``) compiles to nothing on SQLite, which has one writer.
+"""
 
 from __future__ import annotations
 
@@ -6,37 +13,34 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import and_, bindparam, func, literal_column, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from datamcp.adapters.sqlalchemy.sqlite_driver import (
-    Prepared,
-    SqliteDriver,
-    in_json_list,
-    json_list,
+from datamcp.adapters.sqlalchemy.executor import (
+    Executor,
+    executor_for,
+    in_list,
+    insert_ignoring,
+    not_in_list,
 )
 from datamcp.adapters.sqlalchemy.tables import audit_records, tasks
 from datamcp.core.agents.model import AuditRecord, Task, TaskError, TaskState
 from datamcp.core.agents.ports import POOL_OWNER, PoolClaim
 
 _FINAL = [int(s) for s in TaskState if s.final]
-_FINAL_JSON = json_list(_FINAL)
 _COLUMNS = [c.name for c in tasks.c]
 
 
-def _adopt_statement(by_id: bool) -> Prepared:
-    """SQLite: take over the unfinished tasks of the owners (among the ids)."""
-    where = and_(
-        tasks.c.owner.in_(in_json_list("from_owners")),
-        tasks.c.state.not_in(in_json_list("final")),
-    )
+def _adopt_statement(by_id: bool) -> Any:
+    """Take over the unfinished tasks of the owners (among the ids: by primary
+    key, so a claim of known tasks reads no other row)."""
+    where = and_(in_list(tasks.c.owner, "from_owners"), not_in_list(tasks.c.state, "final"))
     if by_id:
-        where = and_(tasks.c.id.in_(in_json_list("ids")), where)
-    return Prepared(update(tasks).where(where).values(owner=bindparam("owner")).returning(*tasks.c))
+        where = and_(in_list(tasks.c.id, "ids"), where)
+    return update(tasks).where(where).values(owner=bindparam("owner")).returning(*tasks.c)
 
 
-_LITE_ADOPT = {by_id: _adopt_statement(by_id) for by_id in (True, False)}
+_ADOPT = {by_id: _adopt_statement(by_id) for by_id in (True, False)}
 _MUTABLE = (
     "agent_id",
     "state",
@@ -96,24 +100,26 @@ def _row(task: Task) -> dict[str, Any]:
     }
 
 
-def _changes(task: Task) -> tuple[Any, ...]:
-    """The ``_MUTABLE`` columns of a task, in that order (a save writes only
-    these, so the input is not encoded again)."""
+def _changes(task: Task, holder: str) -> dict[str, Any]:
+    """``_SAVE``'s parameters: the ``_MUTABLE`` columns of a task (a save
+    writes only these, so the input is not encoded again)."""
     error = task.error
-    return (
-        task.agent_id,
-        int(task.state),
-        task.attempts,
-        task.progress,
-        task.progress_message,
-        _result(task),
-        error.reason if error else None,
-        error.message if error else None,
-        int(error.retryable) if error else None,
-        task.updated_at,
-        task.started_at,
-        task.ended_at,
-    )
+    return {
+        "task_id": task.id,
+        "holder": holder,
+        "agent_id": task.agent_id,
+        "state": int(task.state),
+        "attempts": task.attempts,
+        "progress": task.progress,
+        "progress_message": task.progress_message,
+        "result": _result(task),
+        "error_reason": error.reason if error else None,
+        "error_message": error.message if error else None,
+        "error_retryable": int(error.retryable) if error else None,
+        "updated_at": task.updated_at,
+        "started_at": task.started_at,
+        "ended_at": task.ended_at,
+    }
 
 
 def _task(row: Any) -> Task:
@@ -149,32 +155,27 @@ def _task(row: Any) -> Task:
     )
 
 
-# Driver-level statements for SQLite: inserts and saves are the hot path of
-# every task, and SQLAlchemy's per-row parameter processing was measured as
-# most of a commit's time there.
-_SQLITE_INSERT = (
-    f"INSERT OR IGNORE INTO tasks ({', '.join(_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
-)
-_SQLITE_SAVE = (
-    f"UPDATE tasks SET {', '.join(f'{n} = ?' for n in _MUTABLE)} "
-    f"WHERE id = ? AND owner = ? AND state < {int(TaskState.SUCCEEDED)}"
-)
+_INSERT = insert_ignoring(tasks, "id").values({name: bindparam(name) for name in _COLUMNS})
 _SAVE = (
     update(tasks)
     .where(
         tasks.c.id == bindparam("task_id"),
         tasks.c.owner == bindparam("holder"),
-        tasks.c.state < int(TaskState.SUCCEEDED),
+        tasks.c.state < literal_column(str(int(TaskState.SUCCEEDED))),
     )
     .values({name: bindparam(name) for name in _MUTABLE})
+)
+_HOLDERS = (
+    select(tasks.c.id, tasks.c.owner, tasks.c.state)
+    .where(in_list(tasks.c.id, "ids"))
+    .with_for_update()  # nothing on SQLite: one writer, nothing to lock
 )
 
 
 class SqlTaskRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, executor: Executor | None = None) -> None:
         self._conn = conn
-        self._lite = SqliteDriver(conn) if conn.dialect.name == "sqlite" else None
+        self._x = executor if executor is not None else executor_for(conn)
 
     async def insert(self, batch: Sequence[tuple[Task, str]]) -> None:
         if not batch:
@@ -184,37 +185,17 @@ class SqlTaskRepository:
             row = _row(task)
             row["owner"] = owner
             rows.append(row)
-        if self._lite is not None:
-            await self._lite.execute_many(
-                _SQLITE_INSERT, [tuple(map(row.__getitem__, _COLUMNS)) for row in rows]
-            )
-            return
-        stmt = postgresql.insert(tasks).on_conflict_do_nothing(index_elements=["id"])
-        await self._conn.execute(stmt, rows)
+        await self._x.many(_INSERT, rows)
 
     async def save(self, batch: Sequence[Task], owner: str) -> None:
         if not batch:
             return
-        if self._lite is not None:
-            await self._lite.execute_many(
-                _SQLITE_SAVE, [(*_changes(t), t.id, owner) for t in batch]
-            )
-            return
-        await self._conn.execute(
-            _SAVE,
-            [
-                {"task_id": t.id, "holder": owner, **dict(zip(_MUTABLE, _changes(t), strict=True))}
-                for t in batch
-            ],
-        )
+        await self._x.many(_SAVE, [_changes(t, owner) for t in batch])
 
     async def holders(self, ids: Sequence[str]) -> dict[str, tuple[str, TaskState]]:
         if not ids:
             return {}
-        query = select(tasks.c.id, tasks.c.owner, tasks.c.state).where(tasks.c.id.in_(list(ids)))
-        if self._lite is None:  # SQLite has one writer: nothing to lock
-            query = query.with_for_update()
-        rows = await self._conn.execute(query)
+        rows = await self._x.rows(_HOLDERS, {"ids": ids})
         return {row.id: (row.owner, TaskState(row.state)) for row in rows}
 
     async def request_cancel(self, tenant: str, task_id: str, at: float) -> Task | None:
@@ -284,28 +265,10 @@ class SqlTaskRepository:
     async def adopt(
         self, owner: str, from_owners: Sequence[str], ids: Sequence[str] = ()
     ) -> list[Task]:
-        rows: Sequence[Any]
-        if self._lite is not None:
-            # By primary key when ids are given: a claim of known tasks reads
-            # no other row.
-            rows = await self._lite.rows(
-                _LITE_ADOPT[bool(ids)],
-                {
-                    "owner": owner,
-                    "from_owners": json_list(from_owners),
-                    "ids": json_list(ids),
-                    "final": _FINAL_JSON,
-                },
-            )
-            return sorted((_task(r) for r in rows), key=lambda t: (-t.priority, t.created_at))
-        where = and_(tasks.c.owner.in_(list(from_owners)), tasks.c.state.not_in(_FINAL))
-        if ids:  # by primary key: a claim of known tasks reads no other row
-            where = and_(tasks.c.id.in_(list(ids)), where)
-        rows = (
-            await self._conn.execute(
-                update(tasks).where(where).values(owner=owner).returning(*tasks.c)
-            )
-        ).all()
+        rows = await self._x.rows(
+            _ADOPT[bool(ids)],
+            {"owner": owner, "from_owners": from_owners, "ids": ids, "final": _FINAL},
+        )
         return sorted((_task(r) for r in rows), key=lambda t: (-t.priority, t.created_at))
 
     async def claim_pooled(self, owner: str, want: PoolClaim, now: float) -> list[Task]:
@@ -339,7 +302,7 @@ class SqlTaskRepository:
         ids = (
             pick.order_by(tasks.c.priority.desc(), tasks.c.created_at, tasks.c.id)
             .limit(limit)
-            .with_for_update(skip_locked=self._lite is None)
+            .with_for_update(skip_locked=True)  # nothing on SQLite: one writer
             .cte("picked")
         )
         rows = (

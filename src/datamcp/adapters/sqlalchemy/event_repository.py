@@ -1,4 +1,18 @@
-"""SQL side of the event store, subscriptions, deliveries and dead letters."""
+"""SQL side of the event store, subscriptions, deliveries and dead letters.
+
+The hot statements are written once and run through the unit of work's
+executor (``executor.py``: one driver trip each on SQLite). Two differences
+between the dialects stay, on purpose, chosen once in the constructor:
+
+- ``append``: on PostgreSQL appends take turns under an advisory lock (so
+  events commit in seq order with concurrent replicas; SQLite has one writer)
+  and a batch is one executemany with RETURNING. SQLite's driver cannot
+  return rows from an executemany: a batch looks up the stored ids first and
+  derives the new seqs from the last one (it holds the write lock).
+- ``claim``: PostgreSQL picks candidates in a ``FOR UPDATE SKIP LOCKED`` CTE
+  (competing replicas pass over each other's rows); SQLite has no row locks:
+  a plain ``IN`` subquery.
+"""
 
 from __future__ import annotations
 
@@ -15,18 +29,19 @@ from sqlalchemy import (
     delete,
     exists,
     func,
+    insert,
+    literal_column,
     or_,
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from datamcp.adapters.sqlalchemy.sqlite_driver import (
-    Prepared,
-    SqliteDriver,
-    in_json_list,
-    json_list,
+from datamcp.adapters.sqlalchemy.executor import (
+    Executor,
+    executor_for,
+    in_list,
+    insert_ignoring,
 )
 from datamcp.adapters.sqlalchemy.tables import dead_letters, deliveries, events, subscriptions
 from datamcp.core.events.model import (
@@ -54,29 +69,9 @@ _EVENT_COLUMNS = (
     "traceparent",
     "stored_at",
 )
-_SQLITE_INSERT = (
-    f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_EVENT_COLUMNS))})"
-)
-
-
-_IGNORING_DUPLICATES: dict[tuple[str, str], Any] = {}
-
-
-def _insert_ignoring_duplicates(conn: AsyncConnection, table: Any) -> Any:
-    """INSERT .. ON CONFLICT DO NOTHING for ``table``, built once per dialect."""
-    key = (conn.dialect.name, table.name)
-    statement = _IGNORING_DUPLICATES.get(key)
-    if statement is None:
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        statement = _IGNORING_DUPLICATES[key] = dialect.insert(table).on_conflict_do_nothing()
-    return statement
 
 
 # --- statements of the hot paths, built once ------------------------------------------
-# A statement built per call costs its construction and its cache-key walk on
-# every execution (~85 us of a ~185 us SQLite statement, measured); one built
-# once with bind parameters memoizes its cache key and costs neither.
 
 
 def _claim_statement(ordered: bool, *, skip_locked: bool) -> Any:
@@ -146,76 +141,62 @@ def _read_after_cursor_statement(all_tenants: bool) -> Any:
 
 
 _EXISTING = select(events.c.id, events.c.seq).where(
-    events.c.tenant == bindparam("tenant"), events.c.id.in_(bindparam("ids", expanding=True))
+    events.c.tenant == bindparam("tenant"), in_list(events.c.id, "ids")
 )
-_BY_SEQS = select(events).where(events.c.seq.in_(bindparam("seqs", expanding=True)))
+_BY_SEQS = select(events).where(in_list(events.c.seq, "seqs"))
 _MAX_SEQ = select(func.max(events.c.seq))
+_APPEND_TURN = select(func.pg_advisory_xact_lock(_APPEND_LOCK))
+_EVENT_VALUES: dict[str, Any] = {name: bindparam(name) for name in _EVENT_COLUMNS}
+#: Stores an event unless its (tenant, id) is stored; returns what it stored.
+_APPEND = (
+    insert_ignoring(events, "tenant", "id")
+    .values(_EVENT_VALUES)
+    .returning(events.c.tenant, events.c.id, events.c.seq)
+)
+#: SQLite's batch insert, of events known not to be stored.
+_INSERT_NEW = insert(events).values(_EVENT_VALUES)
 _ADVANCE_CURSOR = (
     update(subscriptions)
     .where(subscriptions.c.id == bindparam("sub_id"), subscriptions.c.cursor == bindparam("read"))
     .values(cursor=bindparam("seq"))
 )
+_ADD_DELIVERY = insert_ignoring(deliveries).values(
+    subscription_id=bindparam("sub_id"),
+    seq=bindparam("seq"),
+    subject=bindparam("subject"),
+    attempts=literal_column("0"),
+    visible_at=literal_column("0.0"),
+)
 _DELETE_DELIVERIES = delete(deliveries).where(
-    deliveries.c.subscription_id == bindparam("sub_id"),
-    deliveries.c.seq.in_(bindparam("seqs", expanding=True)),
+    deliveries.c.subscription_id == bindparam("sub_id"), in_list(deliveries.c.seq, "seqs")
 )
-_CLAIM = {ordered: _claim_statement(ordered, skip_locked=True) for ordered in (True, False)}
-_PG_APPEND = (
-    postgresql.insert(events)
-    .on_conflict_do_nothing(index_elements=["tenant", "id"])
-    .returning(events.c.tenant, events.c.id, events.c.seq)
-)
+#: By "skips locked rows" (PostgreSQL), then by ``ordered``.
+_CLAIM = {
+    skip_locked: {
+        ordered: _claim_statement(ordered, skip_locked=skip_locked) for ordered in (True, False)
+    }
+    for skip_locked in (True, False)
+}
 _READ_AFTER_CURSOR = {every: _read_after_cursor_statement(every) for every in (True, False)}
-
-# SQLite runs the same statements in one driver trip each (``sqlite_driver``),
-# with IN lists passed as one JSON array.
-_LITE_EXISTING = Prepared(
-    select(events.c.id, events.c.seq).where(
-        events.c.tenant == bindparam("tenant"), events.c.id.in_(in_json_list("ids"))
-    )
-)
-_LITE_BY_SEQS = Prepared(select(events).where(events.c.seq.in_(in_json_list("seqs"))))
-_LITE_MAX_SEQ = Prepared(_MAX_SEQ)
-_LITE_APPEND_ONE = Prepared(
-    sqlite.insert(events)
-    .values({name: bindparam(name) for name in _EVENT_COLUMNS})
-    .on_conflict_do_nothing(index_elements=["tenant", "id"])
-    .returning(events.c.seq)
-)
-_LITE_ADVANCE_CURSOR = Prepared(_ADVANCE_CURSOR)
-_LITE_DELETE_DELIVERIES = Prepared(
-    delete(deliveries).where(
-        deliveries.c.subscription_id == bindparam("sub_id"),
-        deliveries.c.seq.in_(in_json_list("seqs")),
-    )
-)
-_LITE_ADD_DELIVERY = (
-    "INSERT INTO deliveries (subscription_id, seq, subject, attempts, visible_at) "
-    "VALUES (?, ?, ?, 0, 0.0) ON CONFLICT DO NOTHING"
-)
-_LITE_CLAIM = {
-    ordered: Prepared(_claim_statement(ordered, skip_locked=False)) for ordered in (True, False)
-}
-_LITE_READ_AFTER_CURSOR = {
-    every: Prepared(statement) for every, statement in _READ_AFTER_CURSOR.items()
-}
+_INSERT_SUBSCRIPTION = insert_ignoring(subscriptions)
+_INSERT_DEAD_LETTERS = insert_ignoring(dead_letters)
 
 
-def _row(e: Event, stored_at: float) -> tuple[Any, ...]:
-    """An event's column values, in ``_EVENT_COLUMNS`` order."""
-    return (
-        e.tenant,
-        e.id,
-        e.source,
-        e.type,
-        e.subject,
-        e.time,
-        e.datacontenttype,
-        e.data_json(),
-        e.correlation_id,
-        e.traceparent,
-        stored_at,
-    )
+def _row(e: Event, stored_at: float) -> dict[str, Any]:
+    """An event's column values, by ``_EVENT_COLUMNS`` name."""
+    return {
+        "tenant": e.tenant,
+        "id": e.id,
+        "source": e.source,
+        "type": e.type,
+        "subject": e.subject,
+        "time": e.time,
+        "datacontenttype": e.datacontenttype,
+        "data": e.data_json(),
+        "correlation_id": e.correlation_id,
+        "traceparent": e.traceparent,
+        "stored_at": stored_at,
+    }
 
 
 def _event(row: Any) -> Event:
@@ -249,19 +230,19 @@ def _subscription(row: Any) -> Subscription:
 
 
 class SqlEventRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, executor: Executor | None = None) -> None:
         self._conn = conn
-        self._lite = SqliteDriver(conn) if conn.dialect.name == "sqlite" else None
+        self._x = executor if executor is not None else executor_for(conn)
+        # The dialects' two differences (see the module docstring).
+        self._postgres = conn.dialect.name == "postgresql"
+        self._claim = _CLAIM[self._postgres]
 
     # --- events -------------------------------------------------------------------
 
     async def existing(self, tenant: str, ids: Sequence[str]) -> dict[str, int]:
         if not ids:
             return {}
-        if self._lite is not None:
-            found = await self._lite.rows(_LITE_EXISTING, {"tenant": tenant, "ids": json_list(ids)})
-            return {row.id: row.seq for row in found}
-        rows = await self._conn.execute(_EXISTING, {"tenant": tenant, "ids": list(ids)})
+        rows = await self._x.rows(_EXISTING, {"tenant": tenant, "ids": ids})
         return {row.id: row.seq for row in rows}
 
     async def append(self, batch: Sequence[Event], stored_at: float) -> list[tuple[int, bool]]:
@@ -270,30 +251,22 @@ class SqlEventRepository:
         if not batch:
             return []
         rows = [_row(e, stored_at) for e in batch]
-        if self._lite is not None:
-            return await self._append_sqlite(self._lite, batch, rows)
-        # Subscriptions read "events after my cursor". With concurrent writers
-        # (replicas), a later seq could commit before an earlier one and a
-        # reader in between would skip the earlier one for good. Appends take
-        # turns, so events commit in seq order. (SQLite writers always do.)
-        await self._conn.execute(select(func.pg_advisory_xact_lock(_APPEND_LOCK)))
-        result = await self._conn.execute(
-            _PG_APPEND, [dict(zip(_EVENT_COLUMNS, row, strict=True)) for row in rows]
-        )
-        new = {(r.tenant, r.id): r.seq for r in result}
-        return await self._with_stored(batch, new)
-
-    async def _append_sqlite(
-        self, lite: SqliteDriver, batch: Sequence[Event], rows: list[tuple[Any, ...]]
-    ) -> list[tuple[int, bool]]:
+        if self._postgres:
+            # Subscriptions read "events after my cursor". With concurrent
+            # writers (replicas), a later seq could commit before an earlier
+            # one and a reader in between would skip the earlier one for
+            # good. Appends take turns, so events commit in seq order.
+            # (SQLite writers always do.)
+            await self._x.rows(_APPEND_TURN)
         if len(rows) == 1:
             # The common case at low rates: one statement that skips a stored
-            # id and returns the new seq, in one trip to the driver.
-            found = await lite.rows(
-                _LITE_APPEND_ONE, dict(zip(_EVENT_COLUMNS, rows[0], strict=True))
-            )
+            # id and returns the new seq (one trip to the SQLite driver).
+            found = await self._x.rows(_APPEND, rows[0])
             e = batch[0]
             return await self._with_stored(batch, {(e.tenant, e.id): found[0].seq} if found else {})
+        if self._postgres:
+            result = await self._conn.execute(_APPEND, rows)  # RETURNING over executemany
+            return await self._with_stored(batch, {(r.tenant, r.id): r.seq for r in result})
         # SQLite cannot return rows from executemany: look up the stored ids
         # first. The write lock is held from the insert to the commit, so the
         # new rows' AUTOINCREMENT seqs are the last ``len(fresh)`` ones.
@@ -301,8 +274,8 @@ class SqlEventRepository:
         fresh = [row for e, row in zip(batch, rows, strict=True) if (e.tenant, e.id) not in known]
         seqs: Iterator[int] = iter(())
         if fresh:
-            await lite.execute_many(_SQLITE_INSERT, fresh)
-            (last,) = await lite.rows(_LITE_MAX_SEQ, {})
+            await self._x.many(_INSERT_NEW, fresh)
+            (last,) = await self._x.rows(_MAX_SEQ)
             top = int(last[0] or 0)
             seqs = iter(range(top - len(fresh) + 1, top + 1))
         return [
@@ -348,11 +321,7 @@ class SqlEventRepository:
         params: dict[str, Any] = {"sub_id": subscription_id, "limit": limit}
         if not every:
             params["tenant"] = tenant
-        rows: Sequence[Any]
-        if self._lite is not None:
-            rows = await self._lite.rows(_LITE_READ_AFTER_CURSOR[every], params)
-        else:
-            rows = (await self._conn.execute(_READ_AFTER_CURSOR[every], params)).all()
+        rows = await self._x.rows(_READ_AFTER_CURSOR[every], params)
         if not rows:
             return None, []
         return int(rows[0].sub_cursor), [_event(row) for row in rows if row.seq is not None]
@@ -360,10 +329,7 @@ class SqlEventRepository:
     async def by_seqs(self, seqs: Sequence[int]) -> dict[int, Event]:
         if not seqs:
             return {}
-        if self._lite is not None:
-            found = await self._lite.rows(_LITE_BY_SEQS, {"seqs": json_list(seqs)})
-            return {row.seq: _event(row) for row in found}
-        rows = await self._conn.execute(_BY_SEQS, {"seqs": list(seqs)})
+        rows = await self._x.rows(_BY_SEQS, {"seqs": seqs})
         return {row.seq: _event(row) for row in rows}
 
     async def max_seq(self, tenant: str | None = None) -> int:
@@ -421,7 +387,7 @@ class SqlEventRepository:
 
     async def add_subscription(self, sub: Subscription) -> None:
         await self._conn.execute(
-            _insert_ignoring_duplicates(self._conn, subscriptions).values(
+            _INSERT_SUBSCRIPTION.values(
                 id=sub.id,
                 tenant=sub.tenant,
                 name=sub.name,
@@ -463,9 +429,7 @@ class SqlEventRepository:
 
     async def advance_cursor(self, subscription_id: str, read: int, seq: int) -> bool:
         params = {"sub_id": subscription_id, "read": read, "seq": seq}
-        if self._lite is not None:
-            return await self._lite.run(_LITE_ADVANCE_CURSOR, params) == 1
-        return (await self._conn.execute(_ADVANCE_CURSOR, params)).rowcount == 1
+        return await self._x.run(_ADVANCE_CURSOR, params) == 1
 
     async def stats(self, sub: Subscription, now: float) -> SubscriptionStats:
         d = deliveries.c
@@ -493,23 +457,9 @@ class SqlEventRepository:
     async def add_deliveries(self, subscription_id: str, items: Sequence[tuple[int, str]]) -> None:
         if not items:
             return
-        if self._lite is not None:
-            await self._lite.execute_many(
-                _LITE_ADD_DELIVERY, [(subscription_id, seq, subject) for seq, subject in items]
-            )
-            return
-        await self._conn.execute(
-            _insert_ignoring_duplicates(self._conn, deliveries),
-            [
-                {
-                    "subscription_id": subscription_id,
-                    "seq": seq,
-                    "subject": subject,
-                    "attempts": 0,
-                    "visible_at": 0.0,
-                }
-                for seq, subject in items
-            ],
+        await self._x.many(
+            _ADD_DELIVERY,
+            [{"sub_id": subscription_id, "seq": seq, "subject": subject} for seq, subject in items],
         )
 
     async def claim(
@@ -540,11 +490,7 @@ class SqlEventRepository:
             "limit": limit,
             "max_attempts": max_attempts,
         }
-        rows: Sequence[Any]
-        if self._lite is not None:
-            rows = await self._lite.rows(_LITE_CLAIM[ordered], params)
-        else:
-            rows = (await self._conn.execute(_CLAIM[ordered], params)).all()
+        rows = await self._x.rows(self._claim[ordered], params)
         claimed = sorted((row.seq, row.attempts) for row in rows if row.consumer is not None)
         exhausted = sorted(row.seq for row in rows if row.consumer is None)
         return claimed, exhausted
@@ -562,14 +508,7 @@ class SqlEventRepository:
     async def delete_deliveries(self, subscription_id: str, seqs: Sequence[int]) -> int:
         if not seqs:
             return 0
-        if self._lite is not None:
-            return await self._lite.run(
-                _LITE_DELETE_DELIVERIES, {"sub_id": subscription_id, "seqs": json_list(seqs)}
-            )
-        result = await self._conn.execute(
-            _DELETE_DELIVERIES, {"sub_id": subscription_id, "seqs": list(seqs)}
-        )
-        return int(result.rowcount or 0)
+        return await self._x.run(_DELETE_DELIVERIES, {"sub_id": subscription_id, "seqs": seqs})
 
     async def retry_later(
         self, subscription_id: str, seq: int, visible_at: float, error: str
@@ -604,7 +543,7 @@ class SqlEventRepository:
         if not rows:
             return
         await self._conn.execute(
-            _insert_ignoring_duplicates(self._conn, dead_letters),
+            _INSERT_DEAD_LETTERS,
             [
                 {
                     "subscription_id": subscription_id,

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 import datamcp.adapters.pipelines  # noqa: F401 - registers the source and destination kinds
+from datamcp.adapters.sqlalchemy.executor import insert_ignoring
 from datamcp.adapters.sqlalchemy.tables import pipeline_rejects, pipeline_runs, pipelines
 from datamcp.core.pipelines.model import (
     Pipeline,
@@ -115,6 +115,11 @@ _MUTABLE = (
 )
 
 
+#: No index named: any unique violation (the id, or a second unfinished run
+#: of the pipeline) leaves the row out.
+_INSERT_RUN = insert_ignoring(pipeline_runs)
+
+
 def _run(row: Any) -> Run:
     error = None
     if row.error_reason is not None:
@@ -150,7 +155,6 @@ def _run(row: Any) -> Run:
 class SqlPipelineRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
-        self._sqlite = conn.dialect.name == "sqlite"
 
     # ---- pipelines -------------------------------------------------------------------
 
@@ -253,15 +257,8 @@ class SqlPipelineRepository:
     async def insert_runs(self, runs: Sequence[Run]) -> None:
         if not runs:
             return
-        rows = [_run_row(r) for r in runs]
-        if self._sqlite:
-            stmt: Any = sqlite.insert(pipeline_runs).prefix_with("OR IGNORE")
-        else:
-            # No index named: any unique violation (the id, or a second
-            # unfinished run of the pipeline) leaves the row out.
-            stmt = postgresql.insert(pipeline_runs).on_conflict_do_nothing()
-        for row in rows:
-            await self._conn.execute(stmt, [row])
+        for run in runs:
+            await self._conn.execute(_INSERT_RUN, [_run_row(run)])
 
     async def save_runs(self, runs: Sequence[Run]) -> None:
         for run in runs:

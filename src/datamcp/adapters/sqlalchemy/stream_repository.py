@@ -25,9 +25,9 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from datamcp.adapters.sqlalchemy.executor import insert_ignoring
 from datamcp.adapters.sqlalchemy.tables import (
     metadata,
     stream_jobs,
@@ -96,12 +96,9 @@ class SqlStreamRepository:
         self._conn = conn
 
     async def insert(self, job: StreamJob, owner: str, lease_until: float) -> bool:
-        dialect = postgresql if self._conn.dialect.name == "postgresql" else sqlite
         # A request_id taken by a concurrent create is a no-op, not an error.
         result = await self._conn.execute(
-            dialect.insert(stream_jobs)
-            .on_conflict_do_nothing()
-            .values(
+            insert_ignoring(stream_jobs).values(
                 id=job.id,
                 tenant=job.tenant,
                 name=job.name,
@@ -240,9 +237,8 @@ class SqlStreamRepository:
 
     async def _write_results(self, name: str, rows: Sequence[ResultRow]) -> None:
         table = result_table(name)
-        dialect = postgresql if self._conn.dialect.name == "postgresql" else sqlite
         await self._conn.execute(
-            dialect.insert(table).on_conflict_do_nothing(),
+            insert_ignoring(table),
             [
                 {
                     "id": r.id,
@@ -296,11 +292,8 @@ class SqlStreamRepository:
         elif owner is None and await self._has_rows_of_others(table, tenant):
             raise _taken(table)
         if owner is None:
-            dialect = postgresql if self._conn.dialect.name == "postgresql" else sqlite
             await self._conn.execute(
-                dialect.insert(stream_tables)
-                .on_conflict_do_nothing()
-                .values(name=table, tenant=tenant, created_at=now)
+                insert_ignoring(stream_tables).values(name=table, tenant=tenant, created_at=now)
             )
             if await self._table_owner(table) != tenant:  # a concurrent claim won
                 raise _taken(table)

@@ -12,6 +12,9 @@ engine). SQLite has one writer at a time anyway; without the lock, pooled
 connections collide on its write lock and wait in its busy handler, which
 sleeps in steps of milliseconds: measured, that dominated event delivery
 latency. Units of work never nest, so the lock cannot deadlock.
+
+The repositories share one executor (``executor.py``), chosen by dialect
+when the connection opens.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 from datamcp.adapters.sqlalchemy.agent_repository import SqlAuditRepository, SqlTaskRepository
 from datamcp.adapters.sqlalchemy.errors import translate
 from datamcp.adapters.sqlalchemy.event_repository import SqlEventRepository
+from datamcp.adapters.sqlalchemy.executor import executor_for
 from datamcp.adapters.sqlalchemy.pipeline_repository import SqlPipelineRepository
 from datamcp.adapters.sqlalchemy.repositories import SqlInstanceRepository
 from datamcp.adapters.sqlalchemy.stream_repository import SqlStreamRepository
@@ -100,9 +104,10 @@ class SqlUnitOfWork:
             if (core := translate(error)) is not None:
                 raise core from error
             raise
+        executor = executor_for(self._conn)  # one per connection, by dialect
         self._instances = SqlInstanceRepository(self._conn)
-        self._events = SqlEventRepository(self._conn)
-        self._tasks = SqlTaskRepository(self._conn)
+        self._events = SqlEventRepository(self._conn, executor)
+        self._tasks = SqlTaskRepository(self._conn, executor)
         self._audit = SqlAuditRepository(self._conn)
         self._pipelines = SqlPipelineRepository(self._conn)
         self._streams = SqlStreamRepository(self._conn)
