@@ -7,6 +7,9 @@ wake-ups cross, and what a second replica adds.
   a second replica costs) and the same callers in all (16 split 8 + 8: a
   replica with half the load also commits half-size groups, see
   docs/performance.md#replicas).
+- The same for events: server CPU per delivered event, one subscription
+  with 4 consumers, events published in batches, all on one replica against
+  publishers and consumers split over two.
 - Cross-replica latency, p50/p99, against the same replica: a published
   event to a subscriber, a task's final state to a WatchTask, a memory write
   to a WatchChanges watcher (target: within 2x).
@@ -60,6 +63,8 @@ DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 CONCURRENCY = 16  # callers per replica
 SAMPLES = 100
 ROUNDS = 3
+DELIVERED = 4000  # events per delivery round
+CONSUMERS = 4
 
 
 def _dsn() -> str:
@@ -235,6 +240,64 @@ async def _memory_latency(write_to: str, watch_on: str, api_key: str) -> list[fl
     return lags
 
 
+async def _deliver(publish_to: Sequence[str], consume_on: Sequence[str], api_key: str) -> int:
+    """Publish ``DELIVERED`` events (batches of 100, spread over
+    ``publish_to``) to one subscription whose ``CONSUMERS`` consumers are
+    spread over ``consume_on``; each delivery acked. Returns deliveries."""
+    meta = _meta(api_key)
+    name = f"deliver-{uuid.uuid4().hex[:8]}"
+    kind = f"bench.{name}"
+    pubs = [aio.insecure_channel(t) for t in publish_to]
+    subs = [aio.insecure_channel(consume_on[i % len(consume_on)]) for i in range(CONSUMERS)]
+    consumers = [Subscriber(ch, meta) for ch in subs]
+    try:
+        for c in consumers:
+            await c.open(name, [kind], credits=200)
+        got = 0
+
+        async def consume(c: Subscriber) -> None:
+            nonlocal got
+            while got < DELIVERED:
+                try:
+                    d = await c.next(timeout=2)
+                except TimeoutError:
+                    continue
+                got += 1
+                await c.ack(d.event.sequence)
+
+        readers = [asyncio.create_task(consume(c)) for c in consumers]
+        stubs = [events_pb2_grpc.EventServiceStub(ch) for ch in pubs]
+        for b in range(DELIVERED // 100):
+            batch = [cloud_event(kind, f"{name}-{b}-{i}", {"i": i}) for i in range(100)]
+            await stubs[b % len(stubs)].PublishBatch(
+                events_pb2.PublishBatchRequest(events=batch), metadata=meta
+            )
+        await asyncio.wait_for(asyncio.gather(*readers), 120)
+        return got
+    finally:
+        for c in consumers:
+            c.close()
+        for ch in [*pubs, *subs]:
+            await ch.close()
+
+
+def _deliver_load(
+    servers: Sequence[ServerProcess], publish: Sequence[int], consume: Sequence[int], api_key: str
+) -> dict[str, Any]:
+    """Server CPU per delivered event (publish, store, deliver, ack)."""
+    before = [s.cpu_seconds() or 0.0 for s in servers]
+    started = time.monotonic()
+    ports = [f"127.0.0.1:{s.port}" for s in servers]
+    got = asyncio.run(_deliver([ports[i] for i in publish], [ports[i] for i in consume], api_key))
+    wall = time.monotonic() - started
+    cpu = sum((s.cpu_seconds() or 0.0) - b for s, b in zip(servers, before, strict=True))
+    return {
+        "events": got,
+        "events_per_s": round(got / wall, 1),
+        "server_cpu_us_per_event": round(cpu / max(1, got) * 1e6, 1),
+    }
+
+
 def _median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median CPU per task (each round's figures kept)."""
     ordered = sorted(results, key=lambda r: r["server_cpu_us_per_task"])
@@ -307,6 +370,24 @@ def run(config: BenchConfig) -> dict[str, Any]:
                         runs.setdefault(name, []).append(_load(servers, api_key, config, callers))
                 for name, results in runs.items():
                     data[name] = _median_run(results)
+                delivered: dict[str, list[dict[str, Any]]] = {}
+                for _ in range(ROUNDS):
+                    for name, publish, consume in (
+                        ("one_replica", [0], [0]),
+                        ("two_replicas", [0, 1], [0, 1]),
+                    ):
+                        delivered.setdefault(name, []).append(
+                            _deliver_load([one, two], publish, consume, api_key)
+                        )
+                data["delivery"] = {
+                    name: {
+                        **sorted(runs_, key=lambda r: r["server_cpu_us_per_event"])[
+                            len(runs_) // 2
+                        ],
+                        "rounds_cpu_us_per_event": [r["server_cpu_us_per_event"] for r in runs_],
+                    }
+                    for name, runs_ in delivered.items()
+                }
                 a, b = f"127.0.0.1:{one.port}", f"127.0.0.1:{two.port}"
                 latency: dict[str, Any] = {}
                 for probe_name, probe in (
@@ -329,6 +410,15 @@ def run(config: BenchConfig) -> dict[str, Any]:
                         data["pinned_two"] = _load([p0, p1], api_key, config, offered)
     finally:
         database.__exit__(None, None, None)
+    _report(data)
+    data["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    path = write_result(config, RESULT_FILE, data)
+    print(f"  results written to {path}", flush=True)
+    return data
+
+
+def _report(data: dict[str, Any]) -> None:
+    """Print the figures (and add the ratios to ``data``)."""
     one, two = data["one_replica"], data["two_replicas"]
     split = data["two_replicas_same_callers"]
     cost = two["server_cpu_us_per_task"] / max(1e-9, one["server_cpu_us_per_task"])
@@ -353,6 +443,15 @@ def run(config: BenchConfig) -> dict[str, Any]:
             f"{cross['p99_ms'] / max(0.01, same['p99_ms']):.2f}x; target <= 2)",
             flush=True,
         )
+    d1, d2 = data["delivery"]["one_replica"], data["delivery"]["two_replicas"]
+    event_cost = d2["server_cpu_us_per_event"] / max(1e-9, d1["server_cpu_us_per_event"])
+    data["event_coordination_cost_ratio"] = round(event_cost, 2)
+    print(
+        f"  server CPU per delivered event ({CONSUMERS} consumers, median of {ROUNDS}): "
+        f"1 replica {d1['server_cpu_us_per_event']} µs, publishers and consumers on 2 "
+        f"{d2['server_cpu_us_per_event']} µs: {event_cost:.2f}x (target <= 1.15)",
+        flush=True,
+    )
     holds = data["append_lock_hold_ms"]
     print(
         "  append lock held per group commit (events: ms): "
@@ -367,10 +466,6 @@ def run(config: BenchConfig) -> dict[str, Any]:
             f"2 replicas {data['pinned_two']['tasks_per_s']} tasks/s: {ratio:.2f}x",
             flush=True,
         )
-    data["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    path = write_result(config, RESULT_FILE, data)
-    print(f"  results written to {path}", flush=True)
-    return data
 
 
 if __name__ == "__main__":
