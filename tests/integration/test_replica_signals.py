@@ -332,3 +332,28 @@ async def test_watch_sync_run_on_another_replica_follows_by_push(
     known_at = time.time() - (time.monotonic() - seen[-1][1])
     assert seen[0][0] == memory_pb2.SYNC_RUN_STATUS_RUNNING  # it waited for the end
     assert known_at - ended_at < 2.5, (seen, known_at - ended_at)
+
+
+@pytest.mark.pg
+async def test_a_push_to_another_replica_reaches_the_jobs_owner_by_push(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """Records pushed to a replica that does not run the job are applied by
+    its owner at once (woken by the commit's signal; its poll is 10 s)."""
+    from tests.streams_client import Streams, job_spec, stream_server
+
+    settings = {"rate_limit.enabled": False, "streams.poll_interval": 10.0}
+    async with (
+        stream_server(make_settings(tmp_path / "a", pg_database, **settings)) as first,
+        stream_server(make_settings(tmp_path / "b", pg_database, **settings)) as second,
+    ):
+        one, two = Streams(first.channel()), Streams(second.channel())
+        job = await one.create(job_spec(size=10))
+        await asyncio.sleep(0.5)  # the owner's runner has looked once and waits
+        assert job.id in first.server.app.streams.running
+        for i in range(3):
+            started = time.monotonic()
+            await two.push(job.id, [[{"k": "a", "t": i + 1, "v": 1}]])
+            await two.wait(job.id, timeout=5.0, records_accepted=i + 1)
+            assert time.monotonic() - started < 5.0
+        assert job.id not in second.server.app.streams.running
