@@ -16,217 +16,50 @@ between the dialects stay, on purpose, chosen once in the constructor:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import (
-    Float,
-    String,
     and_,
-    bindparam,
-    case,
     delete,
     exists,
     func,
-    insert,
-    literal_column,
     or_,
     select,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from datamcp.adapters.sqlalchemy.event_sql import (
+    ADD_DELIVERY,
+    ADVANCE_CURSOR,
+    APPEND,
+    APPEND_TURN,
+    BY_SEQS,
+    CLAIM,
+    DELETE_DELIVERIES,
+    EXISTING,
+    INSERT_DEAD_LETTERS,
+    INSERT_NEW,
+    INSERT_SUBSCRIPTION,
+    MAX_SEQ,
+    READ_AFTER_CURSOR,
+    event_row,
+    to_event,
+    to_subscription,
+)
 from datamcp.adapters.sqlalchemy.executor import (
     Executor,
     executor_for,
-    in_list,
-    insert_ignoring,
 )
 from datamcp.adapters.sqlalchemy.tables import dead_letters, deliveries, events, subscriptions
 from datamcp.core.events.model import (
     ALL_TENANTS,
     DeadLetter,
     Event,
-    EventFilter,
     Subscription,
     SubscriptionStats,
 )
-
-#: Advisory lock key serialising event appends on PostgreSQL ("dmcpevts").
-_APPEND_LOCK = 0x646D63706576747
-
-_EVENT_COLUMNS = (
-    "tenant",
-    "id",
-    "source",
-    "type",
-    "subject",
-    "time",
-    "datacontenttype",
-    "data",
-    "correlation_id",
-    "traceparent",
-    "stored_at",
-)
-
-
-# --- statements of the hot paths, built once ------------------------------------------
-
-
-def _claim_statement(ordered: bool, *, skip_locked: bool) -> Any:
-    """Lease visible deliveries that head their subject (see ``claim``).
-
-    With ``skip_locked`` (PostgreSQL) the candidates are picked in a CTE
-    with ``FOR UPDATE SKIP LOCKED``: competitors (consumers on other
-    replicas) pass over rows another claim or ack holds instead of waiting
-    for them, so there are no lock waits and no deadlocks with the
-    subscription row a materialiser holds. (In an ``IN (...)`` subquery
-    PostgreSQL would not honour the LIMIT together with the lock.) SQLite has
-    one writer and no row locks: the plain subquery.
-    """
-    d = deliveries.c
-    # Aliases keep the subqueries from correlating to the UPDATE's own table.
-    cand = deliveries.alias("cand")
-    earlier = deliveries.alias("earlier")
-    pick = select(cand.c.seq).where(
-        cand.c.subscription_id == bindparam("sub_id"), cand.c.visible_at <= bindparam("now")
-    )
-    if ordered:
-        blocked = (
-            exists()
-            .where(
-                earlier.c.subscription_id == cand.c.subscription_id,
-                earlier.c.subject == cand.c.subject,
-                earlier.c.seq < cand.c.seq,
-            )
-            .correlate(cand)
-        )
-        pick = pick.where((cand.c.subject == "") | ~blocked)
-    pick = pick.order_by(cand.c.seq).limit(bindparam("limit"))
-    if skip_locked:
-        picked = pick.with_for_update(skip_locked=True, of=cand).cte("picked")
-        chosen = d.seq == picked.c.seq
-    else:
-        chosen = d.seq.in_(pick)
-    # Rows with no attempts left are not leased, only reported (their
-    # consumer comes back NULL) so the caller can bury them. The visibility
-    # re-check makes the claim atomic between competitors.
-    live = d.attempts < bindparam("max_attempts")
-    return (
-        update(deliveries)
-        .where(d.subscription_id == bindparam("sub_id"), chosen, d.visible_at <= bindparam("now"))
-        .values(
-            visible_at=case((live, bindparam("until", type_=Float)), else_=d.visible_at),
-            consumer=case((live, bindparam("consumer", type_=String)), else_=None),
-            attempts=case((live, d.attempts + 1), else_=d.attempts),
-        )
-        .returning(d.seq, d.attempts, d.consumer)
-    )
-
-
-def _read_after_cursor_statement(all_tenants: bool) -> Any:
-    """The subscription's cursor and the events after it, in one statement."""
-    s, e = subscriptions.c, events.c
-    joined = e.seq > s.cursor
-    if not all_tenants:
-        joined = and_(joined, e.tenant == bindparam("tenant"))
-    return (
-        select(s.cursor.label("sub_cursor"), events)
-        .select_from(subscriptions.outerjoin(events, joined))
-        .where(s.id == bindparam("sub_id"))
-        .order_by(e.seq)
-        .limit(bindparam("limit"))
-    )
-
-
-_EXISTING = select(events.c.id, events.c.seq).where(
-    events.c.tenant == bindparam("tenant"), in_list(events.c.id, "ids")
-)
-_BY_SEQS = select(events).where(in_list(events.c.seq, "seqs"))
-_MAX_SEQ = select(func.max(events.c.seq))
-_APPEND_TURN = select(func.pg_advisory_xact_lock(_APPEND_LOCK))
-_EVENT_VALUES: dict[str, Any] = {name: bindparam(name) for name in _EVENT_COLUMNS}
-#: Stores an event unless its (tenant, id) is stored; returns what it stored.
-_APPEND = (
-    insert_ignoring(events, "tenant", "id")
-    .values(_EVENT_VALUES)
-    .returning(events.c.tenant, events.c.id, events.c.seq)
-)
-#: SQLite's batch insert, of events known not to be stored.
-_INSERT_NEW = insert(events).values(_EVENT_VALUES)
-_ADVANCE_CURSOR = (
-    update(subscriptions)
-    .where(subscriptions.c.id == bindparam("sub_id"), subscriptions.c.cursor == bindparam("read"))
-    .values(cursor=bindparam("seq"))
-)
-_ADD_DELIVERY = insert_ignoring(deliveries).values(
-    subscription_id=bindparam("sub_id"),
-    seq=bindparam("seq"),
-    subject=bindparam("subject"),
-    attempts=literal_column("0"),
-    visible_at=literal_column("0.0"),
-)
-_DELETE_DELIVERIES = delete(deliveries).where(
-    deliveries.c.subscription_id == bindparam("sub_id"), in_list(deliveries.c.seq, "seqs")
-)
-#: By "skips locked rows" (PostgreSQL), then by ``ordered``.
-_CLAIM = {
-    skip_locked: {
-        ordered: _claim_statement(ordered, skip_locked=skip_locked) for ordered in (True, False)
-    }
-    for skip_locked in (True, False)
-}
-_READ_AFTER_CURSOR = {every: _read_after_cursor_statement(every) for every in (True, False)}
-_INSERT_SUBSCRIPTION = insert_ignoring(subscriptions)
-_INSERT_DEAD_LETTERS = insert_ignoring(dead_letters)
-
-
-def _row(e: Event, stored_at: float) -> dict[str, Any]:
-    """An event's column values, by ``_EVENT_COLUMNS`` name."""
-    return {
-        "tenant": e.tenant,
-        "id": e.id,
-        "source": e.source,
-        "type": e.type,
-        "subject": e.subject,
-        "time": e.time,
-        "datacontenttype": e.datacontenttype,
-        "data": e.data_json(),
-        "correlation_id": e.correlation_id,
-        "traceparent": e.traceparent,
-        "stored_at": stored_at,
-    }
-
-
-def _event(row: Any) -> Event:
-    return Event(
-        id=row.id,
-        source=row.source,
-        type=row.type,
-        data=json.loads(row.data),
-        subject=row.subject,
-        time=row.time,
-        datacontenttype=row.datacontenttype,
-        tenant=row.tenant,
-        correlation_id=row.correlation_id,
-        traceparent=row.traceparent,
-        seq=row.seq,
-    )
-
-
-def _subscription(row: Any) -> Subscription:
-    return Subscription(
-        id=row.id,
-        tenant=row.tenant,
-        name=row.name,
-        filter=EventFilter.from_json(row.filter),
-        cursor=row.cursor,
-        max_attempts=row.max_attempts,
-        visibility_timeout=row.visibility_timeout,
-        created_at=row.created_at,
-        ordered=row.ordered,
-    )
 
 
 class SqlEventRepository:
@@ -235,14 +68,14 @@ class SqlEventRepository:
         self._x = executor if executor is not None else executor_for(conn)
         # The dialects' two differences (see the module docstring).
         self._postgres = conn.dialect.name == "postgresql"
-        self._claim = _CLAIM[self._postgres]
+        self._claim = CLAIM[self._postgres]
 
     # --- events -------------------------------------------------------------------
 
     async def existing(self, tenant: str, ids: Sequence[str]) -> dict[str, int]:
         if not ids:
             return {}
-        rows = await self._x.rows(_EXISTING, {"tenant": tenant, "ids": ids})
+        rows = await self._x.rows(EXISTING, {"tenant": tenant, "ids": ids})
         return {row.id: row.seq for row in rows}
 
     async def append(self, batch: Sequence[Event], stored_at: float) -> list[tuple[int, bool]]:
@@ -250,22 +83,22 @@ class SqlEventRepository:
         call stored it ((tenant, id) distinct within ``batch``)."""
         if not batch:
             return []
-        rows = [_row(e, stored_at) for e in batch]
+        rows = [event_row(e, stored_at) for e in batch]
         if self._postgres:
             # Subscriptions read "events after my cursor". With concurrent
             # writers (replicas), a later seq could commit before an earlier
             # one and a reader in between would skip the earlier one for
             # good. Appends take turns, so events commit in seq order.
             # (SQLite writers always do.)
-            await self._x.rows(_APPEND_TURN)
+            await self._x.rows(APPEND_TURN)
         if len(rows) == 1:
             # The common case at low rates: one statement that skips a stored
             # id and returns the new seq (one trip to the SQLite driver).
-            found = await self._x.rows(_APPEND, rows[0])
+            found = await self._x.rows(APPEND, rows[0])
             e = batch[0]
             return await self._with_stored(batch, {(e.tenant, e.id): found[0].seq} if found else {})
         if self._postgres:
-            result = await self._conn.execute(_APPEND, rows)  # RETURNING over executemany
+            result = await self._conn.execute(APPEND, rows)  # RETURNING over executemany
             return await self._with_stored(batch, {(r.tenant, r.id): r.seq for r in result})
         # SQLite cannot return rows from executemany: look up the stored ids
         # first. The write lock is held from the insert to the commit, so the
@@ -274,8 +107,8 @@ class SqlEventRepository:
         fresh = [row for e, row in zip(batch, rows, strict=True) if (e.tenant, e.id) not in known]
         seqs: Iterator[int] = iter(())
         if fresh:
-            await self._x.many(_INSERT_NEW, fresh)
-            (last,) = await self._x.rows(_MAX_SEQ)
+            await self._x.many(INSERT_NEW, fresh)
+            (last,) = await self._x.rows(MAX_SEQ)
             top = int(last[0] or 0)
             seqs = iter(range(top - len(fresh) + 1, top + 1))
         return [
@@ -310,7 +143,7 @@ class SqlEventRepository:
         if since_time is not None:
             query = query.where(events.c.time >= since_time)
         rows = await self._conn.execute(query.order_by(events.c.seq).limit(limit))
-        return [_event(row) for row in rows]
+        return [to_event(row) for row in rows]
 
     async def read_after_cursor(
         self, subscription_id: str, tenant: str, limit: int
@@ -321,19 +154,19 @@ class SqlEventRepository:
         params: dict[str, Any] = {"sub_id": subscription_id, "limit": limit}
         if not every:
             params["tenant"] = tenant
-        rows = await self._x.rows(_READ_AFTER_CURSOR[every], params)
+        rows = await self._x.rows(READ_AFTER_CURSOR[every], params)
         if not rows:
             return None, []
-        return int(rows[0].sub_cursor), [_event(row) for row in rows if row.seq is not None]
+        return int(rows[0].sub_cursor), [to_event(row) for row in rows if row.seq is not None]
 
     async def by_seqs(self, seqs: Sequence[int]) -> dict[int, Event]:
         if not seqs:
             return {}
-        rows = await self._x.rows(_BY_SEQS, {"seqs": seqs})
-        return {row.seq: _event(row) for row in rows}
+        rows = await self._x.rows(BY_SEQS, {"seqs": seqs})
+        return {row.seq: to_event(row) for row in rows}
 
     async def max_seq(self, tenant: str | None = None) -> int:
-        query = _MAX_SEQ
+        query = MAX_SEQ
         if tenant is not None:
             query = query.where(events.c.tenant == tenant)
         return int((await self._conn.execute(query)).scalar() or 0)
@@ -383,11 +216,11 @@ class SqlEventRepository:
                 )
             )
         ).one_or_none()
-        return None if row is None else _subscription(row)
+        return None if row is None else to_subscription(row)
 
     async def add_subscription(self, sub: Subscription) -> None:
         await self._conn.execute(
-            _INSERT_SUBSCRIPTION.values(
+            INSERT_SUBSCRIPTION.values(
                 id=sub.id,
                 tenant=sub.tenant,
                 name=sub.name,
@@ -407,7 +240,7 @@ class SqlEventRepository:
             .order_by(subscriptions.c.name)
             .limit(limit)
         )
-        return [_subscription(row) for row in rows]
+        return [to_subscription(row) for row in rows]
 
     async def delete_subscription(self, subscription_id: str) -> tuple[int, int]:
         dropped = await self._conn.execute(
@@ -429,7 +262,7 @@ class SqlEventRepository:
 
     async def advance_cursor(self, subscription_id: str, read: int, seq: int) -> bool:
         params = {"sub_id": subscription_id, "read": read, "seq": seq}
-        return await self._x.run(_ADVANCE_CURSOR, params) == 1
+        return await self._x.run(ADVANCE_CURSOR, params) == 1
 
     async def stats(self, sub: Subscription, now: float) -> SubscriptionStats:
         d = deliveries.c
@@ -458,7 +291,7 @@ class SqlEventRepository:
         if not items:
             return
         await self._x.many(
-            _ADD_DELIVERY,
+            ADD_DELIVERY,
             [{"sub_id": subscription_id, "seq": seq, "subject": subject} for seq, subject in items],
         )
 
@@ -508,7 +341,7 @@ class SqlEventRepository:
     async def delete_deliveries(self, subscription_id: str, seqs: Sequence[int]) -> int:
         if not seqs:
             return 0
-        return await self._x.run(_DELETE_DELIVERIES, {"sub_id": subscription_id, "seqs": seqs})
+        return await self._x.run(DELETE_DELIVERIES, {"sub_id": subscription_id, "seqs": seqs})
 
     async def retry_later(
         self, subscription_id: str, seq: int, visible_at: float, error: str
@@ -543,7 +376,7 @@ class SqlEventRepository:
         if not rows:
             return
         await self._conn.execute(
-            _INSERT_DEAD_LETTERS,
+            INSERT_DEAD_LETTERS,
             [
                 {
                     "subscription_id": subscription_id,
@@ -568,7 +401,7 @@ class SqlEventRepository:
             .limit(limit)
         )
         return [
-            DeadLetter(sub.name, _event(row), row.attempts, row.last_error or "", row.dead_at)
+            DeadLetter(sub.name, to_event(row), row.attempts, row.last_error or "", row.dead_at)
             for row in rows
         ]
 
