@@ -39,6 +39,7 @@ ENGINE = ("duckdb", "pyarrow", "adbc_driver")
 ENGINE_MODULES = {
     "datamcp.core.pipelines.engine",
     "datamcp.core.pipelines.exprc",
+    "datamcp.core.pipelines.exprcompile",
     "datamcp.core.pipelines.exprfn",
     "datamcp.core.pipelines.incremental",
     "datamcp.core.pipelines.plan",
