@@ -68,45 +68,36 @@ def _result(task: Task) -> str | None:
 
 
 def _row(task: Task) -> dict[str, Any]:
-    error = task.error
     return {
         "id": task.id,
         "tenant": task.tenant,
         "capability": task.capability,
-        "agent_id": task.agent_id,
         "input": task.input_json if task.input_json is not None else _dump(task.input),
         "priority": task.priority,
         "deadline": task.deadline,
         "timeout": task.timeout,
         "request_id": task.request_id,
-        "state": int(task.state),
-        "attempts": task.attempts,
         "max_attempts": task.max_attempts,
         "correlation_id": task.correlation_id,
         "parent_task_id": task.parent_task_id,
         "depth": task.depth,
         "pinned": int(task.pinned),
-        "progress": task.progress,
-        "progress_message": task.progress_message,
-        "result": _result(task),
-        "error_reason": error.reason if error else None,
-        "error_message": error.message if error else None,
-        "error_retryable": int(error.retryable) if error else None,
         "created_at": task.created_at,
-        "updated_at": task.updated_at,
-        "started_at": task.started_at,
-        "ended_at": task.ended_at,
         "cancel_requested_at": task.updated_at if task.cancel_requested else None,
+        **_mutable(task),
     }
 
 
 def _changes(task: Task, holder: str) -> dict[str, Any]:
     """``_SAVE``'s parameters: the ``_MUTABLE`` columns of a task (a save
     writes only these, so the input is not encoded again)."""
+    return {"task_id": task.id, "holder": holder, **_mutable(task)}
+
+
+def _mutable(task: Task) -> dict[str, Any]:
+    """The columns a save may change."""
     error = task.error
     return {
-        "task_id": task.id,
-        "holder": holder,
         "agent_id": task.agent_id,
         "state": int(task.state),
         "attempts": task.attempts,
