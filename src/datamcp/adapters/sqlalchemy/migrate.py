@@ -108,14 +108,24 @@ async def _lock(engine: AsyncEngine, wait: float) -> AsyncConnection:
     deadline = time.monotonic() + wait
     sqlite = engine.dialect.name == "sqlite"
     while True:
-        conn = await engine.connect()
+        try:
+            conn = await engine.connect()
+        except OperationalError as exc:
+            # A new SQLite file: connecting sets its journal mode (WAL), which
+            # waits for another process's exclusive lock like BEGIN does.
+            if not (sqlite and _busy(exc)):
+                raise
+            if time.monotonic() >= deadline:
+                raise _held(wait) from exc
+            await asyncio.sleep(_POLL)
+            continue
         try:
             if sqlite:
                 try:
                     await conn.exec_driver_sql("BEGIN EXCLUSIVE")
                     return conn
                 except OperationalError as exc:
-                    if "locked" not in str(exc) and "busy" not in str(exc):
+                    if not _busy(exc):
                         raise
             else:
                 got = await conn.scalar(
@@ -129,12 +139,21 @@ async def _lock(engine: AsyncEngine, wait: float) -> AsyncConnection:
             raise
         await conn.close()
         if time.monotonic() >= deadline:
-            raise Unavailable(
-                f"another process held the schema lock for {wait:.0f}s (a migration still "
-                "running, or a stuck session); try again later",
-                reason="SCHEMA_LOCKED",
-            )
+            raise _held(wait)
         await asyncio.sleep(_POLL)
+
+
+def _busy(exc: OperationalError) -> bool:
+    """SQLite's "another connection holds the lock"."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _held(wait: float) -> Unavailable:
+    return Unavailable(
+        f"another process held the schema lock for {wait:.0f}s (a migration still "
+        "running, or a stuck session); try again later",
+        reason="SCHEMA_LOCKED",
+    )
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> Outcome:
