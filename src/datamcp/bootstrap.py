@@ -86,6 +86,7 @@ class App:
     #: Time-based work the schedule handler starts (services register here).
     due: DueWork = field(default_factory=DueWork)
     _heartbeats: asyncio.Task[None] | None = None
+    _stop_beating: asyncio.Event = field(default_factory=asyncio.Event)
 
     def uow(self) -> UnitOfWork:
         return SqlUnitOfWork(self.engine)
@@ -243,7 +244,10 @@ class App:
         triggers)."""
         self._heartbeats = asyncio.create_task(
             instances.heartbeats(
-                self.uow, self.instance.id, self.settings.replicas.heartbeat_interval
+                self.uow,
+                self.instance.id,
+                self.settings.replicas.heartbeat_interval,
+                self._stop_beating,
             ),
             name="instance-heartbeats",
         )
@@ -288,7 +292,10 @@ class App:
         if self.limiter is not None:
             await self.limiter.close()
         await self.signals.stop()
-        await cancel_and_wait(self._heartbeats)
+        self._stop_beating.set()  # the beat in progress finishes
+        if self._heartbeats is not None:
+            _, beating = await asyncio.wait({self._heartbeats}, timeout=10.0)
+            await cancel_and_wait(*beating)
         # The database may be the very reason we are stopping.
         with contextlib.suppress(Exception):
             await instances.mark_stopped(self.uow, self.instance.id)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from datamcp.core.background import cancel_and_wait
+from datamcp.core.background import cancel_and_wait, wait_at_most
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ class HealthMonitor:
         self._changed = asyncio.Event()
         self._report: HealthReport | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()
 
     @property
@@ -198,19 +199,26 @@ class HealthMonitor:
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping = asyncio.Event()
             self._task = asyncio.create_task(self._loop(), name="health-monitor")
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
+        """Stop after the round in progress: a check (the database's writes a
+        heartbeat) is not cut off mid-statement unless it outlives its own
+        timeout."""
+        self._stopping.set()
+        if self._task is not None:
+            _, running = await asyncio.wait({self._task}, timeout=self._timeout + 1.0)
+            await cancel_and_wait(*running)
         self._task = None
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.evaluate()
             except Exception:  # a bug in a check must not stop health reporting
                 log.exception("health evaluation failed")
-            await asyncio.sleep(self._interval)
+            await wait_at_most(self._stopping, self._interval)
 
     async def _run(self, check: HealthCheck) -> ComponentHealth:
         started = time.perf_counter()

@@ -16,6 +16,7 @@ import os
 import socket
 import time
 
+from datamcp.core.background import wait_at_most
 from datamcp.core.instance_model import Instance
 from datamcp.core.ports import UnitOfWorkFactory
 
@@ -34,16 +35,19 @@ async def heartbeat(uow: UnitOfWorkFactory, instance_id: str) -> None:
         await tx.commit()
 
 
-async def heartbeats(uow: UnitOfWorkFactory, instance_id: str, every: float) -> None:
-    """Heartbeat every ``every`` seconds until cancelled (a failed write is
-    logged and tried again at the next beat: the others see this process as
-    gone only after ``stale_after`` without one)."""
-    while True:
+async def heartbeats(
+    uow: UnitOfWorkFactory, instance_id: str, every: float, stop: asyncio.Event
+) -> None:
+    """Heartbeat every ``every`` seconds until ``stop`` is set (a beat in
+    progress finishes: a write is not cut off mid-statement). A failed write
+    is logged and tried again at the next beat: the others see this process
+    as gone only after ``stale_after`` without one."""
+    while not stop.is_set():
         try:
             await heartbeat(uow, instance_id)
         except Exception:
             log.warning("instance heartbeat failed", exc_info=True)
-        await asyncio.sleep(every)
+        await wait_at_most(stop, every)
 
 
 async def mark_stopped(uow: UnitOfWorkFactory, instance_id: str) -> None:
