@@ -1,7 +1,9 @@
 """Two processes materialising one subscription's page at once (replicas
-whose consumers share a subscription) on PostgreSQL: the slower one must
-not insert deliveries the faster one's consumer has already acked, which
-would deliver those events again with nothing failing."""
+whose consumers share a subscription) on PostgreSQL: they take turns on the
+subscription's row, so the second reads on from where the first left off
+(it neither reads the page again nor inserts deliveries the first's
+consumer may already have acked, which would deliver those events again
+with nothing failing)."""
 
 from __future__ import annotations
 
@@ -19,11 +21,14 @@ from datamcp.core.events.subscriptions import SubscriptionService
 
 
 class _PausedAfterRead:
-    """A unit of work whose first cursor read waits for ``go`` (the slow replica)."""
+    """A unit of work whose first cursor read waits for ``go`` (the slow
+    replica), and that records how many events each of its reads returned."""
 
-    def __init__(self, inner: SqlUnitOfWork, read: asyncio.Event, go: asyncio.Event) -> None:
+    def __init__(
+        self, inner: SqlUnitOfWork, read: asyncio.Event, go: asyncio.Event, pages: list[int]
+    ) -> None:
         self._inner = inner
-        self._read, self._go = read, go
+        self._read, self._go, self._pages = read, go, pages
 
     async def __aenter__(self) -> _PausedAfterRead:
         await self._inner.__aenter__()
@@ -38,7 +43,7 @@ class _PausedAfterRead:
     @property
     def events(self) -> Any:
         real = self._inner.events
-        read, go = self._read, self._go
+        read, go, pages = self._read, self._go, self._pages
 
         class Events:
             def __getattr__(self, name: str) -> Any:
@@ -46,6 +51,7 @@ class _PausedAfterRead:
 
             async def read_after_cursor(self, *args: Any) -> Any:
                 found = await real.read_after_cursor(*args)
+                pages.append(len(found[1]))
                 read.set()
                 await go.wait()
                 return found
@@ -54,30 +60,41 @@ class _PausedAfterRead:
 
 
 @pytest.mark.pg
-async def test_the_slower_of_two_materialisers_inserts_nothing(pg_database: str) -> None:
+async def test_materialisers_of_one_subscription_take_turns(pg_database: str) -> None:
     engine = create_engine(pg_database)
     await migrate.upgrade(engine)
     bus = EventBus(lambda: SqlUnitOfWork(engine))
     await bus.start()
     try:
-        fast = SubscriptionService(lambda: SqlUnitOfWork(engine))
-        read, go = asyncio.Event(), asyncio.Event()
-        slow = SubscriptionService(
-            lambda: _PausedAfterRead(SqlUnitOfWork(engine), read, go)  # type: ignore[arg-type,return-value]
+        first_pages: list[int] = []
+        second_pages: list[int] = []
+        read, go, second_read = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        always = asyncio.Event()
+        always.set()
+        first = SubscriptionService(
+            lambda: _PausedAfterRead(SqlUnitOfWork(engine), read, go, first_pages)  # type: ignore[arg-type,return-value]
         )
-        sub = await fast.ensure("t", "s", EventFilter.build(["race.*"]))
+        second = SubscriptionService(
+            lambda: _PausedAfterRead(SqlUnitOfWork(engine), second_read, always, second_pages)  # type: ignore[arg-type,return-value]
+        )
+        sub = await first.ensure("t", "s", EventFilter.build(["race.*"]))
         await bus.publish(
             [new_event(type="race.tick", source="/t", tenant="t", id=f"e{i}") for i in range(10)]
         )
-        lagging = asyncio.ensure_future(slow.materialise(sub))
-        await read.wait()  # the slow one has read the cursor and the page
-        assert await fast.materialise(sub) == 10
-        leased = await fast.lease(sub, "consumer-a", 100)
-        assert len(leased) == 10
-        await fast.ack(sub, [d.event.seq for d in leased])
+        leading = asyncio.ensure_future(first.materialise(sub))
+        await read.wait()  # the first has read the cursor and the page, and holds the row
+        following = asyncio.ensure_future(second.materialise(sub))
+        done, _ = await asyncio.wait([following], timeout=0.3)
+        assert not done, "the second materialiser must wait for the first to commit"
+        assert second_pages == []
         go.set()
-        assert await lagging == 0
-        assert await fast.lease(sub, "consumer-b", 100) == []
+        assert await leading == 10
+        assert await following == 0
+        assert second_pages == [0], "the second reads on from the moved cursor"
+        leased = await second.lease(sub, "consumer-b", 100)
+        assert [d.event.id for d in leased] == [f"e{i}" for i in range(10)]
+        await second.ack(sub, [d.event.seq for d in leased])
+        assert await first.lease(sub, "consumer-a", 100) == []
     finally:
         await bus.stop()
         await engine.dispose()

@@ -38,6 +38,7 @@ from datamcp.adapters.sqlalchemy.event_sql import (
     BY_SEQS,
     CLAIM,
     DELETE_DELIVERIES,
+    EVENT_ROW,
     EXISTING,
     INSERT_DEAD_LETTERS,
     INSERT_NEW,
@@ -69,6 +70,7 @@ class SqlEventRepository:
         # The dialects' two differences (see the module docstring).
         self._postgres = conn.dialect.name == "postgresql"
         self._claim = CLAIM[self._postgres]
+        self._read_after_cursor = READ_AFTER_CURSOR[self._postgres]
 
     # --- events -------------------------------------------------------------------
 
@@ -154,10 +156,11 @@ class SqlEventRepository:
         params: dict[str, Any] = {"sub_id": subscription_id, "limit": limit}
         if not every:
             params["tenant"] = tenant
-        rows = await self._x.rows(READ_AFTER_CURSOR[every], params)
+        rows = await self._x.rows(self._read_after_cursor[every], params)
         if not rows:
             return None, []
-        return int(rows[0].sub_cursor), [to_event(row) for row in rows if row.seq is not None]
+        # Each row is the cursor, then the event's columns (None past the last).
+        return int(rows[0][0]), [to_event(row[1:]) for row in rows if row[1] is not None]
 
     async def by_seqs(self, seqs: Sequence[int]) -> dict[int, Event]:
         if not seqs:
@@ -393,15 +396,20 @@ class SqlEventRepository:
     # --- dead letters -----------------------------------------------------------------
 
     async def dead_letters(self, sub: Subscription, after_seq: int, limit: int) -> list[DeadLetter]:
+        width = len(EVENT_ROW)
         rows = await self._conn.execute(
-            select(dead_letters, events)
-            .join(events, events.c.seq == dead_letters.c.seq)
+            select(
+                events, dead_letters.c.attempts, dead_letters.c.last_error, dead_letters.c.dead_at
+            )
+            .join(dead_letters, events.c.seq == dead_letters.c.seq)
             .where(dead_letters.c.subscription_id == sub.id, dead_letters.c.seq > after_seq)
             .order_by(dead_letters.c.seq)
             .limit(limit)
         )
         return [
-            DeadLetter(sub.name, to_event(row), row.attempts, row.last_error or "", row.dead_at)
+            DeadLetter(
+                sub.name, to_event(row[:width]), row.attempts, row.last_error or "", row.dead_at
+            )
             for row in rows
         ]
 

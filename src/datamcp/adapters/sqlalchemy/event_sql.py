@@ -4,6 +4,7 @@ of work's executor), and its rows as core records."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -18,6 +19,7 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
+    true,
     update,
 )
 
@@ -97,16 +99,36 @@ def _claim_statement(ordered: bool, *, skip_locked: bool) -> Any:
     )
 
 
-def _read_after_cursor_statement(all_tenants: bool) -> Any:
-    """The subscription's cursor and the events after it, in one statement."""
-    s, e = subscriptions.c, events.c
-    joined = e.seq > s.cursor
+def _read_after_cursor_statement(all_tenants: bool, *, postgres: bool) -> Any:
+    """The subscription's cursor and up to ``limit`` events after it, in one
+    statement; no row when the subscription does not exist.
+
+    On PostgreSQL the subscription's row is read ``FOR UPDATE``, so the
+    materialisers of one subscription (its consumers, on any replica) take
+    turns: a second one waits for the first to commit and reads on from the
+    cursor the first moved (the locked row's new version), instead of reading
+    the same page for nothing. The page is a LATERAL subquery so it stops at
+    ``limit`` rows of the seq index, however far a subscription lags. SQLite
+    (writers take turns, no LATERAL) walks the (tenant, seq) index in order
+    under a plain join, which stops at ``limit`` by itself.
+    """
+    sub = subscriptions.c
+    cursor_of = select(sub.cursor).where(sub.id == bindparam("sub_id"))
+    cursor_rows: Any = (
+        cursor_of.with_for_update().cte("locked") if postgres else cursor_of.subquery("locked")
+    )
+    e = events.c
+    after = e.seq > cursor_rows.c.cursor
     if not all_tenants:
-        joined = and_(joined, e.tenant == bindparam("tenant"))
+        after = and_(after, e.tenant == bindparam("tenant"))
+    if postgres:
+        page = select(events).where(after).order_by(e.seq).limit(bindparam("limit")).lateral()
+        return select(cursor_rows.c.cursor.label("sub_cursor"), page).select_from(
+            cursor_rows.outerjoin(page, true())
+        )
     return (
-        select(s.cursor.label("sub_cursor"), events)
-        .select_from(subscriptions.outerjoin(events, joined))
-        .where(s.id == bindparam("sub_id"))
+        select(cursor_rows.c.cursor.label("sub_cursor"), events)
+        .select_from(cursor_rows.outerjoin(events, after))
         .order_by(e.seq)
         .limit(bindparam("limit"))
     )
@@ -149,7 +171,13 @@ CLAIM = {
     }
     for skip_locked in (True, False)
 }
-READ_AFTER_CURSOR = {every: _read_after_cursor_statement(every) for every in (True, False)}
+#: By PostgreSQL or not, then by "all tenants".
+READ_AFTER_CURSOR = {
+    postgres: {
+        every: _read_after_cursor_statement(every, postgres=postgres) for every in (True, False)
+    }
+    for postgres in (True, False)
+}
 INSERT_SUBSCRIPTION = insert_ignoring(subscriptions)
 INSERT_DEAD_LETTERS = insert_ignoring(dead_letters)
 
@@ -171,19 +199,42 @@ def event_row(e: Event, stored_at: float) -> dict[str, Any]:
     }
 
 
-def to_event(row: Any) -> Event:
+#: ``to_event`` unpacks the values of a ``select(events)`` row by position
+#: (several times cheaper than by name, on the delivery path); the column
+#: order it relies on, checked here so a schema change cannot go unnoticed.
+EVENT_ROW = ("seq", *_EVENT_COLUMNS)
+if tuple(events.c.keys()) != EVENT_ROW:
+    raise RuntimeError("the events table's columns changed: update event_sql.to_event")
+
+
+def to_event(values: Sequence[Any]) -> Event:
+    """An event from its row's values in ``EVENT_ROW`` order."""
+    (
+        seq,
+        tenant,
+        id_,
+        source,
+        type_,
+        subject,
+        time_,
+        content_type,
+        data,
+        correlation_id,
+        traceparent,
+        _stored_at,
+    ) = values
     return Event(
-        id=row.id,
-        source=row.source,
-        type=row.type,
-        data=json.loads(row.data),
-        subject=row.subject,
-        time=row.time,
-        datacontenttype=row.datacontenttype,
-        tenant=row.tenant,
-        correlation_id=row.correlation_id,
-        traceparent=row.traceparent,
-        seq=row.seq,
+        id=id_,
+        source=source,
+        type=type_,
+        data=json.loads(data),
+        subject=subject,
+        time=time_,
+        datacontenttype=content_type,
+        tenant=tenant,
+        correlation_id=correlation_id,
+        traceparent=traceparent,
+        seq=seq,
     )
 
 

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 
 from datamcp.core.events.bus import EventBus
-from datamcp.core.events.model import Delivery, Event, Subscription
+from datamcp.core.events.model import Delivery, Subscription
 from datamcp.core.events.subscriptions import SubscriptionService
 
 LEASE_BATCH = 100
@@ -46,8 +46,9 @@ class Consumer:
         self._wake = asyncio.Event()
         self._seen_generation = -1
         self._full_look = 0.0
-        #: Events read by this consumer's rounds and not yet leased.
-        self._known: dict[int, Event] = {}
+        #: Events read and not yet leased, shared with this process's other
+        #: consumers of the subscription.
+        self._known = service.known_events(subscription)
 
     def grant(self, credits: int) -> None:
         """Allow ``credits`` more unacknowledged deliveries."""

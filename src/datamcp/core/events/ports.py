@@ -39,7 +39,12 @@ class EventRepository(Protocol):
     async def by_seqs(self, seqs: Sequence[int]) -> dict[int, Event]: ...
     async def read_after_cursor(
         self, subscription_id: str, tenant: str, limit: int
-    ) -> tuple[int | None, list[Event]]: ...
+    ) -> tuple[int | None, list[Event]]:
+        """The cursor (None: no such subscription) and up to ``limit`` events
+        after it. Where the store has row locks, the subscription's row stays
+        locked until the transaction ends (materialisers take turns)."""
+        ...
+
     async def max_seq(self, tenant: str | None = None) -> int: ...
     async def delete_expired(self, older_than: float | None, keep_last: int | None) -> int:
         """Drop events older than ``older_than`` or beyond the newest ``keep_last``

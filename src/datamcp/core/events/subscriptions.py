@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 
 from datamcp.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
@@ -44,6 +45,11 @@ KNOWN_MAX = 5000
 NACK_BACKOFF = RetryPolicy(base_delay=0.5, max_delay=60.0)
 
 
+class KnownEvents(dict[int, Event]):
+    """Events of one subscription read and not leased yet (events never
+    change once stored). A class of its own so the service can hold it weakly."""
+
+
 class SubscriptionService:
     def __init__(
         self,
@@ -57,6 +63,7 @@ class SubscriptionService:
         self._default_attempts = default_max_attempts
         self._default_visibility = default_visibility_timeout
         self._clock = clock
+        self._known: weakref.WeakValueDictionary[str, KnownEvents] = weakref.WeakValueDictionary()
 
     async def ensure(
         self,
@@ -163,10 +170,12 @@ class SubscriptionService:
         looked) skips reading the store. ``known`` is the caller's cache of
         events it has read (events never change once stored): a claimed
         event found there, or read by this round's materialisation, is not
-        read again. It is filled with what this round read and not leased.
+        read again. It is filled with what this round read and not leased
+        (see ``known_events``).
         """
         now = self._clock()
         cache: dict[int, Event] = {} if known is None else known
+        found: dict[int, Event] = {}
         async with self._uow() as tx:
             if acks:
                 await tx.events.delete_deliveries(sub.id, list(acks))
@@ -186,20 +195,34 @@ class SubscriptionService:
                     max_attempts=sub.max_attempts,
                     ordered=sub.ordered,
                 )
+                # Taken out of the cache at once, with no wait in between: the
+                # consumers of this subscription in this process share it.
+                for seq, _ in claimed:
+                    if (event := cache.pop(seq, None)) is not None:
+                        found[seq] = event
+                for seq in exhausted:
+                    cache.pop(seq, None)
                 if exhausted:
                     await tx.events.bury(
                         sub.id, exhausted, "visibility timeout expired on the last attempt", now
                     )
-                    for seq in exhausted:
-                        cache.pop(seq, None)
-                missing = [seq for seq, _ in claimed if seq not in cache]
+                missing = [seq for seq, _ in claimed if seq not in found]
                 if missing:
-                    cache.update(await tx.events.by_seqs(missing))
+                    found.update(await tx.events.by_seqs(missing))
             await tx.commit()
-        found = [(cache.pop(seq, None), attempt) for seq, attempt in claimed]
         if len(cache) > KNOWN_MAX:
             cache.clear()
-        return [Delivery(event, attempt) for event, attempt in found if event is not None]
+        return [Delivery(found[seq], attempt) for seq, attempt in claimed if seq in found]
+
+    def known_events(self, sub: Subscription) -> dict[int, Event]:
+        """The cache of ``sub``'s events read in this process and not leased
+        yet, shared by its consumers here (pass it to ``cycle`` as ``known``):
+        a delivery one consumer materialised and another leases is not read
+        again. Kept while a consumer holds it."""
+        cache = self._known.get(sub.id)
+        if cache is None:
+            cache = self._known[sub.id] = KnownEvents()
+        return cache
 
     async def _materialise(
         self, tx: UnitOfWork, sub: Subscription, read: dict[int, Event] | None = None
@@ -208,12 +231,13 @@ class SubscriptionService:
         The matching events go into ``read`` when given.
 
         Safe to run concurrently for one subscription (several consumers or
-        processes): the cursor moves from what this transaction read (a
-        compare-and-set, which holds the subscription's row until commit)
-        before any delivery is inserted, so of two materialisers of one page
-        only the first inserts. (Inserting first would let the second
-        re-insert a delivery the first's consumer had already acked: a
-        duplicate with nothing failing.)
+        processes). Where the store has row locks the cursor is read locked,
+        so materialisers take turns and a second one reads on from where the
+        first left off. Either way the cursor moves from what this
+        transaction read (a compare-and-set) before any delivery is inserted,
+        so of two materialisers of one page only the first inserts.
+        (Inserting first would let the second re-insert a delivery the
+        first's consumer had already acked: a duplicate with nothing failing.)
         """
         cursor, batch = await tx.events.read_after_cursor(sub.id, sub.tenant, MATERIALISE_BATCH)
         if cursor is None:
