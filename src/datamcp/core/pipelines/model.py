@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from datamcp.core.events.model import EventFilter
+from datamcp.core.events.model import Event, EventFilter
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,3 +221,39 @@ def snapshot(run: Run) -> Run:
 
 def new_run_id() -> str:
     return str(uuid.uuid4())
+
+
+def run_event(run: Run, event_type: str, progress_count: int, now: float) -> Event:
+    """The ``pipeline.run.*`` event announcing ``run``'s change (its id derives
+    from the run and the change, so a retried commit stores it once)."""
+    data: dict[str, Any] = {"pipeline_id": run.pipeline_id, "run_id": run.id}
+    suffix = event_type.rsplit(".", 1)[-1]
+    if event_type == "pipeline.run.started":
+        data["trigger"] = run.trigger
+    elif event_type == "pipeline.run.progress":
+        stage = next((s.stage for s in reversed(run.stages) if s.read), "source")
+        data.update(
+            stage=stage, read=run.rows_read, written=run.rows_written, rejected=run.rows_rejected
+        )
+        suffix = f"progress:{run.attempts}:{progress_count}"
+    elif event_type == "pipeline.run.succeeded":
+        data.update(
+            read=run.rows_read,
+            written=run.rows_written,
+            rejected=run.rows_rejected,
+            duration_ms=int(((run.ended_at or 0) - (run.started_at or run.created_at)) * 1000),
+        )
+        if run.cursor_end is not None:
+            data["cursor"] = run.cursor_end
+    elif event_type == "pipeline.run.failed" and run.error is not None:
+        data.update(reason=run.error.reason, message=run.error.message)
+    return Event(
+        id=f"{run.id}:{suffix}",
+        source=f"/pipelines/{run.pipeline_name}",
+        type=event_type,
+        data=data,
+        subject=run.id,
+        time=now,
+        tenant=run.tenant,
+        correlation_id=run.correlation_id,
+    )

@@ -27,6 +27,7 @@ from datamcp.core.pipelines.model import (
     RunError,
     RunPolicy,
     RunState,
+    run_event,
     snapshot,
     start_cursor,
 )
@@ -371,40 +372,7 @@ class RunManager:
             live.touch()
 
     def _event(self, run: Run, event_type: str, live: _Live | None) -> Event:
-        data: dict[str, Any] = {"pipeline_id": run.pipeline_id, "run_id": run.id}
-        suffix = event_type.rsplit(".", 1)[-1]
-        if event_type == "pipeline.run.started":
-            data["trigger"] = run.trigger
-        elif event_type == "pipeline.run.progress":
-            stage = next((s.stage for s in reversed(run.stages) if s.read), "source")
-            data.update(
-                stage=stage,
-                read=run.rows_read,
-                written=run.rows_written,
-                rejected=run.rows_rejected,
-            )
-            suffix = f"progress:{run.attempts}:{live.progress_count if live else 0}"
-        elif event_type == "pipeline.run.succeeded":
-            data.update(
-                read=run.rows_read,
-                written=run.rows_written,
-                rejected=run.rows_rejected,
-                duration_ms=int(((run.ended_at or 0) - (run.started_at or run.created_at)) * 1000),
-            )
-            if run.cursor_end is not None:
-                data["cursor"] = run.cursor_end
-        elif event_type == "pipeline.run.failed" and run.error is not None:
-            data.update(reason=run.error.reason, message=run.error.message)
-        return Event(
-            id=f"{run.id}:{suffix}",
-            source=f"/pipelines/{run.pipeline_name}",
-            type=event_type,
-            data=data,
-            subject=run.id,
-            time=self._clock(),
-            tenant=run.tenant,
-            correlation_id=run.correlation_id,
-        )
+        return run_event(run, event_type, live.progress_count if live else 0, self._clock())
 
     # ---- reading, cancelling, watching ---------------------------------------------------
 
