@@ -56,14 +56,26 @@ class BoomAgent(Agent):
 
 
 class SlowAgent(Agent):
-    """Sleeps ``seconds``, reporting progress; records when it was cancelled."""
+    """Sleeps ``seconds``, reporting progress; records when it was cancelled
+    and, per agent object (one per server), the most runs it had at once."""
 
     name = "slow"
     capabilities = (Capability("test.slow"),)
     max_concurrency = 1
     cancelled: list[str] = []
+    running: dict[int, int] = {}
+    most_running: dict[int, int] = {}
 
     async def run(self, ctx: TaskContext, capability: str, payload: Any) -> Any:
+        me = id(self)
+        SlowAgent.running[me] = now = SlowAgent.running.get(me, 0) + 1
+        SlowAgent.most_running[me] = max(now, SlowAgent.most_running.get(me, 0))
+        try:
+            return await self._sleep(ctx, payload)
+        finally:
+            SlowAgent.running[me] -= 1
+
+    async def _sleep(self, ctx: TaskContext, payload: Any) -> Any:
         seconds = float(payload.get("seconds", 0.0))
         marker = payload.get("marker")
         if marker:  # proves to a test (another process) that the run started

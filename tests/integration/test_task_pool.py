@@ -14,7 +14,7 @@ import pytest
 
 from datamcp.entrypoints.grpc.values import from_value
 from datamcp.v1 import agents_pb2, agents_pb2_grpc, events_pb2_grpc
-from tests.agent_plugins import PLUGINS
+from tests.agent_plugins import PLUGINS, SlowAgent
 from tests.integration.test_agent_hardening import OTHER_KEY, two_tenants
 from tests.integration.test_agents import spec
 from tests.integration.test_replica_signals import _task_events
@@ -51,6 +51,7 @@ async def states(stub: agents_pb2_grpc.AgentServiceStub, ids: list[str]) -> list
 
 
 async def test_work_sent_to_one_replica_runs_on_both(tmp_path: Path, pg_database: str) -> None:
+    SlowAgent.most_running.clear()
     async with two_replicas(tmp_path, pg_database) as (one, two), one.channel() as ch:
         on_a = agents_pb2_grpc.AgentServiceStub(ch)
         # The slow agent runs one task at a time on each replica.
@@ -63,7 +64,11 @@ async def test_work_sent_to_one_replica_runs_on_both(tmp_path: Path, pg_database
                 if all(s == agents_pb2.TASK_STATE_SUCCEEDED for s in now):
                     break
                 await asyncio.sleep(0.05)
-        assert most_running == 2  # one on each replica: never more (per-agent limit)
+        # Both replicas ran at once, each at most one at a time (the agent's
+        # limit). The states seen may overlap a moment more: a run's slot
+        # takes the next task before the previous final state is stored.
+        assert most_running >= 2
+        assert sorted(SlowAgent.most_running.values()) == [1, 1]
         assert two.server.app.agents.pool.claimed >= 1
         events = events_pb2_grpc.EventServiceStub(ch)
         for task_id in ids:
