@@ -213,7 +213,14 @@ async def test_nacks_retry_then_dead_letter_then_redrive(tmp_path: Path, databas
             assert delivery.attempt == attempt
             await sub.nack(delivery.event.sequence, f"boom {attempt}", retry_after=0.05)
         assert await sub.nothing_for(0.5)
-        dead = await stub.ListDeadLetters(events_pb2.ListDeadLettersRequest(subscription="fragile"))
+        # A nack has no answer of its own: wait for its dead letter.
+        async with asyncio.timeout(10):
+            while not (
+                dead := await stub.ListDeadLetters(
+                    events_pb2.ListDeadLettersRequest(subscription="fragile")
+                )
+            ).dead_letters:
+                await asyncio.sleep(0.05)
         (letter,) = dead.dead_letters
         assert (letter.event.id, letter.attempts, letter.last_error) == ("poison", 2, "boom 2")
         moved = await stub.RedriveDeadLetters(

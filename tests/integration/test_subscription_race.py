@@ -98,3 +98,34 @@ async def test_materialisers_of_one_subscription_take_turns(pg_database: str) ->
     finally:
         await bus.stop()
         await engine.dispose()
+
+
+@pytest.mark.pg
+async def test_a_nack_does_not_wait_for_a_materialiser(pg_database: str) -> None:
+    """A nack buries its delivery while another transaction materialises the
+    subscription: the turn-taking lock holds back other materialisers only."""
+    engine = create_engine(pg_database)
+    await migrate.upgrade(engine)
+    bus = EventBus(lambda: SqlUnitOfWork(engine))
+    await bus.start()
+    try:
+        read, go = asyncio.Event(), asyncio.Event()
+        materialiser = SubscriptionService(
+            lambda: _PausedAfterRead(SqlUnitOfWork(engine), read, go, [])  # type: ignore[arg-type,return-value]
+        )
+        plain = SubscriptionService(lambda: SqlUnitOfWork(engine))
+        sub = await plain.ensure("t", "s", EventFilter.build(["race.*"]), max_attempts=1)
+        await bus.publish([new_event(type="race.tick", source="/t", tenant="t", id="first")])
+        (leased,) = await plain.lease(sub, "consumer-a", 10)
+        await bus.publish([new_event(type="race.tick", source="/t", tenant="t", id="second")])
+        holding = asyncio.ensure_future(materialiser.materialise(sub))
+        await read.wait()  # it holds the subscription's row until it commits
+        buried = await asyncio.wait_for(plain.nack(sub, leased.event.seq, "bad"), 5)
+        assert buried
+        (letter,) = await plain.dead_letters("t", "s", 0, 10)
+        assert letter.event.id == "first"
+        go.set()
+        assert await holding == 1
+    finally:
+        await bus.stop()
+        await engine.dispose()

@@ -103,11 +103,13 @@ def _read_after_cursor_statement(all_tenants: bool, *, postgres: bool) -> Any:
     """The subscription's cursor and up to ``limit`` events after it, in one
     statement; no row when the subscription does not exist.
 
-    On PostgreSQL the subscription's row is read ``FOR UPDATE``, so the
-    materialisers of one subscription (its consumers, on any replica) take
-    turns: a second one waits for the first to commit and reads on from the
-    cursor the first moved (the locked row's new version), instead of reading
-    the same page for nothing. The page is a LATERAL subquery so it stops at
+    On PostgreSQL the subscription's row is read ``FOR NO KEY UPDATE`` (the
+    lock the cursor's own update takes), so the materialisers of one
+    subscription (its consumers, on any replica) take turns: a second one
+    waits for the first to commit and reads on from the cursor the first
+    moved (the locked row's new version), instead of reading the same page
+    for nothing. Nothing else waits for it: acks, nacks, dead letters and
+    redrives never lock the subscription's row. The page is a LATERAL subquery so it stops at
     ``limit`` rows of the seq index, however far a subscription lags. SQLite
     (writers take turns, no LATERAL) walks the (tenant, seq) index in order
     under a plain join, which stops at ``limit`` by itself.
@@ -115,7 +117,9 @@ def _read_after_cursor_statement(all_tenants: bool, *, postgres: bool) -> Any:
     sub = subscriptions.c
     cursor_of = select(sub.cursor).where(sub.id == bindparam("sub_id"))
     cursor_rows: Any = (
-        cursor_of.with_for_update().cte("locked") if postgres else cursor_of.subquery("locked")
+        cursor_of.with_for_update(key_share=True).cte("locked")
+        if postgres
+        else cursor_of.subquery("locked")
     )
     e = events.c
     after = e.seq > cursor_rows.c.cursor
